@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# System packages every tier needs (Debian bookworm). Idempotent; installs only what is missing.
+set -euo pipefail
+pkgs=(containerd runc containernetworking-plugins iptables ipset iproute2 iperf3 busybox-static conntrack ethtool socat)
+missing=()
+for p in "${pkgs[@]}"; do dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p"); done
+if ((${#missing[@]})); then
+  if [[ $(id -u) -ne 0 ]]; then echo "install-deps: need root to apt-get install ${missing[*]}" >&2; exit 1; fi
+  echo "install-deps: apt-get install ${missing[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi

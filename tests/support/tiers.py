@@ -1,0 +1,73 @@
+"""Which test tiers can run on this machine, and why not when they cannot."""
+
+from __future__ import annotations
+
+import functools
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+K8S_VERSION = os.environ.get("EGW_K8S_VERSION", "v1.36.3")
+KUBE_TOOLS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl")
+
+
+def kube_bin_dir() -> Path:
+    root = os.environ.get("EGW_KUBE_CACHE") or str(Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "egressgateway" / "kube")
+    return Path(root) / K8S_VERSION / "bin"
+
+
+@functools.cache
+def netns_missing() -> str | None:
+    if os.geteuid() != 0:
+        return "needs root to create network namespaces"
+    for tool in ("ip", "iptables-restore", "ipset"):
+        if not shutil.which(tool):
+            return f"{tool} is not installed (run hack/install-deps.sh)"
+    return None
+
+
+@functools.cache
+def cri_missing() -> str | None:
+    if reason := netns_missing():
+        return reason
+    if not shutil.which("containerd") or not shutil.which("runc"):
+        return "Debian containerd/runc are not installed (run hack/install-deps.sh)"
+    if not Path("/usr/lib/cni/bridge").exists():
+        return "Debian containernetworking-plugins are not installed (run hack/install-deps.sh)"
+    return None
+
+
+@functools.cache
+def apiserver_missing() -> str | None:
+    missing = [t for t in KUBE_TOOLS if not (kube_bin_dir() / t).exists()]
+    if missing:
+        return f"control plane not built ({', '.join(missing)} missing in {kube_bin_dir()}); run hack/build-kube.sh"
+    return None
+
+
+@functools.cache
+def e2e_missing() -> str | None:
+    return apiserver_missing() or cri_missing()
+
+
+@functools.cache
+def kind_missing() -> str | None:
+    if os.environ.get("EGW_E2E_KIND") != "1":
+        return "kind suite not requested (set EGW_E2E_KIND=1 where a Docker engine and kind exist)"
+    if not shutil.which("docker"):
+        return "no docker client"
+    if subprocess.run(["docker", "info"], capture_output=True, timeout=20).returncode != 0:
+        return "no Docker engine answers `docker info` (kind needs one)"
+    if not shutil.which("kind"):
+        return "no kind binary on PATH"
+    return None
+
+
+REASONS = {
+    "netns": netns_missing,
+    "cri": cri_missing,
+    "apiserver": apiserver_missing,
+    "e2e": e2e_missing,
+    "kind": kind_missing,
+}
