@@ -6,6 +6,8 @@ import pytest
 
 from tests.support.tiers import REASONS
 
+pytest_plugins = ["tests.harness.fixtures"]
+
 TIERS = ("unit", *REASONS)
 
 
