@@ -1,0 +1,156 @@
+"""Rules between policies, beyond the reference: no two policies that could select the same pods
+for overlapping destinations with different EIPs at the same priority, and no EIP named by
+policies of two namespaces unless the gateway allows sharing.
+
+"Could select the same pods" is decided exactly on the selectors: two label selectors can match
+one pod iff, key by key, some value (or absence) satisfies both sets of requirements. A podSubnet
+policy and a podSelector policy could always select the same pod, so they count as overlapping.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+from egress_cni.api.model import ALLOCATOR_RR, EgressClusterPolicy, EgressPolicy
+from egress_cni.api.selectors import LabelSelector, Requirement
+from webhook.admission import Denial
+from webhook.config import ANNOTATION_ALLOW_EIP_SHARING, WebhookConfig
+from webhook.subnets import Network, any_overlap, parse_subnets
+from webhook.view import ClusterView, policy_key
+
+_EVERYWHERE = "every destination outside the cluster"
+
+
+def selectors_may_overlap(a: LabelSelector, b: LabelSelector) -> bool:
+    """True iff some label set matches both selectors (keys are independent, values unbounded)."""
+    by_key: dict[str, list[Requirement]] = {}
+    for sel in (a, b):
+        for key, value in sel.match_labels:
+            by_key.setdefault(key, []).append(Requirement(key, "In", (value,)))
+        for req in sel.match_expressions:
+            by_key.setdefault(req.key, []).append(req)
+    return all(_satisfiable(reqs) for reqs in by_key.values())
+
+
+def _satisfiable(reqs: Iterable[Requirement]) -> bool:
+    reqs = list(reqs)
+    if all(r.operator in ("NotIn", "DoesNotExist") for r in reqs):
+        return True  # the key may be absent
+    if any(r.operator == "DoesNotExist" for r in reqs):
+        return False  # something needs the key present
+    allowed: set[str] | None = None
+    for r in reqs:
+        if r.operator == "In":
+            allowed = set(r.values) if allowed is None else allowed & set(r.values)
+    excluded = {v for r in reqs if r.operator == "NotIn" for v in r.values}
+    return allowed is None or bool(allowed - excluded)
+
+
+def _namespace_selector(policy: EgressPolicy) -> LabelSelector:
+    """Cluster policies: no namespaceSelector selects every namespace."""
+    return policy.spec.applied_to.namespace_selector or LabelSelector()
+
+
+def namespaces_may_overlap(a: EgressPolicy, b: EgressPolicy, view: ClusterView) -> bool:
+    a_cluster, b_cluster = isinstance(a, EgressClusterPolicy), isinstance(b, EgressClusterPolicy)
+    if not a_cluster and not b_cluster:
+        return a.metadata.namespace == b.metadata.namespace
+    if a_cluster and b_cluster:
+        return selectors_may_overlap(_namespace_selector(a), _namespace_selector(b))
+    namespaced, cluster = (b, a) if a_cluster else (a, b)
+    ns = namespaced.metadata.namespace
+    labels = view.namespace_labels(ns) or {"kubernetes.io/metadata.name": ns}
+    return _namespace_selector(cluster).matches(labels)
+
+
+def pods_may_overlap(a: EgressPolicy, b: EgressPolicy, subnets_a: Sequence[Network], subnets_b: Sequence[Network]) -> bool:
+    sel_a, sel_b = a.spec.applied_to.pod_selector, b.spec.applied_to.pod_selector
+    if subnets_a and subnets_b:
+        return any_overlap(subnets_a, subnets_b) is not None
+    if sel_a is not None and sel_b is not None and not subnets_a and not subnets_b:
+        return selectors_may_overlap(sel_a, sel_b)
+    return True
+
+
+def _describe_dests(nets: Sequence[Network]) -> str:
+    return ", ".join(map(str, nets)) if nets else _EVERYWHERE
+
+
+def destinations_overlap(a: Sequence[Network], b: Sequence[Network]) -> str | None:
+    """How two destSubnet lists overlap ("" lists mean everything outside the cluster), or None."""
+    if not a or not b:
+        return f"{_describe_dests(a)} overlaps {_describe_dests(b)}"
+    pair = any_overlap(a, b)
+    return f"{pair[0]} overlaps {pair[1]}" if pair else None
+
+
+def effective_eip(policy: EgressPolicy, view: ClusterView) -> tuple[tuple[str, ...], str]:
+    """(identity, description) of the source address a policy's traffic will leave with."""
+    gateway = policy.spec.egress_gateway_name
+    eip = policy.spec.eip
+    if eip.use_node_ip:
+        return ("node-ip", gateway), f"the node IP of gateway {gateway}"
+    v4 = eip.ipv4 or policy.status.eip_ipv4
+    v6 = eip.ipv6 or policy.status.eip_ipv6
+    if not (v4 or v6):
+        if eip.allocator_policy == ALLOCATOR_RR:
+            return ("rr", *policy_key(policy)), f"an EIP allocated round robin from gateway {gateway}"
+        gw = view.gateway(gateway)
+        if gw is None:
+            return ("default", gateway), f"the default EIP of gateway {gateway}"
+        v4, v6 = gw.spec.ippools.ipv4_default_eip, gw.spec.ippools.ipv6_default_eip
+    shown = " / ".join(x for x in (v4, v6) if x)
+    return ("eip", gateway, v4, v6), f"EIP {shown}"
+
+
+def describe(policy: EgressPolicy) -> str:
+    return f"{policy.KIND} {policy.metadata.key}"
+
+
+def check_conflicts(policy: EgressPolicy, view: ClusterView, config: WebhookConfig) -> list[Denial]:
+    dests = parse_subnets(policy.spec.dest_subnet, "", "", config, allow_bare_ip=False).networks
+    pods = parse_subnets(policy.spec.applied_to.pod_subnet, "", "", config, allow_bare_ip=False).networks
+    mine, my_eip = effective_eip(policy, view)
+    priority = policy.spec.priority or 0
+    self_key = policy_key(policy)
+    for other in view.policies():
+        if policy_key(other) == self_key or (other.spec.priority or 0) != priority:
+            continue
+        theirs, their_eip = effective_eip(other, view)
+        if theirs == mine:
+            continue
+        other_dests = parse_subnets(other.spec.dest_subnet, "", "", config, allow_bare_ip=False).networks
+        how = destinations_overlap(dests, other_dests)
+        if how is None or not namespaces_may_overlap(policy, other, view):
+            continue
+        other_pods = parse_subnets(other.spec.applied_to.pod_subnet, "", "", config, allow_bare_ip=False).networks
+        if not pods_may_overlap(policy, other, pods, other_pods):
+            continue
+        return [Denial("policy-conflict", "spec.priority", policy.spec.priority,
+                       f"{describe(other)} may select the same pods for overlapping destinations ({how}) with a different "
+                       f"source address ({my_eip} here, {their_eip} there) at the same priority {priority}; give one of them a "
+                       "different spec.priority, or make their spec.appliedTo or spec.destSubnet disjoint")]
+    return []
+
+
+def check_eip_sharing(policy: EgressPolicy, view: ClusterView) -> list[Denial]:
+    """A namespaced policy naming an EIP used by a policy of another namespace needs the gateway's consent."""
+    if isinstance(policy, EgressClusterPolicy):
+        return []
+    gateway = view.gateway(policy.spec.egress_gateway_name)
+    if gateway is not None and gateway.metadata.annotations.get(ANNOTATION_ALLOW_EIP_SHARING, "").lower() == "true":
+        return []
+    for family, named in (("ipv4", policy.spec.eip.ipv4), ("ipv6", policy.spec.eip.ipv6)):
+        if not named:
+            continue
+        for other in view.policies():
+            if isinstance(other, EgressClusterPolicy) or other.metadata.namespace == policy.metadata.namespace:
+                continue
+            used = {getattr(other.spec.eip, family), getattr(other.status, f"eip_{family}")}
+            if named in used and other.spec.egress_gateway_name == policy.spec.egress_gateway_name:
+                return [Denial("policy-eip-shared", f"spec.egressIP.{family}", named,
+                               f"is already used by {describe(other)} of namespace {other.metadata.namespace}; an EIP named by a "
+                               f"policy belongs to one namespace unless EgressGateway {policy.spec.egress_gateway_name} has the "
+                               f"annotation {ANNOTATION_ALLOW_EIP_SHARING}: \"true\"; pick another address of the pool, or leave "
+                               "egressIP empty to use the gateway's default EIP")]
+    return []
