@@ -1,0 +1,1 @@
+"""Dataplane: compute the node's desired kernel state (pure), diff it, apply it."""

@@ -1,0 +1,315 @@
+"""The node's desired dataplane, computed from the cluster objects and this node's facts (pure).
+
+Packet walk (pod on worker W selected by policy P whose gateway node is G):
+  W  mangle EGRESS-PREROUTING: first matching policy (priority, then kind/namespace/name) marks the
+     packet with G's mark; `ip rule fwmark M_G lookup M_G` -> `default via T_G dev egress.vxlan`.
+     nat EGRESS-POSTROUTING accepts tunnel-bound packets so no CNI masquerade rewrites them.
+  G  mangle: a packet from the tunnel saves W's mark (by W's tunnel MAC) in its connmark;
+     filter EGRESS-FORWARD lets it through only if one of G's own policies matches (fail closed: a
+     tunnelled packet is never forwarded with its pod IP); nat SNATs it to P's EIP (MASQUERADE for
+     useNodeIP). G claims the EIP as a /32 or /128 on its parent link.
+     The reply's connmark is restored into the mark, which routes it back through the tunnel to W.
+A policy with no usable gateway drops its selected traffic instead of letting it leave unmasked.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from egress_cni.api.model import EgressClusterEndpointSlice, EgressPolicy, EgressTunnel
+from egress_cni.dataplane.inputs import ClusterState, DataplaneConfig, NodeFacts
+from egress_cni.dataplane.plan import (
+    IPV4,
+    IPV6,
+    Address,
+    Chain,
+    Dataplane,
+    Fdb,
+    IPSet,
+    Neighbour,
+    Route,
+    Rule,
+    Sysctl,
+    VxlanLink,
+)
+
+FULL = 0xFFFFFFFF
+SPLIT_DEFAULT = {IPV4: ("0.0.0.0/1", "128.0.0.0/1"), IPV6: ("::/1", "8000::/1")}  # ipset hash:net holds no /0
+
+
+@dataclass(frozen=True)
+class Peer:
+    name: str
+    mac: str
+    mark: int
+    underlay: str  # parent IP the VXLAN packets go to
+    tunnel_ip: Mapping[int, str]
+
+
+@dataclass(frozen=True)
+class Desired:
+    dataplane: Dataplane
+    selection: Mapping[str, tuple[str, ...]]  # registry key -> policy keys (only pods whose labels we know)
+    hijack: Mapping[int, tuple[str, ...]]  # destinations of policies selecting pods on this node
+    gateway_of: Mapping[str, str]  # policy key -> gateway node ("" = none: its traffic is dropped)
+
+
+def policy_key(p: EgressPolicy) -> str:
+    return p.ref.key
+
+
+def typed_key(p: EgressPolicy) -> str:
+    """Unique across kinds: EgressPolicy a/b and EgressClusterPolicy a-b never share a set."""
+    return f"{p.KIND}/{p.metadata.namespace}/{p.metadata.name}"
+
+
+def policy_order(p: EgressPolicy) -> tuple[int, int, str, str]:
+    """Lower `priority` first (absent = last), namespaced before cluster-wide, then by name."""
+    prio = p.spec.priority if p.spec.priority is not None else 1 << 63
+    return (prio, 0 if p.NAMESPACED else 1, p.metadata.namespace, p.metadata.name)
+
+
+def set_name(config: DataplaneConfig, role: str, family: int, p: EgressPolicy) -> str:
+    digest = hashlib.sha256(typed_key(p).encode()).hexdigest()[:16]
+    return f"{config.ipset_prefix}-{role}{family}-{digest}"  # <= 31 chars, the ipset limit
+
+
+def cluster_set(config: DataplaneConfig, family: int) -> str:
+    return f"{config.ipset_prefix}-cluster-v{family}"
+
+
+def canonical(entry: str) -> tuple[int, str] | None:
+    """(family, ipset member) for an IP or CIDR; host prefixes as bare IPs, as `ipset list` shows them."""
+    try:
+        net = ipaddress.ip_network(entry.strip(), strict=False)
+    except ValueError:
+        return None
+    if net.prefixlen == net.max_prefixlen:
+        return net.version, str(net.network_address)
+    return net.version, str(net)
+
+
+def members(entries: Iterable[str], family: int) -> frozenset[str]:
+    out: set[str] = set()
+    for e in entries:
+        c = canonical(e)
+        if c is None or c[0] != family:
+            continue
+        out.update(SPLIT_DEFAULT[family] if c[1] in ("0.0.0.0/0", "::/0") else (c[1],))
+    return frozenset(out)
+
+
+def tagged(spec: str, tag: str) -> str:
+    """A rule with its ownership comment: egw:<hash of the rule>:<what it is for> (also the metric label)."""
+    digest = hashlib.sha1(f"{spec}|{tag}".encode()).hexdigest()[:10]
+    match, _, target = spec.rpartition(" -j ")
+    return f"{match} -m comment --comment egw:{digest}:{tag} -j {target}".lstrip()
+
+
+def selects(p: EgressPolicy, namespace: str, labels: Mapping[str, str], ns_labels: Mapping[str, str]) -> bool:
+    applied = p.spec.applied_to
+    if p.NAMESPACED:
+        return namespace == p.metadata.namespace and applied.pod_selector is not None and applied.pod_selector.matches(labels)
+    if applied.pod_selector is None and applied.namespace_selector is None:
+        return False
+    pod_ok = applied.pod_selector is None or applied.pod_selector.matches(labels)
+    ns_ok = applied.namespace_selector is None or applied.namespace_selector.matches(ns_labels)
+    return pod_ok and ns_ok
+
+
+def _peer(t: EgressTunnel, underlay_family: int) -> Peer | None:
+    s = t.status
+    try:
+        mark = int(s.mark, 0)
+    except ValueError:
+        return None
+    underlay = s.parent.ipv4 if underlay_family == IPV4 else s.parent.ipv6
+    if not s.mac or not underlay:
+        return None
+    tips = {f: ip for f, ip in ((IPV4, s.ipv4), (IPV6, s.ipv6)) if ip}
+    return Peer(t.metadata.name, s.mac.lower(), mark, underlay, tips)
+
+
+def _gateway_and_eips(p: EgressPolicy, state: ClusterState) -> tuple[str, dict[int, str]]:
+    """status.node/status.eip; falls back to the gateway's nodeList when the policy status lags behind."""
+    node, eips = p.status.node, {IPV4: p.status.eip_ipv4, IPV6: p.status.eip_ipv6}
+    if node:
+        return node, eips
+    for gw in state.gateways:
+        if gw.metadata.name != p.spec.egress_gateway_name:
+            continue
+        for n in gw.status.node_list:
+            for e in n.eips:
+                if any(r.key == policy_key(p) for r in e.policies):
+                    return n.name, {IPV4: e.ipv4, IPV6: e.ipv6}
+    return "", eips
+
+
+def _endpoints(state: ClusterState) -> dict[str, list[tuple[str, tuple[str, ...]]]]:
+    """policy key -> [(node, IPs)] from the controller's endpoint slices."""
+    out: dict[str, list[tuple[str, tuple[str, ...]]]] = defaultdict(list)
+    for s in state.slices:
+        name = s.policy_name
+        if not name:
+            continue
+        key = name if isinstance(s, EgressClusterEndpointSlice) else f"{s.metadata.namespace}/{name}"
+        out[key] += [(e.node, e.ipv4 + e.ipv6) for e in s.endpoints]
+    return out
+
+
+def _hijack(dest_subnet: Iterable[str], family: int) -> set[str]:
+    """Routes the CNI points through the host for underlay pods; no destSubnet means everything."""
+    out = {str(ipaddress.ip_network(e.strip(), strict=False)) for e in dest_subnet if (c := canonical(e)) and c[0] == family}
+    return out or {"0.0.0.0/0" if family == IPV4 else "::/0"}
+
+
+def _cluster_members(state: ClusterState, family: int) -> frozenset[str]:
+    info = state.cluster_info
+    if info is None:
+        return frozenset()
+    st = info.status
+    lists = [*st.node_ip.values(), st.cluster_ip, *st.pod_cidr.values()]
+    entries = [ip for lst in lists for ip in (lst.ipv4 + lst.ipv6)] + list(st.extra_cidr) + list(info.spec.extra_cidr)
+    return members(entries, family) - frozenset(SPLIT_DEFAULT[family])
+
+
+def desired_dataplane(state: ClusterState, facts: NodeFacts, config: DataplaneConfig) -> Desired:
+    me = facts.name
+    families = [f for f, on in ((IPV4, facts.ipv4), (IPV6, facts.ipv6)) if on]
+    underlay_family = IPV4 if facts.ipv4 and facts.parent_ipv4 else IPV6
+    local_ip = facts.parent_ipv4 if underlay_family == IPV4 else facts.parent_ipv6
+    vx = config.vxlan_name
+    base = f"0x{config.mark_base:x}/0x{config.mark_mask:x}"
+    tunnels = {t.metadata.name: t for t in state.tunnels}
+    peers = {n: pr for n, t in tunnels.items() if (pr := _peer(t, underlay_family)) is not None}
+    own = tunnels.get(me)
+    own_tips = {f: ip for f, ip in ((IPV4, own.status.ipv4), (IPV6, own.status.ipv6)) if ip and f in families} if own else {}
+    link = None
+    if own is not None and own.status.mac and own_tips and local_ip:
+        overhead = 50 if underlay_family == IPV4 else 70
+        link = VxlanLink(vx, config.vni, config.port, facts.parent, local_ip, own.status.mac.lower(),
+                         config.mtu or facts.parent_mtu - overhead)
+
+    policies = sorted(state.policies, key=policy_order)
+    endpoints = _endpoints(state)
+    selection: dict[str, list[str]] = {}
+    for ep in state.local_endpoints:
+        labels = state.pod_labels.get(f"{ep.namespace}/{ep.pod}")
+        if labels is None:
+            continue  # not known yet: no ack until we can tell whether a policy selects it
+        chosen = [policy_key(p) for p in policies
+                  if selects(p, ep.namespace, labels, state.namespace_labels.get(ep.namespace, {}))]
+        selection[ep.key] = chosen
+        for key in chosen:
+            endpoints[key].append((me, ep.ipv4 + ep.ipv6))
+
+    mangle: dict[int, list[str]] = {f: [] for f in families}
+    nat: dict[int, list[str]] = {f: [tagged(f"-o {vx} -j ACCEPT", "tunnel")] if link else [] for f in families}
+    accept: dict[int, list[str]] = {f: [] for f in families}
+    ipsets: set[IPSet] = set()
+    addresses: set[Address] = set()
+    steer_to: set[str] = set()
+    reply_to: set[str] = set()
+    hijack: dict[int, set[str]] = {f: set() for f in families}
+    gateway_of: dict[str, str] = {}
+    for p in policies:
+        key = policy_key(p)
+        gw, eips = _gateway_and_eips(p, state)
+        gw_peer = peers.get(gw)
+        gateway_of[key] = gw
+        eps = endpoints.get(key, [])
+        local = any(node == me for node, _ in eps)
+        for f in families:
+            dst = members(p.spec.dest_subnet, f)
+            if p.spec.dest_subnet and not dst:
+                continue  # destSubnet names only the other family
+            use_node_ip = p.spec.eip.use_node_ip
+            if gw and not (eips[f] or use_node_ip):
+                continue  # no egress IP of this family: the policy does not steer it
+            src_name, dst_name = set_name(config, "s", f, p), set_name(config, "d", f, p)
+            if dst:
+                ipsets.add(IPSet(dst_name, f, dst))
+                dst_match = f"-m set --match-set {dst_name} dst"
+            else:
+                dst_match = f"-m set ! --match-set {cluster_set(config, f)} dst"
+            match = f"-m set --match-set {src_name} src {dst_match} -m conntrack --ctdir ORIGINAL"
+            subnet = members(p.spec.applied_to.pod_subnet, f)
+            if gw == me:
+                src = {m for node, ips in eps for m in members(ips, f)} | subnet
+                reply_to.update(node for node, _ in eps if node and node != me)
+                target = "MASQUERADE" if use_node_ip else f"SNAT --to-source {eips[f]}"
+                nat[f].append(tagged(f"{match} -j {target}", f"snat:{key}"))
+                mangle[f].append(tagged(f"-m mark ! --mark {base} {match} -j MARK --set-xmark {base.split('/')[0]}/0x{FULL:x}",
+                                        f"local:{key}"))
+                if link:
+                    accept[f].append(tagged(f"-i {vx} {match} -j RETURN", f"tunnel:{key}"))
+                if eips[f] and not use_node_ip and facts.holds_lease:
+                    addresses.add(Address(facts.parent, f"{eips[f]}/{32 if f == IPV4 else 128}", eip=True))
+            else:
+                src = {m for node, ips in eps if node == me for m in members(ips, f)} | subnet
+                if link and gw_peer is not None and f in gw_peer.tunnel_ip and f in own_tips:
+                    mangle[f].append(tagged(f"-m mark ! --mark {base} {match} -j MARK --set-xmark 0x{gw_peer.mark:x}/0x{FULL:x}",
+                                            f"steer:{key}"))
+                    if src:
+                        steer_to.add(gw)
+                else:
+                    mangle[f].append(tagged(f"-m mark ! --mark {base} {match} -j DROP", f"nogateway:{key}"))
+            ipsets.add(IPSet(src_name, f, frozenset(src)))
+            if local:
+                hijack[f].update(_hijack(p.spec.dest_subnet, f))
+
+    for f in families:
+        ipsets.add(IPSet(cluster_set(config, f), f, _cluster_members(state, f)))
+
+    routes: set[Route] = set()
+    rules: set[Rule] = set()
+    neighbours: set[Neighbour] = set()
+    fdb: set[Fdb] = set()
+    connmark: dict[int, list[str]] = {f: [] for f in families}
+    if link:
+        for name in sorted(steer_to | reply_to):
+            peer = peers.get(name)
+            if peer is None or name == me:
+                continue
+            fdb.add(Fdb(vx, peer.mac, peer.underlay))
+            for f in families:
+                tip = peer.tunnel_ip.get(f)
+                if tip is None or f not in own_tips:
+                    continue
+                neighbours.add(Neighbour(f, vx, tip, peer.mac))
+                rules.add(Rule(f, config.rule_priority, peer.mark, peer.mark))
+                routes.add(Route(f, peer.mark, "default", tip, vx))
+                if name in reply_to:
+                    connmark[f].append(tagged(
+                        f"-i {vx} -m mac --mac-source {peer.mac} -m conntrack --ctdir ORIGINAL"
+                        f" -j CONNMARK --set-xmark 0x{peer.mark:x}/0x{FULL:x}", f"reply:{name}"))
+        for f, tip in own_tips.items():
+            addresses.add(Address(vx, f"{tip}/{32 if f == IPV4 else 128}"))
+
+    chains: set[Chain] = set()
+    for f in families:
+        restore = [tagged(f"-m conntrack --ctdir REPLY -m connmark --mark {base} -j CONNMARK --restore-mark"
+                          f" --nfmask 0x{FULL:x} --ctmask 0x{FULL:x}", "reply-restore")] if connmark[f] else []
+        chains.add(Chain(f, "mangle", config.mangle_chain, "PREROUTING", tuple(restore + connmark[f] + mangle[f])))
+        chains.add(Chain(f, "nat", config.nat_chain, "POSTROUTING", tuple(nat[f])))
+        filt: list[str] = []
+        mss: list[str] = []
+        if link:
+            filt = [tagged(f"-i {vx} -m conntrack --ctdir REPLY -j RETURN", "tunnel-reply"), *accept[f],
+                    tagged(f"-i {vx} -j DROP", "fail-closed")]
+            mss = [tagged(f"-o {vx} -p tcp -m tcp --tcp-flags SYN,RST SYN -j TCPMSS --clamp-mss-to-pmtu", "mss")]
+        chains.add(Chain(f, "filter", config.filter_chain, "FORWARD", tuple(filt)))
+        chains.add(Chain(f, "mangle", config.mss_chain, "POSTROUTING", tuple(mss)))
+
+    sysctls = {Sysctl(f"net/ipv4/conf/{vx}/rp_filter", "2")} if link else set()
+    dataplane = Dataplane(
+        link=link, addresses=frozenset(addresses), routes=frozenset(routes), rules=frozenset(rules),
+        neighbours=frozenset(neighbours), fdb=frozenset(fdb), ipsets=frozenset(ipsets), chains=frozenset(chains),
+        sysctls=frozenset(sysctls), jumps_ok=frozenset(c.key for c in chains),
+    )
+    return Desired(dataplane, {k: tuple(v) for k, v in selection.items()},
+                   {f: tuple(sorted(v)) for f, v in hijack.items()}, gateway_of)

@@ -1,0 +1,87 @@
+"""Everything `compute.desired_dataplane` reads: the cluster objects, this node's facts, the settings.
+
+The agent's sources (YAML files in tests, Kubernetes informers in production) fill `ClusterState`;
+the apply layer reads `NodeFacts` from the kernel. Keeping both as plain frozen values is what lets
+golden tests render a node's whole dataplane without root.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from egress_cni.api.model import (
+    EgressClusterInfo,
+    EgressEndpointSlice,
+    EgressGateway,
+    EgressPolicy,
+    EgressTunnel,
+)
+
+
+@dataclass(frozen=True)
+class LocalEndpoint:
+    """A pod attachment the CNI plugin registered on this node (registry endpoints/<key>.json)."""
+
+    key: str
+    namespace: str
+    pod: str
+    ipv4: tuple[str, ...] = ()
+    ipv6: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ClusterState:
+    policies: tuple[EgressPolicy, ...] = ()  # EgressPolicy and EgressClusterPolicy
+    gateways: tuple[EgressGateway, ...] = ()
+    slices: tuple[EgressEndpointSlice, ...] = ()  # EgressEndpointSlice and EgressClusterEndpointSlice
+    tunnels: tuple[EgressTunnel, ...] = ()
+    cluster_info: EgressClusterInfo | None = None
+    local_endpoints: tuple[LocalEndpoint, ...] = ()
+    pod_labels: Mapping[str, Mapping[str, str]] = field(default_factory=dict)  # "ns/pod" of local pods
+    namespace_labels: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class NodeFacts:
+    name: str
+    parent: str  # underlay link carrying the VXLAN and the EIPs
+    parent_ipv4: str = ""
+    parent_ipv6: str = ""
+    parent_mtu: int = 1500
+    ipv4: bool = True
+    ipv6: bool = False
+    holds_lease: bool = True  # False: our liveness lease lapsed, so we must not answer for any EIP
+
+
+@dataclass(frozen=True)
+class DataplaneConfig:
+    vxlan_name: str = "egress.vxlan"
+    vni: int = 100
+    port: int = 7789
+    mtu: int = 0  # 0: parent MTU minus the VXLAN overhead of the underlay family
+    rule_priority: int = 99
+    mark_base: int = 0x26000000  # every mark we set has these bits under mark_mask
+    mark_mask: int = 0xFF000000
+    eip_proto: int = 0x45  # IFA_PROTO on EIP addresses: how we find ours after a restart
+    chain_prefix: str = "EGRESS"
+    ipset_prefix: str = "egress"
+
+    @property
+    def mangle_chain(self) -> str:
+        return f"{self.chain_prefix}-PREROUTING"
+
+    @property
+    def nat_chain(self) -> str:
+        return f"{self.chain_prefix}-POSTROUTING"
+
+    @property
+    def filter_chain(self) -> str:
+        return f"{self.chain_prefix}-FORWARD"
+
+    @property
+    def mss_chain(self) -> str:
+        return f"{self.chain_prefix}-MSS"
+
+    def owns_mark(self, mark: int) -> bool:
+        return mark & self.mark_mask == self.mark_base
