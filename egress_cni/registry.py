@@ -12,7 +12,7 @@ agent can poll or inotify-watch the directories. Readers skip names starting wit
 and files that do not parse, so a torn or foreign file never breaks the other side.
 
 The records are slotted classes rather than dataclasses: the plugin imports this module on every pod
-start and `dataclasses` alone costs ~8 ms there.
+start and `dataclasses` alone costs ~8 ms there (see egress_cni.cni.record).
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import os
 import time
 
 from egress_cni.cni import jsonlite
+from egress_cni.cni.record import Record
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -49,33 +50,7 @@ class RegistryError(ValueError):
     """A registry file exists but does not follow the protocol (names the file and the field)."""
 
 
-class _Record:
-    """Immutable value object: equality and repr over __slots__, no attribute writes after __init__."""
-
-    __slots__: tuple[str, ...] = ()
-
-    def _init(self, **values: object) -> None:
-        for name, value in values.items():
-            object.__setattr__(self, name, value)
-
-    def __setattr__(self, name: str, value: object) -> None:
-        raise AttributeError(f"{type(self).__name__} is immutable (tried to set {name})")
-
-    def _values(self) -> tuple[object, ...]:
-        return tuple(getattr(self, n) for n in self.__slots__)
-
-    def __eq__(self, other: object) -> bool:
-        return type(other) is type(self) and self._values() == other._values()  # type: ignore[attr-defined]
-
-    def __hash__(self) -> int:
-        return hash(self._values())
-
-    def __repr__(self) -> str:
-        fields = ", ".join(f"{n}={getattr(self, n)!r}" for n in self.__slots__)
-        return f"{type(self).__name__}({fields})"
-
-
-class Endpoint(_Record):
+class Endpoint(Record):
     """One pod attachment as seen by CNI ADD."""
 
     __slots__ = ("container_id", "created_at", "ifname", "ipv4", "ipv6", "mode", "namespace", "node", "pod", "uid")
@@ -132,7 +107,7 @@ class Endpoint(_Record):
         )  # fmt: skip
 
 
-class Ack(_Record):
+class Ack(Record):
     """The agent's answer for one endpoint: these IPs are programmed (selected or not)."""
 
     __slots__ = ("ipv4", "ipv6", "key", "policies", "programmed_at", "selected")
@@ -183,7 +158,7 @@ class Ack(_Record):
         )  # fmt: skip
 
 
-class AgentInfo(_Record):
+class AgentInfo(Record):
     __slots__ = ("heartbeat", "node", "pid")
     pid: int
     node: str
@@ -200,7 +175,7 @@ class AgentInfo(_Record):
         return {"pid": self.pid, "node": self.node, "heartbeat": self.heartbeat}
 
 
-class Hijack(_Record):
+class Hijack(Record):
     """Destination CIDRs per family that underlay pods route through the host."""
 
     __slots__ = ("ipv4", "ipv6")

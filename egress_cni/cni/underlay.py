@@ -1,0 +1,228 @@
+"""Underlay mode (macvlan/ipvlan/SR-IOV pods): steer hijacked destinations through the host.
+
+Like spiderpool's coordinator: a veth pair pod `veth0` <-> host `egw<hash>`, static neighbours both
+ways (no ARP over the veth), pod `/32` routes to the node IP(s) and then `<cidr> via <nodeIP> dev
+veth0`, and on the host `ip rule pref 1000 lookup 500` (shared, never deleted) with
+`<podIP>/32 dev <hostveth> table 500`, so gateway rules in the host netns see the pod's traffic and
+replies return the same way. plan() is pure; apply()/check()/teardown() do the netlink work.
+Deleting the host veth removes its peer and every route/neighbour through either end.
+"""
+
+from __future__ import annotations
+
+import _sha1  # type: ignore[import-not-found]  # hashlib would load OpenSSL (~3 ms)
+
+from egress_cni.cni import netlink
+from egress_cni.cni.config import AF_INET, AF_INET6, Cidr
+from egress_cni.cni.netlink import RT_SCOPE_LINK, RT_SCOPE_UNIVERSE, RT_TABLE_MAIN, Netlink, Route
+from egress_cni.cni.netns import Switch
+from egress_cni.cni.record import Record
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+
+def veth_identity(prefix: str, network: str, container_id: str, ifname: str) -> tuple[str, bytes, bytes]:
+    """(host veth name <= 15 chars, host MAC, pod MAC): stable per attachment, explicit so udev never rewrites them."""
+    digest: bytes = _sha1.sha1(f"{network}\0{container_id}\0{ifname}".encode()).digest()
+    name = prefix + digest.hex()[: 15 - len(prefix)]
+    return name, b"\x02" + digest[10:15], b"\x0a" + digest[15:20]
+
+
+def full_len(family: int) -> int:
+    return 32 if family == AF_INET else 128
+
+
+class Plan(Record):
+    """Everything underlay ADD creates for one attachment (and CHECK verifies)."""
+
+    __slots__ = ("host_mac", "host_routes", "host_veth", "mtu", "node_ips", "pod_ips", "pod_mac", "pod_routes", "pod_veth", "rules")
+    host_veth: str
+    host_mac: bytes
+    pod_veth: str
+    pod_mac: bytes
+    mtu: int
+    pod_ips: tuple[tuple[int, str], ...]
+    node_ips: tuple[tuple[int, str], ...]
+    pod_routes: tuple[Route, ...]  # oif 0 = the pod veth (its index is known only after creation)
+    host_routes: tuple[Route, ...]  # oif 0 = the host veth
+    rules: tuple[tuple[int, int, int], ...]  # (family, priority, table)
+
+    def __init__(self, **values: Any) -> None:
+        self._init(**values)
+
+    def to_state(self) -> dict[str, Any]:
+        return {
+            "hostVeth": self.host_veth, "hostMAC": self.host_mac.hex(), "podVeth": self.pod_veth, "podMAC": self.pod_mac.hex(),
+            "mtu": self.mtu, "podIPs": [list(p) for p in self.pod_ips], "nodeIPs": [list(n) for n in self.node_ips],
+            "podRoutes": [_route_state(r) for r in self.pod_routes], "hostRoutes": [_route_state(r) for r in self.host_routes],
+            "rules": [list(r) for r in self.rules],
+        }  # fmt: skip
+
+    @classmethod
+    def from_state(cls, d: dict[str, Any]) -> Plan:
+        return cls(
+            host_veth=d["hostVeth"], host_mac=bytes.fromhex(d["hostMAC"]), pod_veth=d["podVeth"], pod_mac=bytes.fromhex(d["podMAC"]),
+            mtu=d["mtu"], pod_ips=tuple((f, a) for f, a in d["podIPs"]), node_ips=tuple((f, a) for f, a in d["nodeIPs"]),
+            pod_routes=tuple(Route(*r) for r in d["podRoutes"]), host_routes=tuple(Route(*r) for r in d["hostRoutes"]),
+            rules=tuple((f, p, t) for f, p, t in d["rules"]),
+        )  # fmt: skip
+
+
+def _route_state(r: Route) -> list[Any]:
+    return [r.family, r.dst, r.dst_len, r.table, r.oif, r.gateway, r.prefsrc, r.scope]
+
+
+def plan(
+    *,
+    identity: tuple[str, bytes, bytes],
+    pod_veth: str,
+    mtu: int,
+    pod_ips: tuple[tuple[int, str], ...],
+    node_ips: tuple[tuple[int, str], ...],
+    hijack: tuple[Cidr, ...],
+    table: int,
+    priority: int,
+) -> tuple[Plan, list[str]]:
+    """The objects to create, plus warnings (hijacked CIDRs of a family the pod or node lacks)."""
+    warnings: list[str] = []
+    first_v4 = next((ip for fam, ip in pod_ips if fam == AF_INET), "")
+    pod_families = {fam for fam, _ in pod_ips}
+    node_by_family: dict[int, str] = {}
+    for fam, ip in node_ips:
+        node_by_family.setdefault(fam, ip)
+    pod_routes: list[Route] = []
+    for fam, ip in node_ips:  # the /32s first: a `via` route needs its gateway on-link already
+        src = first_v4 if fam == AF_INET else ""  # no src on v6 routes (kernel bug 107071)
+        pod_routes.append(Route(fam, ip, full_len(fam), RT_TABLE_MAIN, 0, "", src, RT_SCOPE_LINK))
+    seen: set[tuple[int, str, int]] = set()
+    for cidr in hijack:
+        gateway = node_by_family.get(cidr.family)
+        if cidr.family not in pod_families or not gateway:
+            warnings.append(f"hijackCIDR {cidr} skipped: no {'IPv4' if cidr.family == AF_INET else 'IPv6'} on the pod or the node")
+            continue
+        key = (cidr.family, cidr.address, cidr.prefixlen)
+        if key not in seen:
+            seen.add(key)
+            src = first_v4 if cidr.family == AF_INET else ""
+            pod_routes.append(Route(cidr.family, cidr.address, cidr.prefixlen, RT_TABLE_MAIN, 0, gateway, src, RT_SCOPE_UNIVERSE))
+    host_routes = tuple(Route(fam, ip, full_len(fam), table, 0, "", "", RT_SCOPE_LINK) for fam, ip in pod_ips)
+    rules = tuple((fam, priority, table) for fam in sorted(pod_families))
+    name, host_mac, pod_mac = identity
+    return Plan(
+        host_veth=name, host_mac=host_mac, pod_veth=pod_veth, pod_mac=pod_mac, mtu=mtu, pod_ips=pod_ips, node_ips=node_ips,
+        pod_routes=tuple(pod_routes), host_routes=host_routes, rules=rules,
+    ), warnings  # fmt: skip
+
+
+def node_ips_for(host: Netlink, pod_ips: tuple[tuple[int, str], ...]) -> tuple[tuple[int, str], ...]:
+    """The node's source address towards each pod IP (`ip route get <podIP>` in the host netns), deduplicated."""
+    out: list[tuple[int, str]] = []
+    for fam, ip in pod_ips:
+        route = host.route_get(fam, ip)
+        if route and route.prefsrc and (fam, route.prefsrc) not in out:
+            out.append((fam, route.prefsrc))
+    return tuple(out)
+
+
+def pod_link_kind(switch: Switch, ifname: str) -> str:
+    """Kind of the pod's interface ('veth', 'macvlan', ...; '' when the kernel does not say)."""
+    switch.enter()
+    try:
+        with Netlink() as pod:
+            link = pod.link(ifname)
+    finally:
+        switch.leave()
+    return link.kind if link else ""
+
+
+def apply(p: Plan, switch: Switch) -> None:
+    """Create the plan; on failure the caller runs teardown() (deleting the veth undoes everything else)."""
+    with Netlink() as host:
+        host.delete_link(p.host_veth)  # a leftover from an interrupted ADD of the same attachment
+        host.create_veth(p.host_veth, p.host_mac, p.pod_veth, p.pod_mac, p.mtu, switch.target_fd)
+        host_link = host.link(p.host_veth)
+        if host_link is None:
+            raise OSError(19, f"host veth {p.host_veth} vanished after creation")
+        host.set_up(host_link.index)
+        switch.enter()
+        try:
+            with Netlink() as pod:
+                pod_link = pod.link(p.pod_veth)
+                if pod_link is None:
+                    raise OSError(19, f"pod veth {p.pod_veth} missing after creation")
+                pod.set_up(pod_link.index)
+                for fam, ip in p.node_ips:
+                    pod.neigh_replace(fam, pod_link.index, _packed(fam, ip), p.host_mac)
+                for r in p.pod_routes:
+                    pod.route_replace(_on(r, pod_link.index))
+        finally:
+            switch.leave()
+        pod_addrs = {ip for _, ip in p.pod_ips}
+        for fam in {f for f, _ in p.pod_ips}:  # stale entries (e.g. on the macvlan parent) would shadow ours
+            for n in host.neighbours(fam):
+                if n.dst in pod_addrs and n.index != host_link.index:
+                    host.neigh_delete(fam, n.index, _packed(fam, n.dst))
+        for fam, ip in p.pod_ips:
+            host.neigh_replace(fam, host_link.index, _packed(fam, ip), p.pod_mac)
+        for fam, priority, table in p.rules:
+            host.rule_add(fam, priority, table)
+        for r in p.host_routes:
+            host.route_replace(_on(r, host_link.index))
+
+
+def teardown(host_veth: str) -> bool:
+    """Delete the host veth (and with it the pod end, table routes and neighbours); False when already gone."""
+    with Netlink() as host:
+        return host.delete_link(host_veth)
+
+
+def check(p: Plan, switch: Switch) -> list[str]:
+    """What is missing or different from the plan (empty = healthy)."""
+    problems: list[str] = []
+    with Netlink() as host:
+        host_link = host.link(p.host_veth)
+        if host_link is None:
+            return [f"host veth {p.host_veth} is missing"]
+        if not host_link.flags & netlink.IFF_UP:
+            problems.append(f"host veth {p.host_veth} is down")
+        for fam, priority, table in p.rules:
+            if not any(r.priority == priority and r.table == table and r.src_len == 0 and r.dst_len == 0 for r in host.rules(fam)):
+                problems.append(f"host rule 'pref {priority} lookup {table}' is missing")
+        problems += _missing_routes(host, p.host_routes, host_link.index, "host")
+    switch.enter()
+    try:
+        with Netlink() as pod:
+            pod_link = pod.link(p.pod_veth)
+            if pod_link is None:
+                problems.append(f"pod veth {p.pod_veth} is missing")
+            else:
+                problems += _missing_routes(pod, p.pod_routes, pod_link.index, "pod")
+    finally:
+        switch.leave()
+    return problems
+
+
+def _missing_routes(nl: Netlink, wanted: tuple[Route, ...], oif: int, where: str) -> list[str]:
+    problems = []
+    tables: dict[tuple[int, int], list[Route]] = {}
+    for r in wanted:
+        have = tables.setdefault((r.family, r.table), nl.routes(r.family, r.table))
+        if not any(h.dst == r.dst and h.dst_len == r.dst_len and h.oif == oif and h.gateway == r.gateway for h in have):
+            via = f" via {r.gateway}" if r.gateway else ""
+            problems.append(f"{where} route {r.dst}/{r.dst_len}{via} table {r.table} is missing")
+    return problems
+
+
+def _on(r: Route, oif: int) -> Route:
+    return Route(r.family, r.dst, r.dst_len, r.table, oif, r.gateway, r.prefsrc, r.scope)
+
+
+def _packed(family: int, ip: str) -> bytes:
+    import _socket
+
+    return _socket.inet_pton(family, ip)
+
+
+__all__ = ["AF_INET", "AF_INET6", "Plan", "apply", "check", "node_ips_for", "plan", "pod_link_kind", "teardown", "veth_identity"]
