@@ -55,7 +55,12 @@ def test_deployment_gets_replicaset_and_pods_scheduled_to_a_ready_node(
     deployment = walkthrough_deployment()
     deployment["metadata"]["namespace"] = namespace
     # Pin to our node: other tests may register Ready fake nodes on the same session plane.
-    deployment["spec"]["template"]["spec"]["nodeSelector"] = {"egw-test/node": fake_node}
+    pod_spec = deployment["spec"]["template"]["spec"]
+    pod_spec["nodeSelector"] = {"egw-test/node": fake_node}
+    # No kubelet renews the fake node: on a loaded machine kcm may taint it NotReady (after 50 s)
+    # before the scheduler gets to the pod. Scheduling, not node health, is under test here.
+    pod_spec["tolerations"] = [{"key": f"node.kubernetes.io/{t}", "operator": "Exists", "effect": "NoSchedule"}
+                               for t in ("not-ready", "unreachable")]
     plane.kubectl("create", "-f", "-", input=json.dumps(deployment))
     try:
         def replicasets() -> list[dict[str, Any]]:

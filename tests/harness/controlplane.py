@@ -12,6 +12,7 @@ signing keys), binaries come from hack/build-kube.sh. No pytest here: the sandbo
 from __future__ import annotations
 
 import atexit
+import ipaddress
 import json
 import os
 import re
@@ -54,11 +55,15 @@ def _port_clash(process: ManagedProcess) -> bool:
 
 
 class ControlPlane:
-    """etcd + kube-apiserver, optionally kube-controller-manager + kube-scheduler, all on 127.0.0.1."""
+    """etcd + kube-apiserver, optionally kube-controller-manager + kube-scheduler.
+
+    Everything listens on 127.0.0.1 except the apiserver, which listens on `bind_address` (default
+    127.0.0.1; the sandbox passes its control-plane netns address so node namespaces can reach it).
+    """
 
     def __init__(
         self, work_dir: Path, *, bin_dir: Path | None = None, start_timeout: float = START_TIMEOUT,
-        service_account_admission: bool = False, advertise_address: str = "127.0.0.1",
+        service_account_admission: bool = False, bind_address: str = "127.0.0.1", advertise_address: str | None = None,
         extra_apiserver_args: Sequence[str] = (),
     ) -> None:
         self.work_dir = work_dir
@@ -70,7 +75,8 @@ class ControlPlane:
         # Envtest disables it because no controller creates `default` ServiceAccounts; the sandbox
         # (which runs kcm from the start and real pods) turns it back on.
         self._service_account_admission = service_account_admission
-        self._advertise_address = advertise_address
+        self._bind_address = str(ipaddress.ip_address(bind_address))  # a concrete IP: clients dial it
+        self._advertise_address = advertise_address or self._bind_address
         self._extra_apiserver_args = list(extra_apiserver_args)
         self.processes: dict[str, ManagedProcess] = {}
         self.server = ""
@@ -204,7 +210,7 @@ class ControlPlane:
     def _write_pki(self) -> None:
         serving = self._serving_ca.issue_server("kube-apiserver", ["localhost", "kubernetes", "kubernetes.default",
                                                                    "kubernetes.default.svc"],
-                                                ["127.0.0.1", FIRST_SERVICE_IP])
+                                                sorted({"127.0.0.1", self._bind_address, FIRST_SERVICE_IP}))
         serving.write(self.pki_dir, "apiserver")
         self._serving_ca.pair.write(self.pki_dir, "serving-ca")
         self._client_ca.pair.write(self.pki_dir, "client-ca")
@@ -243,7 +249,7 @@ class ControlPlane:
 
     def _start_apiserver(self, etcd_url: str) -> None:
         port = free_port()
-        self.server = f"https://127.0.0.1:{port}"
+        self.server = f"https://{self._bind_address}:{port}"
         pki = self.pki_dir
         admission = [] if self._service_account_admission else ["--disable-admission-plugins=ServiceAccount"]
         # Endpoints may not hold a loopback IP: with 127.0.0.1 the `kubernetes` Service endpoint sync
@@ -251,7 +257,7 @@ class ControlPlane:
         reconciler = ["--endpoint-reconciler-type=none"] if self._advertise_address.startswith("127.") else []
         process = self._launch("kube-apiserver", [
             f"--etcd-servers={etcd_url}",
-            "--bind-address=127.0.0.1", f"--advertise-address={self._advertise_address}", f"--secure-port={port}",
+            f"--bind-address={self._bind_address}", f"--advertise-address={self._advertise_address}", f"--secure-port={port}",
             f"--cert-dir={self.work_dir / 'apiserver-certs'}",
             f"--tls-cert-file={pki / 'apiserver.crt'}", f"--tls-private-key-file={pki / 'apiserver.key'}",
             f"--client-ca-file={pki / 'client-ca.crt'}",

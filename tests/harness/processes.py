@@ -12,6 +12,7 @@ import signal
 import socket
 import ssl
 import subprocess
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -39,7 +40,11 @@ def free_port() -> int:
 
 
 def _die_with_parent() -> None:
-    """Runs in the child before exec: SIGTERM it when the parent dies (no orphaned apiserver after a crash)."""
+    """Runs in the child before exec: SIGTERM it when the parent dies (no orphaned apiserver after a crash).
+
+    The kernel ties this to the forking *thread*, so it is only used from the main thread: a plane
+    started from a worker thread (the sandbox's netns worker) must outlive that thread.
+    """
     ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
@@ -82,7 +87,8 @@ class ManagedProcess:
             log.flush()
             self._popen = subprocess.Popen(
                 self.argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                env=dict(env) if env is not None else clean_environment(), start_new_session=True, preexec_fn=_die_with_parent,
+                env=dict(env) if env is not None else clean_environment(), start_new_session=True,
+                preexec_fn=_die_with_parent if threading.current_thread() is threading.main_thread() else None,
             )
 
     def stop(self, timeout: float = 15.0) -> None:
