@@ -121,6 +121,7 @@ NAMESPACES = ResourceType("", "v1", "namespaces", "Namespace", False)
 SERVICES = ResourceType("", "v1", "services", "Service", True)
 EVENTS = ResourceType("", "v1", "events", "Event", True)
 SECRETS = ResourceType("", "v1", "secrets", "Secret", True)
+SERVICE_ACCOUNTS = ResourceType("", "v1", "serviceaccounts", "ServiceAccount", True)
 LEASES = ResourceType("coordination.k8s.io", "v1", "leases", "Lease", True)
 SERVICE_CIDRS = ResourceType("networking.k8s.io", "v1", "servicecidrs", "ServiceCIDR", False)
 MUTATING_WEBHOOKS = ResourceType("admissionregistration.k8s.io", "v1", "mutatingwebhookconfigurations",

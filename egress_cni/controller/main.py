@@ -1,0 +1,151 @@
+"""egress-controller: informers on every replica, reconciling on the Lease-elected leader only.
+
+Two replicas share the Lease `egressgateway-controller`; the standby keeps its caches warm and
+takes over once the leader stops renewing (at most one lease duration after a crash; at once
+after a clean shutdown, which releases the Lease).
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from types import FrameType
+
+from egress_cni import k8s
+from egress_cni.controller.config import Config, parse_args
+from egress_cni.controller.events import EventSink
+from egress_cni.controller.metrics import Metrics, serve
+from egress_cni.controller.reconciler import Reconciler
+from egress_cni.controller.watchers import Dirty, Watchers
+
+log = logging.getLogger("egress_cni.controller")
+
+DEBOUNCE_SECONDS = 0.005  # gather an event burst (a kubectl apply of many objects) into one pass
+
+
+_STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
+
+
+class FieldsFormatter(logging.Formatter):
+    """Constant message followed by the record's `extra` fields as key=value."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        fields = " ".join(f"{k}={v!r}" for k, v in vars(record).items() if k not in _STANDARD)
+        return f"{super().format(record)} {fields}".rstrip()
+
+
+class Controller:
+    def __init__(self, client: k8s.Client, config: Config) -> None:
+        self.client, self.config = client, config
+        self.metrics = Metrics()
+        self.dirty = Dirty()
+        self.watchers = Watchers(client, config, self.dirty)
+        self.reconciler = Reconciler(client, config, self.watchers, self.metrics, EventSink(client))
+        self.leader = threading.Event()
+        self.stopping = threading.Event()
+        self._worker_beat = time.monotonic()
+
+    def healthy(self) -> bool:
+        return time.monotonic() - self._worker_beat < max(60.0, 3 * self.config.resync_seconds)
+
+    def ready(self) -> bool:
+        return self.watchers.synced()
+
+    def run_worker(self) -> None:
+        deadline: float | None = None
+        last_resync = time.monotonic()
+        while not self.stopping.is_set():
+            self._worker_beat = time.monotonic()
+            self.metrics.queue_depth.set(self.dirty.depth())
+            if not self.leader.is_set() or not self.watchers.synced():
+                self.stopping.wait(0.1)  # the standby only keeps its caches warm
+                continue
+            if time.monotonic() - last_resync > self.config.resync_seconds:
+                last_resync = time.monotonic()
+                self.watchers.start_optional()
+                self.dirty.mark(everything=True, all_slices=True)
+            timeout = 1.0 if deadline is None else max(0.0, min(1.0, deadline - time.time()))
+            with self.dirty.wake:
+                if not self.dirty.depth():
+                    self.dirty.wake.wait(timeout)
+            if deadline is not None and time.time() >= deadline:
+                deadline = None
+                self.dirty.mark(everything=True)  # an agent Lease may have run out
+            if not self.dirty.depth():
+                continue
+            self.stopping.wait(DEBOUNCE_SECONDS)
+            work = self.dirty.take()
+            started = time.perf_counter()
+            try:
+                deadline = self.reconciler.reconcile(*work)
+            except Exception:
+                self.metrics.reconcile_errors.inc()
+                log.exception("reconcile failed; retrying")
+                self.dirty.mark(everything=True, all_slices=True)
+                self.stopping.wait(0.5)
+            finally:
+                self.metrics.reconcile_seconds.observe(time.perf_counter() - started)
+
+    def run_election(self) -> None:
+        keeper = k8s.LeaseKeeper(self.client, self.config.leader_lease, self.config.namespace,
+                                 self.config.identity, self.config.leader_lease_seconds)
+        period = max(0.2, self.config.leader_lease_seconds / 3)
+        last_renewed = 0.0
+        while not self.stopping.is_set():
+            try:
+                held = keeper.try_acquire_or_renew()
+            except k8s.APIError as exc:
+                log.warning("leader lease call failed", extra={"error": str(exc)})
+                held = self.leader.is_set() and time.monotonic() - last_renewed < self.config.leader_lease_seconds
+            else:
+                last_renewed = time.monotonic() if held else last_renewed
+            if held and not self.leader.is_set():
+                log.info("became leader", extra={"identity": self.config.identity})
+                self.dirty.mark(everything=True, all_slices=True)
+                self.leader.set()
+            elif not held and self.leader.is_set():
+                log.warning("lost leadership", extra={"identity": self.config.identity})
+                self.leader.clear()
+            self.metrics.leader.set(1 if self.leader.is_set() else 0)
+            self.stopping.wait(period)
+        if self.leader.is_set():
+            self.leader.clear()
+            keeper.release()
+
+    def start(self) -> list[threading.Thread]:
+        self.watchers.start()
+        threads = [threading.Thread(target=self.run_worker, name="worker", daemon=True),
+                   threading.Thread(target=self.run_election, name="election", daemon=True)]
+        for t in threads:
+            t.start()
+        return threads
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(FieldsFormatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+    logging.basicConfig(level=logging.INFO, handlers=[handler])
+    config = parse_args(argv)
+    client = k8s.Client.from_kubeconfig(config.kubeconfig, component="egressgateway-controller")
+    controller = Controller(client, config)
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        controller.stopping.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    serve(config.health_address, controller.metrics, controller.healthy, controller.ready)
+    threads = controller.start()
+    log.info("controller started", extra={"identity": config.identity, "namespace": config.namespace})
+    controller.stopping.wait()
+    threads[1].join(timeout=5)  # the election thread releases the Lease on its way out
+    controller.watchers.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

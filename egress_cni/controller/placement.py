@@ -1,0 +1,308 @@
+"""Which EIP each policy gets and which gateway node carries it (pure).
+
+The gateway's `status.nodeList` is the record of where every EIP lives; `place_gateway` reads it,
+keeps everything that is still valid where it is, and only then decides what must change:
+
+- an EIP whose node is no longer eligible (agent Lease expired, NotReady, cordoned, unlabelled)
+  moves to the least-loaded eligible node, one EIP at a time, so a failed node's EIPs are spread
+  rather than piled onto one node; EIPs never move back when the old node recovers;
+- a new policy gets its EIP (`useNodeIP`, explicit `egressIP`, `rr` or `default`) and, if the EIP
+  is not placed yet, the least-loaded eligible node (fewest EIPs over all gateways, ties by name).
+
+`rr` is a real round robin: the next free pool address after the last one handed out (remembered
+in the gateway annotation `ANNOTATION_RR_LAST`), so a released address is reused only after the
+whole pool has been walked.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from egress_cni.api.model import (
+    ALLOCATOR_RR,
+    EgressGateway,
+    EgressIP,
+    EipStatus,
+    GatewayNodeStatus,
+    IPUsage,
+    PolicyRef,
+)
+from egress_cni.api.pools import IPPool, parse_address, pool_of
+
+ANNOTATION_RR_LAST = "egressgateway.spidernet.io/rr-last"  # "<ipv4>,<ipv6>" last rr allocation
+
+READY = "Ready"
+# Ready=False reasons a policy can carry.
+NO_ELIGIBLE_NODE = "NoEligibleNode"
+POOL_EXHAUSTED = "PoolExhausted"
+GATEWAY_NOT_FOUND = "GatewayNotFound"
+INVALID_EIP = "InvalidEIP"
+ASSIGNED = "Assigned"
+
+
+@dataclass(frozen=True)
+class NodeView:
+    """What placement needs to know about a Node."""
+
+    name: str
+    labels: Mapping[str, str] = field(default_factory=dict)
+    ready: bool = True
+    unschedulable: bool = False
+    agent_alive: bool = True
+
+    @property
+    def eligible(self) -> bool:
+        return self.ready and not self.unschedulable and self.agent_alive
+
+    @property
+    def status(self) -> str:
+        """The nodeList `status` word: Ready, or why the node cannot carry EIPs."""
+        if not self.ready:
+            return "NodeNotReady"
+        if not self.agent_alive:
+            return "HeartbeatTimeout"
+        if self.unschedulable:
+            return "Cordoned"
+        return READY
+
+
+@dataclass(frozen=True)
+class PolicyView:
+    ref: PolicyRef
+    egress_ip: EgressIP
+    created: str = ""  # creationTimestamp: older policies are served first
+    reserved_ipv4: str = ""  # status.eip of a policy not in any nodeList (e.g. after a total outage)
+    reserved_ipv6: str = ""
+
+
+@dataclass(frozen=True)
+class Assignment:
+    ipv4: str = ""
+    ipv6: str = ""
+    node: str = ""
+    reason: str = ASSIGNED  # ASSIGNED, or why the policy is not Ready
+    message: str = ""
+
+    @property
+    def ready(self) -> bool:
+        return self.reason == ASSIGNED
+
+
+@dataclass(frozen=True)
+class Move:
+    ipv4: str
+    ipv6: str
+    source: str
+    target: str  # "" when no eligible node is left
+    why: str
+    policies: tuple[PolicyRef, ...]
+
+
+@dataclass(frozen=True)
+class Placement:
+    node_list: tuple[GatewayNodeStatus, ...]
+    assignments: Mapping[PolicyRef, Assignment]
+    moves: tuple[Move, ...]
+    ip_usage: IPUsage
+    rr_last: str  # new value of ANNOTATION_RR_LAST
+    load: Mapping[str, int]  # EIP entries per node after this gateway, for the next gateway
+
+
+@dataclass
+class _Entry:
+    ipv4: str
+    ipv6: str
+    node: str
+    policies: list[PolicyRef]
+
+    @property
+    def node_ip_bucket(self) -> bool:
+        return not self.ipv4 and not self.ipv6
+
+
+def gateway_pools(gw: EgressGateway) -> tuple[IPPool, IPPool]:
+    return IPPool.parse(gw.spec.ippools.ipv4, 4), IPPool.parse(gw.spec.ippools.ipv6, 6)
+
+
+def _in_pool(pool: IPPool, ip: str) -> bool:
+    try:
+        return pool.contains(ip)
+    except ValueError:
+        return False
+
+
+def _least_loaded(eligible: Sequence[str], load: Mapping[str, int]) -> str:
+    return min(eligible, key=lambda n: (load.get(n, 0), n)) if eligible else ""
+
+
+def place_gateway(gw: EgressGateway, policies: Sequence[PolicyView], nodes: Sequence[NodeView],
+                  load: Mapping[str, int]) -> Placement:
+    """Decide the gateway's nodeList and every policy's EIP and node. `load` counts EIP entries of
+    the gateways placed before this one (plus this one's current entries is added here)."""
+    v4_pool, v6_pool = gateway_pools(gw)
+    selector = gw.spec.node_selector.selector
+    members = {n.name: n for n in nodes if selector is not None and selector.matches(n.labels)}
+    eligible = sorted(name for name, n in members.items() if n.eligible)
+    wanted = {p.ref: p for p in policies}
+    load_after = dict(load)
+
+    # 1. Keep recorded entries that still have policies; note entries whose node cannot serve.
+    entries: list[_Entry] = []
+    for node_status in gw.status.node_list:
+        for rec in node_status.eips:
+            refs = [r for r in rec.policies if r in wanted]
+            if not refs or (rec.ipv4 and not _in_pool(v4_pool, rec.ipv4)) or (rec.ipv6 and not _in_pool(v6_pool, rec.ipv6)):
+                continue
+            entries.append(_Entry(rec.ipv4, rec.ipv6, node_status.name, refs))
+    seen: set[PolicyRef] = set()
+    for e in entries:  # a policy listed twice (hand-edited status) keeps its first entry
+        unique = []
+        for ref in e.policies:
+            if ref not in seen:
+                seen.add(ref)
+                unique.append(ref)
+        e.policies = unique
+    entries = [e for e in entries if e.policies]
+    for e in entries:
+        if e.node in eligible:
+            load_after[e.node] = load_after.get(e.node, 0) + 1
+
+    # 2. Move entries off nodes that cannot carry them, one at a time onto the least loaded.
+    moves: list[Move] = []
+    for e in sorted(entries, key=lambda e: (e.node, e.ipv4, e.ipv6)):
+        if e.node in eligible:
+            continue
+        why = members[e.node].status if e.node in members else "NotSelected"
+        target = _least_loaded(eligible, load_after)
+        if target:
+            load_after[target] = load_after.get(target, 0) + 1
+        moves.append(Move(e.ipv4, e.ipv6, e.node, target, why, tuple(e.policies)))
+        e.node = target
+    entries = _merge_node_ip_buckets(entries)
+
+    # 3. Place policies that have no entry yet.
+    assignments: dict[PolicyRef, Assignment] = {}
+    rr_v4, _, rr_v6 = gw.metadata.annotations.get(ANNOTATION_RR_LAST, "").partition(",")
+    placed = {r for e in entries for r in e.policies}
+    for policy in sorted((p for p in policies if p.ref not in placed), key=lambda p: (p.created, p.ref.key)):
+        used4 = pool_of((e.ipv4 for e in entries if e.ipv4), 4)
+        used6 = pool_of((e.ipv6 for e in entries if e.ipv6), 6)
+        want, problem = _choose_eip(gw, policy, v4_pool, v6_pool, used4, used6, rr_v4, rr_v6)
+        if problem is not None:
+            assignments[policy.ref] = problem
+            continue
+        ipv4, ipv6 = want
+        if policy.egress_ip.allocator_policy == ALLOCATOR_RR and not policy.egress_ip.ipv4 and not policy.egress_ip.ipv6 \
+                and not policy.egress_ip.use_node_ip and not (policy.reserved_ipv4 or policy.reserved_ipv6):
+            rr_v4, rr_v6 = ipv4 or rr_v4, ipv6 or rr_v6
+        entry = _find_entry(entries, ipv4, ipv6, eligible, load_after)
+        if entry is None:
+            node = _least_loaded(eligible, load_after)
+            if node:
+                load_after[node] = load_after.get(node, 0) + 1
+            entry = _Entry(ipv4, ipv6, node, [])
+            entries.append(entry)
+        entry.policies.append(policy.ref)
+
+    # 4. Project: every policy's assignment, the nodeList, usage.
+    for e in entries:
+        for ref in e.policies:
+            if e.node:
+                assignments[ref] = Assignment(e.ipv4, e.ipv6, e.node)
+            else:
+                assignments[ref] = Assignment(e.ipv4, e.ipv6, "", NO_ELIGIBLE_NODE,
+                                              f"no node matching the selector of EgressGateway {gw.metadata.name} is "
+                                              "Ready, uncordoned and has a live agent")
+    node_list = tuple(
+        GatewayNodeStatus(name, members[name].status, tuple(
+            EipStatus(e.ipv4, e.ipv6, tuple(sorted(e.policies, key=lambda r: (r.namespace, r.name))))
+            for e in sorted(entries, key=lambda e: (e.ipv4, e.ipv6)) if e.node == name
+        ))
+        for name in sorted(members)
+    )
+    used4 = pool_of((e.ipv4 for e in entries if e.ipv4 and e.node), 4)
+    used6 = pool_of((e.ipv6 for e in entries if e.ipv6 and e.node), 6)
+    usage = IPUsage(v4_pool.count, v4_pool.difference(used4).count, v6_pool.count, v6_pool.difference(used6).count)
+    rr_last = f"{rr_v4},{rr_v6}" if (rr_v4 or rr_v6) else ""
+    return Placement(node_list, assignments, tuple(moves), usage, rr_last, load_after)
+
+
+def _find_entry(entries: list[_Entry], ipv4: str, ipv6: str, eligible: Sequence[str],
+                load: Mapping[str, int]) -> _Entry | None:
+    """An existing entry the policy can join: same EIP (either family), or the node-IP bucket."""
+    if not ipv4 and not ipv6:
+        buckets = [e for e in entries if e.node_ip_bucket and e.node in eligible]
+        # useNodeIP policies spread too: join the bucket of the least-loaded node if it has one.
+        target = _least_loaded(eligible, load)
+        return next((e for e in buckets if e.node == target), None)
+    return next((e for e in entries if (ipv4 and e.ipv4 == ipv4) or (ipv6 and e.ipv6 == ipv6)), None)
+
+
+def _choose_eip(gw: EgressGateway, policy: PolicyView, v4_pool: IPPool, v6_pool: IPPool, used4: IPPool,
+                used6: IPPool, rr_v4: str, rr_v6: str) -> tuple[tuple[str, str], Assignment | None]:
+    spec = policy.egress_ip
+    name = gw.metadata.name
+    if spec.use_node_ip:
+        return ("", ""), None
+    if spec.ipv4 or spec.ipv6:
+        for ip, pool, field_name in ((spec.ipv4, v4_pool, "ipv4"), (spec.ipv6, v6_pool, "ipv6")):
+            if ip and not _in_pool(pool, ip):
+                return ("", ""), Assignment(reason=INVALID_EIP, message=(
+                    f"spec.egressIP.{field_name} {ip} is not in the {field_name} pool of EgressGateway {name} "
+                    f"({pool}); use an address from the pool"))
+        return (spec.ipv4, spec.ipv6), None
+    if _reservation_usable(policy, v4_pool, v6_pool, used4, used6):
+        return (policy.reserved_ipv4, policy.reserved_ipv6), None
+    if not v4_pool and not v6_pool:
+        return ("", ""), Assignment(reason=POOL_EXHAUSTED, message=(
+            f"EgressGateway {name} has no EIP pools; set spec.egressIP.useNodeIP or add addresses to spec.ippools"))
+    if spec.allocator_policy == ALLOCATOR_RR:
+        picked: list[str] = []
+        for pool, used, last in ((v4_pool, used4, rr_v4), (v6_pool, used6, rr_v6)):
+            if not pool:
+                picked.append("")
+                continue
+            free = pool.next_free_after(used, _parse_or_none(last))
+            if free is None:
+                return ("", ""), Assignment(reason=POOL_EXHAUSTED, message=(
+                    f"every address of the IPv{pool.version} pool of EgressGateway {name} is in use ({pool}); "
+                    "add addresses or delete policies"))
+            picked.append(str(free))
+        return (picked[0], picked[1]), None
+    ipv4 = gw.spec.ippools.ipv4_default_eip or (str(v4_pool.nth(0)) if v4_pool else "")
+    ipv6 = gw.spec.ippools.ipv6_default_eip or (str(v6_pool.nth(0)) if v6_pool else "")
+    return (ipv4, ipv6), None
+
+
+def _parse_or_none(text: str) -> str | None:
+    try:
+        return str(parse_address(text)) if text else None
+    except ValueError:
+        return None
+
+
+def _reservation_usable(policy: PolicyView, v4_pool: IPPool, v6_pool: IPPool, used4: IPPool, used6: IPPool) -> bool:
+    """A policy keeps the EIP its status shows after it dropped out of every nodeList (total
+    outage): the address must still be in the pool and, for `rr`, not taken by someone else."""
+    reserved = ((policy.reserved_ipv4, v4_pool, used4), (policy.reserved_ipv6, v6_pool, used6))
+    if not any(ip for ip, _, _ in reserved):
+        return False
+    for ip, pool, used in reserved:
+        if ip and (not _in_pool(pool, ip) or (policy.egress_ip.allocator_policy == ALLOCATOR_RR and used.contains(ip))):
+            return False
+    return True
+
+
+def _merge_node_ip_buckets(entries: list[_Entry]) -> list[_Entry]:
+    """One useNodeIP bucket per node, even after a move brought a second one there."""
+    buckets: dict[str, _Entry] = {}
+    out: list[_Entry] = []
+    for e in entries:
+        if e.node_ip_bucket and e.node in buckets:
+            buckets[e.node].policies.extend(e.policies)
+            continue
+        if e.node_ip_bucket:
+            buckets[e.node] = e
+        out.append(e)
+    return out

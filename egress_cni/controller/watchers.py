@@ -1,0 +1,180 @@
+"""The controller's informers and what their events make dirty.
+
+Every event only marks work; one worker does it (see reconciler.py). Pod events are reduced to
+the namespaces whose policies must recompute their endpoint slices; agent Lease renewals (five a
+second per node) mark nothing unless the Lease's liveness flips — expiry is found by the worker's
+deadline timer, not by an event.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from egress_cni import k8s
+from egress_cni.controller.config import Config
+from egress_cni.controller.slices import PodView
+
+REQUIRED = (
+    k8s.EGRESS_GATEWAYS, k8s.EGRESS_POLICIES, k8s.EGRESS_CLUSTER_POLICIES, k8s.EGRESS_TUNNELS,
+    k8s.EGRESS_CLUSTER_INFOS, k8s.EGRESS_ENDPOINT_SLICES, k8s.EGRESS_CLUSTER_ENDPOINT_SLICES,
+    k8s.NODES, k8s.NAMESPACES, k8s.PODS, k8s.LEASES,
+)
+OPTIONAL = (k8s.SERVICE_CIDRS, k8s.CALICO_IPPOOLS)  # APIs a cluster may not serve
+
+
+class Dirty:
+    """What the next pass must look at; `wake` is notified on every change."""
+
+    def __init__(self) -> None:
+        self.wake = threading.Condition()
+        self.everything = True
+        self.all_slices = True
+        self.policies: set[tuple[str, str]] = set()  # (plural, key) whose slices need recomputing
+        self.namespaces: set[str] = set()  # namespaces whose pods changed
+
+    def depth(self) -> int:
+        return int(self.everything) + len(self.policies) + len(self.namespaces)
+
+    def mark(self, *, everything: bool = False, all_slices: bool = False, policy: tuple[str, str] | None = None,
+             namespace: str | None = None) -> None:
+        with self.wake:
+            self.everything |= everything
+            self.all_slices |= all_slices
+            if policy is not None:
+                self.policies.add(policy)
+            if namespace is not None:
+                self.namespaces.add(namespace)
+            self.wake.notify_all()
+
+    def take(self) -> tuple[bool, bool, set[tuple[str, str]], set[str]]:
+        with self.wake:
+            out = (self.everything, self.all_slices, self.policies, self.namespaces)
+            self.everything, self.all_slices, self.policies, self.namespaces = False, False, set(), set()
+            return out
+
+
+class Watchers:
+    def __init__(self, client: k8s.Client, config: Config, dirty: Dirty) -> None:
+        self.client, self.config, self.dirty = client, config, dirty
+        self.informers: dict[str, k8s.Informer] = {}
+        self.pods: dict[str, dict[str, PodView]] = {}  # namespace -> pod name -> view
+        self._pods_lock = threading.Lock()
+        self._agent_alive: dict[str, bool] = {}
+        handlers: dict[str, Callable[[str, dict[str, Any] | None, dict[str, Any] | None], None]] = {
+            k8s.EGRESS_POLICIES.plural: self._on_policy, k8s.EGRESS_CLUSTER_POLICIES.plural: self._on_policy,
+            k8s.EGRESS_ENDPOINT_SLICES.plural: self._on_slice, k8s.EGRESS_CLUSTER_ENDPOINT_SLICES.plural: self._on_slice,
+            k8s.PODS.plural: self._on_pod, k8s.NAMESPACES.plural: self._on_namespace, k8s.LEASES.plural: self._on_lease,
+        }
+        for rt in REQUIRED:
+            self.informers[rt.plural] = k8s.Informer(
+                client, rt, namespace=config.namespace if rt is k8s.LEASES else None,
+                resync_seconds=config.resync_seconds,
+                on_change=handlers.get(rt.plural, self._on_other))
+        self._optional_started: set[str] = set()
+
+    def start(self) -> None:
+        for informer in self.informers.values():
+            informer.start()
+        self.start_optional()
+
+    def start_optional(self) -> None:
+        """Start informers for optional APIs that are served now (called again on every resync)."""
+        for rt in OPTIONAL:
+            if rt.plural in self._optional_started:
+                continue
+            try:
+                self.client.list(rt)
+            except k8s.APIError:
+                continue
+            informer = k8s.Informer(self.client, rt, resync_seconds=self.config.resync_seconds, on_change=self._on_other)
+            informer.start()
+            self.informers[rt.plural] = informer
+            self._optional_started.add(rt.plural)
+            self.dirty.mark(everything=True)
+
+    def synced(self) -> bool:
+        return all(self.informers[rt.plural].synced for rt in REQUIRED)
+
+    def get(self, rt: k8s.ResourceType) -> k8s.Informer | None:
+        return self.informers.get(rt.plural)
+
+    def stop(self) -> None:
+        for informer in self.informers.values():
+            informer.stop()
+
+    # --- handlers ------------------------------------------------------------------------------
+
+    def _on_other(self, key: str, old: dict[str, Any] | None, new: dict[str, Any] | None) -> None:
+        self.dirty.mark(everything=True)
+
+    def _on_policy(self, key: str, old: dict[str, Any] | None, new: dict[str, Any] | None) -> None:
+        obj = new or old or {}
+        plural = k8s.EGRESS_CLUSTER_POLICIES.plural if obj.get("kind") == "EgressClusterPolicy" else k8s.EGRESS_POLICIES.plural
+        self.dirty.mark(everything=True, policy=(plural, key))
+
+    def _on_slice(self, key: str, old: dict[str, Any] | None, new: dict[str, Any] | None) -> None:
+        obj = new or old or {}
+        meta = obj.get("metadata") or {}
+        owner = (meta.get("labels") or {}).get("spidernet.io/policy-name")
+        if not owner:
+            return
+        cluster = obj.get("kind") == "EgressClusterEndpointSlice"
+        plural = k8s.EGRESS_CLUSTER_POLICIES.plural if cluster else k8s.EGRESS_POLICIES.plural
+        self.dirty.mark(policy=(plural, owner if cluster else f"{meta.get('namespace')}/{owner}"))
+
+    def _on_pod(self, key: str, old: dict[str, Any] | None, new: dict[str, Any] | None) -> None:
+        namespace, _, name = key.partition("/")
+        view = PodView.from_raw(new) if new is not None else None
+        with self._pods_lock:
+            pods = self.pods.setdefault(namespace, {})
+            before = pods.get(name)
+            if view is None:
+                pods.pop(name, None)
+            else:
+                pods[name] = view
+        if before != view or old is new:
+            self.dirty.mark(namespace=namespace)
+
+    def _on_namespace(self, key: str, old: dict[str, Any] | None, new: dict[str, Any] | None) -> None:
+        before = ((old or {}).get("metadata") or {}).get("labels")
+        after = ((new or {}).get("metadata") or {}).get("labels")
+        if old is None or new is None or before != after or old is new:
+            self.dirty.mark(everything=True, namespace=key)
+
+    def _on_lease(self, key: str, old: dict[str, Any] | None, new: dict[str, Any] | None) -> None:
+        name = key.partition("/")[2]
+        if not name.startswith(self.config.agent_lease_prefix):
+            return
+        alive = new is not None and k8s.lease_fresh(new, time.time(), self.config.agent_lease_grace)
+        if self._agent_alive.get(name) != alive:
+            self._agent_alive[name] = alive
+            self.dirty.mark(everything=True)
+
+    # --- reads for the worker ------------------------------------------------------------------
+
+    def pods_snapshot(self) -> dict[str, dict[str, PodView]]:
+        with self._pods_lock:
+            return {ns: dict(pods) for ns, pods in self.pods.items()}
+
+    def agent_liveness(self, now: float) -> tuple[dict[str, bool], float | None]:
+        """Node name -> agent alive, and the earliest moment a live agent's Lease runs out."""
+        informer = self.informers[k8s.LEASES.plural]
+        alive: dict[str, bool] = {}
+        deadline: float | None = None
+        for lease in informer.list():
+            name = (lease.get("metadata") or {}).get("name", "")
+            if not name.startswith(self.config.agent_lease_prefix):
+                continue
+            fresh = k8s.lease_fresh(lease, now, self.config.agent_lease_grace)
+            node = name[len(self.config.agent_lease_prefix):]
+            alive[node] = fresh
+            self._agent_alive[name] = fresh
+            if fresh:
+                spec = lease.get("spec") or {}
+                expiry = (k8s.parse_time(str(spec.get("renewTime") or "")) or now) + \
+                    float(spec.get("leaseDurationSeconds") or 0) + self.config.agent_lease_grace
+                deadline = expiry if deadline is None else min(deadline, expiry)
+        return alive, deadline
