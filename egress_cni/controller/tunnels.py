@@ -37,7 +37,7 @@ def subnet_pool(cidr: str, version: int) -> IPPool:
     if not cidr:
         return IPPool(version)
     pool = IPPool.parse([cidr], version, "tunnel subnet")
-    if version == 6 or pool.count <= 2:  # IPv4 CIDRs already drop both ends when larger than /31
+    if version == 6 and pool:  # IPPool.parse already drops both ends of IPv4 CIDRs up to /30
         ends = (pool.ranges[0].first, pool.ranges[-1].last)
         pool = pool.difference(IPPool.of(version, [IPRange(v, v, version) for v in ends]))
     return pool
