@@ -120,6 +120,7 @@ class ControlPlane:
         for process in reversed(list(self.processes.values())):
             process.stop()
         shutil.rmtree(self.work_dir / "etcd-data", ignore_errors=True)
+        atexit.unregister(self.stop)
 
     def log_tails(self, lines: int = 40) -> str:
         return "\n".join(
@@ -224,10 +225,11 @@ class ControlPlane:
             try:
                 return start()
             except StartupError:
-                process = self.processes.pop(name)
+                process = self.processes[name]
                 process.stop()
                 if attempt == PORT_ATTEMPTS or not _port_clash(process):
-                    raise
+                    raise  # the failed process stays listed, so log_tails() shows it
+                del self.processes[name]
         raise AssertionError("unreachable")
 
     def _launch(self, name: str, argv: list[str]) -> ManagedProcess:

@@ -93,7 +93,7 @@ class ManagedProcess:
 
     def stop(self, timeout: float = 15.0) -> None:
         """SIGTERM, then SIGKILL after `timeout`; only ever our own child's PID."""
-        popen, self._popen = self._popen, None
+        popen = self._popen
         if popen is None or popen.poll() is not None:
             return
         popen.send_signal(signal.SIGTERM)
