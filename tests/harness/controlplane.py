@@ -75,7 +75,9 @@ class ControlPlane:
         # Envtest disables it because no controller creates `default` ServiceAccounts; the sandbox
         # (which runs kcm from the start and real pods) turns it back on.
         self._service_account_admission = service_account_admission
-        self._bind_address = str(ipaddress.ip_address(bind_address))  # a concrete IP: clients dial it
+        if ipaddress.ip_address(bind_address).is_unspecified:
+            raise ValueError(f"bind_address {bind_address!r}: give the concrete IP clients dial (it becomes the server URL and a SAN)")
+        self._bind_address = bind_address
         self._advertise_address = advertise_address or self._bind_address
         self._extra_apiserver_args = list(extra_apiserver_args)
         self.processes: dict[str, ManagedProcess] = {}
