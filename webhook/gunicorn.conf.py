@@ -1,0 +1,43 @@
+"""gunicorn settings for the webhook, sized for small nodes (2 cores).
+
+Two gthread workers with 4 threads each: reviews are CPU-bound and take well under a millisecond,
+so two processes use both cores, and threads keep slow TLS handshakes from blocking reviews.
+Every setting can be overridden with the EGRESS_WEBHOOK_* variables below (or gunicorn's own
+GUNICORN_CMD_ARGS).
+"""
+
+import os
+import tempfile
+
+# Metrics from all workers are aggregated through files in one directory (see webhook/metrics.py);
+# the variable must be set before prometheus_client is first imported.
+if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="egress-webhook-metrics-")
+
+from webhook import metrics, tls
+
+_cert_dir = os.environ.get("EGRESS_WEBHOOK_CERT_DIR", "/etc/tls")
+
+wsgi_app = "webhook.app:create_app_from_env()"
+bind = [f"{os.environ.get('EGRESS_WEBHOOK_BIND', '0.0.0.0')}:{os.environ.get('EGRESS_WEBHOOK_PORT', '9443')}"]
+workers = int(os.environ.get("EGRESS_WEBHOOK_WORKERS", "2"))
+worker_class = "gthread"
+threads = int(os.environ.get("EGRESS_WEBHOOK_THREADS", "4"))
+worker_connections = 200
+keepalive = 75          # the API server keeps connections to webhooks open (Go's idle timeout is 90 s)
+timeout = 30            # a worker silent this long is restarted
+graceful_timeout = 10   # finish in-flight reviews on SIGTERM (the API server timeout is 10 s)
+backlog = 256
+limit_request_line = 8190
+certfile = os.path.join(_cert_dir, "tls.crt")
+keyfile = os.path.join(_cert_dir, "tls.key")
+ssl_context = tls.context_for
+accesslog = os.environ.get("EGRESS_WEBHOOK_ACCESS_LOG") or None
+errorlog = "-"
+loglevel = os.environ.get("LOG_LEVEL", "info").lower()
+proc_name = "egress-webhook"
+control_socket_disable = True  # no runtime control socket: one fewer thing shared between instances
+
+
+def child_exit(server, worker):  # type: ignore[no-untyped-def]
+    metrics.worker_exited(worker.pid)
