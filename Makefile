@@ -32,7 +32,7 @@ kube:
 
 lint: venv
 	$(VENV)/bin/ruff check egress_cni webhook tests e2e bench hack
-	$(VENV)/bin/mypy egress_cni webhook
+	$(VENV)/bin/mypy egress_cni webhook tests/harness
 
 unit: venv
 	$(VENV)/bin/pytest -m unit
