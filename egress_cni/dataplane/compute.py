@@ -56,6 +56,8 @@ class Desired:
     selection: Mapping[str, tuple[str, ...]]  # registry key -> policy keys (only pods whose labels we know)
     hijack: Mapping[int, tuple[str, ...]]  # destinations of policies selecting pods on this node
     gateway_of: Mapping[str, str]  # policy key -> gateway node ("" = none: its traffic is dropped)
+    order: tuple[str, ...] = ()  # policy keys, first match first
+    peers: frozenset[str] = frozenset()  # nodes we have a tunnel to
 
 
 def policy_key(p: EgressPolicy) -> str:
@@ -297,13 +299,17 @@ def desired_dataplane(state: ClusterState, facts: NodeFacts, config: DataplaneCo
         chains.add(Chain(f, "mangle", config.mangle_chain, "PREROUTING", tuple(restore + connmark[f] + mangle[f])))
         chains.add(Chain(f, "nat", config.nat_chain, "POSTROUTING", tuple(nat[f])))
         filt: list[str] = []
-        mss: list[str] = []
+        post: list[str] = []
         if link:
             filt = [tagged(f"-i {vx} -m conntrack --ctdir REPLY -j RETURN", "tunnel-reply"), *accept[f],
                     tagged(f"-i {vx} -j DROP", "fail-closed")]
-            mss = [tagged(f"-o {vx} -p tcp -m tcp --tcp-flags SYN,RST SYN -j TCPMSS --clamp-mss-to-pmtu", "mss")]
+            post = [
+                tagged(f"-o {vx} -p tcp -m tcp --tcp-flags SYN,RST SYN -j TCPMSS --clamp-mss-to-pmtu", "mss"),
+                # the VXLAN packet inherits the inner mark: reset it so the outer one is not routed into the tunnel again
+                tagged(f"-o {vx} -j MARK --set-xmark 0x{config.mark_base:x}/0x{FULL:x}", "outer-mark"),
+            ]
         chains.add(Chain(f, "filter", config.filter_chain, "FORWARD", tuple(filt)))
-        chains.add(Chain(f, "mangle", config.mss_chain, "POSTROUTING", tuple(mss)))
+        chains.add(Chain(f, "mangle", config.mangle_post_chain, "POSTROUTING", tuple(post)))
 
     sysctls = {Sysctl(f"net/ipv4/conf/{vx}/rp_filter", "2")} if link else set()
     dataplane = Dataplane(
@@ -312,4 +318,5 @@ def desired_dataplane(state: ClusterState, facts: NodeFacts, config: DataplaneCo
         sysctls=frozenset(sysctls), jumps_ok=frozenset(c.key for c in chains),
     )
     return Desired(dataplane, {k: tuple(v) for k, v in selection.items()},
-                   {f: tuple(sorted(v)) for f, v in hijack.items()}, gateway_of)
+                   {f: tuple(sorted(v)) for f, v in hijack.items()}, gateway_of,
+                   tuple(policy_key(p) for p in policies), frozenset(n for n in steer_to | reply_to if n in peers))

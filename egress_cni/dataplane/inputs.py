@@ -80,8 +80,8 @@ class DataplaneConfig:
         return f"{self.chain_prefix}-FORWARD"
 
     @property
-    def mss_chain(self) -> str:
-        return f"{self.chain_prefix}-MSS"
+    def mangle_post_chain(self) -> str:
+        return f"{self.chain_prefix}-POSTROUTING"  # in mangle; the nat chain of the same name is another chain
 
     def owns_mark(self, mark: int) -> bool:
         return mark & self.mark_mask == self.mark_base

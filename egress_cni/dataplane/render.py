@@ -62,7 +62,7 @@ def restore_text(chains: Iterable[Chain], drops: Iterable[Chain] = (), hooks: di
         for c in mine:
             lines += [f"-A {c.name} {r}" for r in c.rules]
         for c in [*mine, *gone] if jumps else gone:
-            for _ in range(sum(1 for r in hooks.get((table, c.hook), []) if _is_jump(r, c.name))):
+            for _ in range(sum(1 for r in hooks.get((table, c.hook), []) if c.hook and _is_jump(r, c.name))):
                 lines.append(f"-D {c.hook} {jump_spec(c)}")
         if jumps:
             lines += [f"-I {c.hook} 1 {jump_spec(c)}" for c in mine]

@@ -1,0 +1,43 @@
+"""This node's facts from the kernel: the parent (underlay) link, its first global IPs and MTU.
+
+The parent is `--parent` when given, else the link of the default route (IPv4 first). Our own EIPs
+(IFA_PROTO = ours) and host prefixes are never taken as the node's underlay address.
+"""
+
+from __future__ import annotations
+
+import socket
+
+from pyroute2 import IPRoute
+
+from egress_cni.dataplane.inputs import DataplaneConfig, NodeFacts
+
+
+def default_route_link(ipr: IPRoute) -> str | None:
+    for af in (socket.AF_INET, socket.AF_INET6):
+        for r in ipr.get_routes(family=af, table=254):
+            if r["dst_len"] == 0 and r.get_attr("RTA_OIF"):
+                return str(ipr.get_links(r.get_attr("RTA_OIF"))[0].get_attr("IFLA_IFNAME"))
+    return None
+
+
+def read_facts(name: str, parent: str | None, config: DataplaneConfig, *, ipv4: bool = True, ipv6: bool = False,
+               holds_lease: bool = True) -> NodeFacts:
+    with IPRoute() as ipr:
+        link = parent or default_route_link(ipr)
+        if not link:
+            raise RuntimeError("no parent link: pass --parent or give the node a default route")
+        found = ipr.link_lookup(ifname=link)
+        if not found:
+            raise RuntimeError(f"parent link {link!r} does not exist")
+        idx = found[0]
+        mtu = int(ipr.get_links(idx)[0].get_attr("IFLA_MTU"))
+        first: dict[int, str] = {}
+        for a in ipr.get_addr(index=idx):
+            if a.get_attr("IFA_PROTO") == config.eip_proto or a["scope"] != 0:
+                continue
+            fam = 4 if a["family"] == socket.AF_INET else 6
+            if a["prefixlen"] in (32, 128):
+                continue
+            first.setdefault(fam, a.get_attr("IFA_ADDRESS"))
+    return NodeFacts(name, link, first.get(4, ""), first.get(6, ""), mtu, ipv4, ipv6, holds_lease)

@@ -1,0 +1,74 @@
+"""Tell the L2 segment that an EIP moved here: gratuitous ARP (IPv4) and unsolicited NA (IPv6).
+
+Neighbours keep the old MAC for an EIP until told otherwise, so every takeover sends a few of these
+(the first at once, then spaced out, because a busy switch or a neighbour in its ARP locktime can
+miss one). Linux updates an existing entry from a gratuitous ARP even with arp_accept=0.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import socket
+import struct
+import threading
+import time
+from collections.abc import Iterable
+
+log = logging.getLogger(__name__)
+ETH_P_ARP = 0x0806
+BROADCAST = b"\xff" * 6
+ALL_NODES = "ff02::1"
+SO_BINDTODEVICE = 25
+
+
+def mac_of(dev: str) -> bytes:
+    with open(f"/sys/class/net/{dev}/address", encoding="ascii") as f:
+        return bytes.fromhex(f.read().strip().replace(":", ""))
+
+
+def arp_frame(mac: bytes, ip: str, opcode: int) -> bytes:
+    addr = socket.inet_aton(ip)
+    target_mac = BROADCAST if opcode == 2 else b"\x00" * 6
+    arp = struct.pack("!HHBBH6s4s6s4s", 1, 0x0800, 6, 4, opcode, mac, addr, target_mac, addr)
+    return BROADCAST + mac + struct.pack("!H", ETH_P_ARP) + arp
+
+
+def na_message(mac: bytes, ip: str) -> bytes:
+    """ICMPv6 Neighbor Advertisement, Override set, with the target link-layer address option
+    (the kernel fills in the checksum for raw ICMPv6 sockets)."""
+    return struct.pack("!BBHI16sBB6s", 136, 0, 0, 0x20000000, ipaddress.IPv6Address(ip).packed, 2, 1, mac)
+
+
+def send_once(dev: str, ips: Iterable[str]) -> None:
+    mac = mac_of(dev)
+    for ip in ips:
+        try:
+            if ":" in ip:
+                with socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6) as s:
+                    s.setsockopt(socket.SOL_SOCKET, SO_BINDTODEVICE, dev.encode())
+                    s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_HOPS, 255)
+                    s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_IF, socket.if_nametoindex(dev))
+                    s.sendto(na_message(mac, ip), (ALL_NODES, 0, 0, socket.if_nametoindex(dev)))
+            else:
+                with socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ARP)) as s:
+                    s.bind((dev, ETH_P_ARP))
+                    s.send(arp_frame(mac, ip, 1))
+                    s.send(arp_frame(mac, ip, 2))
+        except OSError as exc:
+            log.warning("cannot announce eip", extra={"dev": dev, "eip": ip, "error": str(exc)})
+
+
+def announce(dev: str, ips: list[str], repeats: tuple[float, ...] = (0.0, 0.2, 0.5, 1.0, 2.0)) -> threading.Thread:
+    """Send now and again after each delay (seconds since start) in a daemon thread."""
+
+    def run() -> None:
+        start = time.monotonic()
+        for delay in repeats:
+            time.sleep(max(0.0, start + delay - time.monotonic()))
+            send_once(dev, ips)
+
+    log.info("announcing eips", extra={"dev": dev, "eips": ips})
+    t = threading.Thread(target=run, name="announce", daemon=True)
+    t.start()
+    return t

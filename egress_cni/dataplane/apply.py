@@ -1,0 +1,121 @@
+"""The only code that changes the kernel: read what we own, apply a plan (adds before removes), uninstall."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from egress_cni.dataplane import announce
+from egress_cni.dataplane.inputs import DataplaneConfig
+from egress_cni.dataplane.netlink import Netlink
+from egress_cni.dataplane.plan import Chain, Dataplane, Plan, Sysctl, diff
+from egress_cni.dataplane.render import ipset_script, restore_text
+from egress_cni.dataplane.xtables import SavedTable, Xtables, detect_backend, ipset_restore, read_ipsets
+
+log = logging.getLogger(__name__)
+
+
+class KernelDataplane:
+    """Reads and writes the state of the network namespace this process runs in."""
+
+    def __init__(self, config: DataplaneConfig, parent: str, families: list[int], backend: str = "auto") -> None:
+        self.config = config
+        self.parent = parent
+        self.families = families
+        self.netlink = Netlink(config)
+        self.xtables = Xtables(detect_backend(backend), config.chain_prefix)
+        self.saved: dict[tuple[int, str], SavedTable] = {}
+        self._tables_hint: set[int] = set()  # tables of desired routes: a route whose rule vanished is still seen
+
+    def close(self) -> None:
+        self.netlink.close()
+
+    def read_actual(self, sysctls: frozenset[Sysctl] = frozenset()) -> Dataplane:
+        nl = self.netlink
+        rules = nl.read_rules()
+        neighbours, fdb = nl.read_neighbours()
+        chains, jumps_ok, self.saved = self.xtables.read(self.families)
+        return Dataplane(
+            link=nl.read_link(),
+            addresses=frozenset(nl.read_addresses(self.parent)),
+            routes=frozenset(nl.read_routes({r.table for r in rules} | self._tables_hint)),
+            rules=frozenset(rules),
+            neighbours=frozenset(neighbours),
+            fdb=frozenset(fdb),
+            ipsets=frozenset(read_ipsets(self.config.ipset_prefix)),
+            chains=frozenset(chains),
+            sysctls=frozenset(s for s in sysctls if _read_sysctl(s.path) == s.value),
+            jumps_ok=frozenset(jumps_ok),
+        )
+
+    def hint_tables(self, tables: set[int]) -> None:
+        self._tables_hint = set(tables)
+
+    def counters(self) -> dict[str, tuple[int, int]]:
+        """rule tag -> (packets, bytes), from the last read."""
+        out: dict[str, tuple[int, int]] = {}
+        for st in self.saved.values():
+            for tag, (p, b) in st.counters.items():
+                old = out.get(tag, (0, 0))
+                out[tag] = (old[0] + p, old[1] + b)
+        return out
+
+    def ipset_restore(self, script: str) -> None:
+        ipset_restore(script)
+
+    def apply(self, plan: Plan) -> None:
+        if plan.empty:
+            return
+        nl = self.netlink
+        nl.apply_adds(plan)
+        for s in plan.sysctls:
+            _write_sysctl(s.path, s.value)
+        ipset_restore(ipset_script(plan.create_ipsets, plan.add_members))
+        for f in self.families:
+            self._restore(f, [c for c in plan.write_chains if c.family == f], [], jumps=True)
+        ipset_restore(ipset_script((), (), plan.del_members))
+        for f in self.families:
+            self._restore(f, [], [c for c in plan.drop_chains if c.family == f], jumps=False)
+        ipset_restore(ipset_script((), (), (), plan.destroy_ipsets))
+        nl.apply_removes(plan)
+        eips = [a.cidr.split("/")[0] for a in plan.add_addresses if a.eip]
+        if eips:
+            announce.announce(self.parent, eips)
+        log.info("applied plan", extra={"changes": plan.summary()})
+
+    def _restore(self, family: int, write: list[Chain], drop: list[Chain], jumps: bool) -> None:
+        if not write and not drop:
+            return
+        hooks = {(t, h): rules for (f, t), st in self.saved.items() if f == family for h, rules in st.hooks.items()}
+        self.xtables.restore(family, restore_text(write, drop, hooks, jumps=jumps))
+        if jumps:  # our jumps now sit at position 1: keep the cached view right for a following drop
+            for c in write:
+                rules = [r for r in hooks.get((c.table, c.hook), []) if not r.endswith(f"-j {c.name}")]
+                st = self.saved.get((family, c.table))
+                if st is not None:
+                    st.hooks[c.hook] = [f"-m comment --comment egw:jump -j {c.name}", *rules]
+
+    def uninstall(self) -> None:
+        """Remove everything we own: chains and jumps, sets, rules, routes, EIPs, the VXLAN link."""
+        self.apply(diff(Dataplane(), self.read_actual()))
+
+
+def _sysctl_path(path: str) -> str:
+    return os.path.join("/proc/sys", path)
+
+
+def _read_sysctl(path: str) -> str | None:
+    try:
+        with open(_sysctl_path(path), encoding="ascii") as f:
+            return f.read().strip()
+    except OSError:
+        return None
+
+
+def _write_sysctl(path: str, value: str) -> None:
+    try:
+        with open(_sysctl_path(path), "w", encoding="ascii") as f:
+            f.write(value)
+    except OSError as exc:
+        log.warning("cannot set sysctl", extra={"path": path, "error": str(exc)})
+

@@ -1,0 +1,211 @@
+"""Links, addresses, routes, rules, neighbours and FDB entries through pyroute2 (the netlink half of apply).
+
+What we own is found in the kernel, not in memory: the VXLAN link by name; rules whose fwmark has our
+mark bits; routes in the tables those marks name; EIPs by IFA_PROTO on the parent link.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import socket
+from typing import Any
+
+from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+
+from egress_cni.dataplane.inputs import DataplaneConfig
+from egress_cni.dataplane.plan import IPV4, IPV6, Address, Fdb, Neighbour, Plan, Route, Rule, VxlanLink
+
+log = logging.getLogger(__name__)
+AF = {IPV4: socket.AF_INET, IPV6: socket.AF_INET6}
+NUD_PERMANENT = 0x80
+NTF_SELF = 0x02
+IFA_F_NODAD = 0x02
+IFA_F_NOPREFIXROUTE = 0x200
+RTNH_F_ONLINK = 0x04
+
+
+def _family_of(ip: str) -> int:
+    return IPV6 if ":" in ip else IPV4
+
+
+class Netlink:
+    def __init__(self, config: DataplaneConfig) -> None:
+        self.config = config
+        self.ipr = IPRoute()
+
+    def close(self) -> None:
+        self.ipr.close()
+
+    def index(self, name: str) -> int | None:
+        found = self.ipr.link_lookup(ifname=name)
+        return found[0] if found else None
+
+    # --- read ---------------------------------------------------------------------------------
+
+    def read_link(self) -> VxlanLink | None:
+        idx = self.index(self.config.vxlan_name)
+        if idx is None:
+            return None
+        msg = self.ipr.get_links(idx)[0]
+        info = msg.get_attr("IFLA_LINKINFO")
+        data = info.get_attr("IFLA_INFO_DATA") if info is not None else None
+        if info is None or info.get_attr("IFLA_INFO_KIND") != "vxlan" or data is None:
+            return VxlanLink(self.config.vxlan_name, -1, 0, "", "", "", 0)  # foreign type: replaced
+        parent_idx = data.get_attr("IFLA_VXLAN_LINK")
+        parent = self.ipr.get_links(parent_idx)[0].get_attr("IFLA_IFNAME") if parent_idx else ""
+        local = data.get_attr("IFLA_VXLAN_LOCAL") or data.get_attr("IFLA_VXLAN_LOCAL6") or ""
+        return VxlanLink(self.config.vxlan_name, data.get_attr("IFLA_VXLAN_ID"), data.get_attr("IFLA_VXLAN_PORT"),
+                         parent, local, msg.get_attr("IFLA_ADDRESS"), msg.get_attr("IFLA_MTU"))
+
+    def read_addresses(self, parent: str) -> set[Address]:
+        out: set[Address] = set()
+        vx, par = self.index(self.config.vxlan_name), self.index(parent)
+        for dev, idx in ((self.config.vxlan_name, vx), (parent, par)):
+            if idx is None:
+                continue
+            for a in self.ipr.get_addr(index=idx):
+                ip = a.get_attr("IFA_ADDRESS")
+                if idx == vx and not ip.startswith("fe80"):
+                    out.add(Address(dev, f"{ip}/{a['prefixlen']}"))
+                elif idx == par and a.get_attr("IFA_PROTO") == self.config.eip_proto:
+                    out.add(Address(dev, f"{ip}/{a['prefixlen']}", eip=True))
+        return out
+
+    def read_rules(self) -> set[Rule]:
+        out: set[Rule] = set()
+        for f, af in AF.items():
+            for r in self.ipr.get_rules(family=af):
+                mark = r.get_attr("FRA_FWMARK")
+                if mark is not None and self.config.owns_mark(mark):
+                    out.add(Rule(f, r.get_attr("FRA_PRIORITY") or 0, mark, r.get_attr("FRA_TABLE") or r["table"]))
+        return out
+
+    def read_routes(self, tables: set[int]) -> set[Route]:
+        out: set[Route] = set()
+        names = {}
+        for f, af in AF.items():
+            for table in sorted(tables):
+                for r in self.ipr.get_routes(family=af, table=table):
+                    if r.get_attr("RTA_TABLE") != table:
+                        continue
+                    oif = r.get_attr("RTA_OIF")
+                    if oif not in names:
+                        names[oif] = self.ipr.get_links(oif)[0].get_attr("IFLA_IFNAME") if oif else ""
+                    dst = "default" if r["dst_len"] == 0 else f"{r.get_attr('RTA_DST')}/{r['dst_len']}"
+                    out.add(Route(f, table, dst, r.get_attr("RTA_GATEWAY") or "", names[oif]))
+        return out
+
+    def owned_tables(self) -> set[int]:
+        return {r.table for r in self.read_rules()}
+
+    def read_neighbours(self) -> tuple[set[Neighbour], set[Fdb]]:
+        idx = self.index(self.config.vxlan_name)
+        if idx is None:
+            return set(), set()
+        vx = self.config.vxlan_name
+        neigh = {Neighbour(f, vx, n.get_attr("NDA_DST"), n.get_attr("NDA_LLADDR"))
+                 for f, af in AF.items() for n in self.ipr.get_neighbours(family=af, ifindex=idx)
+                 if n["state"] & NUD_PERMANENT}
+        fdb = {Fdb(vx, n.get_attr("NDA_LLADDR"), n.get_attr("NDA_DST"))
+               for n in self.ipr.get_neighbours(family=socket.AF_BRIDGE, ifindex=idx)
+               if n["state"] & NUD_PERMANENT and n.get_attr("NDA_DST")}
+        return neigh, fdb
+
+    # --- write --------------------------------------------------------------------------------
+
+    def _quiet(self, ok: set[int], fn: Any, *args: Any, **kwargs: Any) -> None:
+        try:
+            fn(*args, **kwargs)
+        except NetlinkError as exc:
+            if exc.code not in ok:
+                raise
+
+    def ensure_link(self, link: VxlanLink) -> None:
+        idx = self.index(link.name)
+        current = self.read_link() if idx is not None else None
+        if current is not None and (current.vni, current.port, current.parent, current.local) != (
+                link.vni, link.port, link.parent, link.local):
+            log.info("replacing vxlan link", extra={"link": link.name, "had": repr(current)})
+            self.ipr.link("del", index=idx)
+            idx = None
+        parent = self.index(link.parent)
+        if parent is None:
+            raise RuntimeError(f"parent link {link.parent!r} of {link.name} does not exist")
+        if idx is None:
+            local = {"vxlan_local6": link.local} if ":" in link.local else {"vxlan_local": link.local}
+            self.ipr.link("add", ifname=link.name, kind="vxlan", vxlan_id=link.vni, vxlan_port=link.port,
+                          vxlan_link=parent, vxlan_learning=0, address=link.mac, mtu=link.mtu, **local)
+            idx = self.index(link.name)
+        self.ipr.link("set", index=idx, address=link.mac, mtu=link.mtu, state="up")
+
+    def delete_link(self) -> None:
+        idx = self.index(self.config.vxlan_name)
+        if idx is not None:
+            self._quiet({errno.ENODEV}, self.ipr.link, "del", index=idx)
+
+    def address(self, cmd: str, a: Address) -> None:
+        idx = self.index(a.dev)
+        if idx is None:
+            return
+        ip, plen = a.cidr.split("/")
+        extra: dict[str, Any] = {}
+        if a.eip:
+            extra = {"proto": self.config.eip_proto, "flags": IFA_F_NOPREFIXROUTE | (IFA_F_NODAD if ":" in ip else 0)}
+        elif ":" in ip:
+            extra = {"flags": IFA_F_NODAD}
+        self._quiet({errno.EEXIST, errno.EADDRNOTAVAIL, errno.ENOENT}, self.ipr.addr, cmd, index=idx, address=ip,
+                    prefixlen=int(plen), **extra)
+
+    def route(self, cmd: str, r: Route) -> None:
+        idx = self.index(r.dev)
+        if idx is None:
+            return
+        self._quiet({errno.EEXIST, errno.ESRCH, errno.ENOENT}, self.ipr.route, cmd, family=AF[r.family], dst=r.dst,
+                    gateway=r.via, oif=idx, table=r.table, flags=RTNH_F_ONLINK)
+
+    def rule(self, cmd: str, r: Rule) -> None:
+        self._quiet({errno.EEXIST, errno.ENOENT}, self.ipr.rule, cmd, family=AF[r.family], priority=r.priority,
+                    fwmark=r.fwmark, fwmask=0xFFFFFFFF, table=r.table)
+
+    def neighbour(self, cmd: str, n: Neighbour) -> None:
+        idx = self.index(n.dev)
+        if idx is not None:
+            self._quiet({errno.EEXIST, errno.ENOENT}, self.ipr.neigh, "replace" if cmd == "add" else "del",
+                        family=AF[n.family], dst=n.ip, lladdr=n.mac, ifindex=idx, state=NUD_PERMANENT)
+
+    def fdb(self, cmd: str, e: Fdb) -> None:
+        idx = self.index(e.dev)
+        if idx is not None:
+            self._quiet({errno.EEXIST, errno.ENOENT}, self.ipr.neigh, "append" if cmd == "add" else "del",
+                        family=socket.AF_BRIDGE, ifindex=idx, lladdr=e.mac, dst=e.dst, state=NUD_PERMANENT,
+                        flags=NTF_SELF)
+
+    def apply_adds(self, plan: Plan) -> None:
+        if plan.link is not None:
+            self.ensure_link(plan.link)
+        for a in plan.add_addresses:
+            self.address("add", a)
+        for e in plan.add_fdb:
+            self.fdb("add", e)
+        for n in plan.add_neighbours:
+            self.neighbour("add", n)
+        for r in plan.add_routes:
+            self.route("add", r)
+        for rule in plan.add_rules:
+            self.rule("add", rule)
+
+    def apply_removes(self, plan: Plan) -> None:
+        for rule in plan.del_rules:
+            self.rule("del", rule)
+        for r in plan.del_routes:
+            self.route("del", r)
+        for n in plan.del_neighbours:
+            self.neighbour("del", n)
+        for e in plan.del_fdb:
+            self.fdb("del", e)
+        for a in plan.del_addresses:
+            self.address("del", a)
+        if plan.delete_link:
+            self.delete_link()

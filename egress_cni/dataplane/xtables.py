@@ -1,0 +1,137 @@
+"""iptables/ip6tables and ipset: read what we own, write whole chains atomically (the other half of apply).
+
+Writes go through `iptables-restore --noflush` (declaring one of our chains flushes and refills it in
+one transaction, nobody else's rules are touched) and `ipset restore -exist`. The backend (legacy or
+nft) is detected once: whichever already holds rules of kube-proxy/kubelet, else the one with more.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import shutil
+import subprocess
+from dataclasses import dataclass
+
+from egress_cni.dataplane.plan import IPV4, IPV6, TABLES, Chain, IPSet, rule_tag
+from egress_cni.dataplane.render import JUMP_COMMENT
+
+log = logging.getLogger(__name__)
+_COUNTED = re.compile(r"^\[(\d+):(\d+)\]\s+")
+BACKENDS = ("nft", "legacy")
+
+
+class CommandError(RuntimeError):
+    def __init__(self, cmd: list[str], code: int, stderr: str, stdin: str = "") -> None:
+        first_lines = "\n".join(stdin.splitlines()[:20])
+        super().__init__(f"{' '.join(cmd)} exited {code}: {stderr.strip()}" + (f"\ninput began:\n{first_lines}" if stdin else ""))
+
+
+def run(cmd: list[str], stdin: str | None = None) -> str:
+    proc = subprocess.run(cmd, input=stdin, capture_output=True, text=True, timeout=60)
+    if proc.returncode != 0:
+        raise CommandError(cmd, proc.returncode, proc.stderr, stdin or "")
+    return proc.stdout
+
+
+def detect_backend(mode: str = "auto") -> str:
+    if mode in BACKENDS:
+        return mode
+    if mode != "auto":
+        raise ValueError(f"iptables backend {mode!r}: accepted auto, nft, legacy")
+    scores = {}
+    for backend in BACKENDS:
+        binary = f"iptables-{backend}-save"
+        if not shutil.which(binary):
+            continue
+        try:
+            text = run([binary])
+        except (CommandError, OSError):
+            continue
+        scores[backend] = (("KUBE-IPTABLES" in text or "KUBE-KUBELET" in text), len(text.splitlines()))
+    if not scores:
+        return "nft" if shutil.which("iptables-nft-restore") else "legacy"
+    return max(scores, key=lambda b: (scores[b], b == "nft"))
+
+
+@dataclass
+class SavedTable:
+    chains: dict[str, list[str]]  # our chains -> rule specs
+    hooks: dict[str, list[str]]  # built-in chains -> rule specs
+    counters: dict[str, tuple[int, int]]  # rule tag -> (packets, bytes)
+
+
+class Xtables:
+    def __init__(self, backend: str, prefix: str) -> None:
+        self.backend = backend
+        self.prefix = prefix + "-"
+
+    def _bin(self, family: int, tool: str) -> str:
+        return f"{'iptables' if family == IPV4 else 'ip6tables'}-{self.backend}-{tool}"
+
+    def save(self, family: int, table: str) -> SavedTable:
+        text = run([self._bin(family, "save"), "-c", "-t", table])
+        chains: dict[str, list[str]] = {}
+        hooks: dict[str, list[str]] = {}
+        counters: dict[str, tuple[int, int]] = {}
+        for line in text.splitlines():
+            if line.startswith(":"):
+                name = line[1:].split()[0]
+                (chains if name.startswith(self.prefix) else hooks).setdefault(name, [])
+                continue
+            m = _COUNTED.match(line)
+            if m:
+                line = line[m.end():]
+            if not line.startswith("-A "):
+                continue
+            _, chain, spec = line.split(" ", 2)
+            target = chains if chain.startswith(self.prefix) else hooks
+            target.setdefault(chain, []).append(spec)
+            if m and chain.startswith(self.prefix):
+                counters[rule_tag(spec)] = (int(m.group(1)), int(m.group(2)))
+        return SavedTable(chains, hooks, counters)
+
+    def read(self, families: list[int]) -> tuple[set[Chain], set[tuple[int, str, str]], dict[tuple[int, str], SavedTable]]:
+        """Our chains (with empty hook), the keys whose jump is first in its built-in chain, raw tables."""
+        chains: set[Chain] = set()
+        jumps_ok: set[tuple[int, str, str]] = set()
+        saved: dict[tuple[int, str], SavedTable] = {}
+        for f in families:
+            for table in TABLES:
+                st = saved[(f, table)] = self.save(f, table)
+                hook_of = {_target(r): hook for hook, rules in st.hooks.items() for r in rules if JUMP_COMMENT in r}
+                for name, rules in st.chains.items():
+                    chains.add(Chain(f, table, name, hook_of.get(name, ""), tuple(rules)))
+                for rules in st.hooks.values():
+                    jumps = [_target(r) for r in rules if JUMP_COMMENT in r]
+                    if jumps and JUMP_COMMENT in rules[0] and jumps.count(jumps[0]) == 1:
+                        jumps_ok.add((f, table, jumps[0]))
+        return chains, jumps_ok, saved
+
+    def restore(self, family: int, text: str) -> None:
+        if text.strip():
+            run([self._bin(family, "restore"), "--noflush", "-w", "5"], stdin=text)
+
+
+def _target(spec: str) -> str:
+    return spec.rstrip().rsplit(" ", 1)[-1]
+
+
+def read_ipsets(prefix: str) -> set[IPSet]:
+    """Our sets (name starts with `<prefix>-`) with their members, from `ipset save`."""
+    sets: dict[str, tuple[int, set[str]]] = {}
+    for line in run(["ipset", "save"]).splitlines():
+        parts = line.split()
+        if len(parts) < 3 or not parts[1].startswith(prefix + "-"):
+            continue
+        if parts[0] == "create":
+            family = IPV6 if "inet6" in parts else IPV4
+            sets[parts[1]] = (family, set())
+        elif parts[0] == "add" and parts[1] in sets:
+            sets[parts[1]][1].add(parts[2])
+    return {IPSet(n, f, frozenset(m)) for n, (f, m) in sets.items()}
+
+
+def ipset_restore(script: str) -> None:
+    if script.strip():
+        run(["ipset", "restore", "-exist"], stdin=script)

@@ -1,0 +1,78 @@
+"""Echo the client's source IP over TCP and UDP (run inside the external server's netns).
+
+    python echo.py PORT      # serves [::]:PORT dual-stack until killed
+    python echo.py probe IP PORT tcp|udp [TIMEOUT] [SRC]   # prints the source IP the server saw
+    python echo.py until IP PORT EXPECT DEADLINE  # UDP probes every 20 ms; prints seconds to the first EXPECT reply
+"""
+
+from __future__ import annotations
+
+import socket
+import sys
+import threading
+import time
+
+
+def _plain(ip: str) -> str:
+    return ip[7:] if ip.startswith("::ffff:") else ip
+
+
+def serve(port: int) -> None:
+    tcp = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+    tcp.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+    tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    tcp.bind(("::", port))
+    tcp.listen(64)
+    udp = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+    udp.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+    udp.bind(("::", port))
+
+    def tcp_loop() -> None:
+        while True:
+            conn, addr = tcp.accept()
+            with conn:
+                conn.sendall(_plain(addr[0]).encode() + b"\n")
+
+    threading.Thread(target=tcp_loop, daemon=True).start()
+    print("ready", flush=True)
+    while True:
+        _, addr = udp.recvfrom(2048)
+        udp.sendto(_plain(addr[0]).encode() + b"\n", addr)
+
+
+def probe(ip: str, port: int, proto: str, timeout: float = 3.0) -> str:
+    family = socket.AF_INET6 if ":" in ip else socket.AF_INET
+    kind = socket.SOCK_STREAM if proto == "tcp" else socket.SOCK_DGRAM
+    with socket.socket(family, kind) as s:
+        s.settimeout(timeout)
+        if proto == "tcp":
+            s.connect((ip, port))
+            return s.recv(256).decode().strip()
+        s.sendto(b"hi", (ip, port))
+        return s.recv(256).decode().strip()
+
+
+def until(ip: str, port: int, expect: str, deadline: float) -> None:
+    start = time.monotonic()
+    while time.monotonic() - start < deadline:
+        try:
+            if probe(ip, port, "udp", 0.05) == expect:
+                print(f"{time.monotonic() - start:.3f}", flush=True)
+                return
+        except OSError:
+            time.sleep(0.02)
+    print("timeout", flush=True)
+    sys.exit(1)
+
+
+if __name__ == "__main__":
+    if sys.argv[1] == "probe":
+        try:
+            print(probe(sys.argv[2], int(sys.argv[3]), sys.argv[4], float(sys.argv[5]) if len(sys.argv) > 5 else 3.0))
+        except OSError as exc:
+            print(f"error: {exc}")
+            sys.exit(1)
+    elif sys.argv[1] == "until":
+        until(sys.argv[2], int(sys.argv[3]), sys.argv[4], float(sys.argv[5]))
+    else:
+        serve(int(sys.argv[1]))

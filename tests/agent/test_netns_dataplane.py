@@ -1,0 +1,102 @@
+"""The agent's dataplane on a real kernel: three nodes, pods and an echo server, all in namespaces.
+
+node2 is the gateway of policy default/web (EIP 10.100.0.200) which selects pod p1a (node1) and
+p2a (on the gateway node itself); p1b and p3a are not selected.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from tests.agent.topology import EIP4, EIP6, EXT4, EXT4_OTHER, EXT6, Topology
+
+pytestmark = [pytest.mark.netns, pytest.mark.timeout(300)]
+
+
+@pytest.fixture(scope="module")
+def topo() -> Iterator[Topology]:
+    t = Topology(dual=True)
+    try:
+        t.build()
+        t.set_policies("node2", t.policy("narrow", [(3, "a")], "node2", eip4="10.100.0.201", eip6="fd00:100::201",
+                                         dest=[f"{EXT4}/32", f"{EXT6}/128"]))
+        for n in (1, 2, 3):
+            t.once(n)
+        second = {n: json.loads(t.once(n)) for n in (1, 2, 3)}
+        assert all(r["ok"] and not r["changes"] for r in second.values()), f"apply twice must be a no-op: {second}"
+        for n in (1, 2, 3):
+            t.start_agent(n)
+        yield t
+    finally:
+        t.close()
+
+
+def test_selected_pod_leaves_with_the_eip_over_tcp_and_udp(topo: Topology) -> None:
+    assert topo.wait_probe(1, "a", EIP4) == EIP4, topo.agent_log(1)
+    assert topo.probe(1, "a", proto="udp") == EIP4
+
+
+def test_unselected_pod_keeps_its_usual_source(topo: Topology) -> None:
+    assert topo.probe(1, "b") == "10.100.0.1"
+    assert topo.probe(1, "b", proto="udp") == "10.100.0.1"
+
+
+def test_pod_on_the_gateway_node_uses_the_eip(topo: Topology) -> None:
+    assert topo.wait_probe(2, "a", EIP4) == EIP4
+    assert topo.probe(2, "a", proto="udp") == EIP4
+
+
+def test_destinations_outside_dest_subnet_keep_the_usual_ip(topo: Topology) -> None:
+    assert topo.wait_probe(3, "a", "10.100.0.201") == "10.100.0.201"
+    assert topo.probe(3, "a", dst=EXT4_OTHER) == "10.100.0.3"
+
+
+def test_in_cluster_traffic_is_untouched(topo: Topology) -> None:
+    # pod -> node IP of another node: the echo server is outside, so use a pod on node3 as the server
+    server = topo.exec_in(topo.pod(3, "b"), "true")
+    assert server.returncode == 0
+    import subprocess
+
+    from tests.agent.topology import ECHO, PYTHON
+
+    proc = subprocess.Popen(["ip", "netns", "exec", topo.pod(3, "b"), PYTHON, ECHO, "9090"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+        got = topo.exec_in(topo.pod(1, "a"), PYTHON, ECHO, "probe", topo.pod_ip(3, "b"), "9090", "tcp", check=False)
+        assert got.stdout.strip() == topo.pod_ip(1, "a")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=5)
+
+
+def test_ipv6_selected_and_unselected(topo: Topology) -> None:
+    assert topo.wait_probe(1, "a", EIP6, dst=EXT6) == EIP6
+    assert topo.probe(1, "a", dst=EXT6, proto="udp") == EIP6
+    assert topo.probe(2, "a", dst=EXT6) == EIP6
+    assert topo.probe(1, "b", dst=EXT6) == "fd00:100::1"
+
+
+def test_tamper_is_repaired_by_resync(topo: Topology) -> None:
+    node1 = topo.node(1)
+    rules = topo.exec_in(node1, "iptables-save", "-t", "mangle").stdout
+    steer = next(line for line in rules.splitlines() if "steer:default/web" in line)
+    topo.exec_in(node1, "iptables", "-t", "mangle", *steer.split()[0:1], "EGRESS-PREROUTING", "1", check=False)
+    topo.exec_in(node1, "iptables", "-t", "mangle", "-D", "EGRESS-PREROUTING", "1")
+    topo.exec_in(node1, "ip", "rule", "del", "fwmark", "0x26000002", "lookup", "0x26000002", check=False)
+    topo.exec_in(node1, "iptables", "-t", "mangle", "-D", "PREROUTING", "1")  # someone rewrote the built-in chain
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        now = topo.exec_in(node1, "iptables-save", "-t", "mangle").stdout
+        first = [line for line in now.splitlines() if line.startswith("-A PREROUTING")]
+        ruled = "0x26000002" in topo.exec_in(node1, "ip", "rule").stdout
+        if "steer:default/web" in now and first and "EGRESS-PREROUTING" in first[0] and ruled:
+            break
+        time.sleep(0.2)
+    else:
+        pytest.fail("tampered rules were not restored:\n" + topo.agent_log(1))
+    assert topo.wait_probe(1, "a", EIP4) == EIP4

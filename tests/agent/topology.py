@@ -1,0 +1,246 @@
+"""A three-node cluster built from network namespaces, with the agent running in each node.
+
+    underlay netns (bridge br0) ── node1/node2/node3 (eth0 10.100.0.N, fd00:100::N) ── ext (10.100.0.100/.101)
+    each node: pods behind veths (10.244.N.K, fd00:244:N::K), routes to the other nodes' pod CIDRs
+    (what a CNI would set up) and MASQUERADE for pod -> outside (so unselected pods leave as the node IP).
+
+The "controller" is the YAML directory every agent reads: tests change a policy's status.node by
+rewriting policies.yaml. Everything is removed by name at teardown; processes are stopped by PID.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+PYTHON = str(ROOT / ".venv" / "bin" / "python") if (ROOT / ".venv" / "bin" / "python").exists() else sys.executable
+ECHO = str(Path(__file__).resolve().parent / "echo.py")
+PORT = 8080
+EIP4, EIP6 = "10.100.0.200", "fd00:100::200"
+EXT4, EXT4_OTHER, EXT6 = "10.100.0.100", "10.100.0.101", "fd00:100::100"
+API = "egressgateway.spidernet.io/v1beta1"
+
+
+def sh(*cmd: str, check: bool = True, input: str | None = None) -> subprocess.CompletedProcess[str]:  # noqa: A002
+    proc = subprocess.run(list(cmd), capture_output=True, text=True, input=input, timeout=60)
+    if check and proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)}: {proc.returncode} {proc.stderr.strip()}")
+    return proc
+
+
+def tunnel(n: int, dual: bool) -> dict[str, Any]:
+    t = {"ipv4": f"172.31.0.{n}", "mac": f"66:00:00:00:00:0{n}", "parent": {"name": "eth0", "ipv4": f"10.100.0.{n}"}}
+    if dual:
+        t["ipv6"] = f"fd11::{n}"
+    return {"apiVersion": API, "kind": "EgressTunnel", "metadata": {"name": f"node{n}"},
+            "status": {"tunnel": t, "mark": f"0x2600000{n}", "phase": "Ready"}}
+
+
+class Topology:
+    def __init__(self, dual: bool = False, pods: dict[int, list[str]] | None = None) -> None:
+        self.id = uuid.uuid4().hex[:6]
+        self.dual = dual
+        self.pods = pods or {1: ["a", "b"], 2: ["a"], 3: ["a", "b"]}
+        self.namespaces: list[str] = []
+        self.procs: list[subprocess.Popen[str]] = []
+        self.agents: dict[int, subprocess.Popen[str]] = {}
+        self.dir = Path(tempfile.mkdtemp(prefix=f"egwt-{self.id}-"))
+        self.inputs = self.dir / "inputs"
+        self.inputs.mkdir()
+
+    # --- names ----------------------------------------------------------------------------------
+
+    def ns(self, what: str) -> str:
+        return f"egwt-{self.id}-{what}"
+
+    def node(self, n: int) -> str:
+        return self.ns(f"n{n}")
+
+    def pod(self, n: int, p: str) -> str:
+        return self.ns(f"p{n}{p}")
+
+    def pod_ip(self, n: int, p: str, family: int = 4) -> str:
+        k = 10 + ord(p) - ord("a")
+        return f"10.244.{n}.{k}" if family == 4 else f"fd00:244:{n}::{k}"
+
+    def exec_in(self, ns: str, *cmd: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return sh("ip", "netns", "exec", ns, *cmd, check=check)
+
+    # --- build ----------------------------------------------------------------------------------
+
+    def _add_ns(self, name: str) -> None:
+        sh("ip", "netns", "add", name)
+        self.namespaces.append(name)
+        sh("ip", "-n", name, "link", "set", "lo", "up")
+
+    def build(self) -> Topology:
+        ul = self.ns("ul")
+        self._add_ns(ul)
+        sh("ip", "-n", ul, "link", "add", "br0", "type", "bridge")
+        sh("ip", "-n", ul, "link", "set", "br0", "up")
+        members = [(f"n{n}", self.node(n), f"10.100.0.{n}", f"fd00:100::{n}") for n in (1, 2, 3)]
+        members.append(("ext", self.ns("ext"), EXT4, EXT6))
+        for short, name, ip4, ip6 in members:
+            self._add_ns(name)
+            sh("ip", "-n", name, "link", "add", "eth0", "type", "veth", "peer", "name", f"u-{short}", "netns", ul)
+            sh("ip", "-n", ul, "link", "set", f"u-{short}", "master", "br0", "up")
+            sh("ip", "-n", name, "addr", "add", f"{ip4}/24", "dev", "eth0")
+            if self.dual:
+                sh("ip", "-n", name, "addr", "add", f"{ip6}/64", "dev", "eth0", "nodad")
+            sh("ip", "-n", name, "link", "set", "eth0", "up")
+        ext = self.ns("ext")
+        sh("ip", "-n", ext, "addr", "add", f"{EXT4_OTHER}/24", "dev", "eth0")
+        for n in (1, 2, 3):
+            self._build_node(n)
+        server = subprocess.Popen(["ip", "netns", "exec", ext, PYTHON, ECHO, str(PORT)], stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True)
+        self.procs.append(server)
+        assert server.stdout is not None and server.stdout.readline().strip() == "ready"
+        self.write_inputs()
+        return self
+
+    def _build_node(self, n: int) -> None:
+        node = self.node(n)
+        for key in ("net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1"):
+            self.exec_in(node, "sysctl", "-qw", key)
+        for p in self.pods.get(n, []):
+            pod = self.pod(n, p)
+            self._add_ns(pod)
+            host = f"v{n}{p}"
+            sh("ip", "-n", pod, "link", "add", "eth0", "type", "veth", "peer", "name", host, "netns", node)
+            sh("ip", "-n", node, "link", "set", host, "up")
+            sh("ip", "-n", pod, "link", "set", "eth0", "up")
+            sh("ip", "-n", pod, "addr", "add", f"{self.pod_ip(n, p)}/32", "dev", "eth0")
+            sh("ip", "-n", pod, "route", "add", "169.254.1.1", "dev", "eth0")
+            sh("ip", "-n", pod, "route", "add", "default", "via", "169.254.1.1", "dev", "eth0")
+            sh("ip", "-n", node, "addr", "add", "169.254.1.1/32", "dev", host)
+            sh("ip", "-n", node, "route", "add", f"{self.pod_ip(n, p)}/32", "dev", host)
+            if self.dual:
+                sh("ip", "-n", pod, "addr", "add", f"{self.pod_ip(n, p, 6)}/128", "dev", "eth0", "nodad")
+                sh("ip", "-n", node, "addr", "add", "fe80::1/64", "dev", host, "nodad")
+                sh("ip", "-n", pod, "-6", "route", "add", "default", "via", "fe80::1", "dev", "eth0")
+                sh("ip", "-n", node, "-6", "route", "add", f"{self.pod_ip(n, p, 6)}/128", "dev", host)
+        for m in (1, 2, 3):
+            if m != n:
+                sh("ip", "-n", node, "route", "add", f"10.244.{m}.0/24", "via", f"10.100.0.{m}")
+                if self.dual:
+                    sh("ip", "-n", node, "-6", "route", "add", f"fd00:244:{m}::/64", "via", f"fd00:100::{m}")
+        rules = "*nat\n-A POSTROUTING -s 10.244.0.0/16 ! -d 10.244.0.0/16 -o eth0 -j MASQUERADE\nCOMMIT\n"
+        self.exec_in_input(node, ["iptables-restore", "--noflush"], rules)
+        if self.dual:
+            rules6 = "*nat\n-A POSTROUTING -s fd00:244::/32 ! -d fd00:244::/32 -o eth0 -j MASQUERADE\nCOMMIT\n"
+            self.exec_in_input(node, ["ip6tables-restore", "--noflush"], rules6)
+
+    def exec_in_input(self, ns: str, cmd: list[str], text: str) -> None:
+        sh("ip", "netns", "exec", ns, *cmd, input=text)
+
+    # --- cluster objects ------------------------------------------------------------------------
+
+    def write_inputs(self, gateway: str = "node2", extra_policies: list[dict[str, Any]] | None = None) -> None:
+        objs: list[dict[str, Any]] = [tunnel(n, self.dual) for n in (1, 2, 3)]
+        node_ip = {f"node{n}": {"ipv4": [f"10.100.0.{n}"], **({"ipv6": [f"fd00:100::{n}"]} if self.dual else {})}
+                   for n in (1, 2, 3)}
+        pools = {"ipv4": ["10.244.0.0/16"], **({"ipv6": ["fd00:244::/32"]} if self.dual else {})}
+        objs.append({"apiVersion": API, "kind": "EgressClusterInfo", "metadata": {"name": "default"},
+                     "status": {"nodeIP": node_ip, "podCIDR": {"pool": pools}}})
+        self._dump("cluster.yaml", objs)
+        self.set_policies(gateway, extra_policies)
+
+    def policy(self, name: str, pods: list[tuple[int, str]], gateway: str, eip4: str = EIP4, eip6: str = EIP6,
+               dest: list[str] | None = None) -> list[dict[str, Any]]:
+        eip = {"ipv4": eip4, **({"ipv6": eip6} if self.dual else {})}
+        endpoints = [{"ns": "default", "pod": f"p{n}{p}", "node": f"node{n}", "ipv4": [self.pod_ip(n, p)],
+                      **({"ipv6": [self.pod_ip(n, p, 6)]} if self.dual else {})} for n, p in pods]
+        spec: dict[str, Any] = {"egressGatewayName": "gw", "appliedTo": {"podSelector": {"matchLabels": {"policy": name}}}}
+        if dest:
+            spec["destSubnet"] = dest
+        return [
+            {"apiVersion": API, "kind": "EgressPolicy", "metadata": {"name": name, "namespace": "default"},
+             "spec": spec, "status": {"eip": eip, "node": gateway}},
+            {"apiVersion": API, "kind": "EgressEndpointSlice",
+             "metadata": {"name": f"{name}-1", "namespace": "default", "labels": {"spidernet.io/policy-name": name}},
+             "endpoints": endpoints},
+        ]
+
+    def set_policies(self, gateway: str, extra: list[dict[str, Any]] | None = None) -> None:
+        objs = self.policy("web", [(1, "a"), (2, "a")], gateway) + (extra or [])
+        self._dump("policies.yaml", objs)
+
+    def _dump(self, name: str, objs: list[dict[str, Any]]) -> None:
+        tmp = self.inputs / f".{name}.tmp"
+        tmp.write_text(yaml.safe_dump_all(objs))
+        os.replace(tmp, self.inputs / name)
+
+    # --- agents ---------------------------------------------------------------------------------
+
+    def agent_args(self, n: int, command: str = "run") -> list[str]:
+        args = ["ip", "netns", "exec", self.node(n), PYTHON, "-m", "egress_cni.agent.main", command,
+                "--node", f"node{n}", "--source", f"yaml:{self.inputs}", "--parent", "eth0",
+                "--registry-dir", str(self.dir / f"registry-node{n}"), "--metrics-address", "",
+                "--resync-seconds", "1", "--log-level", "WARNING"]
+        return args + (["--ipv6"] if self.dual else [])
+
+    def once(self, n: int) -> str:
+        proc = subprocess.run(self.agent_args(n, "once"), capture_output=True, text=True, timeout=120, cwd=ROOT)
+        if proc.returncode != 0:
+            raise RuntimeError(f"agent once on node{n} failed: {proc.stdout} {proc.stderr}")
+        return proc.stdout.strip().splitlines()[-1]
+
+    def start_agent(self, n: int) -> None:
+        log = open(self.dir / f"agent-node{n}.log", "a")  # noqa: SIM115 - owned by the process
+        proc = subprocess.Popen(self.agent_args(n), stdout=log, stderr=log, text=True, cwd=ROOT)
+        self.agents[n] = proc
+        self.procs.append(proc)
+
+    def stop_agent(self, n: int, sig: int = signal.SIGKILL) -> None:
+        proc = self.agents.pop(n, None)
+        if proc is not None and proc.poll() is None:
+            proc.send_signal(sig)
+            proc.wait(timeout=10)
+
+    def agent_log(self, n: int) -> str:
+        path = self.dir / f"agent-node{n}.log"
+        return path.read_text() if path.exists() else ""
+
+    # --- traffic --------------------------------------------------------------------------------
+
+    def probe(self, n: int, p: str, dst: str = EXT4, proto: str = "tcp", timeout: float = 3.0) -> str:
+        proc = self.exec_in(self.pod(n, p), PYTHON, ECHO, "probe", dst, str(PORT), proto, str(timeout), check=False)
+        return proc.stdout.strip()
+
+    def wait_probe(self, n: int, p: str, expect: str, dst: str = EXT4, proto: str = "tcp", timeout: float = 30.0) -> str:
+        deadline = time.monotonic() + timeout
+        got = ""
+        while time.monotonic() < deadline:
+            got = self.probe(n, p, dst, proto, timeout=1.0)
+            if got == expect:
+                return got
+            time.sleep(0.1)
+        return got
+
+    # --- teardown -------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in self.procs:
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=5)
+        for name in reversed(self.namespaces):
+            sh("ip", "netns", "del", name, check=False)
+        shutil.rmtree(self.dir, ignore_errors=True)
