@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from egress_cni.sandbox import containerd, images, netns, procs
+from egress_cni.sandbox import cgroups, containerd, images, netns, procs
 from egress_cni.sandbox.cri import CRIClient, PodRef
 from egress_cni.sandbox.plan import SandboxPlan, build_plan
 
@@ -34,6 +34,8 @@ def plan(tmp_path: Path) -> Iterator[SandboxPlan]:
         containerd.remove_all_pods(paths)
         for record in reversed(records):
             procs.stop(record)
+        cgroups.kill_all(cgroups.node_root(plan.nodes[0]))
+        assert cgroups.remove(cgroups.node_root(plan.nodes[0])) == []
         containerd.wipe(paths)
         netns.remove_topology(plan.netns_names)
 
@@ -43,7 +45,8 @@ def test_pod_reaches_external_server_through_the_cni_chain(plan: SandboxPlan, tm
     client = CRIClient(str(paths.socket))
     try:
         pod = PodRef("web", "default", str(uuid.uuid4()))
-        common = {"hostname": "web", "log_dir": str(tmp_path / "pods"), "cgroup_parent": "/egw-sbc-node1/web",
+        common = {"hostname": "web", "log_dir": str(tmp_path / "pods"),
+                  "cgroup_parent": f"{cgroups.node_root(plan.nodes[0])}/web",
                   "labels": {"app": "web"}, "annotations": {}}
         sandbox = client.run_pod(pod, **common)  # type: ignore[arg-type]
         assert client.sandbox_ips(sandbox) == ("10.244.1.2", "fd44:1::2")
