@@ -10,6 +10,10 @@ from __future__ import annotations
 
 import os
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
 CLONE_NEWNET = 0x40000000
 SELF = "/proc/thread-self/ns/net"
 
@@ -18,12 +22,39 @@ class NotANetns(OSError):
     """The path exists but is not a network namespace."""
 
 
-def _setns(fd: int) -> None:
-    import ctypes  # only underlay/auto paths pay for ctypes (~2 ms)
+_setns_fn: list[Any] = []
 
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.setns(fd, CLONE_NEWNET) != 0:
-        err = ctypes.get_errno()
+
+def _load_setns() -> Any:
+    """libc setns() through `_ctypes` directly: the `ctypes` package costs ~2 ms more to import
+    (and Python 3.11 has no os.setns)."""
+    import _ctypes
+
+    ct: Any = _ctypes  # the private module's stubs do not describe this use
+
+    class CInt(ct._SimpleCData):  # type: ignore[misc]
+        _type_ = "i"
+
+    class Fn(ct.CFuncPtr):  # type: ignore[misc]
+        _flags_ = ct.FUNCFLAG_CDECL | ct.FUNCFLAG_USE_ERRNO
+        _restype_ = CInt
+
+    class Libc:
+        _handle = ct.dlopen(None, 2)  # RTLD_NOW; None = the process itself (libc is loaded)
+
+    fn = Fn(("setns", Libc()))
+    fn.argtypes = (CInt, CInt)
+    return fn
+
+
+def _setns(fd: int) -> None:
+    import _ctypes
+
+    if not _setns_fn:
+        _setns_fn.append(_load_setns())
+    _ctypes.set_errno(0)
+    if _setns_fn[0](fd, CLONE_NEWNET) != 0:
+        err = _ctypes.get_errno()
         if err == 22:  # EINVAL: not a netns fd
             raise NotANetns(err, "not a network namespace")
         raise OSError(err, os.strerror(err))

@@ -25,7 +25,7 @@ def wait_for_ack(conf: NetConf, endpoint: registry.Endpoint, log: Logger) -> str
     """'acked' | 'agent-down' | 'timeout' (the last two only under failPolicy open; closed raises)."""
     root = conf.registry_dir
     deadline = time.monotonic() + conf.ack_timeout
-    delay = 0.002
+    delay = 0.001
     while True:
         ack = registry.read_ack(root, endpoint.key)
         if ack is not None and ack.matches(endpoint):
@@ -37,8 +37,8 @@ def wait_for_ack(conf: NetConf, endpoint: registry.Endpoint, log: Logger) -> str
         if time.monotonic() >= deadline:
             outcome = "timeout"
             break
-        time.sleep(delay)
-        delay = min(delay * 2, 0.05)
+        time.sleep(delay)  # the agent answers within milliseconds; poll tightly at first
+        delay = 0.001 if time.monotonic() < deadline - conf.ack_timeout + 0.1 else 0.02
     if conf.fail_policy == "closed":
         raise errors.CNIError(
             errors.TRY_AGAIN_LATER,
