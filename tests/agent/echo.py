@@ -2,7 +2,7 @@
 
     python echo.py PORT      # serves [::]:PORT dual-stack until killed
     python echo.py probe IP PORT tcp|udp [TIMEOUT] [SRC]   # prints the source IP the server saw
-    python echo.py until IP PORT EXPECT DEADLINE  # UDP probes every 20 ms; prints seconds to the first EXPECT reply
+    python echo.py until IP PORT EXPECT DEADLINE  # UDP probes every 50 ms; prints the epoch time of the first EXPECT reply
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ def until(ip: str, port: int, expect: str, deadline: float) -> None:
     while time.monotonic() - start < deadline:
         try:
             if probe(ip, port, "udp", 0.05) == expect:
-                print(f"{time.monotonic() - start:.3f}", flush=True)
+                print(f"{time.time():.6f}", flush=True)
                 return
         except OSError:
             time.sleep(0.02)

@@ -229,6 +229,22 @@ class Topology:
             time.sleep(0.1)
         return got
 
+    def fail_gateway(self, n: int, successor: str) -> float:
+        """The gateway node loses its link and its agent dies; the "controller" moves the policy to
+        `successor` (a YAML change). Returns the epoch time of the loss."""
+        t0 = time.time()
+        sh("ip", "-n", self.node(n), "link", "set", "eth0", "down")
+        self.stop_agent(n)
+        self.set_policies(successor)
+        return t0
+
+    def start_until(self, n: int, p: str, expect: str, dst: str = EXT4, deadline: float = 30.0) -> subprocess.Popen[str]:
+        """A prober in pod (n, p) that exits with the epoch time of the first reply showing `expect`."""
+        proc = subprocess.Popen(["ip", "netns", "exec", self.pod(n, p), PYTHON, ECHO, "until", dst, str(PORT), expect,
+                                 str(deadline)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.procs.append(proc)
+        return proc
+
     # --- teardown -------------------------------------------------------------------------------
 
     def close(self) -> None:

@@ -1,0 +1,65 @@
+"""An in-memory kernel that keeps state (for unit tests of the loop): applying a plan changes it the
+way the real apply would, so tests assert on the resulting state, not on calls."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from egress_cni.dataplane.plan import Dataplane, IPSet, Plan, Sysctl
+
+
+def apply_plan(dp: Dataplane, plan: Plan) -> Dataplane:
+    link = plan.link if plan.link is not None else (None if plan.delete_link else dp.link)
+    sets = {s.name: s for s in dp.ipsets}
+    for s in plan.create_ipsets:
+        sets[s.name] = s
+    for name, member in plan.add_members:
+        sets[name] = replace(sets[name], members=sets[name].members | {member})
+    for name, member in plan.del_members:
+        sets[name] = replace(sets[name], members=sets[name].members - {member})
+    for name in plan.destroy_ipsets:
+        sets.pop(name, None)
+    chains = {c.key: c for c in dp.chains}
+    for c in plan.write_chains:
+        chains[c.key] = c
+    for c in plan.drop_chains:
+        chains.pop(c.key, None)
+    return Dataplane(
+        link=link,
+        addresses=(dp.addresses | set(plan.add_addresses)) - set(plan.del_addresses),
+        routes=(dp.routes | set(plan.add_routes)) - set(plan.del_routes),
+        rules=(dp.rules | set(plan.add_rules)) - set(plan.del_rules),
+        neighbours=(dp.neighbours | set(plan.add_neighbours)) - set(plan.del_neighbours),
+        fdb=(dp.fdb | set(plan.add_fdb)) - set(plan.del_fdb),
+        ipsets=frozenset(sets.values()),
+        chains=frozenset(chains.values()),
+        sysctls=dp.sysctls | set(plan.sysctls),
+        jumps_ok=frozenset(chains),
+    )
+
+
+class FakeKernel:
+    def __init__(self, state: Dataplane | None = None) -> None:
+        self.state = state or Dataplane()
+        self.applied: list[Plan] = []
+
+    def read_actual(self, sysctls: frozenset[Sysctl] = frozenset()) -> Dataplane:
+        return self.state
+
+    def apply(self, plan: Plan) -> None:
+        self.applied.append(plan)
+        self.state = apply_plan(self.state, plan)
+
+    def hint_tables(self, tables: set[int]) -> None:
+        return None
+
+    def counters(self) -> dict[str, tuple[int, int]]:
+        return {}
+
+    def ipset_restore(self, script: str) -> None:
+        sets = {s.name: s for s in self.state.ipsets}
+        for line in script.splitlines():
+            parts = line.split()
+            if len(parts) == 3 and parts[0] == "add" and parts[1] in sets:
+                sets[parts[1]] = IPSet(parts[1], sets[parts[1]].family, sets[parts[1]].members | {parts[2]})
+        self.state = replace(self.state, ipsets=frozenset(sets.values()))

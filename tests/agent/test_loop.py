@@ -1,0 +1,165 @@
+"""The reconcile loop against a stateful in-memory kernel: idempotence, no pruning before sync,
+fencing on lease loss, registry acks, deterministic ordering, ipset naming."""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Mapping
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from egress_cni import registry
+from egress_cni.agent.loop import Agent
+from egress_cni.agent.scenario import load_scenario
+from egress_cni.agent.sources import OnChange, load_yaml_objects
+from egress_cni.api.model import EgressClusterPolicy, EgressPolicy
+from egress_cni.api.meta import ObjectMeta
+from egress_cni.dataplane.compute import desired_dataplane, set_name
+from egress_cni.dataplane.fake import FakeKernel
+from egress_cni.dataplane.inputs import DataplaneConfig, NodeFacts
+from egress_cni.dataplane.plan import Dataplane, IPSet, Rule, diff
+
+pytestmark = pytest.mark.unit
+
+GOLDEN = Path(__file__).resolve().parent.parent / "golden"
+CONFIG = DataplaneConfig()
+
+
+class FakeSource:
+    def __init__(self, objects: list[dict[str, Any]], synced: bool = True) -> None:
+        self._objects, self._synced = objects, synced
+        self.reported: dict[str, dict[str, str]] = {}
+
+    def start(self, on_change: OnChange) -> None:
+        on_change()
+
+    def stop(self) -> None:
+        return None
+
+    @property
+    def synced(self) -> bool:
+        return self._synced
+
+    def objects(self) -> list[dict[str, Any]]:
+        return self._objects
+
+    def report_tunnel(self, node: str, parent: Mapping[str, str]) -> None:
+        self.reported[node] = dict(parent)
+
+
+class FailingLease:
+    def try_acquire_or_renew(self) -> bool:
+        return False
+
+    def release(self) -> None:
+        return None
+
+
+def make_agent(tmp_path: Path, case: str, *, synced: bool = True, kernel: FakeKernel | None = None, **kw: Any) -> Agent:
+    _, facts = load_scenario(str(GOLDEN / case))
+    source = FakeSource(load_yaml_objects([str(GOLDEN / case / "input.yaml")]), synced)
+    return Agent(node=facts.name, source=source, kernel=kernel or FakeKernel(),
+                 facts=lambda held: replace(facts, holds_lease=held), config=CONFIG,
+                 registry_dir=str(tmp_path / "registry"), **kw)
+
+
+def test_apply_twice_gives_an_empty_plan(tmp_path: Path) -> None:
+    agent = make_agent(tmp_path, "gateway-basic")
+    first = agent.reconcile()
+    assert first is not None and not first.empty
+    second = agent.reconcile()
+    assert second is not None and second.empty, second.summary()
+    assert agent.source.reported == {"node2": {"name": "eth0", "ipv4": "10.100.0.2", "ipv6": ""}}  # type: ignore[attr-defined]
+
+
+def test_nothing_is_removed_before_every_source_has_synced(tmp_path: Path) -> None:
+    stale = Dataplane(ipsets=frozenset({IPSet("egress-s4-0000000000000000", 4, frozenset({"10.9.9.9"}))}),
+                      rules=frozenset({Rule(4, 99, 0x26000009, 0x26000009)}))
+    kernel = FakeKernel(stale)
+    agent = make_agent(tmp_path, "worker-basic", synced=False, kernel=kernel)
+    plan = agent.reconcile()
+    assert plan is not None and not plan.destroy_ipsets and not plan.del_rules and plan.add_rules
+    agent.source._synced = True  # type: ignore[attr-defined]
+    plan = agent.reconcile()
+    assert plan is not None and plan.destroy_ipsets == ("egress-s4-0000000000000000",)
+    assert Rule(4, 99, 0x26000009, 0x26000009) not in kernel.state.rules
+
+
+def test_a_lapsed_lease_releases_the_eips(tmp_path: Path) -> None:
+    agent = make_agent(tmp_path, "gateway-basic", lease=FailingLease(), lease_seconds=0.3, lease_renew=0.05,
+                       resync_seconds=0.1)
+    agent.reconcile()
+    assert agent.status.eips == {"10.100.0.200"}
+    agent.start()
+    try:
+        deadline = time.monotonic() + 10
+        while agent.status.eips and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert agent.status.eips == frozenset() and not agent.status.lease_held
+        assert not any(a.eip for a in agent.kernel.state.addresses)  # type: ignore[attr-defined]
+    finally:
+        agent.stop()
+
+
+def test_registered_endpoints_are_programmed_and_acked(tmp_path: Path) -> None:
+    agent = make_agent(tmp_path, "worker-basic")
+    reg = str(tmp_path / "registry")
+    registry.write_endpoint(reg, registry.Endpoint("c9", "eth0", "ns1", "web-9", ipv4=["10.244.1.19"]))
+    registry.write_endpoint(reg, registry.Endpoint("c8", "eth0", "ns1", "other-1", ipv4=["10.244.1.18"]))
+    registry.write_endpoint(reg, registry.Endpoint("c7", "eth0", "ns1", "unknown", ipv4=["10.244.1.17"]))
+    agent.reconcile()
+    selected, other = registry.read_ack(reg, "c9_eth0"), registry.read_ack(reg, "c8_eth0")
+    assert selected is not None and selected.selected and selected.policies == ("ns1/web",)
+    assert other is not None and not other.selected
+    assert registry.read_ack(reg, "c7_eth0") is None  # labels unknown: the CNI keeps waiting
+    kernel: FakeKernel = agent.kernel  # type: ignore[assignment]
+    src = next(s for s in kernel.state.ipsets if s.name.startswith("egress-s4-"))
+    assert "10.244.1.19" in src.members and "10.244.1.18" not in src.members
+    assert registry.read_hijack(reg).ipv4 == ("0.0.0.0/0",)
+    # a new endpoint takes the fast path: in the set and acked before any full reconcile
+    registry.write_endpoint(reg, registry.Endpoint("c6", "eth0", "ns1", "web-9", ipv4=["10.244.1.16"]))
+    agent._fast_path()
+    assert registry.read_ack(reg, "c6_eth0") is not None
+    assert any("10.244.1.16" in s.members for s in kernel.state.ipsets)
+    registry.remove_endpoint(reg, "c9_eth0")
+    agent.reconcile()
+    assert registry.read_ack(reg, "c9_eth0") is None
+
+
+def test_overlapping_policies_render_the_same_whatever_the_input_order() -> None:
+    state, facts = load_scenario(str(GOLDEN / "overlap-priority"))
+    want = desired_dataplane(state, facts, CONFIG).dataplane
+    for seed in range(5):
+        shuffled = list(state.policies)
+        random.Random(seed).shuffle(shuffled)
+        got = desired_dataplane(replace(state, policies=tuple(shuffled)), facts, CONFIG).dataplane
+        assert got == want
+
+
+def test_policy_and_cluster_policy_never_share_an_ipset() -> None:
+    ns_policy = EgressPolicy(ObjectMeta(name="b", namespace="a"))
+    cluster_policy = EgressClusterPolicy(ObjectMeta(name="a-b"))
+    assert set_name(CONFIG, "s", 4, ns_policy) != set_name(CONFIG, "s", 4, cluster_policy)
+    assert len(set_name(CONFIG, "s", 6, ns_policy)) <= 31
+
+
+def test_chains_compare_by_ownership_comments_not_by_spelling() -> None:
+    state, facts = load_scenario(str(GOLDEN / "worker-basic"))
+    want = desired_dataplane(state, facts, CONFIG).dataplane
+    respelled = frozenset(replace(c, hook="", rules=tuple(r.replace("--comment egw:", '--comment "egw:') for r in c.rules))
+                          for c in want.chains)
+    assert diff(want, replace(want, chains=respelled)).empty
+    tampered = frozenset(replace(c, rules=c.rules[1:]) if c.rules else c for c in want.chains)
+    assert diff(want, replace(want, chains=tampered)).write_chains
+
+
+def test_lease_flag_is_the_only_difference_when_the_lease_lapses() -> None:
+    state, facts = load_scenario(str(GOLDEN / "gateway-basic"))
+    held = desired_dataplane(state, facts, CONFIG).dataplane
+    lapsed = desired_dataplane(state, NodeFacts(**{**facts.__dict__, "holds_lease": False}), CONFIG).dataplane
+    plan = diff(lapsed, held)
+    assert [a.cidr for a in plan.del_addresses] == ["10.100.0.200/32"] and not plan.write_chains
