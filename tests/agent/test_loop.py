@@ -16,8 +16,8 @@ from egress_cni import registry
 from egress_cni.agent.loop import Agent
 from egress_cni.agent.scenario import load_scenario
 from egress_cni.agent.sources import OnChange, load_yaml_objects
-from egress_cni.api.model import EgressClusterPolicy, EgressPolicy
 from egress_cni.api.meta import ObjectMeta
+from egress_cni.api.model import EgressClusterPolicy, EgressPolicy
 from egress_cni.dataplane.compute import desired_dataplane, set_name
 from egress_cni.dataplane.fake import FakeKernel
 from egress_cni.dataplane.inputs import DataplaneConfig, NodeFacts
