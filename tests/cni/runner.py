@@ -69,7 +69,7 @@ class Runner:
             env.update(extra_env)
         cmd = [str(self.binary(plugin_type))]
         if self.host_netns:
-            cmd = ["nsenter", f"--net=/var/run/netns/{self.host_netns}", *cmd]
+            cmd = ["/usr/bin/nsenter", f"--net=/var/run/netns/{self.host_netns}", *cmd]
         data = conf if isinstance(conf, bytes) else json.dumps(conf).encode()
         start = time.perf_counter()
         proc = subprocess.run(cmd, input=data, capture_output=True, env=env, timeout=120, check=False)

@@ -1,0 +1,107 @@
+"""`egress-cni install` into a fresh tree, then a real chain run from it with no python3 on PATH."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from egress_cni import registry
+from tests.cni.lab import Lab
+from tests.cni.runner import DEBIAN_CNI, REPO
+
+pytestmark = pytest.mark.netns
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("node")
+    (root / "etc/cni/net.d").mkdir(parents=True)
+    primary = {"cniVersion": "1.0.0", "name": "primary", "type": "bridge", "bridge": "egwbr1", "isGateway": True,
+               "ipam": {"type": "host-local", "subnet": "10.44.0.0/24", "dataDir": str(root / "ipam")}}
+    (root / "etc/cni/net.d/10-primary.conf").write_text(json.dumps(primary))
+    ours = {"mode": "overlay", "stateDir": str(root / "state"), "registryDir": str(root / "registry"), "nodeName": "n1"}
+    cmd = [sys.executable, "-c", "from egress_cni.cni.main import main; main()", "install", "--bin-dir", str(root / "opt/cni/bin"),
+           "--conf-dir", str(root / "etc/cni/net.d"), "--runtime-dir", str(root / "opt/egressgateway/cni"), "--plugin-config", json.dumps(ours)]
+    subprocess.run(cmd, check=True, cwd=REPO, capture_output=True)
+    for plugin in ("bridge", "host-local", "loopback"):
+        (root / "opt/cni/bin" / plugin).symlink_to(DEBIAN_CNI / plugin)
+    return root
+
+
+@pytest.fixture
+def bare_path(tmp_path: Path) -> str:
+    """A PATH holding only sh and a few coreutils: no python anywhere."""
+    bindir = tmp_path / "bare-bin"
+    bindir.mkdir()
+    for tool in ("sh", "cat", "ls", "env"):
+        (bindir / tool).symlink_to(f"/bin/{tool}" if Path(f"/bin/{tool}").exists() else f"/usr/bin/{tool}")
+    return str(bindir)
+
+
+@pytest.fixture
+def lab(tmp_path: Path) -> Iterator[Lab]:
+    lab = Lab(tmp_path, prefix="egwi")
+    try:
+        yield lab
+    finally:
+        lab.close()
+
+
+def test_install_writes_wrapper_runtime_and_chains_the_primary_conflist(installed: Path) -> None:
+    wrapper = (installed / "opt/cni/bin/egress-cni").read_text()
+    assert wrapper.startswith("#!/bin/sh\n") and " -I -S " in wrapper and "python3" in wrapper
+    current = installed / "opt/egressgateway/cni/current"
+    assert current.is_symlink() and (current / ".complete").exists()
+    stdlib = next((current / "lib").glob("python3.*"))
+    assert not any((stdlib / d).exists() for d in ("test", "idlelib", "tkinter", "ensurepip", "site-packages"))
+    assert (stdlib / "egress_cni/cni/main.py").exists()
+    assert not (installed / "etc/cni/net.d/10-primary.conf").exists(), "a .conf becomes a .conflist"
+    conflist = json.loads((installed / "etc/cni/net.d/10-primary.conflist").read_text())
+    assert [p["type"] for p in conflist["plugins"]] == ["bridge", "egress-cni"] and conflist["cniVersion"] == "1.0.0"
+
+
+def test_runtime_uses_only_its_own_interpreter_and_libpython(installed: Path, bare_path: str) -> None:
+    current = installed / "opt/egressgateway/cni/current"
+    code = "import sys; print(sys.prefix); print(open('/proc/self/maps').read())"
+    out = subprocess.run([str(current / "bin/python3"), "-I", "-S", "-c", code], capture_output=True, text=True, check=True,
+                         env={"PATH": bare_path, "LD_LIBRARY_PATH": str(current / "lib")}).stdout
+    prefix, maps = out.split("\n", 1)
+    assert Path(prefix).resolve() == current.resolve()
+    libpython = {line.split()[-1] for line in maps.splitlines() if "libpython" in line}
+    assert libpython and all(str(current.resolve()) in p or str(current) in p for p in libpython), libpython
+
+
+def test_installed_plugin_runs_a_real_chain_without_python_on_path(installed: Path, bare_path: str, lab: Lab) -> None:
+    assert subprocess.run(["sh", "-c", "command -v python3"], env={"PATH": bare_path}, capture_output=True, check=False).returncode != 0
+    lab.runner.bin_dirs = (installed / "opt/cni/bin",)
+    lab.runner.env = {"PATH": bare_path}
+    version = lab.runner.exec_plugin("egress-cni", "VERSION", b'{"cniVersion":"1.0.0"}')
+    assert version.code == 0 and "1.1.0" in version.json()["supportedVersions"], version.stderr
+    conflist = json.loads((installed / "etc/cni/net.d/10-primary.conflist").read_text())
+    _, path = lab.pod()
+    result = lab.runner.add(conflist, "inst1", path, args="IgnoreUnknown=1;K8S_POD_NAMESPACE=a;K8S_POD_NAME=b;K8S_POD_UID=c")
+    ep = registry.read_endpoint(str(installed / "registry"), "inst1_eth0")
+    assert ep is not None and ep.pod == "b" and ep.ipv4 == (result["ips"][0]["address"].split("/")[0],)
+    lab.runner.delete(conflist, "inst1", path)
+    assert registry.list_endpoints(str(installed / "registry")) == []
+
+
+def test_reinstall_is_idempotent_and_uninstall_undoes_it(installed: Path) -> None:
+    args = ["--bin-dir", str(installed / "opt/cni/bin"), "--conf-dir", str(installed / "etc/cni/net.d"),
+            "--runtime-dir", str(installed / "opt/egressgateway/cni")]
+    before = os.readlink(installed / "opt/egressgateway/cni/current")
+    run = [sys.executable, "-c", "from egress_cni.cni.main import main; main()"]
+    subprocess.run([*run, "install", *args, "--plugin-config", '{"mode": "overlay"}'], check=True, cwd=REPO, capture_output=True)
+    assert os.readlink(installed / "opt/egressgateway/cni/current") == before
+    conflist = json.loads((installed / "etc/cni/net.d/10-primary.conflist").read_text())
+    assert [p["type"] for p in conflist["plugins"]] == ["bridge", "egress-cni"] and conflist["plugins"][1] == {"type": "egress-cni", "mode": "overlay"}
+    subprocess.run([*run, "uninstall", *args], check=True, cwd=REPO, capture_output=True)
+    conflist = json.loads((installed / "etc/cni/net.d/10-primary.conflist").read_text())
+    assert [p["type"] for p in conflist["plugins"]] == ["bridge"]
+    assert not (installed / "opt/cni/bin/egress-cni").exists() and not (installed / "opt/egressgateway/cni").exists()
