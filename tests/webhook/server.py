@@ -45,15 +45,28 @@ def free_port() -> int:
 
 @contextmanager
 def running_webhook(workdir: Path, *, state: Sequence[dict[str, Any]] | None = None, kubeconfig: str | None = None,
-                    env: dict[str, str] | None = None, workers: int = 2, timeout: float = 60.0) -> Iterator[Webhook]:
-    """Start `python -m webhook.main` with a generated CA + serving cert for 127.0.0.1; stop it by PID."""
+                    env: dict[str, str] | None = None, workers: int = 2, timeout: float = 60.0, port: int = 0,
+                    self_managed: Sequence[str] = ()) -> Iterator[Webhook]:
+    """Start `python -m webhook.main` on 127.0.0.1 and stop it by PID.
+
+    Default: a generated CA + serving certificate mounted in its cert dir. With `self_managed`
+    (extra main.py arguments: --secret, --*-configuration ...) the cert dir stays empty and the
+    webhook makes its own certificate in a Secret and patches the caBundle itself.
+    """
     workdir.mkdir(parents=True, exist_ok=True)
     cert_dir = workdir / "certs"
-    bundle = certs.new_bundle(["127.0.0.1", "localhost"])
-    certs.write_cert_dir(bundle, cert_dir)
-    port = free_port()
-    args = [sys.executable, "-m", "webhook.main", "--cert-dir", str(cert_dir), "--bind", "127.0.0.1", "--port", str(port),
-            "--workers", str(workers)]
+    port = port or free_port()
+    args = [sys.executable, "-m", "webhook.main", "--bind", "127.0.0.1", "--port", str(port), "--workers", str(workers)]
+    if self_managed:
+        cert_dir.mkdir(parents=True, exist_ok=True)
+        runtime = workdir / "runtime-certs"
+        args += ["--cert-dir", str(cert_dir), "--runtime-cert-dir", str(runtime), "--host", "127.0.0.1", *self_managed]
+        ca_file, ca_pem = runtime / "ca.crt", b""
+    else:
+        bundle = certs.new_bundle(["127.0.0.1", "localhost"])
+        certs.write_cert_dir(bundle, cert_dir)
+        args += ["--cert-dir", str(cert_dir)]
+        ca_file, ca_pem = cert_dir / "ca.crt", bundle.ca_pem
     if state is not None:
         state_file = workdir / "state.yaml"
         state_file.write_text(yaml.safe_dump_all(list(state)))
@@ -65,7 +78,7 @@ def running_webhook(workdir: Path, *, state: Sequence[dict[str, Any]] | None = N
     log = workdir / "webhook.log"
     with log.open("wb") as out:
         proc = subprocess.Popen(args, cwd=REPO, env=child_env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    hook = Webhook(f"https://127.0.0.1:{port}", cert_dir / "ca.crt", bundle.ca_pem, proc.pid, log)
+    hook = Webhook(f"https://127.0.0.1:{port}", ca_file, ca_pem, proc.pid, log)
     try:
         _wait_ready(hook, proc, timeout)
         yield hook
@@ -87,9 +100,9 @@ def _wait_ready(hook: Webhook, proc: subprocess.Popen[bytes], timeout: float) ->
             if proc.poll() is not None:
                 raise RuntimeError(f"webhook exited with {proc.returncode}:\n{hook.log.read_text()[-3000:]}")
             try:
-                if s.get(hook.url + "/readyz", timeout=2).status_code == 200:
+                if hook.ca_file.exists() and s.get(hook.url + "/readyz", timeout=2).status_code == 200:
                     return
-            except requests.RequestException:
+            except (requests.RequestException, OSError):
                 pass
             time.sleep(0.2)
     raise RuntimeError(f"webhook not ready after {timeout}s:\n{hook.log.read_text()[-3000:]}")
