@@ -10,17 +10,16 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from egress_cni import k8s
 
 NAMESPACE = "egressgateway-system"
 API = "egressgateway.spidernet.io/v1beta1"
 REPO = Path(__file__).resolve().parents[2]
-T = TypeVar("T")
 
 
-def wait_for(what: str, probe: Callable[[], T | None], timeout: float = 30.0) -> T:
+def wait_for(what: str, probe: Callable[[], Any], timeout: float = 30.0) -> Any:
     """Poll `probe` until it returns something truthy; fail naming `what` and the last value."""
     deadline = time.monotonic() + timeout
     last: Any = None
@@ -31,7 +30,7 @@ def wait_for(what: str, probe: Callable[[], T | None], timeout: float = 30.0) ->
             last = exc
         else:
             if last:
-                return last  # type: ignore[no-any-return]
+                return last
         time.sleep(0.05)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}; last: {last!r}")
 
