@@ -100,3 +100,39 @@ def test_tamper_is_repaired_by_resync(topo: Topology) -> None:
     else:
         pytest.fail("tampered rules were not restored:\n" + topo.agent_log(1))
     assert topo.wait_probe(1, "a", EIP4) == EIP4
+
+
+def test_cni_registered_endpoint_is_programmed_and_acked(topo: Topology) -> None:
+    from egress_cni import registry
+
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p3b", "namespace": "default", "labels": {"policy": "web"}},
+           "spec": {"nodeName": "node3"}}
+    topo._dump("pods.yaml", [pod])
+    reg = str(topo.dir / "registry-node3")
+    time.sleep(0.3)  # let node3's agent see the Pod (its labels decide the selection)
+    registry.write_endpoint(reg, registry.Endpoint("cid3b", "eth0", "default", "p3b", node="node3",
+                                                   ipv4=[topo.pod_ip(3, "b")], ipv6=[topo.pod_ip(3, "b", 6)]))
+    deadline = time.monotonic() + 20
+    while (ack := registry.read_ack(reg, "cid3b_eth0")) is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert ack is not None and ack.selected and ack.policies == ("default/web",), topo.agent_log(3)
+    # until the controller lists the pod in the policy's endpoint slice, the gateway does not know its IP
+    # and drops what arrives from the tunnel (fail closed: nothing leaves with the pod's or a node's IP)
+    assert topo.probe(3, "b", timeout=1.0).startswith("error")
+    topo.set_policies("node2", web_pods=[(1, "a"), (2, "a"), (3, "b")])  # the controller's slice update
+    assert topo.wait_probe(3, "b", EIP4) == EIP4
+    assert registry.read_agent(reg) is not None and registry.agent_alive(reg)
+
+
+def test_uninstall_removes_everything_we_own(topo: Topology) -> None:
+    topo.stop_agent(1, signal.SIGTERM)
+    out = topo.exec_in(topo.node(1), *topo.agent_args(1, "uninstall")[4:])
+    assert "uninstalled" in out.stdout
+    node1 = topo.node(1)
+    for tool in ("iptables-save", "ip6tables-save"):
+        assert "EGRESS" not in topo.exec_in(node1, tool).stdout
+    assert "egress-" not in topo.exec_in(node1, "ipset", "list", "-n").stdout
+    assert "egress.vxlan" not in topo.exec_in(node1, "ip", "link").stdout
+    assert "0x2600" not in topo.exec_in(node1, "ip", "rule").stdout + topo.exec_in(node1, "ip", "-6", "rule").stdout
+    assert "MASQUERADE" in topo.exec_in(node1, "iptables-save", "-t", "nat").stdout  # not ours: untouched
+    assert topo.probe(1, "a") == "10.100.0.1"

@@ -173,8 +173,13 @@ class Topology:
              "endpoints": endpoints},
         ]
 
-    def set_policies(self, gateway: str, extra: list[dict[str, Any]] | None = None) -> None:
-        objs = self.policy("web", [(1, "a"), (2, "a")], gateway) + (extra or [])
+    def set_policies(self, gateway: str, extra: list[dict[str, Any]] | None = None,
+                     web_pods: list[tuple[int, str]] | None = None) -> None:
+        """Policy default/web (pods p1a, p2a unless `web_pods`) on `gateway`, plus `extra` objects
+        (kept for later calls that do not pass them)."""
+        if extra is not None:
+            self.extra = extra
+        objs = self.policy("web", web_pods or [(1, "a"), (2, "a")], gateway) + getattr(self, "extra", [])
         self._dump("policies.yaml", objs)
 
     def _dump(self, name: str, objs: list[dict[str, Any]]) -> None:
