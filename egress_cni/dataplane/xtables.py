@@ -70,26 +70,7 @@ class Xtables:
         return f"{'iptables' if family == IPV4 else 'ip6tables'}-{self.backend}-{tool}"
 
     def save(self, family: int, table: str) -> SavedTable:
-        text = run([self._bin(family, "save"), "-c", "-t", table])
-        chains: dict[str, list[str]] = {}
-        hooks: dict[str, list[str]] = {}
-        counters: dict[str, tuple[int, int]] = {}
-        for line in text.splitlines():
-            if line.startswith(":"):
-                name = line[1:].split()[0]
-                (chains if name.startswith(self.prefix) else hooks).setdefault(name, [])
-                continue
-            m = _COUNTED.match(line)
-            if m:
-                line = line[m.end():]
-            if not line.startswith("-A "):
-                continue
-            _, chain, spec = line.split(" ", 2)
-            target = chains if chain.startswith(self.prefix) else hooks
-            target.setdefault(chain, []).append(spec)
-            if m and chain.startswith(self.prefix):
-                counters[rule_tag(spec)] = (int(m.group(1)), int(m.group(2)))
-        return SavedTable(chains, hooks, counters)
+        return parse_save(run([self._bin(family, "save"), "-c", "-t", table]), self.prefix)
 
     def read(self, families: list[int]) -> tuple[set[Chain], set[tuple[int, str, str]], dict[tuple[int, str], SavedTable]]:
         """Our chains (with empty hook), the keys whose jump is first in its built-in chain, raw tables."""
@@ -111,6 +92,29 @@ class Xtables:
     def restore(self, family: int, text: str) -> None:
         if text.strip():
             run([self._bin(family, "restore"), "--noflush", "-w", "5"], stdin=text)
+
+
+def parse_save(text: str, prefix: str) -> SavedTable:
+    """`iptables-save -c` output of one table -> our chains, the built-in chains, our rules' counters."""
+    chains: dict[str, list[str]] = {}
+    hooks: dict[str, list[str]] = {}
+    counters: dict[str, tuple[int, int]] = {}
+    for line in text.splitlines():
+        if line.startswith(":"):
+            name = line[1:].split()[0]
+            (chains if name.startswith(prefix) else hooks).setdefault(name, [])
+            continue
+        m = _COUNTED.match(line)
+        if m:
+            line = line[m.end():]
+        if not line.startswith("-A "):
+            continue
+        _, chain, spec = line.split(" ", 2)
+        ours = chain.startswith(prefix)
+        (chains if ours else hooks).setdefault(chain, []).append(spec)
+        if m and ours:
+            counters[rule_tag(spec)] = (int(m.group(1)), int(m.group(2)))
+    return SavedTable(chains, hooks, counters)
 
 
 def _target(spec: str) -> str:
