@@ -99,7 +99,8 @@ def _add_underlay(conf: NetConf, inv: Invocation, v4: tuple[str, ...], v6: tuple
             if not nodes:
                 raise errors.CNIError(errors.SETUP_FAILED, f"no host route towards pod IPs {', '.join(v4 + v6)}; cannot pick the node IP")
             plan, warnings = underlay.plan(identity=identity, pod_veth=conf.pod_veth_name, mtu=conf.veth_mtu, pod_ips=pods,
-                                           node_ips=nodes, hijack=tuple(hijack), table=conf.host_rule_table, priority=conf.host_rule_priority)
+                                           node_ips=nodes, hijack=tuple(hijack), table=conf.host_rule_table, priority=conf.host_rule_priority,
+                                           reply_via_veth=conf.reply_via_veth)
             for w in warnings:
                 log.warning("hijack route skipped", detail=w)
             # State first: a DEL after a half-done ADD must know the veth name.

@@ -33,7 +33,7 @@ IFLA_INFO_KIND, IFLA_INFO_DATA, VETH_INFO_PEER = 1, 2, 1
 IFA_ADDRESS, IFA_LOCAL = 1, 2
 RTA_DST, RTA_OIF, RTA_GATEWAY, RTA_PREFSRC, RTA_TABLE = 1, 4, 5, 7, 15
 NDA_DST, NDA_LLADDR = 1, 2
-FRA_PRIORITY, FRA_TABLE = 6, 15
+FRA_PRIORITY, FRA_FWMARK, FRA_TABLE, FRA_FWMASK = 6, 10, 15, 16
 FR_ACT_TO_TBL = 1
 IFF_UP = 0x1
 NUD_PERMANENT = 0x80
@@ -126,16 +126,17 @@ class Neighbour(Record):
 
 
 class Rule(Record):
-    __slots__ = ("action", "dst_len", "family", "priority", "src_len", "table")
+    __slots__ = ("action", "dst_len", "family", "fwmark", "priority", "src_len", "table")
     family: int
     priority: int
     table: int
     action: int
     src_len: int
     dst_len: int
+    fwmark: int
 
-    def __init__(self, family: int, priority: int, table: int, action: int, src_len: int, dst_len: int) -> None:
-        self._init(family=family, priority=priority, table=table, action=action, src_len=src_len, dst_len=dst_len)
+    def __init__(self, family: int, priority: int, table: int, action: int, src_len: int, dst_len: int, fwmark: int = 0) -> None:
+        self._init(family=family, priority=priority, table=table, action=action, src_len=src_len, dst_len=dst_len, fwmark=fwmark)
 
 
 class Netlink:
@@ -322,10 +323,12 @@ class Netlink:
 
     # --- rules ---
 
-    def rule_add(self, family: int, priority: int, table: int) -> bool:
-        """`ip rule add pref <priority> lookup <table>`; False when it already exists."""
+    def rule_add(self, family: int, priority: int, table: int, fwmark: int = 0) -> bool:
+        """`ip rule add [fwmark <m>] pref <priority> lookup <table>`; False when it already exists."""
         body = _RTMSG.pack(family, 0, 0, 0, table if table < 256 else 0, 0, 0, FR_ACT_TO_TBL, 0)
         body += attr_u32(FRA_PRIORITY, priority) + attr_u32(FRA_TABLE, table)
+        if fwmark:
+            body += attr_u32(FRA_FWMARK, fwmark) + attr_u32(FRA_FWMASK, 0xFFFFFFFF)
         try:
             self.call(RTM_NEWRULE, NLM_F_CREATE | NLM_F_EXCL, body)
         except OSError as exc:
@@ -339,7 +342,7 @@ class Netlink:
         for p in self.dump(RTM_GETRULE, _RTMSG.pack(family, 0, 0, 0, 0, 0, 0, 0, 0)):
             fam, dst_len, src_len, _, tbl, _, _, action, _ = _RTMSG.unpack_from(p)
             attrs = parse_attrs(p, _RTMSG.size)
-            out.append(Rule(fam, _u32(attrs, FRA_PRIORITY), _u32(attrs, FRA_TABLE, tbl), action, src_len, dst_len))
+            out.append(Rule(fam, _u32(attrs, FRA_PRIORITY), _u32(attrs, FRA_TABLE, tbl), action, src_len, dst_len, _u32(attrs, FRA_FWMARK)))
         return out
 
 

@@ -30,6 +30,19 @@ def veth_identity(prefix: str, network: str, container_id: str, ifname: str) -> 
     return name, b"\x02" + digest[10:15], b"\x0a" + digest[15:20]
 
 
+# replyViaVeth (coordinator's makeReplyPacketViaVeth): connections that enter the pod through the veth
+# (node -> pod, Service traffic DNATed on the node) are marked and their replies routed back via the veth.
+REPLY_MARK = 0x1
+REPLY_TABLE = 100
+REPLY_RULE_PRIORITY = 1000
+REPLY_IPTABLES = """*mangle
+-A PREROUTING -i {veth} -m conntrack --ctstate NEW -j MARK --set-xmark 0x1/0xffffffff
+-A PREROUTING -m mark --mark 0x1 -j CONNMARK --save-mark --nfmask 0xffffffff --ctmask 0xffffffff
+-A OUTPUT -j CONNMARK --restore-mark --nfmask 0xffffffff --ctmask 0xffffffff
+COMMIT
+"""
+
+
 def full_len(family: int) -> int:
     return 32 if family == AF_INET else 128
 
@@ -37,7 +50,8 @@ def full_len(family: int) -> int:
 class Plan(Record):
     """Everything underlay ADD creates for one attachment (and CHECK verifies)."""
 
-    __slots__ = ("host_mac", "host_routes", "host_veth", "mtu", "node_ips", "pod_ips", "pod_mac", "pod_routes", "pod_veth", "rules")
+    __slots__ = ("host_mac", "host_routes", "host_veth", "mtu", "node_ips", "pod_ips", "pod_mac", "pod_routes", "pod_veth",
+                 "reply_families", "reply_routes", "rules")
     host_veth: str
     host_mac: bytes
     pod_veth: str
@@ -48,6 +62,8 @@ class Plan(Record):
     pod_routes: tuple[Route, ...]  # oif 0 = the pod veth (its index is known only after creation)
     host_routes: tuple[Route, ...]  # oif 0 = the host veth
     rules: tuple[tuple[int, int, int], ...]  # (family, priority, table)
+    reply_families: tuple[int, ...]  # replyViaVeth: families with the pod's CONNMARK + fwmark rule
+    reply_routes: tuple[Route, ...]  # replyViaVeth: default via the node in REPLY_TABLE (oif 0 = pod veth)
 
     def __init__(self, **values: Any) -> None:
         self._init(**values)
@@ -57,7 +73,8 @@ class Plan(Record):
             "hostVeth": self.host_veth, "hostMAC": self.host_mac.hex(), "podVeth": self.pod_veth, "podMAC": self.pod_mac.hex(),
             "mtu": self.mtu, "podIPs": [list(p) for p in self.pod_ips], "nodeIPs": [list(n) for n in self.node_ips],
             "podRoutes": [_route_state(r) for r in self.pod_routes], "hostRoutes": [_route_state(r) for r in self.host_routes],
-            "rules": [list(r) for r in self.rules],
+            "rules": [list(r) for r in self.rules], "replyFamilies": list(self.reply_families),
+            "replyRoutes": [_route_state(r) for r in self.reply_routes],
         }  # fmt: skip
 
     @classmethod
@@ -66,7 +83,8 @@ class Plan(Record):
             host_veth=d["hostVeth"], host_mac=bytes.fromhex(d["hostMAC"]), pod_veth=d["podVeth"], pod_mac=bytes.fromhex(d["podMAC"]),
             mtu=d["mtu"], pod_ips=tuple((f, a) for f, a in d["podIPs"]), node_ips=tuple((f, a) for f, a in d["nodeIPs"]),
             pod_routes=tuple(Route(*r) for r in d["podRoutes"]), host_routes=tuple(Route(*r) for r in d["hostRoutes"]),
-            rules=tuple((f, p, t) for f, p, t in d["rules"]),
+            rules=tuple((f, p, t) for f, p, t in d["rules"]), reply_families=tuple(d.get("replyFamilies", ())),
+            reply_routes=tuple(Route(*r) for r in d.get("replyRoutes", ())),
         )  # fmt: skip
 
 
@@ -84,6 +102,7 @@ def plan(
     hijack: tuple[Cidr, ...],
     table: int,
     priority: int,
+    reply_via_veth: bool = False,
 ) -> tuple[Plan, list[str]]:
     """The objects to create, plus warnings (hijacked CIDRs of a family the pod or node lacks)."""
     warnings: list[str] = []
@@ -109,10 +128,15 @@ def plan(
             pod_routes.append(Route(cidr.family, cidr.address, cidr.prefixlen, RT_TABLE_MAIN, 0, gateway, src, RT_SCOPE_UNIVERSE))
     host_routes = tuple(Route(fam, ip, full_len(fam), table, 0, "", "", RT_SCOPE_LINK) for fam, ip in pod_ips)
     rules = tuple((fam, priority, table) for fam in sorted(pod_families))
+    reply_families = tuple(sorted(f for f in pod_families if f in node_by_family)) if reply_via_veth else ()
+    reply_routes = tuple(
+        Route(f, "0.0.0.0" if f == AF_INET else "::", 0, REPLY_TABLE, 0, node_by_family[f], first_v4 if f == AF_INET else "", RT_SCOPE_UNIVERSE)
+        for f in reply_families
+    )
     name, host_mac, pod_mac = identity
     return Plan(
         host_veth=name, host_mac=host_mac, pod_veth=pod_veth, pod_mac=pod_mac, mtu=mtu, pod_ips=pod_ips, node_ips=node_ips,
-        pod_routes=tuple(pod_routes), host_routes=host_routes, rules=rules,
+        pod_routes=tuple(pod_routes), host_routes=host_routes, rules=rules, reply_families=reply_families, reply_routes=reply_routes,
     ), warnings  # fmt: skip
 
 
@@ -157,6 +181,11 @@ def apply(p: Plan, switch: Switch) -> None:
                     pod.neigh_replace(fam, pod_link.index, _packed(fam, ip), p.host_mac)
                 for r in p.pod_routes:
                     pod.route_replace(_on(r, pod_link.index))
+                for r in p.reply_routes:
+                    pod.route_replace(_on(r, pod_link.index))
+                for fam in p.reply_families:
+                    pod.rule_add(fam, REPLY_RULE_PRIORITY, REPLY_TABLE, REPLY_MARK)
+                    _iptables_restore(fam, REPLY_IPTABLES.format(veth=p.pod_veth))  # the child inherits the pod netns
         finally:
             switch.leave()
         pod_addrs = {ip for _, ip in p.pod_ips}
@@ -198,7 +227,10 @@ def check(p: Plan, switch: Switch) -> list[str]:
             if pod_link is None:
                 problems.append(f"pod veth {p.pod_veth} is missing")
             else:
-                problems += _missing_routes(pod, p.pod_routes, pod_link.index, "pod")
+                problems += _missing_routes(pod, p.pod_routes + p.reply_routes, pod_link.index, "pod")
+            for fam in p.reply_families:
+                if not any(r.fwmark == REPLY_MARK and r.table == REPLY_TABLE for r in pod.rules(fam)):
+                    problems.append(f"pod rule 'fwmark {REPLY_MARK:#x} lookup {REPLY_TABLE}' is missing")
     finally:
         switch.leave()
     return problems
@@ -213,6 +245,15 @@ def _missing_routes(nl: Netlink, wanted: tuple[Route, ...], oif: int, where: str
             via = f" via {r.gateway}" if r.gateway else ""
             problems.append(f"{where} route {r.dst}/{r.dst_len}{via} table {r.table} is missing")
     return problems
+
+
+def _iptables_restore(family: int, rules: str) -> None:
+    import subprocess  # only with replyViaVeth
+
+    tool = "iptables-restore" if family == AF_INET else "ip6tables-restore"
+    proc = subprocess.run([tool, "-w", "5", "--noflush"], input=rules.encode(), capture_output=True, check=False)
+    if proc.returncode != 0:
+        raise OSError(5, f"{tool} in the pod failed: {proc.stderr.decode(errors='replace').strip()}")
 
 
 def _on(r: Route, oif: int) -> Route:

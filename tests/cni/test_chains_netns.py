@@ -213,3 +213,21 @@ def test_fifty_parallel_add_del_leave_nothing(lab: Lab) -> None:
     assert registry.list_endpoints(str(lab.registry_dir)) == []
     for pod, _ in pods:
         assert [link["ifname"] for link in ip_json("link", "show", netns=pod)] == ["lo"]
+
+
+def test_reply_via_veth_marks_connections_entering_through_the_veth(lab: Lab) -> None:
+    lab.underlay_parent()
+    pod, path = lab.pod()
+    conflist = lab.underlay_conflist(replyViaVeth=True)
+    lab.runner.add(conflist, "c1", path)
+    assert any(r.get("fwmark") == "0x1" and r["table"] == "100" and r["priority"] == 1000 for r in ip_json("rule", "show", netns=pod))
+    assert [(r["dst"], r.get("gateway"), r["dev"]) for r in routes(pod, "table", "100")] == [("default", NODE_V4, "veth0")]
+    assert [(r["dst"], r.get("gateway")) for r in ip_json("-6", "route", "show", "table", "100", netns=pod)] == [("default", NODE_V6)]
+    mangle = subprocess.run(["ip", "netns", "exec", pod, "iptables", "-w", "-t", "mangle", "-S"], capture_output=True, text=True, check=True).stdout
+    assert "-A PREROUTING -i veth0 -m conntrack --ctstate NEW -j MARK --set-xmark 0x1/0xffffffff" in mangle
+    assert "-A OUTPUT -j CONNMARK --restore-mark" in mangle
+    lab.runner.check(conflist, "c1", path)
+    subprocess.run(["ip", "-n", pod, "rule", "del", "fwmark", "0x1", "table", "100"], check=True)
+    with pytest.raises(PluginError, match="fwmark 0x1 lookup 100"):
+        lab.runner.check(conflist, "c1", path)
+    lab.runner.delete(conflist, "c1", path)
