@@ -92,7 +92,43 @@ def test_installed_plugin_runs_a_real_chain_without_python_on_path(installed: Pa
     assert registry.list_endpoints(str(installed / "registry")) == []
 
 
+def test_runtime_upgrade_is_atomic_while_the_plugin_keeps_running(installed: Path, bare_path: str) -> None:
+    import shutil
+    import threading
+
+    from egress_cni.cni import install
+
+    runtime = installed / "opt/egressgateway/cni"
+    old = runtime / os.readlink(runtime / "current")
+    new = runtime / "0.0.0-upgrade"
+    shutil.copytree(old, new, symlinks=True)
+    wrapper = str(installed / "opt/cni/bin/egress-cni")
+    failures: list[str] = []
+    stop = threading.Event()
+
+    def plugin_calls() -> None:
+        while not stop.is_set():
+            p = subprocess.run([wrapper], input=b"{}", env={"PATH": bare_path, "CNI_COMMAND": "VERSION"}, capture_output=True, check=False)
+            if p.returncode != 0:
+                failures.append(p.stderr.decode())
+
+    workers = [threading.Thread(target=plugin_calls) for _ in range(2)]
+    for w in workers:
+        w.start()
+    try:
+        for i in range(40):
+            install.switch_current(runtime, new if i % 2 == 0 else old)
+    finally:
+        stop.set()
+        for w in workers:
+            w.join()
+    install.switch_current(runtime, old)
+    shutil.rmtree(new, ignore_errors=True)
+    assert failures == []
+
+
 def test_reinstall_is_idempotent_and_uninstall_undoes_it(installed: Path) -> None:
+    # last in this module: it removes the shared installation
     args = ["--bin-dir", str(installed / "opt/cni/bin"), "--conf-dir", str(installed / "etc/cni/net.d"),
             "--runtime-dir", str(installed / "opt/egressgateway/cni")]
     before = os.readlink(installed / "opt/egressgateway/cni/current")
