@@ -20,11 +20,11 @@ from dataclasses import dataclass, replace
 from typing import Protocol
 
 from egress_cni import registry
+from egress_cni.agent import dirwatch
 from egress_cni.agent.sources import Source, state_from_objects
 from egress_cni.dataplane.compute import Desired, desired_dataplane, members, selects, set_name
 from egress_cni.dataplane.inputs import ClusterState, DataplaneConfig, LocalEndpoint, NodeFacts
 from egress_cni.dataplane.plan import Dataplane, Plan, Sysctl, diff
-from egress_cni.dataplane.render import ipset_script
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +34,7 @@ class Kernel(Protocol):
     def apply(self, plan: Plan) -> None: ...
     def hint_tables(self, tables: set[int]) -> None: ...
     def counters(self) -> dict[str, tuple[int, int]]: ...
-    def ipset_restore(self, script: str) -> None: ...
+    def ipset_add(self, entries: list[tuple[str, str]]) -> None: ...
 
 
 class Lease(Protocol):
@@ -145,18 +145,14 @@ class Agent:
         # not released on stop: a restarting agent keeps its EIPs and flows; the lease simply expires
 
     def _watch_registry(self) -> None:
-        folder = os.path.join(self.registry_dir, registry.ENDPOINTS)
-        stamp = None
-        while not self._stop.wait(0.002):
+        def changed() -> None:
             try:
-                st = os.stat(folder)
-                now = (st.st_mtime_ns, st.st_ino)
-            except FileNotFoundError:
-                now = None
-            if now != stamp:
-                stamp = now
                 self._fast_path()
-                self.mark_dirty()
+            except Exception:
+                log.exception("fast path failed; the full reconcile will program the endpoint")
+            self.mark_dirty()
+
+        dirwatch.watch(os.path.join(self.registry_dir, registry.ENDPOINTS), changed, self._stop.is_set)
 
     def _worker(self) -> None:
         while not self._stop.is_set():
@@ -269,6 +265,6 @@ class Agent:
             if ready:
                 acks.append(registry.Ack(ep.key, ep.ipv4, ep.ipv6, bool(chosen), chosen))
         if adds:
-            self.kernel.ipset_restore(ipset_script((), adds))
+            self.kernel.ipset_add(adds)
         for ack in acks:
             registry.write_ack(self.registry_dir, ack)

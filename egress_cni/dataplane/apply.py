@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
+from typing import Any
 
 from egress_cni.dataplane import announce
 from egress_cni.dataplane.inputs import DataplaneConfig
@@ -13,6 +15,7 @@ from egress_cni.dataplane.render import ipset_script, restore_text
 from egress_cni.dataplane.xtables import SavedTable, Xtables, detect_backend, ipset_restore, read_ipsets
 
 log = logging.getLogger(__name__)
+IPSET_ERR_EXIST = 4103
 
 
 class KernelDataplane:
@@ -25,7 +28,8 @@ class KernelDataplane:
         self.netlink = Netlink(config)
         self.xtables = Xtables(detect_backend(backend), config.chain_prefix)
         self.saved: dict[tuple[int, str], SavedTable] = {}
-        self._tables_hint: set[int] = set()  # tables of desired routes: a route whose rule vanished is still seen
+        self._tables_hint: set[int] = set()
+        self._ipset: Any = None  # tables of desired routes: a route whose rule vanished is still seen
 
     def close(self) -> None:
         self.netlink.close()
@@ -60,8 +64,18 @@ class KernelDataplane:
                 out[tag] = (old[0] + p, old[1] + b)
         return out
 
-    def ipset_restore(self, script: str) -> None:
-        ipset_restore(script)
+    def ipset_add(self, entries: list[tuple[str, str]]) -> None:
+        """Members straight over netlink (no fork/exec): the new-endpoint fast path."""
+        if self._ipset is None:
+            from pyroute2 import IPSet as NetlinkIPSet
+
+            self._ipset = NetlinkIPSet()
+        for name, member in entries:
+            try:
+                self._ipset.add(name, member, etype="net", family=socket.AF_INET6 if ":" in member else socket.AF_INET)
+            except Exception as exc:  # pyroute2 raises its private _IPSetError; "already there" is success
+                if getattr(exc, "code", None) != IPSET_ERR_EXIST:
+                    raise
 
     def apply(self, plan: Plan) -> None:
         if plan.empty:

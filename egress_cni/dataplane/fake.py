@@ -56,10 +56,8 @@ class FakeKernel:
     def counters(self) -> dict[str, tuple[int, int]]:
         return {}
 
-    def ipset_restore(self, script: str) -> None:
+    def ipset_add(self, entries: list[tuple[str, str]]) -> None:
         sets = {s.name: s for s in self.state.ipsets}
-        for line in script.splitlines():
-            parts = line.split()
-            if len(parts) == 3 and parts[0] == "add" and parts[1] in sets:
-                sets[parts[1]] = IPSet(parts[1], sets[parts[1]].family, sets[parts[1]].members | {parts[2]})
+        for name, member in entries:
+            sets[name] = IPSet(name, sets[name].family, sets[name].members | {member})
         self.state = replace(self.state, ipsets=frozenset(sets.values()))

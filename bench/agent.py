@@ -1,0 +1,263 @@
+"""Agent benchmarks (root; everything inside network namespaces this script creates and removes).
+
+    .venv/bin/python bench/agent.py [--endpoints 10000] [--policies 200] [--runs 20] [--iperf-seconds 3]
+
+1. Full reconcile of N endpoints and P policies on one node (gateway for half the policies, worker
+   for the rest): compute, first apply into an empty netns, and a steady-state resync (read + diff).
+   Peer: a bare `ipset restore` of the same set members (the kernel write we cannot avoid).
+2. One new CNI endpoint programmed: registry file written -> ack file present (fast path), median
+   over runs. Peer: a full reconcile after the same change.
+3. Rule count grows with policies, not pods: iptables rules for P policies at N/10 and N endpoints.
+4. Throughput through the gateway path (pod -> node -> VXLAN -> gateway SNAT -> server) vs the direct
+   path (pod -> node MASQUERADE -> server), iperf3 TCP in the three-node topology. Bar: >= 90%.
+Every figure is printed; the script exits 0 either way (it reports, it does not assert).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+PYTHON = str(ROOT / ".venv" / "bin" / "python")
+API = "egressgateway.spidernet.io/v1beta1"
+
+
+def synthetic_objects(endpoints: int, policies: int) -> list[dict[str, Any]]:
+    """P policies with N endpoints spread over node1..node3; node1 is the gateway of the even ones."""
+    objs: list[dict[str, Any]] = []
+    for n in (1, 2, 3):
+        objs.append({"apiVersion": API, "kind": "EgressTunnel", "metadata": {"name": f"node{n}"},
+                     "status": {"tunnel": {"ipv4": f"172.31.0.{n}", "mac": f"66:00:00:00:00:0{n}",
+                                           "parent": {"name": "eth0", "ipv4": f"10.100.0.{n}"}},
+                                "mark": f"0x2600000{n}"}})
+    objs.append({"apiVersion": API, "kind": "EgressClusterInfo", "metadata": {"name": "default"},
+                 "status": {"podCIDR": {"pool": {"ipv4": ["10.0.0.0/8"]}}, "nodeIP": {"node1": {"ipv4": ["10.100.0.1"]}}}})
+    per = endpoints // policies
+    for p in range(policies):
+        name = f"pol{p:03d}"
+        objs.append({"apiVersion": API, "kind": "EgressPolicy", "metadata": {"name": name, "namespace": "bench"},
+                     "spec": {"egressGatewayName": "gw", "priority": p % 7,
+                              "appliedTo": {"podSelector": {"matchLabels": {"policy": name}}},
+                              **({"destSubnet": [f"198.{p % 250}.0.0/16"]} if p % 3 == 0 else {})},
+                     "status": {"eip": {"ipv4": f"10.100.{1 + p // 250}.{p % 250 + 1}"}, "node": "node1" if p % 2 == 0 else "node2"}})
+        eps = []
+        for i in range(per):
+            k = p * per + i
+            eps.append({"ns": "bench", "pod": f"pod{k}", "node": f"node{1 + k % 3}",
+                        "ipv4": [f"10.{1 + k // 65536}.{(k // 256) % 256}.{k % 256}"]})
+        for s in range(0, len(eps), 100):  # the controller's 100 endpoints per slice
+            objs.append({"apiVersion": API, "kind": "EgressEndpointSlice",
+                         "metadata": {"name": f"{name}-{s // 100}", "namespace": "bench",
+                                      "labels": {"spidernet.io/policy-name": name}}, "endpoints": eps[s:s + 100]})
+    objs.append({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "newpod", "namespace": "bench",
+                                                                  "labels": {"policy": "pol001"}}, "spec": {"nodeName": "node1"}})
+    return objs
+
+
+def sh(*cmd: str, input: str | None = None) -> str:  # noqa: A002
+    return subprocess.run(list(cmd), check=True, capture_output=True, text=True, input=input, timeout=600).stdout
+
+
+# --- inside the node namespace -------------------------------------------------------------------
+
+
+def inner(args: argparse.Namespace) -> None:
+    from egress_cni import registry
+    from egress_cni.agent.loop import Agent
+    from egress_cni.agent.sources import state_from_objects
+    from egress_cni.dataplane.apply import KernelDataplane
+    from egress_cni.dataplane.compute import desired_dataplane
+    from egress_cni.dataplane.inputs import DataplaneConfig, NodeFacts
+    from egress_cni.dataplane.plan import diff
+    from egress_cni.dataplane.render import ipset_script
+    from egress_cni.dataplane.xtables import ipset_restore, run
+
+    out: dict[str, Any] = {}
+    config = DataplaneConfig()
+    facts = NodeFacts("node1", "eth0", "10.100.0.1", "", 1500)
+    objects = synthetic_objects(args.endpoints, args.policies)
+    t = time.perf_counter()
+    state = state_from_objects(objects, "node1")
+    out["parse_s"] = time.perf_counter() - t
+    t = time.perf_counter()
+    desired = desired_dataplane(state, facts, config)
+    out["compute_s"] = time.perf_counter() - t
+    kernel = KernelDataplane(config, "eth0", [4])
+    t = time.perf_counter()
+    kernel.hint_tables({r.table for r in desired.dataplane.routes})
+    actual = kernel.read_actual(desired.dataplane.sysctls)
+    plan = diff(desired.dataplane, actual)
+    kernel.apply(plan)
+    out["first_apply_s"] = time.perf_counter() - t
+    out["full_reconcile_s"] = out["compute_s"] + out["first_apply_s"]
+    resync = []
+    for _ in range(5):
+        t = time.perf_counter()
+        d = desired_dataplane(state, facts, config)
+        p = diff(d.dataplane, kernel.read_actual(d.dataplane.sysctls))
+        kernel.apply(p)
+        resync.append(time.perf_counter() - t)
+        assert p.empty, p.summary()
+    out["resync_median_s"] = statistics.median(resync)
+    out["members"] = sum(len(s.members) for s in desired.dataplane.ipsets)
+    out["iptables_rules"] = sum(len(c.rules) for c in desired.dataplane.chains)
+    # peer: writing the same members with a bare ipset restore into scratch sets
+    scratch = [type(s)("bench-" + s.name[-20:], s.family, s.members) for s in desired.dataplane.ipsets]
+    t = time.perf_counter()
+    ipset_restore(ipset_script(scratch, ()))
+    out["peer_ipset_restore_s"] = time.perf_counter() - t
+    ipset_restore(ipset_script((), (), (), [s.name for s in scratch]))
+    out["rule_count_small"] = sum(len(c.rules) for c in desired_dataplane(
+        state_from_objects(synthetic_objects(args.endpoints // 10, args.policies), "node1"), facts, config).dataplane.chains)
+
+    # new endpoint: registry file -> ack, with the real loop running
+    class Static:
+        synced = True
+
+        def start(self, on_change: Any) -> None:
+            on_change()
+
+        def stop(self) -> None: ...
+        def objects(self) -> list[dict[str, Any]]:
+            return objects
+
+        def report_tunnel(self, node: str, parent: Any) -> None: ...
+
+    # the registry lives on tmpfs in production (/run/egressgateway); /run is plain disk on this machine
+    reg = tempfile.mkdtemp(prefix="egwb-reg-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
+    agent = Agent(node="node1", source=Static(), kernel=kernel, facts=lambda held: facts, config=config,  # type: ignore[arg-type]
+                  registry_dir=reg, resync_seconds=30)
+    agent.reconcile()
+    agent.start()
+    lat, full = [], []
+    new_set = _set_of(config, state, "pol001")
+    try:
+        time.sleep(0.5)
+        for i in range(args.runs):
+            key = f"bench{i}"
+            ip = f"10.250.{i // 250}.{i % 250 + 1}"
+            before = agent.status.reconciles
+            t = time.perf_counter()
+            registry.write_endpoint(reg, registry.Endpoint(key, "eth0", "bench", "newpod", node="node1", ipv4=[ip]))
+            while registry.read_ack(reg, f"{key}_eth0") is None:
+                time.sleep(0.0002)
+            lat.append(time.perf_counter() - t)
+            assert ip in run(["ipset", "list", new_set]), "acked endpoint is not in its policy's set"
+            while agent.status.reconciles == before:  # the full reconcile the event triggers (the peer)
+                time.sleep(0.005)
+            time.sleep(0.1)
+            full.append(agent.status.reconcile_seconds)
+    finally:
+        agent.stop()
+    out["new_endpoint_median_s"] = statistics.median(lat)
+    out["new_endpoint_max_s"] = max(lat)
+    out["peer_full_reconcile_median_s"] = statistics.median(full)
+    kernel.uninstall()
+    shutil.rmtree(reg, ignore_errors=True)
+    print(json.dumps(out))
+
+
+def _set_of(config: Any, state: Any, name: str) -> str:
+    from egress_cni.dataplane.compute import set_name
+
+    return set_name(config, "s", 4, next(p for p in state.policies if p.metadata.name == name))
+
+
+# --- outside: namespaces, iperf3 -----------------------------------------------------------------
+
+
+def reconcile_bench(args: argparse.Namespace) -> dict[str, Any]:
+    ns = f"egwb-{uuid.uuid4().hex[:6]}"
+    sh("ip", "netns", "add", ns)
+    try:
+        sh("ip", "-n", ns, "link", "set", "lo", "up")
+        sh("ip", "-n", ns, "link", "add", "eth0", "type", "veth", "peer", "name", "eth1")
+        sh("ip", "-n", ns, "addr", "add", "10.100.0.1/24", "dev", "eth0")
+        sh("ip", "-n", ns, "link", "set", "eth0", "up")
+        sh("ip", "-n", ns, "link", "set", "eth1", "up")
+        out = sh("ip", "netns", "exec", ns, PYTHON, __file__, "inner", "--endpoints", str(args.endpoints),
+                 "--policies", str(args.policies), "--runs", str(args.runs))
+        return dict(json.loads(out.strip().splitlines()[-1]))
+    finally:
+        subprocess.run(["ip", "netns", "del", ns], check=False)
+
+
+def iperf_bench(seconds: int, rounds: int) -> dict[str, Any]:
+    from tests.agent.topology import EIP4, EXT4, Topology
+
+    t = Topology(pods={1: ["a", "b"]})
+    try:
+        t.build()
+        for n in (1, 2, 3):
+            t.start_agent(n)
+        assert t.wait_probe(1, "a", EIP4) == EIP4
+        server = subprocess.Popen(["ip", "netns", "exec", t.ns("ext"), "iperf3", "-s", "-p", "5201"],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        t.procs.append(server)
+        time.sleep(0.5)
+
+        def rate(pod: str) -> float:
+            res = json.loads(sh("ip", "netns", "exec", t.pod(1, pod), "iperf3", "-c", EXT4, "-p", "5201", "-t",
+                                str(seconds), "-J"))
+            return float(res["end"]["sum_received"]["bits_per_second"])
+
+        gw, direct = [], []
+        for _ in range(rounds):  # interleaved so machine load hits both alike
+            direct.append(rate("b"))
+            gw.append(rate("a"))
+        return {"gateway_bps": gw, "direct_bps": direct,
+                "ratio": statistics.median(gw) / statistics.median(direct)}
+    finally:
+        t.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("mode", nargs="?", default="all", choices=("all", "inner", "reconcile", "iperf"))
+    parser.add_argument("--endpoints", type=int, default=10000)
+    parser.add_argument("--policies", type=int, default=200)
+    parser.add_argument("--runs", type=int, default=20)
+    parser.add_argument("--iperf-seconds", type=int, default=3)
+    parser.add_argument("--iperf-rounds", type=int, default=3)
+    args = parser.parse_args()
+    if args.mode == "inner":
+        inner(args)
+        return
+    if os.geteuid() != 0:
+        sys.exit("needs root (creates network namespaces)")
+    if args.mode in ("all", "reconcile"):
+        r = reconcile_bench(args)
+        print(f"reconcile: {args.endpoints} endpoints, {args.policies} policies, {r['members']} set members, "
+              f"{r['iptables_rules']} iptables rules")
+        print(f"  parse {r['parse_s'] * 1000:.0f} ms, compute {r['compute_s'] * 1000:.0f} ms, first apply "
+              f"{r['first_apply_s'] * 1000:.0f} ms -> full reconcile {r['full_reconcile_s'] * 1000:.0f} ms (bar <= 1000 ms)")
+        print(f"  steady-state resync (compute+read+diff, empty plan) median {r['resync_median_s'] * 1000:.0f} ms")
+        print(f"  peer: bare ipset restore of the same members {r['peer_ipset_restore_s'] * 1000:.0f} ms "
+              f"(ratio full/peer {r['full_reconcile_s'] / r['peer_ipset_restore_s']:.1f}x)")
+        print(f"  new endpoint -> ack: median {r['new_endpoint_median_s'] * 1000:.2f} ms, max "
+              f"{r['new_endpoint_max_s'] * 1000:.2f} ms over {args.runs} runs (bar <= 10 ms); peer full reconcile "
+              f"median {r['peer_full_reconcile_median_s'] * 1000:.0f} ms")
+        print(f"  rule count: {r['rule_count_small']} rules with {args.endpoints // 10} endpoints, "
+              f"{r['iptables_rules']} with {args.endpoints} (grows with policies, not pods)")
+    if args.mode in ("all", "iperf"):
+        r = iperf_bench(args.iperf_seconds, args.iperf_rounds)
+        print(f"iperf3 TCP {args.iperf_rounds}x{args.iperf_seconds}s: gateway path median "
+              f"{statistics.median(r['gateway_bps']) / 1e9:.2f} Gbit/s, direct median "
+              f"{statistics.median(r['direct_bps']) / 1e9:.2f} Gbit/s, ratio {r['ratio'] * 100:.0f}% (bar >= 90%)")
+        print(f"  runs gateway {[round(x / 1e9, 2) for x in r['gateway_bps']]} direct {[round(x / 1e9, 2) for x in r['direct_bps']]}")
+
+
+if __name__ == "__main__":
+    main()
