@@ -14,8 +14,8 @@ from collections.abc import Iterable, Sequence
 from egress_cni.api.model import ALLOCATOR_RR, EgressClusterPolicy, EgressPolicy
 from egress_cni.api.selectors import LabelSelector, Requirement
 from webhook.admission import Denial
-from webhook.config import ANNOTATION_ALLOW_EIP_SHARING, WebhookConfig
-from webhook.subnets import Network, any_overlap, parse_subnets
+from webhook.config import ANNOTATION_ALLOW_EIP_SHARING
+from webhook.subnets import Span, any_overlap, spans
 from webhook.view import ClusterView, policy_key
 
 _EVERYWHERE = "every destination outside the cluster"
@@ -63,7 +63,7 @@ def namespaces_may_overlap(a: EgressPolicy, b: EgressPolicy, view: ClusterView) 
     return _namespace_selector(cluster).matches(labels)
 
 
-def pods_may_overlap(a: EgressPolicy, b: EgressPolicy, subnets_a: Sequence[Network], subnets_b: Sequence[Network]) -> bool:
+def pods_may_overlap(a: EgressPolicy, b: EgressPolicy, subnets_a: Sequence[Span], subnets_b: Sequence[Span]) -> bool:
     sel_a, sel_b = a.spec.applied_to.pod_selector, b.spec.applied_to.pod_selector
     if subnets_a and subnets_b:
         return any_overlap(subnets_a, subnets_b) is not None
@@ -72,16 +72,16 @@ def pods_may_overlap(a: EgressPolicy, b: EgressPolicy, subnets_a: Sequence[Netwo
     return True
 
 
-def _describe_dests(nets: Sequence[Network]) -> str:
-    return ", ".join(map(str, nets)) if nets else _EVERYWHERE
+def _describe_dests(nets: Sequence[Span]) -> str:
+    return ", ".join(n.text for n in nets) if nets else _EVERYWHERE
 
 
-def destinations_overlap(a: Sequence[Network], b: Sequence[Network]) -> str | None:
-    """How two destSubnet lists overlap ("" lists mean everything outside the cluster), or None."""
+def destinations_overlap(a: Sequence[Span], b: Sequence[Span]) -> str | None:
+    """How two destSubnet lists overlap (empty lists mean everything outside the cluster), or None."""
     if not a or not b:
         return f"{_describe_dests(a)} overlaps {_describe_dests(b)}"
     pair = any_overlap(a, b)
-    return f"{pair[0]} overlaps {pair[1]}" if pair else None
+    return f"{pair[0].text} overlaps {pair[1].text}" if pair else None
 
 
 def effective_eip(policy: EgressPolicy, view: ClusterView) -> tuple[tuple[str, ...], str]:
@@ -107,24 +107,28 @@ def describe(policy: EgressPolicy) -> str:
     return f"{policy.KIND} {policy.metadata.key}"
 
 
-def check_conflicts(policy: EgressPolicy, view: ClusterView, config: WebhookConfig) -> list[Denial]:
-    dests = parse_subnets(policy.spec.dest_subnet, "", "", config, allow_bare_ip=False).networks
-    pods = parse_subnets(policy.spec.applied_to.pod_subnet, "", "", config, allow_bare_ip=False).networks
+def check_conflicts(policy: EgressPolicy, view: ClusterView) -> list[Denial]:
+    """Cheapest tests first: priority, EIP identity, namespaces, pods, then destinations."""
+    dests = spans(policy.spec.dest_subnet)
+    pods = spans(policy.spec.applied_to.pod_subnet)
     mine, my_eip = effective_eip(policy, view)
     priority = policy.spec.priority or 0
     self_key = policy_key(policy)
-    for other in view.policies():
-        if policy_key(other) == self_key or (other.spec.priority or 0) != priority:
+    # a namespaced policy can only meet policies of its namespace and cluster policies
+    candidates = view.policies() if isinstance(policy, EgressClusterPolicy) else (
+        *view.policies_in(policy.metadata.namespace), *view.policies_in(""))
+    for other in candidates:
+        if (other.spec.priority or 0) != priority or not namespaces_may_overlap(policy, other, view):
+            continue
+        if policy_key(other) == self_key:
             continue
         theirs, their_eip = effective_eip(other, view)
         if theirs == mine:
             continue
-        other_dests = parse_subnets(other.spec.dest_subnet, "", "", config, allow_bare_ip=False).networks
-        how = destinations_overlap(dests, other_dests)
-        if how is None or not namespaces_may_overlap(policy, other, view):
+        if not pods_may_overlap(policy, other, pods, spans(other.spec.applied_to.pod_subnet)):
             continue
-        other_pods = parse_subnets(other.spec.applied_to.pod_subnet, "", "", config, allow_bare_ip=False).networks
-        if not pods_may_overlap(policy, other, pods, other_pods):
+        how = destinations_overlap(dests, spans(other.spec.dest_subnet))
+        if how is None:
             continue
         return [Denial("policy-conflict", "spec.priority", policy.spec.priority,
                        f"{describe(other)} may select the same pods for overlapping destinations ({how}) with a different "

@@ -41,7 +41,7 @@ def validate_policy(request: AdmissionRequest, view: ClusterView, config: Webhoo
         denials = _against_gateway(policy, view, config)
     if denials:
         return denials
-    return check_eip_sharing(policy, view) + check_conflicts(policy, view, config)
+    return check_eip_sharing(policy, view) + check_conflicts(policy, view)
 
 
 def _parse(cls: type[EgressPolicy], raw: object, namespace: str) -> EgressPolicy:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -59,10 +60,36 @@ def parse_subnets(entries: Sequence[str], path: str, rule: str, config: WebhookC
     return Subnets(tuple(nets), tuple(denials))
 
 
-def any_overlap(a: Sequence[Network], b: Sequence[Network]) -> tuple[Network, Network] | None:
-    """The first overlapping pair (same family) of two subnet lists, if any."""
+@dataclass(frozen=True)
+class Span:
+    """A CIDR as an integer interval: overlap tests without ipaddress objects on the hot path."""
+
+    version: int
+    first: int
+    last: int
+    text: str
+
+
+@functools.lru_cache(maxsize=16384)
+def spans(entries: tuple[str, ...]) -> tuple[Span, ...]:
+    """Parsable CIDR/IP entries as spans (unparsable ones are skipped: validation reports them).
+
+    Cached by the entries themselves, so the policies in the cache are parsed once, not per review.
+    """
+    out = []
+    for entry in entries:
+        try:
+            net = ipaddress.ip_network(entry.strip(), strict=False)
+        except ValueError:
+            continue
+        out.append(Span(net.version, int(net.network_address), int(net.broadcast_address), str(net)))
+    return tuple(out)
+
+
+def any_overlap(a: Sequence[Span], b: Sequence[Span]) -> tuple[Span, Span] | None:
+    """The first overlapping pair (same family) of two span lists, if any."""
     for x in a:
         for y in b:
-            if x.version == y.version and x.overlaps(y):  # type: ignore[arg-type]
+            if x.version == y.version and x.first <= y.last and y.first <= x.last:
                 return x, y
     return None

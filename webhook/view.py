@@ -30,6 +30,9 @@ class ClusterView(Protocol):
     def policies(self) -> Sequence[EgressPolicy]:
         """EgressPolicies and EgressClusterPolicies (a subclass) together."""
 
+    def policies_in(self, namespace: str) -> Sequence[EgressPolicy]:
+        """EgressPolicies of one namespace, or with "" the EgressClusterPolicies (an index for the conflict rules)."""
+
 
 def policy_key(policy: EgressPolicy) -> tuple[str, str]:
     """Identity across both policy kinds: (kind, ns/name)."""
@@ -46,6 +49,7 @@ class MemoryView:
         self._policies: dict[tuple[str, str], EgressPolicy] = {}
         self._gateway_list: tuple[EgressGateway, ...] = ()
         self._policy_list: tuple[EgressPolicy, ...] = ()
+        self._by_namespace: dict[str, tuple[EgressPolicy, ...]] = {}
 
     @classmethod
     def of(cls, objects: Iterable[Mapping[str, Any]]) -> MemoryView:
@@ -67,6 +71,9 @@ class MemoryView:
 
     def policies(self) -> Sequence[EgressPolicy]:
         return self._policy_list
+
+    def policies_in(self, namespace: str) -> Sequence[EgressPolicy]:
+        return self._by_namespace.get(namespace, ())
 
     # --- updates -------------------------------------------------------------------------------
 
@@ -103,6 +110,10 @@ class MemoryView:
     def _refresh(self) -> None:
         self._gateway_list = tuple(self._gateways[k] for k in sorted(self._gateways))
         self._policy_list = tuple(self._policies[k] for k in sorted(self._policies))
+        index: dict[str, list[EgressPolicy]] = {}
+        for policy in self._policy_list:
+            index.setdefault("" if isinstance(policy, EgressClusterPolicy) else policy.metadata.namespace, []).append(policy)
+        self._by_namespace = {k: tuple(v) for k, v in index.items()}
 
 
 class InformerLike(Protocol):

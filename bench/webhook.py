@@ -1,0 +1,293 @@
+"""Admission webhook latency under load, over TLS, against gunicorn as deployed (2 gthread workers).
+
+Workload: validation of an EgressPolicy CREATE against a cluster state of 21 gateways and 200
+policies in 20 namespaces (so the conflict rules walk every policy), as the API server would send
+it: one AdmissionReview per POST on keep-alive connections.
+
+1. Open loop: requests are scheduled at a fixed rate (default 200/s) from a separate client
+   process over 8 keep-alive connections; latency is measured from each request's *scheduled*
+   time, so a stalled server is charged for the queue it causes (no coordinated omission).
+2. Closed loop: 8 connections send back to back for a while; requests/s is the maximum
+   sustained throughput.
+
+Peer, measured in the same run on the same gunicorn config, TLS and client: an allow-all webhook
+that decodes the review and answers `allowed: true` without looking at it (the transport floor).
+Ratios ours/peer show what the rules cost on top of HTTP + TLS + JSON.
+
+Both server and client share this 2-core machine with whatever else runs on it.
+
+Run: .venv/bin/python bench/webhook.py [--rate 200] [--duration 20] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import itertools
+import json
+import os
+import socket
+import ssl
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from egress_cni.api import API_VERSION  # noqa: E402
+
+TARGET_P99_MS = 10.0
+
+
+# --- the peer: an allow-all webhook -------------------------------------------------------------
+
+
+def allow_all_app() -> Any:
+    """gunicorn app factory for the peer (same Flask, same JSON decode, no rules)."""
+    from flask import Flask, Response, request
+
+    app = Flask("allow-all")
+
+    @app.post("/validate")
+    def validate() -> Response:
+        review = json.loads(request.get_data())
+        body = {"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+                "response": {"uid": review["request"]["uid"], "allowed": True}}
+        return Response(json.dumps(body), mimetype="application/json")
+
+    @app.get("/readyz")
+    def readyz() -> Response:
+        return Response("ok\n")
+
+    return app
+
+
+# --- workload -----------------------------------------------------------------------------------
+
+
+def gateway(name: str, pool: str, default: str) -> dict[str, Any]:
+    return {"apiVersion": API_VERSION, "kind": "EgressGateway", "metadata": {"name": name},
+            "spec": {"ippools": {"ipv4": [pool], "ipv4DefaultEIP": default},
+                     "nodeSelector": {"selector": {"matchLabels": {"egressgateway": "true"}}}}}
+
+
+def policy(name: str, namespace: str, gateway_name: str, app: str, dest: list[str]) -> dict[str, Any]:
+    return {"apiVersion": API_VERSION, "kind": "EgressPolicy", "metadata": {"name": name, "namespace": namespace},
+            "spec": {"egressGatewayName": gateway_name, "appliedTo": {"podSelector": {"matchLabels": {"app": app}}},
+                     "destSubnet": dest, "egressIP": {"allocatorPolicy": "default", "useNodeIP": False}}}
+
+
+def cluster_state() -> list[dict[str, Any]]:
+    objects = [gateway("default", "10.6.168.201-10.6.168.205", "10.6.168.201")]
+    objects += [gateway(f"gw{g}", f"10.{100 + g}.0.0/24", f"10.{100 + g}.0.1") for g in range(20)]
+    objects += [policy(f"p{p}", f"ns{p % 20}", f"gw{p % 20}", f"app{p}", [f"172.{p % 30}.0.0/16"]) for p in range(200)]
+    objects += [{"kind": "Namespace", "metadata": {"name": f"ns{n}", "labels": {"kubernetes.io/metadata.name": f"ns{n}"}}}
+                for n in range(20)]
+    return objects
+
+
+def review_body() -> bytes:
+    obj = policy("new", "ns3", "default", "web", ["192.168.0.0/16"])
+    request = {"uid": str(uuid.uuid4()), "kind": {"group": "egressgateway.spidernet.io", "version": "v1beta1", "kind": "EgressPolicy"},
+               "resource": {"group": "egressgateway.spidernet.io", "version": "v1beta1", "resource": "egresspolicies"},
+               "operation": "CREATE", "name": "new", "namespace": "ns3", "object": obj, "oldObject": None,
+               "userInfo": {"username": "admin", "groups": ["system:masters"]}, "dryRun": False}
+    return json.dumps({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": request}).encode()
+
+
+# --- servers ------------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start_server(kind: str, work: Path) -> tuple[subprocess.Popen[bytes], int]:
+    import yaml
+
+    from webhook import certs
+
+    cert_dir = work / "certs"
+    if not certs.mounted(cert_dir):
+        certs.write_cert_dir(certs.new_bundle(["127.0.0.1"]), cert_dir)
+    port = free_port()
+    metrics_dir = work / f"metrics-{kind}"
+    metrics_dir.mkdir(parents=True, exist_ok=True)
+    env = {k: v for k, v in os.environ.items() if not k.lower().endswith("_proxy")}
+    env.update(PYTHONPATH=str(REPO), PROMETHEUS_MULTIPROC_DIR=str(metrics_dir), LOG_LEVEL="WARNING",
+               EGRESS_WEBHOOK_CERT_DIR=str(cert_dir), EGRESS_WEBHOOK_BIND="127.0.0.1", EGRESS_WEBHOOK_PORT=str(port))
+    if kind == "ours":
+        state = work / "state.yaml"
+        state.write_text(yaml.safe_dump_all(cluster_state()))
+        argv = [sys.executable, "-m", "webhook.main", "--cert-dir", str(cert_dir), "--cluster-state", str(state),
+                "--bind", "127.0.0.1", "--port", str(port)]
+    else:
+        argv = [sys.executable, "-m", "gunicorn", "-c", str(REPO / "webhook" / "gunicorn.conf.py"), "bench.webhook:allow_all_app()"]
+    log = (work / f"{kind}.log").open("wb")
+    proc = subprocess.Popen(argv, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    context = client_context(cert_dir / "ca.crt")
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"{kind} server exited: see {work / f'{kind}.log'}")
+        try:
+            conn = http.client.HTTPSConnection("127.0.0.1", port, context=context, timeout=2)
+            conn.request("GET", "/readyz")
+            if conn.getresponse().status == 200:
+                return proc, port
+        except OSError:
+            time.sleep(0.2)
+    raise SystemExit(f"{kind} server not ready")
+
+
+def stop_server(proc: subprocess.Popen[bytes]) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+# --- the client (runs in its own process) -------------------------------------------------------
+
+
+def client_context(ca_file: Path) -> ssl.SSLContext:
+    context = ssl.create_default_context(cafile=str(ca_file))
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    return context
+
+
+def run_client(spec: dict[str, Any]) -> dict[str, Any]:
+    """Open loop (`rate` set) or closed loop (`rate` 0) over `connections` keep-alive connections."""
+    context = client_context(Path(spec["ca_file"]))
+    body = review_body()
+    headers = {"Content-Type": "application/json", "Connection": "keep-alive"}
+    rate, duration, connections = float(spec["rate"]), float(spec["duration"]), int(spec["connections"])
+    total = int(rate * duration) if rate else 0
+    latencies: list[float] = []
+    errors = [0]
+    counter = itertools.count()
+    lock = threading.Lock()
+    start = time.perf_counter() + 0.5
+    stop_at = start + duration
+
+    def worker() -> None:
+        conn = http.client.HTTPSConnection("127.0.0.1", spec["port"], context=context, timeout=30)
+        local: list[float] = []
+        while True:
+            i = next(counter)
+            if rate:
+                if i >= total:
+                    break
+                due = start + i / rate
+                delay = due - time.perf_counter()
+                if delay > 0:
+                    time.sleep(delay)
+            else:
+                due = time.perf_counter()
+                if due >= stop_at:
+                    break
+                if due < start:
+                    time.sleep(start - due)
+                    due = time.perf_counter()
+            try:
+                conn.request("POST", "/validate", body, headers)
+                resp = conn.getresponse()
+                data = resp.read()
+                ok = resp.status == 200 and b'"allowed":true' in data.replace(b" ", b"")
+            except (OSError, http.client.HTTPException):
+                ok = False
+                conn.close()
+                conn = http.client.HTTPSConnection("127.0.0.1", spec["port"], context=context, timeout=30)
+            local.append(time.perf_counter() - due)
+            if not ok:
+                with lock:
+                    errors[0] += 1
+        with lock:
+            latencies.extend(local)
+
+    threads = [threading.Thread(target=worker) for _ in range(connections)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    elapsed = time.perf_counter() - start
+    latencies.sort()
+    return {"count": len(latencies), "errors": errors[0], "elapsed": elapsed, "rps": len(latencies) / elapsed,
+            "p50_ms": pct(latencies, 50), "p90_ms": pct(latencies, 90), "p99_ms": pct(latencies, 99),
+            "max_ms": latencies[-1] * 1000 if latencies else 0.0}
+
+
+def pct(sorted_values: list[float], p: float) -> float:
+    if not sorted_values:
+        return 0.0
+    return sorted_values[min(len(sorted_values) - 1, int(len(sorted_values) * p / 100))] * 1000
+
+
+def client_process(spec: dict[str, Any]) -> dict[str, Any]:
+    """Run the load generator in a separate process so it does not share the server's GIL."""
+    out = subprocess.run([sys.executable, __file__, "--client", json.dumps(spec)], capture_output=True, text=True, check=True)
+    return json.loads(out.stdout)  # type: ignore[no-any-return]
+
+
+# --- main ---------------------------------------------------------------------------------------
+
+
+def measure(kind: str, work: Path, args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    proc, port = start_server(kind, work)
+    try:
+        base = {"port": port, "ca_file": str(work / "certs" / "ca.crt"), "connections": 8}
+        client_process({**base, "rate": 100, "duration": 2})  # warm up: imports, caches, TLS sessions
+        open_loop = client_process({**base, "rate": args.rate, "duration": args.duration})
+        closed_loop = client_process({**base, "rate": 0, "duration": args.closed_duration})
+        return {"open": open_loop, "closed": closed_loop}
+    finally:
+        stop_server(proc)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--rate", type=float, default=200.0, help="open-loop requests per second")
+    p.add_argument("--duration", type=float, default=20.0, help="open-loop seconds")
+    p.add_argument("--closed-duration", type=float, default=10.0, help="closed-loop seconds")
+    p.add_argument("--quick", action="store_true", help="5 s phases (smoke run)")
+    p.add_argument("--client", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.client:
+        print(json.dumps(run_client(json.loads(args.client))))
+        return 0
+    if args.quick:
+        args.duration = args.closed_duration = 5.0
+    with tempfile.TemporaryDirectory(prefix="bench-webhook-") as tmp:
+        work = Path(tmp)
+        results = {kind: measure(kind, work, args) for kind in ("ours", "peer")}
+    ours, peer = results["ours"], results["peer"]
+    print(f"webhook validation over TLS, gunicorn 2 gthread workers, 8 keep-alive connections, client in its own process\n"
+          f"open loop at {args.rate:.0f} req/s for {args.duration:.0f} s (latency from scheduled send time):")
+    print(f"  {'':6} {'sent':>6} {'errors':>6} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} {'max ms':>8}")
+    for kind in ("ours", "peer"):
+        r = results[kind]["open"]
+        print(f"  {kind:6} {r['count']:>6} {r['errors']:>6} {r['p50_ms']:>8.2f} {r['p90_ms']:>8.2f} {r['p99_ms']:>8.2f} {r['max_ms']:>8.2f}")
+    print(f"  ratio ours/peer: p50 {ours['open']['p50_ms'] / peer['open']['p50_ms']:.2f}x, "
+          f"p99 {ours['open']['p99_ms'] / peer['open']['p99_ms']:.2f}x")
+    verdict = "PASS" if ours["open"]["p99_ms"] <= TARGET_P99_MS and not ours["open"]["errors"] else "FAIL"
+    print(f"  target p99 <= {TARGET_P99_MS:.0f} ms at {args.rate:.0f} req/s: {ours['open']['p99_ms']:.2f} ms -> {verdict}")
+    print(f"closed loop for {args.closed_duration:.0f} s (maximum sustained throughput):")
+    for kind in ("ours", "peer"):
+        r = results[kind]["closed"]
+        print(f"  {kind:6} {r['rps']:>8.0f} req/s  p50 {r['p50_ms']:.2f} ms  p99 {r['p99_ms']:.2f} ms  errors {r['errors']}")
+    print(f"  ratio ours/peer throughput: {ours['closed']['rps'] / peer['closed']['rps']:.2f}x")
+    return 0 if verdict == "PASS" else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
