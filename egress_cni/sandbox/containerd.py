@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from egress_cni.sandbox import procs
+from egress_cni.sandbox import REPO_ROOT, procs
 from egress_cni.sandbox.cri import CRIClient
 from egress_cni.sandbox.images import PAUSE_IMAGE
 from egress_cni.sandbox.plan import NodePlan
@@ -24,7 +24,6 @@ from egress_cni.sandbox.plan import NodePlan
 DEBIAN_CNI_DIR = Path("/usr/lib/cni")
 PLUGIN_NAME = "egress-cni"
 NETWORK_NAME = "egw-sandbox"
-REPO_ROOT = Path(__file__).resolve().parents[2]
 
 # Until the real plugin is installed: a chained plugin that changes nothing (prevResult passes through).
 STUB_PLUGIN = """#!/usr/bin/python3

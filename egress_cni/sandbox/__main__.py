@@ -1,0 +1,60 @@
+"""`make sandbox`: a 3-node cluster in network namespaces on this machine, running the walkthrough.
+
+    python -m egress_cni.sandbox            # up, walkthrough, failover, tear down
+    python -m egress_cni.sandbox --keep     # ... and leave it running (prints how to use kubectl)
+    python -m egress_cni.sandbox --down     # tear a kept sandbox down
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+from egress_cni.sandbox.cluster import LOG_ROOT, Sandbox
+from egress_cni.sandbox.plan import STATE_DIR, build_plan
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m egress_cni.sandbox", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--keep", action="store_true", help="leave the sandbox running")
+    parser.add_argument("--down", action="store_true", help="tear down a kept sandbox and exit")
+    parser.add_argument("--no-components", action="store_true", help="skip controller, webhook and agents")
+    parser.add_argument("--no-walkthrough", action="store_true", help="only bring the cluster up")
+    parser.add_argument("--plugin", choices=("auto", "real", "stub"), default="auto",
+                        help="egress-cni in the chain: the checkout's (real), a pass-through (stub), or real if present")
+    args = parser.parse_args(argv)
+    plan = build_plan(state_dir=STATE_DIR)
+    sandbox = Sandbox(plan, plugin=args.plugin, components=not args.no_components)
+    if args.down:
+        started = time.monotonic()
+        report = sandbox.down()
+        print(f"sandbox down in {time.monotonic() - started:.1f}s: {report}")
+        return 0
+    from egress_cni.sandbox.walkthrough import Walkthrough, kubectl_hint
+
+    started = time.monotonic()
+    code = 0
+    try:
+        sandbox.up()
+        print(f"==> sandbox up in {time.monotonic() - started:.1f}s (logs: {LOG_ROOT})")
+        if not args.no_walkthrough:
+            Walkthrough(sandbox).run()
+    except Exception as error:  # report, then still tear down (unless kept) so the host is clean
+        print(f"!!! {error}", file=sys.stderr)
+        code = 1
+    for item in sandbox.pending:
+        print(f"pending: {item}")
+    if args.keep:
+        print(f"sandbox kept. kubectl: {kubectl_hint(sandbox)} get pods -A\n"
+              f"tear down: {sys.executable} -m egress_cni.sandbox --down")
+        return code
+    down_started = time.monotonic()
+    report = sandbox.down()
+    print(f"==> sandbox down in {time.monotonic() - down_started:.1f}s: {report}")
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
