@@ -299,7 +299,7 @@ class Client:
         raw = resp.response
         buffer = b""
         try:
-            for chunk in raw.stream(amt=None, decode_content=False):
+            for chunk in self._chunks(raw):
                 buffer += chunk
                 while b"\n" in buffer:
                     line, buffer = buffer.split(b"\n", 1)
@@ -307,6 +307,14 @@ class Client:
                         yield self._watch_event(rt, line)
         finally:
             raw.release_conn()
+
+    @staticmethod
+    def _chunks(raw: Any) -> Iterator[bytes]:
+        """The body as it arrives; a connection cut mid-stream becomes an APIError."""
+        try:
+            yield from raw.stream(amt=None, decode_content=False)
+        except Exception as exc:
+            raise APIError(0, "StreamError", f"watch stream ended: {exc}") from None
 
     @staticmethod
     def _watch_event(rt: ResourceType, line: bytes) -> tuple[str, dict[str, Any]]:
