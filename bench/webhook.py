@@ -267,9 +267,12 @@ def main() -> int:
         return 0
     if args.quick:
         args.duration = args.closed_duration = 5.0
+    load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="bench-webhook-") as tmp:
         work = Path(tmp)
         results = {kind: measure(kind, work, args) for kind in ("ours", "peer")}
+    print(f"machine: {os.cpu_count()} cores, 1-min load average {load_before:.1f} before and {os.getloadavg()[0]:.1f} after "
+          "(other work on the machine inflates tails for both servers alike)")
     ours, peer = results["ours"], results["peer"]
     print(f"webhook validation over TLS, gunicorn 2 gthread workers, 8 keep-alive connections, client in its own process\n"
           f"open loop at {args.rate:.0f} req/s for {args.duration:.0f} s (latency from scheduled send time):")

@@ -5,6 +5,7 @@ a decodable JSON Patch when present). Run against the pure review and the real H
 from __future__ import annotations
 
 import base64
+import copy
 import json
 from collections.abc import Iterator
 from typing import Any
@@ -48,17 +49,46 @@ def objects(draw: st.DrawFn) -> Any:
             "metadata": meta, "spec": draw(JSON), **({"status": draw(JSON)} if draw(st.booleans()) else {})}
 
 
+VALID = [gateway("g", ["10.6.1.1-10.6.1.3"], ["fd00::1-fd00::3"], default4="10.6.1.1"),
+         policy("p", egress_ip={"ipv4": "10.6.168.202"}, dest=["10.0.0.0/8"]),
+         policy("c", cluster=True, namespace_selector={"matchLabels": {"a": "b"}}, pod_subnet=["10.244.0.0/16"]),
+         {"apiVersion": API_VERSION, "kind": "EgressClusterInfo", "metadata": {"name": "default"},
+          "spec": {"autoDetect": {"podCidrMode": "auto"}, "extraCidr": ["10.0.0.0/8"]}}]
+EDIT_PATHS = [("spec",), ("spec", "ippools"), ("spec", "ippools", "ipv4"), ("spec", "ippools", "ipv6"),
+              ("spec", "ippools", "ipv4DefaultEIP"), ("spec", "nodeSelector", "selector"), ("spec", "clusterDefault"),
+              ("spec", "egressIP"), ("spec", "egressIP", "ipv4"), ("spec", "egressIP", "useNodeIP"), ("spec", "appliedTo"),
+              ("spec", "appliedTo", "podSelector"), ("spec", "appliedTo", "podSubnet"), ("spec", "destSubnet"),
+              ("spec", "priority"), ("spec", "extraCidr"), ("metadata", "finalizers"), ("metadata", "namespace"), ("status",)]
+
+
+@st.composite
+def near_valid(draw: st.DrawFn) -> Any:
+    """A valid object with a few fields replaced by arbitrary values: reaches deep into the rules."""
+    obj = copy.deepcopy(draw(st.sampled_from(VALID)))
+    for path in draw(st.lists(st.sampled_from(EDIT_PATHS), max_size=3)):
+        node = obj
+        for key in path[:-1]:
+            node = node.setdefault(key, {}) if isinstance(node, dict) else {}
+        if isinstance(node, dict):
+            node[path[-1]] = draw(JSON)
+    return obj
+
+
 @st.composite
 def requests_(draw: st.DrawFn) -> Any:
     if draw(st.integers(0, 9)) == 0:
         return draw(JSON)
-    return draw(st.fixed_dictionaries(
+    request = draw(st.fixed_dictionaries(
         {"uid": st.uuids().map(str) | SCALARS},
         optional={"kind": st.fixed_dictionaries({"kind": st.sampled_from(KINDS) | SCALARS}) | JSON,
                   "operation": st.sampled_from(["CREATE", "UPDATE", "DELETE", "CONNECT"]) | SCALARS,
                   "name": st.sampled_from(["default", "p"]) | SCALARS, "namespace": st.sampled_from(["default", "team"]) | SCALARS,
-                  "object": objects(), "oldObject": objects(), "dryRun": SCALARS},
+                  "object": near_valid() | objects(), "oldObject": near_valid() | objects(), "dryRun": SCALARS},
     ))
+    obj = request.get("object")
+    if draw(st.booleans()) and isinstance(obj, dict) and isinstance(obj.get("kind"), str):
+        request["kind"] = {"kind": obj["kind"]}  # most real requests name the object's own kind
+    return request
 
 
 BODIES = st.one_of(requests_().map(lambda r: {"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": r}), JSON)

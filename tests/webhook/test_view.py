@@ -1,0 +1,80 @@
+"""The informer-fed view: watch events become parsed objects; a cache miss on a gateway reads through."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from tests.webhook.builders import gateway, policy
+from webhook.view import InformerView
+
+pytestmark = pytest.mark.unit
+
+
+class FakeInformer:
+    def __init__(self) -> None:
+        self.started = self.stopped = False
+
+    def start(self) -> None:
+        self.started = True
+
+    def stop(self) -> None:
+        self.stopped = True
+
+    def wait_synced(self, timeout: float) -> bool:
+        return self.started
+
+    @property
+    def synced(self) -> bool:
+        return self.started
+
+
+def strip(obj: dict[str, Any]) -> dict[str, Any]:
+    """List items may come without apiVersion/kind."""
+    return {k: v for k, v in obj.items() if k not in ("apiVersion", "kind")}
+
+
+def test_events_update_the_view() -> None:
+    view = InformerView()
+    informer = FakeInformer()
+    view.add_informer(informer)
+    assert not view.synced
+    view.start()
+    assert view.synced and view.wait_synced(1)
+    view.on_change("EgressGateway")("default", None, strip(gateway(ipv4=["10.0.0.1"])))
+    view.on_change("EgressPolicy")("ns/p", None, strip(policy("p", "ns")))
+    view.on_change("EgressClusterPolicy")("cp", None, strip(policy("cp", cluster=True)))
+    view.on_change("Namespace")("ns", None, {"metadata": {"name": "ns", "labels": {"team": "a"}}})
+    assert view.gateway("default") is not None and [g.metadata.name for g in view.gateways()] == ["default"]
+    assert {p.metadata.key for p in view.policies()} == {"ns/p", "cp"}
+    assert [p.metadata.key for p in view.policies_in("ns")] == ["ns/p"] and [p.metadata.key for p in view.policies_in("")] == ["cp"]
+    assert view.namespace_labels("ns") == {"team": "a"}
+    view.on_change("EgressPolicy")("ns/p", strip(policy("p", "ns")), None)
+    view.on_change("Namespace")("ns", {"metadata": {"name": "ns"}}, None)
+    assert {p.metadata.key for p in view.policies()} == {"cp"} and view.namespace_labels("ns") is None
+    view.stop()
+    assert informer.stopped
+
+
+def test_unparsable_objects_are_ignored() -> None:
+    view = InformerView()
+    bad = gateway(ipv4=["10.0.0.1"])
+    bad["spec"]["clusterDefault"] = "yes"
+    view.on_change("EgressGateway")("default", None, bad)
+    assert view.gateways() == ()
+
+
+def test_gateway_cache_miss_reads_through_once() -> None:
+    calls: list[str] = []
+
+    def fetch(name: str) -> dict[str, Any]:
+        calls.append(name)
+        if name != "fresh":
+            raise LookupError(name)
+        return gateway("fresh", ipv4=["10.0.0.9"])
+
+    view = InformerView(fallback_get=fetch)
+    assert view.gateway("fresh") is not None and view.gateway("fresh") is not None
+    assert view.gateway("missing") is None
+    assert calls == ["fresh", "missing"]
