@@ -61,6 +61,7 @@ def inner(args: argparse.Namespace) -> int:
     }
     runner = Runner(cache_dir=lab.tmp / "cache", host_netns=None)
     samples: dict[tuple[str, str, str], list[float]] = {}
+    cpu: dict[tuple[str, str, str], list[float]] = {}
 
     def one_pod(i: int, series: str) -> None:
         pod = f"{args.prefix}-b{i % 4}"
@@ -69,8 +70,9 @@ def inner(args: argparse.Namespace) -> int:
             before = len(runner.timings)
             runner.add(chains[series], f"bench{i}{series[0]}{len(series)}", netns_path(pod))
             runner.delete(chains[series], f"bench{i}{series[0]}{len(series)}", netns_path(pod))
-            for plugin, command, seconds in runner.timings[before:]:
+            for plugin, command, seconds, cpu_seconds in runner.timings[before:]:
                 samples.setdefault((series, plugin, command), []).append(seconds)
+                cpu.setdefault((series, plugin, command), []).append(cpu_seconds)
         finally:
             ip("netns", "del", pod, check=False)
 
@@ -87,7 +89,7 @@ def inner(args: argparse.Namespace) -> int:
         agent.wait()
     bridge_add = median_ms(samples[("overlay", "bridge", "ADD")])
     bridge_del = median_ms(samples[("overlay", "bridge", "DEL")])
-    print(f"pods per series: {args.pods}")
+    print(f"pods per series: {args.pods}; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
     print(f"bridge+host-local   ADD median {bridge_add:6.1f} ms   DEL median {bridge_del:6.1f} ms")
     print(f"macvlan+host-local  ADD median {median_ms(samples[('underlay', 'macvlan', 'ADD')]):6.1f} ms   "
           f"DEL median {median_ms(samples[('underlay', 'macvlan', 'DEL')]):6.1f} ms")
@@ -100,6 +102,11 @@ def inner(args: argparse.Namespace) -> int:
         ratio = add / (ack_bridge if series == "overlay+ack" else bridge_add)
         worst = max(worst, ratio)
         print(f"egress-cni {series:<12} ADD median {add:6.1f} ms   DEL median {dele:6.1f} ms   ADD ratio vs bridge {ratio:4.2f}x")
+    print("CPU time (user+sys) medians, less sensitive to other load on the machine:")
+    for series, plugin in (("overlay", "bridge"), ("underlay", "macvlan"), ("overlay", "egress-cni"), ("underlay", "egress-cni"),
+                           ("overlay+ack", "egress-cni")):
+        print(f"  {plugin:<10} {series:<12} ADD cpu {median_ms(cpu[(series, plugin, 'ADD')]):5.1f} ms   "
+              f"DEL cpu {median_ms(cpu[(series, plugin, 'DEL')]):5.1f} ms")
     verdict = "PASS" if worst <= 2.0 else "FAIL"
     print(f"bar: egress-cni ADD median <= 2x bridge ADD median (every series, same phase): {verdict} (worst {worst:.2f}x)")
     return 0 if verdict == "PASS" else 1

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import fcntl
 import os
 import time
 
@@ -72,6 +71,8 @@ class HostLock:
         self.fd = -1
 
     def __enter__(self) -> HostLock:
+        import fcntl  # a C extension: loaded only by the modes that lock
+
         os.makedirs(os.path.dirname(self.file), mode=0o700, exist_ok=True)
         self.fd = os.open(self.file, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         deadline = time.monotonic() + self.timeout
