@@ -231,3 +231,22 @@ def test_reply_via_veth_marks_connections_entering_through_the_veth(lab: Lab) ->
     with pytest.raises(PluginError, match="fwmark 0x1 lookup 100"):
         lab.runner.check(conflist, "c1", path)
     lab.runner.delete(conflist, "c1", path)
+
+
+def test_gc_removes_only_attachments_missing_from_the_valid_list(lab: Lab) -> None:
+    lab.underlay_parent()
+    conflist = lab.underlay_conflist(dual=False)
+    paths = {cid: lab.pod()[1] for cid in ("keep", "gone")}
+    for cid, path in paths.items():
+        lab.runner.add(conflist, cid, path)
+    veths = {cid: json.loads((lab.state_dir / f"{cid}_eth0.json").read_text())["plan"]["hostVeth"] for cid in paths}
+    gc = {**conflist["plugins"][1], "cniVersion": "1.1.0", "name": conflist["name"],
+          "cni.dev/valid-attachments": [{"containerID": "keep", "ifname": "eth0"}],
+          "cni.dev/attachments": [{"containerID": "keep", "ifname": "eth0"}]}
+    r = lab.runner.exec_plugin("egress-cni", "GC", gc)
+    assert (r.code, r.stdout) == (0, ""), r.stdout + r.stderr
+    links = host_links(lab)
+    assert veths["keep"] in links and veths["gone"] not in links
+    assert [p.name for p in lab.state_dir.glob("*.json")] == ["keep_eth0.json"]
+    assert [e.container_id for e in registry.list_endpoints(str(lab.registry_dir))] == ["keep"]
+    lab.runner.delete(conflist, "keep", paths["keep"])
