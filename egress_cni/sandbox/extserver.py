@@ -25,8 +25,9 @@ class Recorder:
         self._path = path
         self._lock = threading.Lock()
 
-    def note(self, proto: str, source: str) -> None:
-        line = json.dumps({"t": time.time(), "proto": proto, "src": source}) + "\n"
+    def note(self, proto: str, source: str, tag: str = "") -> None:
+        """tag: the HTTP path or the first bytes of a datagram, so tests can pick out their own traffic."""
+        line = json.dumps({"t": time.time(), "proto": proto, "src": source, "tag": tag}) + "\n"
         with self._lock, self._path.open("a") as handle:
             handle.write(line)
 
@@ -39,7 +40,7 @@ def serve(recorder: Recorder) -> list[socketserver.BaseServer]:
     class Http(http.server.BaseHTTPRequestHandler):
         def do_GET(self) -> None:
             source = unmapped(self.client_address[0])
-            recorder.note("http", source)
+            recorder.note("http", source, self.path[:128])
             body = f"Remote IP: {source}\n".encode()
             self.send_response(200)
             self.send_header("Content-Type", "text/plain")
@@ -61,7 +62,7 @@ def serve(recorder: Recorder) -> list[socketserver.BaseServer]:
         def handle(self) -> None:
             data, sock = self.request
             source = unmapped(self.client_address[0])
-            recorder.note("udp", source)
+            recorder.note("udp", source, data[:64].decode(errors="replace").strip())
             sock.sendto(f"{source}\n".encode() + data, self.client_address)
 
     class DualStack:

@@ -10,8 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from egress_cni.sandbox import REPO_ROOT, netns, procs
-from egress_cni.sandbox.cluster import LOG_ROOT, Sandbox
+from egress_cni.sandbox import REPO_ROOT, nodeops
+from egress_cni.sandbox.cluster import Sandbox
 
 SEED = REPO_ROOT.parent / "shared" / "seeds" / "004_7c69096a364c9dd0.txt"
 HEREDOC = re.compile(r"cat <<EOF \| (kubectl [a-z]+ -f -)\n(.*?)\nEOF", re.S)
@@ -132,46 +132,23 @@ class Walkthrough:
 
     def failover(self, pod: str, eip: str, gateway: str, timeout: float = 60.0) -> FailoverResult:
         """The gateway node goes down (underlay link down, agent stopped); poll until the EIP works again."""
-        node = self.sb.plan.node(gateway)
         self.say(f"$ # gateway node {gateway} goes down: its underlay link and its agent stop")
         started = time.monotonic()
-        netns.run(["ip", "-n", node.netns, "link", "set", node.endpoint.device, "down"])
-        for record in self.sb.state.processes:
-            if record.name == f"egress-agent-{gateway}":
-                procs.stop(record, timeout=5)
-        deadline = started + timeout
-        while True:
-            remote = self.fetch_from_pod(pod, timeout=1)
-            policy = self.sb.get_or_none("egresspolicy", "test", "-n", "default") or {}
-            new_node = str((policy.get("status") or {}).get("node", ""))
-            if remote == f"Remote IP: {eip}" and new_node and new_node != gateway:
-                elapsed = time.monotonic() - started
-                self.shell("kubectl get egp -A", "get", "egp", "-A")
-                self.say(f"$ kubectl exec -it {pod} -- wget -qO- {EXTERNAL_URL}\n{remote}")
-                self.restore(gateway)
-                return FailoverResult(gateway, new_node, eip, elapsed)
-            if time.monotonic() > deadline:
-                self.restore(gateway)
-                raise RuntimeError(f"failover: after {timeout:.0f}s the pod gets `{remote}`, policy node {new_node!r}")
-
-    def restore(self, name: str) -> None:
-        node = self.sb.plan.node(name)
-        netns.run(["ip", "-n", node.netns, "link", "set", node.endpoint.device, "up"])
-        netns.apply_topology(self.sb.plan)  # link down dropped its IPv6 address and routes: converge again
-        for index, record in enumerate(self.sb.state.processes):
-            if record.name == f"egress-agent-{name}" and not procs.alive(record):
-                argv = _argv_of(record)
-                if argv:
-                    fresh = procs.launch(record.name, argv, LOG_ROOT, netns=node.netns)
-                    self.sb.state.processes[index] = fresh
-                    self.sb.state.save()
-
-
-def _argv_of(record: procs.ProcessRecord) -> list[str]:
-    """The command line recorded in the log's first line (`+ nsenter --net=... -- argv...`)."""
-    first = Path(record.log_path).read_text().splitlines()[0] if Path(record.log_path).exists() else ""
-    parts = first.removeprefix("+ ").split(" -- ", 1)
-    return parts[1].split() if len(parts) == 2 else []
+        nodeops.power_off(self.sb, gateway)
+        try:
+            while True:
+                remote = self.fetch_from_pod(pod, timeout=1)
+                policy = self.sb.get_or_none("egresspolicy", "test", "-n", "default") or {}
+                new_node = str((policy.get("status") or {}).get("node", ""))
+                if remote == f"Remote IP: {eip}" and new_node and new_node != gateway:
+                    elapsed = time.monotonic() - started
+                    self.shell("kubectl get egp -A", "get", "egp", "-A")
+                    self.say(f"$ kubectl exec -it {pod} -- wget -qO- {EXTERNAL_URL}\n{remote}")
+                    return FailoverResult(gateway, new_node, eip, elapsed)
+                if time.monotonic() - started > timeout:
+                    raise RuntimeError(f"failover: after {timeout:.0f}s the pod gets `{remote}`, policy node {new_node!r}")
+        finally:
+            nodeops.power_on(self.sb, gateway)
 
 
 def kubectl_hint(sb: Sandbox) -> str:
@@ -179,4 +156,3 @@ def kubectl_hint(sb: Sandbox) -> str:
 
     return (f"ip netns exec {sb.plan.control_plane.netns} {kube_bin_dir() / 'kubectl'} "
             f"--kubeconfig={sb.kubeconfig}")
-

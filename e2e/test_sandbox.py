@@ -1,0 +1,38 @@
+"""The sandbox itself and the user's walkthrough: a pod reaches the external server, first with its
+node's address (no policy), then with the walkthrough's EIP."""
+
+from __future__ import annotations
+
+import pytest
+
+from e2e.helpers import Cluster
+from egress_cni.sandbox.walkthrough import Walkthrough
+
+pytestmark = pytest.mark.e2e
+
+
+def test_pod_reaches_external_server_with_its_node_address(cluster: Cluster, ns: str) -> None:
+    cluster.pod(ns, "plain", {"app": "plain"}, node="node1")
+    cluster.wait_running(ns, "plain")
+    assert cluster.wait_source(ns, "plain", cluster.node_ip("node1")) == "10.6.168.11"
+
+
+def test_walkthrough_yaml_verbatim_gives_the_pod_the_eip(cluster: Cluster) -> None:
+    walk = Walkthrough(cluster.sb)
+    try:
+        walk.apply("EgressGateway")
+        walk.apply("Deployment")
+        pod = walk.wait_pod()
+        for name in [n for n in cluster.node_names if n != walk.pod_node][:2]:
+            cluster.kubectl("label", "node", name, "egressgateway=true", "--overwrite")
+        walk.apply("EgressPolicy")
+        status = cluster.wait_policy("default", "test")
+        assert status["eip"]["ipv4"] in {f"10.6.168.{i}" for i in range(201, 206)}
+        assert cluster.wait_source("default", pod, status["eip"]["ipv4"]) == status["eip"]["ipv4"]
+        assert cluster.get("egressendpointslices", "-n", "default")["items"]
+    finally:
+        cluster.delete("egresspolicy", "test", "-n", "default")
+        cluster.delete("deployment", "test-app", "-n", "default")
+        for name in cluster.node_names:
+            cluster.kubectl("label", "node", name, "egressgateway-", check=False)
+        cluster.delete("egressgateway", "default")

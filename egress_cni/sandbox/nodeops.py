@@ -1,0 +1,35 @@
+"""Node failures for demos and resilience tests: a node 'loses power' for the data path (its underlay
+link goes down and its agent stops, so its Lease expires) and comes back (link, addresses, agent)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from egress_cni.sandbox import netns, procs
+from egress_cni.sandbox.cluster import LOG_ROOT, Sandbox
+
+
+def power_off(sb: Sandbox, name: str) -> None:
+    node = sb.plan.node(name)
+    netns.run(["ip", "-n", node.netns, "link", "set", node.endpoint.device, "down"])
+    for record in sb.state.processes:
+        if record.name == f"egress-agent-{name}":
+            procs.stop(record, timeout=5)
+
+
+def power_on(sb: Sandbox, name: str) -> None:
+    node = sb.plan.node(name)
+    netns.run(["ip", "-n", node.netns, "link", "set", node.endpoint.device, "up"])
+    netns.apply_topology(sb.plan)  # link down dropped its IPv6 address and routes: converge again
+    for index, record in enumerate(sb.state.processes):
+        if record.name == f"egress-agent-{name}" and not procs.alive(record) and (argv := _argv_of(record)):
+            sb.state.processes[index] = procs.launch(record.name, argv, LOG_ROOT, netns=node.netns)
+            sb.state.save()
+
+
+def _argv_of(record: procs.ProcessRecord) -> list[str]:
+    """The command line from the log's first line (`+ nsenter --net=... -- argv...`)."""
+    path = Path(record.log_path)
+    first = path.read_text().splitlines()[0] if path.exists() else ""
+    parts = first.removeprefix("+ ").split(" -- ", 1)
+    return parts[1].split() if len(parts) == 2 else []
