@@ -88,6 +88,12 @@ def test_underlay_chain_routes_hijacked_cidrs_through_the_host(lab: Lab) -> None
     # the host reaches the macvlan pod through the veth (macvlan alone cannot talk to its parent)
     ping = subprocess.run(["ip", "netns", "exec", pod, "busybox", "ping", "-c1", "-W2", NODE_V4], capture_output=True, check=False)
     assert ping.returncode == 0, ping.stdout
+    # a hijacked destination (from hijack.json) is reached through the host, and the reply comes back via table 500
+    subprocess.run(["ip", "-n", lab.host, "addr", "add", "192.0.2.1/32", "dev", "lo"], check=True)
+    ping = subprocess.run(["ip", "netns", "exec", pod, "busybox", "ping", "-c1", "-W2", "192.0.2.1"], capture_output=True, check=False)
+    assert ping.returncode == 0, ping.stdout
+    tx = ip_json("-s", "link", "show", host_veth, netns=lab.host)[0]["stats64"]["tx"]["packets"]
+    assert tx >= 2, "replies left the host through the pod's veth"
     lab.runner.check(conflist, "c1", path, args=ARGS)
     lab.runner.delete(conflist, "c1", path, args=ARGS)
     assert host_veth not in host_links(lab)
