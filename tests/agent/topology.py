@@ -131,16 +131,27 @@ class Topology:
                 sh("ip", "-n", node, "addr", "add", "fe80::1/64", "dev", host, "nodad")
                 sh("ip", "-n", pod, "-6", "route", "add", "default", "via", "fe80::1", "dev", "eth0")
                 sh("ip", "-n", node, "-6", "route", "add", f"{self.pod_ip(n, p, 6)}/128", "dev", host)
-        for m in (1, 2, 3):
-            if m != n:
-                sh("ip", "-n", node, "route", "add", f"10.244.{m}.0/24", "via", f"10.100.0.{m}")
-                if self.dual:
-                    sh("ip", "-n", node, "-6", "route", "add", f"fd00:244:{m}::/64", "via", f"fd00:100::{m}")
+        self.node_routes(n)
         rules = "*nat\n-A POSTROUTING -s 10.244.0.0/16 ! -d 10.244.0.0/16 -o eth0 -j MASQUERADE\nCOMMIT\n"
         self.exec_in_input(node, ["iptables-restore", "--noflush"], rules)
         if self.dual:
             rules6 = "*nat\n-A POSTROUTING -s fd00:244::/32 ! -d fd00:244::/32 -o eth0 -j MASQUERADE\nCOMMIT\n"
             self.exec_in_input(node, ["ip6tables-restore", "--noflush"], rules6)
+
+    def node_routes(self, n: int) -> None:
+        """What a CNI/routing daemon keeps on a node: the other nodes' pod CIDRs and a default route.
+        (The kernel drops routes via a link that goes down; `restore_link` puts them back.)"""
+        node = self.node(n)
+        sh("ip", "-n", node, "route", "replace", "default", "via", EXT4)
+        for m in (1, 2, 3):
+            if m != n:
+                sh("ip", "-n", node, "route", "replace", f"10.244.{m}.0/24", "via", f"10.100.0.{m}")
+                if self.dual:
+                    sh("ip", "-n", node, "-6", "route", "replace", f"fd00:244:{m}::/64", "via", f"fd00:100::{m}")
+
+    def restore_link(self, n: int) -> None:
+        sh("ip", "-n", self.node(n), "link", "set", "eth0", "up")
+        self.node_routes(n)
 
     def exec_in_input(self, ns: str, cmd: list[str], text: str) -> None:
         sh("ip", "netns", "exec", ns, *cmd, input=text)
