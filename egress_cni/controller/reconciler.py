@@ -34,7 +34,7 @@ from egress_cni.controller.clusterinfo import cluster_info_status, service_cidrs
 from egress_cni.controller.config import Config
 from egress_cni.controller.events import EventSink
 from egress_cni.controller.metrics import Metrics
-from egress_cni.controller.placement import ANNOTATION_RR_LAST, Assignment, NodeView, PolicyView, place_gateway
+from egress_cni.controller.placement import ANNOTATION_RR_LAST, Assignment, NodeView, Placement, PolicyView, place_gateway
 from egress_cni.controller.slice_writer import SliceWriter
 from egress_cni.controller.status import effective_gateway, gateway_not_found, gateway_status, merge_patch, policy_status
 from egress_cni.controller.tunnels import plan_tunnels
@@ -186,7 +186,7 @@ class Reconciler:
 
     # --- gateways and policies -----------------------------------------------------------------
 
-    def _write_gateway(self, gw: EgressGateway, raw: dict[str, Any], placed: Any, now: str, referenced: bool) -> None:
+    def _write_gateway(self, gw: EgressGateway, raw: dict[str, Any], placed: Placement, now: str, referenced: bool) -> None:
         name = gw.metadata.name
         overlay = self.overlays[k8s.EGRESS_GATEWAYS.plural]
         meta_patch: dict[str, Any] = {}
