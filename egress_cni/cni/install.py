@@ -40,16 +40,25 @@ def _stdlib_dir() -> Path:
     return Path(sys.base_prefix) / "lib" / f"python{sys.version_info.major}.{sys.version_info.minor}"
 
 
+# Extension modules the plugin loads; their non-glibc libraries (e.g. libffi for _ctypes) travel along.
+PLUGIN_EXTENSIONS = ("_ctypes", "_json", "_socket", "fcntl", "_struct", "_sha1", "_posixsubprocess", "select")
+GLIBC = ("linux-vdso", "libc.so", "libm.so", "libdl.so", "libpthread.so", "librt.so", "ld-linux", "libutil.so")
+
+
 def _shared_libs(binary: Path) -> list[Path]:
-    """Libraries the interpreter loads from its own prefix (pyenv builds link a shared libpython)."""
-    out = subprocess.run(["ldd", str(binary)], capture_output=True, text=True, check=False).stdout
-    prefix = str(Path(sys.base_prefix).resolve())
-    libs = []
-    for line in out.splitlines():
-        parts = line.split("=>")
-        if len(parts) == 2 and parts[1].strip().split(" ")[0].startswith(prefix):
-            libs.append(Path(parts[1].strip().split(" ")[0]))
-    return libs
+    """Libraries outside glibc that the interpreter and the plugin's extension modules load
+    (pyenv-style builds link a shared libpython; _ctypes needs libffi); nodes may lack them."""
+    dynload = _stdlib_dir() / "lib-dynload"
+    objects = [binary, *(p for name in PLUGIN_EXTENSIONS for p in dynload.glob(f"{name}.*.so"))]
+    libs: dict[str, Path] = {}
+    for obj in objects:
+        out = subprocess.run(["ldd", str(obj)], capture_output=True, text=True, check=False).stdout
+        for line in out.splitlines():
+            name, sep, rest = line.strip().partition(" => ")
+            target = rest.split(" (")[0].strip()
+            if sep and target.startswith("/") and not name.startswith(GLIBC):
+                libs[name] = Path(target)
+    return list(libs.values())
 
 
 def build_runtime(runtime_dir: Path) -> Path:
@@ -65,7 +74,7 @@ def build_runtime(runtime_dir: Path) -> Path:
     binary = Path(os.path.realpath(Path(sys.base_prefix) / "bin" / f"python{sys.version_info.major}.{sys.version_info.minor}"))
     shutil.copy2(binary, staging / "bin" / "python3")
     for lib in _shared_libs(binary):
-        shutil.copy2(lib, staging / "lib" / lib.name)
+        shutil.copy2(os.path.realpath(lib), staging / "lib" / lib.name)  # under the soname the loader asks for
     stdlib = staging / "lib" / _stdlib_dir().name
     shutil.copytree(_stdlib_dir(), stdlib, symlinks=True, ignore=_ignore_stdlib)
     target = stdlib / "egress_cni"  # on sys.path under -I -S, unlike site-packages

@@ -68,13 +68,14 @@ def test_install_writes_wrapper_runtime_and_chains_the_primary_conflist(installe
 
 def test_runtime_uses_only_its_own_interpreter_and_libpython(installed: Path, bare_path: str) -> None:
     current = installed / "opt/egressgateway/cni/current"
-    code = "import sys; print(sys.prefix); print(open('/proc/self/maps').read())"
+    code = "import sys, _ctypes; print(sys.prefix); print(open('/proc/self/maps').read())"
     out = subprocess.run([str(current / "bin/python3"), "-I", "-S", "-c", code], capture_output=True, text=True, check=True,
                          env={"PATH": bare_path, "LD_LIBRARY_PATH": str(current / "lib")}).stdout
     prefix, maps = out.split("\n", 1)
     assert Path(prefix).resolve() == current.resolve()
-    libpython = {line.split()[-1] for line in maps.splitlines() if "libpython" in line}
-    assert libpython and all(str(current.resolve()) in p or str(current) in p for p in libpython), libpython
+    libs = {line.split()[-1] for line in maps.splitlines() if "libpython" in line or "libffi" in line}
+    assert any("libpython" in p for p in libs) and any("libffi" in p for p in libs), libs
+    assert all(p.startswith(str(current.resolve())) for p in libs), libs
 
 
 def test_installed_plugin_runs_a_real_chain_without_python_on_path(installed: Path, bare_path: str, lab: Lab) -> None:
