@@ -154,7 +154,8 @@ def install(args: argparse.Namespace) -> int:
         d.mkdir(parents=True, exist_ok=True)
     version_dir = build_runtime(runtime_dir)
     switch_current(runtime_dir, version_dir)
-    write_atomic(bin_dir / PLUGIN_TYPE, WRAPPER.format(runtime=runtime_dir.resolve()), 0o755)
+    host_runtime = args.host_runtime_dir or str(runtime_dir.resolve())  # the wrapper runs in the host's mount ns
+    write_atomic(bin_dir / PLUGIN_TYPE, WRAPPER.format(runtime=host_runtime), 0o755)
     deadline = time.monotonic() + args.wait_seconds
     primary = primary_conflist(conf_dir)
     while primary is None and time.monotonic() < deadline:
@@ -203,6 +204,8 @@ def main(argv: list[str]) -> int:
         if name == "install":
             p.add_argument("--plugin-config", default="{}", help="JSON object merged into our conflist entry (e.g. mode, hijackCIDR)")
             p.add_argument("--wait-seconds", type=float, default=0, help="wait this long for the primary CNI to write its conflist")
+            p.add_argument("--host-runtime-dir", default="",
+                           help="--runtime-dir as the host sees it (e.g. /opt/egressgateway/cni when the init container mounts it at /host/opt/...)")
         else:
             p.add_argument("--keep-runtime", action="store_true")
     args = parser.parse_args(argv)

@@ -219,3 +219,15 @@ def test_overlay_add_imports_no_netlink_or_pyroute2(tmp_path: Path) -> None:
     out = subprocess.run([str(OUR_BIN.parent / ".venv/bin/python"), "-I", "-S", "-c", code], capture_output=True, text=True, check=True,
                          cwd=OUR_BIN.parent, env=ENV).stdout
     assert out.strip() == "0 []"
+
+
+def test_wrapper_points_at_the_host_view_of_the_runtime(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "net.d").mkdir()
+    (tmp_path / "net.d" / "10-a.conflist").write_text('{"cniVersion": "1.0.0", "name": "a", "plugins": [{"type": "bridge"}]}')
+    monkeypatch.setattr(install, "build_runtime", lambda runtime_dir: runtime_dir / "v1")
+    (tmp_path / "rt" / "v1").mkdir(parents=True)
+    argv = ["install", "--bin-dir", str(tmp_path / "bin"), "--conf-dir", str(tmp_path / "net.d"), "--runtime-dir", str(tmp_path / "rt"),
+            "--host-runtime-dir", "/opt/egressgateway/cni"]
+    assert install.main(argv) == 0
+    wrapper = (tmp_path / "bin" / "egress-cni").read_text()
+    assert "R=/opt/egressgateway/cni/current\n" in wrapper and str(tmp_path) not in wrapper
