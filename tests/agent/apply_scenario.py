@@ -1,0 +1,39 @@
+"""Helper run inside a test netns: apply a golden scenario with a given iptables backend, then
+report what a second reconcile would change (must be nothing).
+
+    python apply_scenario.py SCENARIO_DIR BACKEND   -> prints JSON {"first": {...}, "second": {...}}
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from egress_cni.agent.scenario import load_scenario
+from egress_cni.dataplane.apply import KernelDataplane
+from egress_cni.dataplane.compute import desired_dataplane
+from egress_cni.dataplane.inputs import DataplaneConfig
+from egress_cni.dataplane.plan import diff
+
+
+def reconcile(kernel: KernelDataplane, directory: str) -> dict[str, int]:
+    state, facts = load_scenario(directory)
+    desired = desired_dataplane(state, facts, DataplaneConfig()).dataplane
+    kernel.hint_tables({r.table for r in desired.routes})
+    plan = diff(desired, kernel.read_actual(desired.sysctls))
+    kernel.apply(plan)
+    return plan.summary()
+
+
+def main() -> None:
+    directory, backend = sys.argv[1], sys.argv[2]
+    _, facts = load_scenario(directory)
+    families = [f for f, on in ((4, facts.ipv4), (6, facts.ipv6)) if on]
+    kernel = KernelDataplane(DataplaneConfig(), facts.parent, families, backend)
+    first = reconcile(kernel, directory)
+    second = reconcile(kernel, directory)
+    print(json.dumps({"first": first, "second": second, "backend": kernel.xtables.backend}))
+
+
+if __name__ == "__main__":
+    main()
