@@ -8,6 +8,7 @@
    `status.podIPs` written through the status subresource, 10 per policy). Converged = every policy
    Ready and every policy's EgressEndpointSlice holding its 10 pods.
 4. The same create-to-status latency again, now among 1,000 policies and 10,000 pods.
+Also (before the load): failover, from an agent's last Lease renewal to its EIPs being on other nodes.
 
 Latency is seen through a watch (the event that carries the status), not by polling. The in-run
 peer is the baseline (2.): the printed ratio is the cost of scale. The API server's own round trip
@@ -95,6 +96,31 @@ def sample_latency(client: k8s.Client, watch: StatusWatch, tag: str, samples: in
     return out
 
 
+def failover_latency(client: k8s.Client, agents: Agents, samples: int) -> list[float]:
+    """Seconds from an agent's last Lease renewal to its node's EIPs being shown on other nodes
+    (1 s Leases, renewed every 200 ms, like the agent). Detection is bounded below by the Lease
+    duration; the rest is the controller."""
+    out = []
+    for _ in range(samples):
+        nodes = {n["name"]: len(n.get("eips") or []) for n in
+                 (client.get(k8s.EGRESS_GATEWAYS, "gw-fo").get("status") or {}).get("nodeList") or []}
+        victim = max(sorted(nodes), key=lambda n: nodes[n])
+        stopped = time.monotonic()
+        agents.stop(victim)
+        while True:
+            status = client.get(k8s.EGRESS_GATEWAYS, "gw-fo").get("status") or {}
+            left = [n for n in status.get("nodeList") or [] if n["name"] == victim and n.get("eips")]
+            if not left:
+                break
+            if time.monotonic() - stopped > 30:
+                raise TimeoutError(f"EIPs of {victim} did not move")
+            time.sleep(0.01)
+        out.append(time.monotonic() - stopped)
+        agents.start(victim)
+        time.sleep(1.5)  # let the node be Ready again before the next round
+    return out
+
+
 def status_patch_floor(client: k8s.Client, namespace: str, samples: int) -> list[float]:
     client.create(k8s.EGRESS_POLICIES, policy("floor", namespace, "gw-0", egress_ip={"useNodeIP": True}))
     out = []
@@ -158,10 +184,11 @@ def main() -> int:
         plane.apply_crds(REPO / "manifests" / "crds")
         plane.ensure_namespace("egressgateway-system")
         client = k8s.Client.from_kubeconfig(str(plane.kubeconfig))
-        agents = Agents(client, duration=5)
+        agents = Agents(client, duration=1)
         for node in NODES:
             make_node(client, node, {"egress": "true"})
             agents.start(node)
+        client.create(k8s.EGRESS_GATEWAYS, gateway("gw-fo", ["10.59.0.1-10.59.0.50"], {"egress": "true"}))
         for g in range(GATEWAYS):
             client.create(k8s.EGRESS_GATEWAYS, gateway(f"gw-{g}", [f"10.{60 + g}.0.1-10.{60 + g}.15.254"], {"egress": "true"}))
         log = (root / "controller.log").open("ab")
@@ -173,6 +200,10 @@ def main() -> int:
         watch = StatusWatch(client, "bench")
         floor = status_patch_floor(client, "bench", args.samples)
         sample_latency(client, watch, "warmup", 2)  # the controller's first passes (finalizers, tunnels) are not the peer
+        for i in range(6):
+            client.create(k8s.EGRESS_POLICIES, policy(f"fo-{i}", "bench", "gw-fo", egress_ip={"allocatorPolicy": "rr"}))
+            watch.wait(f"fo-{i}")
+        failover = failover_latency(client, agents, max(5, args.samples // 5))
         baseline = sample_latency(client, watch, "empty", args.samples)
 
         started = time.monotonic()
@@ -191,6 +222,7 @@ def main() -> int:
         report("apiserver status patch round trip (floor)", floor)
         report("create -> status, empty cluster (peer)", baseline)
         report(f"create -> status, {n_policies} policies/{n_pods} pods", loaded)
+        report("failover: agent stops -> EIPs elsewhere", failover)
         print(f"ratio loaded/empty: p50 {statistics.median(loaded) / statistics.median(baseline):.2f}x  "
               f"p99 {percentile(loaded, 0.99) / percentile(baseline, 0.99):.2f}x")
         bar = percentile(loaded, 0.99) <= 1.0
