@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -139,7 +139,7 @@ class Cluster:
         nodeops.power_on(self.sb, name)
 
 
-def namespaces(cluster: Cluster) -> Iterator[str]:
+def namespaces(cluster: Cluster) -> Generator[str, None, None]:
     name = f"e2e-{uuid.uuid4().hex[:6]}"
     cluster.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
     try:
