@@ -79,6 +79,9 @@ class Agent:
         self._dirty = threading.Event()
         self._stop = threading.Event()
         self._lock = threading.Lock()
+        # one writer at a time: a reconcile that read the kernel before a fast-path add must not
+        # apply a plan that deletes the just-acked member
+        self._apply_lock = threading.Lock()
         self._threads: list[threading.Thread] = []
         self._source_gen = 0
         self._parsed: tuple[int, ClusterState] = (-1, ClusterState())
@@ -183,6 +186,10 @@ class Agent:
         return desired_dataplane(state, facts, self.config)
 
     def reconcile(self) -> Plan | None:
+        with self._apply_lock:
+            return self._reconcile()
+
+    def _reconcile(self) -> Plan | None:
         start = time.monotonic()
         try:
             desired = self.compute()
@@ -236,6 +243,10 @@ class Agent:
     def _fast_path(self) -> None:
         """Program new endpoints into their policies' sets at once and ack them; the full reconcile
         that follows handles everything else (a gateway not yet peered, removals)."""
+        with self._apply_lock:
+            self._fast_path_locked()
+
+    def _fast_path_locked(self) -> None:
         last = self.status.desired
         if last is None:
             return

@@ -2,6 +2,7 @@
 
     python echo.py PORT      # serves [::]:PORT dual-stack until killed
     python echo.py probe IP PORT tcp|udp [TIMEOUT] [SRC]   # prints the source IP the server saw
+    python echo.py stream IP PORT SECONDS    # one long-lived TCP flow; prints "answer=count ..."
     python echo.py until IP PORT EXPECT DEADLINE  # UDP probes every 50 ms; prints the epoch time of the first EXPECT reply
 """
 
@@ -27,11 +28,21 @@ def serve(port: int) -> None:
     udp.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
     udp.bind(("::", port))
 
+    def answer(conn: socket.socket, addr: tuple[str, ...]) -> None:
+        """The source IP at once, and again for every line the client sends (long-lived flows)."""
+        with conn:
+            reply = _plain(addr[0]).encode() + b"\n"
+            try:
+                conn.sendall(reply)
+                while conn.recv(256):
+                    conn.sendall(reply)
+            except OSError:
+                pass
+
     def tcp_loop() -> None:
         while True:
             conn, addr = tcp.accept()
-            with conn:
-                conn.sendall(_plain(addr[0]).encode() + b"\n")
+            threading.Thread(target=answer, args=(conn, addr), daemon=True).start()
 
     threading.Thread(target=tcp_loop, daemon=True).start()
     print("ready", flush=True)
@@ -52,6 +63,24 @@ def probe(ip: str, port: int, proto: str, timeout: float = 3.0) -> str:
         return s.recv(256).decode().strip()
 
 
+def stream(ip: str, port: int, seconds: float) -> None:
+    """One TCP connection, a line every 50 ms for `seconds`; prints each distinct answer and a count."""
+    family = socket.AF_INET6 if ":" in ip else socket.AF_INET
+    answers: dict[str, int] = {}
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.settimeout(2.0)
+        s.connect((ip, port))
+        f = s.makefile("r")
+        f.readline()
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            s.sendall(b"x\n")
+            line = f.readline().strip()
+            answers[line] = answers.get(line, 0) + 1
+            time.sleep(0.05)
+    print(" ".join(f"{k}={v}" for k, v in sorted(answers.items())), flush=True)
+
+
 def until(ip: str, port: int, expect: str, deadline: float) -> None:
     start = time.monotonic()
     while time.monotonic() - start < deadline:
@@ -69,6 +98,12 @@ if __name__ == "__main__":
     if sys.argv[1] == "probe":
         try:
             print(probe(sys.argv[2], int(sys.argv[3]), sys.argv[4], float(sys.argv[5]) if len(sys.argv) > 5 else 3.0))
+        except OSError as exc:
+            print(f"error: {exc}")
+            sys.exit(1)
+    elif sys.argv[1] == "stream":
+        try:
+            stream(sys.argv[2], int(sys.argv[3]), float(sys.argv[4]))
         except OSError as exc:
             print(f"error: {exc}")
             sys.exit(1)

@@ -124,6 +124,26 @@ def test_cni_registered_endpoint_is_programmed_and_acked(topo: Topology) -> None
     assert registry.read_agent(reg) is not None and registry.agent_alive(reg)
 
 
+def test_restarting_the_agents_keeps_established_flows(topo: Topology) -> None:
+    import subprocess
+
+    from tests.agent.topology import ECHO, PORT, PYTHON
+
+    assert topo.wait_probe(1, "a", EIP4) == EIP4
+    flow = subprocess.Popen(["ip", "netns", "exec", topo.pod(1, "a"), PYTHON, ECHO, "stream", EXT4, str(PORT), "4"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(0.5)
+        for n in (1, 2):
+            topo.stop_agent(n, signal.SIGTERM)
+            topo.start_agent(n)
+        out, err = flow.communicate(timeout=60)
+    finally:
+        if flow.poll() is None:
+            flow.kill()
+    assert flow.returncode == 0 and out.strip().startswith(f"{EIP4}=") and " " not in out.strip(), (out, err)
+
+
 def test_uninstall_removes_everything_we_own(topo: Topology) -> None:
     topo.stop_agent(1, signal.SIGTERM)
     out = topo.exec_in(topo.node(1), *topo.agent_args(1, "uninstall")[4:])
