@@ -7,6 +7,9 @@ import os
 import socket
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
+
+import yaml
 
 
 @dataclass(frozen=True)
@@ -24,14 +27,44 @@ class Config:
     service_cidrs: tuple[str, ...] = ()
     resync_seconds: float = 60.0
     health_address: str = "0.0.0.0:8788"
+    extra_addresses: tuple[str, ...] = ()  # --metrics-port: the same endpoints on another port
 
 
 def _env(name: str, default: str) -> str:
     return os.environ.get(name, default)
 
 
+def _installation_settings(path: str | None) -> dict[str, Any]:
+    """The shared installation ConfigMap (manifests/config.yaml), mapped to this controller's flags."""
+    if not path:
+        return {}
+    with open(path, encoding="utf-8") as handle:
+        raw = yaml.safe_load(handle) or {}
+    if not isinstance(raw, dict):
+        raise SystemExit(f"--config {path}: expected a YAML mapping, got {type(raw).__name__}")
+    out: dict[str, Any] = {}
+    if "tunnelIPv4Subnet" in raw:
+        out["tunnel_ipv4_subnet"] = str(raw["tunnelIPv4Subnet"])
+    if "tunnelIPv6Subnet" in raw:
+        out["tunnel_ipv6_subnet"] = str(raw["tunnelIPv6Subnet"])
+    if raw.get("enableIPv4") is False:
+        out["tunnel_ipv4_subnet"] = ""
+    if raw.get("enableIPv6") is False:
+        out["tunnel_ipv6_subnet"] = ""
+    if "maxEndpointsPerSlice" in raw:
+        out["max_endpoints_per_slice"] = int(raw["maxEndpointsPerSlice"])
+    return out
+
+
 def parse_args(argv: Sequence[str] | None = None) -> Config:
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--config")
+    known, _ = pre.parse_known_args(argv)
+    settings = _installation_settings(known.config)
     p = argparse.ArgumentParser(prog="egress-controller", description="EgressGateway cluster controller")
+    p.add_argument("--config", help="installation settings YAML (tunnel subnets, maxEndpointsPerSlice); flags win")
+    p.add_argument("--health-port", type=int, help="serve the probes and metrics on 0.0.0.0:PORT (overrides --health-address)")
+    p.add_argument("--metrics-port", type=int, help="serve the same endpoints on this port too")
     p.add_argument("--kubeconfig", default=os.environ.get("KUBECONFIG"), help="default: $KUBECONFIG, else in-cluster")
     p.add_argument("--namespace", default=_env("EGRESS_NAMESPACE", Config.namespace))
     p.add_argument("--identity", default=_env("POD_NAME", f"{socket.gethostname()}_{os.getpid()}"),
@@ -41,9 +74,10 @@ def parse_args(argv: Sequence[str] | None = None) -> Config:
     p.add_argument("--agent-lease-prefix", default=Config.agent_lease_prefix)
     p.add_argument("--agent-lease-grace", type=float, default=float(_env("EGRESS_AGENT_LEASE_GRACE", "0")),
                    help="seconds an agent Lease may be late before its node's EIPs move")
-    p.add_argument("--tunnel-ipv4-subnet", default=_env("EGRESS_TUNNEL_IPV4_SUBNET", Config.tunnel_ipv4_subnet))
-    p.add_argument("--tunnel-ipv6-subnet", default=_env("EGRESS_TUNNEL_IPV6_SUBNET", Config.tunnel_ipv6_subnet))
-    p.add_argument("--max-endpoints-per-slice", type=int, default=int(_env("EGRESS_MAX_ENDPOINTS_PER_SLICE", "100")))
+    p.add_argument("--tunnel-ipv4-subnet", default=_env("EGRESS_TUNNEL_IPV4_SUBNET", settings.get("tunnel_ipv4_subnet", Config.tunnel_ipv4_subnet)))
+    p.add_argument("--tunnel-ipv6-subnet", default=_env("EGRESS_TUNNEL_IPV6_SUBNET", settings.get("tunnel_ipv6_subnet", Config.tunnel_ipv6_subnet)))
+    p.add_argument("--max-endpoints-per-slice", type=int,
+                   default=int(_env("EGRESS_MAX_ENDPOINTS_PER_SLICE", str(settings.get("max_endpoints_per_slice", 100)))))
     p.add_argument("--service-cidr", action="append", default=[],
                    help="service CIDR to report when the API has no ServiceCIDR objects (repeatable)")
     p.add_argument("--resync-seconds", type=float, default=float(_env("EGRESS_RESYNC_SECONDS", "60")))
@@ -59,5 +93,7 @@ def parse_args(argv: Sequence[str] | None = None) -> Config:
         leader_lease_seconds=a.leader_lease_seconds, agent_lease_prefix=a.agent_lease_prefix,
         agent_lease_grace=a.agent_lease_grace, tunnel_ipv4_subnet=a.tunnel_ipv4_subnet,
         tunnel_ipv6_subnet=a.tunnel_ipv6_subnet, max_endpoints_per_slice=a.max_endpoints_per_slice,
-        service_cidrs=tuple(a.service_cidr), resync_seconds=a.resync_seconds, health_address=a.health_address,
+        service_cidrs=tuple(a.service_cidr), resync_seconds=a.resync_seconds,
+        health_address=f"0.0.0.0:{a.health_port}" if a.health_port else a.health_address,
+        extra_addresses=(f"0.0.0.0:{a.metrics_port}",) if a.metrics_port else (),
     )

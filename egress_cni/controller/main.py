@@ -138,7 +138,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    serve(config.health_address, controller.metrics, controller.healthy, controller.ready)
+    for address in (config.health_address, *config.extra_addresses):
+        serve(address, controller.metrics, controller.healthy, controller.ready)
     threads = controller.start()
     log.info("controller started", extra={"identity": config.identity, "namespace": config.namespace})
     controller.stopping.wait()
