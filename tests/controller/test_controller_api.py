@@ -20,6 +20,7 @@ from tests.controller.cluster import (
     make_pod,
     policy,
     ready_reason,
+    set_node_ready,
     status_of,
     wait_for,
 )
@@ -267,9 +268,18 @@ def test_two_replicas_leader_killed(env: Env, namespace: str) -> None:
     assert took < 20, took
 
 
-def test_node_deleted_drops_its_tunnel(env: Env) -> None:
-    n1 = env.node("n1")
+def test_not_ready_and_deleted_nodes(env: Env, namespace: str) -> None:
+    """A NotReady node loses its EIPs; a deleted node leaves the nodeList and loses its EgressTunnel."""
+    n1, n2 = env.node("n1"), env.node("n2")
+    g = env.name("gw")
+    env.create(GW, gateway(g, ["10.6.8.1"], env.label))
+    env.create(EP, policy("p", namespace, g))
     env.controller()
+    assert assigned(env, EP, "p", namespace)["node"] == n1
+    set_node_ready(env.client, n1, False)
+    wait_for("moved off the NotReady node", lambda: status_of(env.client, EP, "p", namespace).get("node") == n2)
+    assert {n["name"]: n["status"] for n in status_of(env.client, GW, g)["nodeList"]}[n1] == "NodeNotReady"
     wait_for("tunnel", lambda: status_of(env.client, k8s.EGRESS_TUNNELS, n1).get("mark"))
     env.client.delete(k8s.NODES, n1)
     wait_for("tunnel deleted", lambda: _gone(env, k8s.EGRESS_TUNNELS, n1))
+    wait_for("node left the nodeList", lambda: [n["name"] for n in status_of(env.client, GW, g)["nodeList"]] == [n2])
