@@ -95,7 +95,7 @@ def _add_underlay(conf: NetConf, inv: Invocation, v4: tuple[str, ...], v6: tuple
             from egress_cni.cni.netlink import Netlink
 
             with Netlink() as host:
-                nodes = underlay.node_ips_for(host, pods)
+                nodes, uplinks = underlay.node_ips_for(host, pods)
             if not nodes:
                 raise errors.CNIError(errors.SETUP_FAILED, f"no host route towards pod IPs {', '.join(v4 + v6)}; cannot pick the node IP")
             plan, warnings = underlay.plan(identity=identity, pod_veth=conf.pod_veth_name, mtu=conf.veth_mtu, pod_ips=pods,
@@ -106,7 +106,7 @@ def _add_underlay(conf: NetConf, inv: Invocation, v4: tuple[str, ...], v6: tuple
             # State first: a DEL after a half-done ADD must know the veth name.
             state.save(conf.state_dir, inv.container_id, inv.ifname, {**base, "mode": "underlay", "plan": plan.to_state()})
             try:
-                underlay.apply(plan, switch)
+                underlay.apply(plan, switch, uplinks)
             except OSError as exc:
                 underlay.teardown(plan.host_veth)
                 raise errors.CNIError(errors.SETUP_FAILED, f"underlay setup failed: {exc.strerror or exc}",

@@ -69,7 +69,10 @@ def main(argv: list[str] | None = None) -> None:
     code, out = run(os.environ, stdin)
     sys.stdout.write(out)
     sys.stdout.flush()
-    sys.exit(code)
+    sys.stderr.flush()
+    # Skip interpreter finalization (module teardown, GC): ~2-3 ms CPU per pod start. Nothing is left to
+    # clean up: files and the flock are closed by the kernel, no threads or atexit handlers exist.
+    os._exit(code)
 
 
 if __name__ == "__main__":

@@ -113,18 +113,6 @@ class Route(Record):
         self._init(family=family, dst=dst, dst_len=dst_len, table=table, oif=oif, gateway=gateway, prefsrc=prefsrc, scope=scope)
 
 
-class Neighbour(Record):
-    __slots__ = ("dst", "family", "index", "mac", "state")
-    family: int
-    index: int
-    dst: str
-    mac: bytes
-    state: int
-
-    def __init__(self, family: int, index: int, dst: str, mac: bytes, state: int) -> None:
-        self._init(family=family, index=index, dst=dst, mac=mac, state=state)
-
-
 class Rule(Record):
     __slots__ = ("action", "dst_len", "family", "fwmark", "priority", "src_len", "table")
     family: int
@@ -258,15 +246,6 @@ class Netlink:
                 return False
             raise
         return True
-
-    def neighbours(self, family: int) -> list[Neighbour]:
-        out = []
-        for p in self.dump(RTM_GETNEIGH, _NDMSG.pack(family, 0, 0, 0, 0, 0, 0)):
-            fam, _, _, index, state, _, _ = _NDMSG.unpack_from(p)
-            attrs = parse_attrs(p, _NDMSG.size)
-            if NDA_DST in attrs:
-                out.append(Neighbour(fam, index, _ip(attrs, NDA_DST, fam), attrs.get(NDA_LLADDR, b""), state))
-        return out
 
     # --- routes ---
 

@@ -140,14 +140,18 @@ def plan(
     ), warnings  # fmt: skip
 
 
-def node_ips_for(host: Netlink, pod_ips: tuple[tuple[int, str], ...]) -> tuple[tuple[int, str], ...]:
-    """The node's source address towards each pod IP (`ip route get <podIP>` in the host netns), deduplicated."""
-    out: list[tuple[int, str]] = []
+def node_ips_for(host: Netlink, pod_ips: tuple[tuple[int, str], ...]) -> tuple[tuple[tuple[int, str], ...], tuple[tuple[int, int, str], ...]]:
+    """The node's source address towards each pod IP (`ip route get <podIP>` in the host netns, deduplicated),
+    and (family, ifindex, podIP) of the host device that route leaves by (where a stale neighbour may linger)."""
+    nodes: list[tuple[int, str]] = []
+    uplinks: list[tuple[int, int, str]] = []
     for fam, ip in pod_ips:
         route = host.route_get(fam, ip)
-        if route and route.prefsrc and (fam, route.prefsrc) not in out:
-            out.append((fam, route.prefsrc))
-    return tuple(out)
+        if route and route.prefsrc and (fam, route.prefsrc) not in nodes:
+            nodes.append((fam, route.prefsrc))
+        if route and route.oif:
+            uplinks.append((fam, route.oif, ip))
+    return tuple(nodes), tuple(uplinks)
 
 
 def pod_link_kind(switch: Switch, ifname: str) -> str:
@@ -161,8 +165,9 @@ def pod_link_kind(switch: Switch, ifname: str) -> str:
     return link.kind if link else ""
 
 
-def apply(p: Plan, switch: Switch) -> None:
-    """Create the plan; on failure the caller runs teardown() (deleting the veth undoes everything else)."""
+def apply(p: Plan, switch: Switch, stale_neighbours: tuple[tuple[int, int, str], ...] = ()) -> None:
+    """Create the plan; on failure the caller runs teardown() (deleting the veth undoes everything else).
+    stale_neighbours: (family, ifindex, ip) entries to drop first (an old MAC for a reused pod IP)."""
     with Netlink() as host:
         host.delete_link(p.host_veth)  # a leftover from an interrupted ADD of the same attachment
         host.create_veth(p.host_veth, p.host_mac, p.pod_veth, p.pod_mac, p.mtu, switch.target_fd)
@@ -188,11 +193,9 @@ def apply(p: Plan, switch: Switch) -> None:
                     _iptables_restore(fam, REPLY_IPTABLES.format(veth=p.pod_veth))  # the child inherits the pod netns
         finally:
             switch.leave()
-        pod_addrs = {ip for _, ip in p.pod_ips}
-        for fam in {f for f, _ in p.pod_ips}:  # stale entries (e.g. on the macvlan parent) would shadow ours
-            for n in host.neighbours(fam):
-                if n.dst in pod_addrs and n.index != host_link.index:
-                    host.neigh_delete(fam, n.index, _packed(fam, n.dst))
+        for fam, index, ip in stale_neighbours:
+            if index != host_link.index:
+                host.neigh_delete(fam, index, _packed(fam, ip))
         for fam, ip in p.pod_ips:
             host.neigh_replace(fam, host_link.index, _packed(fam, ip), p.pod_mac)
         for fam, priority, table in p.rules:

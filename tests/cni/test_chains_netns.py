@@ -256,3 +256,15 @@ def test_gc_removes_only_attachments_missing_from_the_valid_list(lab: Lab) -> No
     assert [p.name for p in lab.state_dir.glob("*.json")] == ["keep_eth0.json"]
     assert [e.container_id for e in registry.list_endpoints(str(lab.registry_dir))] == ["keep"]
     lab.runner.delete(conflist, "keep", paths["keep"])
+
+
+def test_stale_neighbour_of_a_reused_pod_ip_is_dropped(lab: Lab) -> None:
+    lab.underlay_parent()
+    _, path = lab.pod()
+    subprocess.run(["ip", "-n", lab.host, "neigh", "add", "10.33.0.10", "lladdr", "02:00:00:00:00:99", "dev", "uplink0", "nud", "permanent"],
+                   check=True)
+    conflist = lab.underlay_conflist(dual=False)
+    result = lab.runner.add(conflist, "c1", path)
+    assert result["ips"][0]["address"] == "10.33.0.10/24", "host-local hands out rangeStart first"
+    assert ip_json("neigh", "show", "dev", "uplink0", "to", "10.33.0.10", netns=lab.host) == []
+    lab.runner.delete(conflist, "c1", path)
