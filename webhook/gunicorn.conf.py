@@ -7,14 +7,18 @@ GUNICORN_CMD_ARGS).
 """
 
 import os
+import shutil
 import tempfile
 
-# Metrics from all workers are aggregated through files in one directory (see webhook/metrics.py);
-# the variable must be set before prometheus_client is first imported.
+# Metrics from all workers are aggregated through mmap'd files in one directory (see webhook/metrics.py);
+# the variable must be set before prometheus_client is first imported. The files belong on tmpfs:
+# on a disk, writeback of their dirty pages stalls the request that touches them.
+_own_metrics_dir = ""
 if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="egress-webhook-metrics-")
+    _shm = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
+    _own_metrics_dir = os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="egress-webhook-metrics-", dir=_shm)
 
-from webhook import metrics, tls
+from webhook import metrics, tls  # noqa: E402 (after PROMETHEUS_MULTIPROC_DIR is set)
 
 _cert_dir = os.environ.get("EGRESS_WEBHOOK_CERT_DIR", "/etc/tls")
 
@@ -41,3 +45,21 @@ control_socket_disable = True  # no runtime control socket: one fewer thing shar
 
 def child_exit(server, worker):  # type: ignore[no-untyped-def]
     metrics.worker_exited(worker.pid)
+
+
+def on_exit(server):  # type: ignore[no-untyped-def]
+    if _own_metrics_dir:
+        shutil.rmtree(_own_metrics_dir, ignore_errors=True)
+
+
+def post_worker_init(worker):  # type: ignore[no-untyped-def]
+    # The app, its caches and the cluster view are loaded: keep them out of every future garbage
+    # collection, so a full collection never walks them in the middle of a review.
+    import gc
+    import sys
+
+    gc.collect()
+    gc.freeze()
+    # Hand the GIL over every 1 ms instead of 5: the thread that accepts and reads a connection
+    # must not wait behind a thread that is reviewing.
+    sys.setswitchinterval(0.001)
