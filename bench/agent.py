@@ -74,7 +74,6 @@ def sh(*cmd: str, input: str | None = None) -> str:  # noqa: A002
 
 
 def inner(args: argparse.Namespace) -> None:
-    from egress_cni import registry
     from egress_cni.agent.loop import Agent
     from egress_cni.agent.sources import state_from_objects
     from egress_cni.dataplane.apply import KernelDataplane
@@ -145,20 +144,23 @@ def inner(args: argparse.Namespace) -> None:
     new_set = _set_of(config, state, "pol001")
     try:
         time.sleep(0.5)
+        # the CNI side runs in its own process, as the plugin does: write the endpoint, poll for the ack
+        writer = subprocess.Popen([sys.executable, __file__, "writer", reg], stdin=subprocess.PIPE,
+                                  stdout=subprocess.PIPE, text=True)
+        assert writer.stdin is not None and writer.stdout is not None
         for i in range(args.runs):
-            key = f"bench{i}"
             ip = f"10.250.{i // 250}.{i % 250 + 1}"
             before = agent.status.reconciles
-            t = time.perf_counter()
-            registry.write_endpoint(reg, registry.Endpoint(key, "eth0", "bench", "newpod", node="node1", ipv4=[ip]))
-            while registry.read_ack(reg, f"{key}_eth0") is None:
-                time.sleep(0.0002)
-            lat.append(time.perf_counter() - t)
+            writer.stdin.write(f"bench{i} {ip}\n")
+            writer.stdin.flush()
+            lat.append(float(writer.stdout.readline()))
             assert ip in run(["ipset", "list", new_set]), "acked endpoint is not in its policy's set"
             while agent.status.reconciles == before:  # the full reconcile the event triggers (the peer)
                 time.sleep(0.005)
             time.sleep(0.1)
             full.append(agent.status.reconcile_seconds)
+        writer.stdin.close()
+        writer.wait(timeout=10)
     finally:
         agent.stop()
     out["new_endpoint_median_s"] = statistics.median(lat)
@@ -167,6 +169,19 @@ def inner(args: argparse.Namespace) -> None:
     kernel.uninstall()
     shutil.rmtree(reg, ignore_errors=True)
     print(json.dumps(out))
+
+
+def writer(reg: str) -> None:
+    """CNI stand-in: for each "KEY IP" line write the endpoint, wait for its ack, print the seconds."""
+    from egress_cni import registry
+
+    for line in sys.stdin:
+        key, ip = line.split()
+        t = time.perf_counter()
+        registry.write_endpoint(reg, registry.Endpoint(key, "eth0", "bench", "newpod", node="node1", ipv4=[ip]))
+        while registry.read_ack(reg, f"{key}_eth0") is None:
+            time.sleep(0.001)
+        print(f"{time.perf_counter() - t:.6f}", flush=True)
 
 
 def _set_of(config: Any, state: Any, name: str) -> str:
@@ -225,7 +240,8 @@ def iperf_bench(seconds: int, rounds: int) -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("mode", nargs="?", default="all", choices=("all", "inner", "reconcile", "iperf"))
+    parser.add_argument("mode", nargs="?", default="all", choices=("all", "inner", "reconcile", "iperf", "writer"))
+    parser.add_argument("registry", nargs="?", default="")
     parser.add_argument("--endpoints", type=int, default=10000)
     parser.add_argument("--policies", type=int, default=200)
     parser.add_argument("--runs", type=int, default=20)
@@ -234,6 +250,9 @@ def main() -> None:
     args = parser.parse_args()
     if args.mode == "inner":
         inner(args)
+        return
+    if args.mode == "writer":
+        writer(args.registry)
         return
     if os.geteuid() != 0:
         sys.exit("needs root (creates network namespaces)")

@@ -163,3 +163,33 @@ def test_lease_flag_is_the_only_difference_when_the_lease_lapses() -> None:
     lapsed = desired_dataplane(state, NodeFacts(**{**facts.__dict__, "holds_lease": False}), CONFIG).dataplane
     plan = diff(lapsed, held)
     assert [a.cidr for a in plan.del_addresses] == ["10.100.0.200/32"] and not plan.write_chains
+
+
+class RacingKernel(FakeKernel):
+    """Runs `hook` inside read_actual: i.e. after the reconcile listed the registry, before it diffs."""
+
+    hook: Any = None
+
+    def read_actual(self, sysctls: Any = frozenset()) -> Dataplane:
+        if self.hook is not None:
+            hook, self.hook = self.hook, None
+            hook()
+        return super().read_actual(sysctls)
+
+
+def test_a_reconcile_racing_the_fast_path_keeps_the_new_member(tmp_path: Path) -> None:
+    kernel = RacingKernel()
+    agent = make_agent(tmp_path, "worker-basic", kernel=kernel)
+    reg = str(tmp_path / "registry")
+    agent.reconcile()
+
+    def new_pod() -> None:
+        registry.write_endpoint(reg, registry.Endpoint("c5", "eth0", "ns1", "web-9", ipv4=["10.244.1.15"]))
+        agent._fast_path()
+
+    kernel.hook = new_pod
+    plan = agent.reconcile()  # computed without c5, reads the kernel after the fast path added it
+    assert plan is not None and not plan.del_members
+    assert any("10.244.1.15" in s.members for s in kernel.state.ipsets)
+    agent.reconcile()  # the next one lists c5 itself
+    assert any("10.244.1.15" in s.members for s in kernel.state.ipsets) and not agent._fresh
