@@ -271,7 +271,7 @@ def sync_self_managed(client: Any, settings: SelfManaged, directory: Path) -> Ce
     return bundle
 
 
-def start_rotation(step: Callable[[], object], every_seconds: float = 3600.0) -> threading.Event:
+def start_rotation(step: Callable[[], object], every_seconds: float = 60.0) -> threading.Event:
     """Run `step` every `every_seconds` in a daemon thread; set the returned event to stop."""
     stop = threading.Event()
 

@@ -39,7 +39,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--host", action="append", default=[], help="extra certificate SAN (DNS name or IP); repeatable")
     p.add_argument("--mutating-configuration", default=env("EGRESS_WEBHOOK_MUTATING", "egressgateway-mutating"))
     p.add_argument("--validating-configuration", default=env("EGRESS_WEBHOOK_VALIDATING", "egressgateway-validating"))
-    p.add_argument("--rotation-interval", type=float, default=3600.0)
+    p.add_argument("--rotation-interval", type=float, default=60.0,
+                   help="seconds between certificate checks; each is two GETs unless something must change "
+                        "(a renewal, or a configuration created or replaced without our caBundle)")
     p.add_argument("--kubeconfig", default=env("EGRESS_WEBHOOK_KUBECONFIG") or env("KUBECONFIG"))
     p.add_argument("--cluster-state", default=env("EGRESS_WEBHOOK_CLUSTER_STATE"),
                    help="review against the objects in this YAML file instead of watching the API (offline/bench)")

@@ -134,3 +134,33 @@ def test_ca_bundle_is_patched_into_every_webhook(tmp_path: Path) -> None:
     version = api.version
     certs.sync_self_managed(api, settings, tmp_path)
     assert api.version == version  # nothing to change: no writes
+
+
+def test_rotation_keeps_running_through_failures() -> None:
+    import threading
+
+    calls: list[int] = []
+    done = threading.Event()
+
+    def step() -> None:
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("API unreachable")
+        done.set()
+
+    stop = certs.start_rotation(step, every_seconds=0.01)
+    try:
+        assert done.wait(10)
+    finally:
+        stop.set()
+    assert len(calls) >= 2
+
+
+def test_mounted_certificates_are_used_as_they_are(tmp_path: Path) -> None:
+    from webhook.main import parse_args, service_hosts, settle_certificates
+
+    certs.write_cert_dir(certs.new_bundle(["127.0.0.1"]), tmp_path)
+    assert settle_certificates(parse_args(["--cert-dir", str(tmp_path)])) == tmp_path
+    assert service_hosts("egress-webhook", "egw")[0] == "egress-webhook.egw.svc"
+    with pytest.raises(SystemExit, match=r"no tls\.crt/tls\.key"):
+        settle_certificates(parse_args(["--cert-dir", str(tmp_path / "none"), "--cluster-state", "x.yaml"]))
