@@ -86,7 +86,7 @@ def hook(control_plane: ControlPlane, tmp_path_factory: pytest.TempPathFactory) 
             apply(plane, obj)
         # the webhook runs with exactly the manifest's least-privilege RBAC
         kubeconfig = plane.service_account_kubeconfig(EGRESS_NAMESPACE, "egress-webhook", create=False)
-        args = ["--namespace", EGRESS_NAMESPACE, "--secret", secret]
+        args = ["--namespace", EGRESS_NAMESPACE, "--secret", secret, "--rotation-interval", "1"]
         with running_webhook(tmp_path_factory.mktemp("webhook-apiserver"), kubeconfig=str(kubeconfig),
                              port=port, self_managed=args, timeout=120) as running:
             wait_until_active(plane)
@@ -258,3 +258,16 @@ def test_the_webhook_created_its_secret_and_ca_bundle(seeded: ControlPlane, hook
              for c in get(seeded, kind)["items"] if c["metadata"]["name"] in ("egressgateway-mutating", "egressgateway-validating")
              for h in c["webhooks"] if f":{hook.url.rsplit(':', 1)[1]}/" in h["clientConfig"].get("url", "")]
     assert len(hooks) == 2 and all(h["clientConfig"].get("caBundle") for h in hooks)
+
+
+def test_a_dropped_ca_bundle_is_restored(seeded: ControlPlane, hook: Webhook) -> None:
+    """Last in the module: until the bundle is back, the API server cannot call the webhook."""
+    seeded.kubectl("patch", "validatingwebhookconfiguration", "egressgateway-validating", "--type=json",
+                   "-p", '[{"op": "remove", "path": "/webhooks/0/clientConfig/caBundle"}]')
+
+    def restored() -> bool:
+        config = get(seeded, "validatingwebhookconfiguration", "egressgateway-validating")
+        return bool(config["webhooks"][0]["clientConfig"].get("caBundle"))
+
+    eventually(restored, 30, "the webhook to patch its caBundle back")
+    wait_until_active(seeded)
