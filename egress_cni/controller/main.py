@@ -56,7 +56,7 @@ class Controller:
         return self.watchers.synced()
 
     def run_worker(self) -> None:
-        deadline: float | None = None
+        retry_at: float | None = None
         last_resync = time.monotonic()
         while not self.stopping.is_set():
             self._worker_beat = time.monotonic()
@@ -68,20 +68,26 @@ class Controller:
                 last_resync = time.monotonic()
                 self.watchers.start_optional()
                 self.dirty.mark(everything=True, all_slices=True)
-            timeout = 1.0 if deadline is None else max(0.0, min(1.0, deadline - time.time()))
+            # Agent Leases run out without an event: wake when the next one would, and run a pass
+            # only if some agent's liveness really changed (renewals arrive 5 times a second).
+            alive, lease_deadline = self.watchers.agent_liveness(time.time())
+            if alive != self.reconciler.alive:
+                self.dirty.mark(everything=True)
+            wake = min((t for t in (lease_deadline, retry_at) if t is not None), default=None)
+            timeout = 1.0 if wake is None else max(0.0, min(1.0, wake - time.time()))
             with self.dirty.wake:
                 if not self.dirty.depth():
                     self.dirty.wake.wait(timeout)
-            if deadline is not None and time.time() >= deadline:
-                deadline = None
-                self.dirty.mark(everything=True)  # an agent Lease may have run out
+            if retry_at is not None and time.time() >= retry_at:
+                retry_at = None
+                self.dirty.mark(everything=True)
             if not self.dirty.depth():
                 continue
             self.stopping.wait(DEBOUNCE_SECONDS)
             work = self.dirty.take()
             started = time.perf_counter()
             try:
-                deadline = self.reconciler.reconcile(*work)
+                retry_at = self.reconciler.reconcile(*work)
             except Exception:
                 self.metrics.reconcile_errors.inc()
                 log.exception("reconcile failed; retrying")

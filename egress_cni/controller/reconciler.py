@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -42,6 +42,8 @@ from egress_cni.controller.watchers import Watchers
 
 log = logging.getLogger(__name__)
 
+RETRY_SECONDS = 1.0
+
 POLICY_KINDS: tuple[tuple[k8s.ResourceType, type[EgressPolicy]], ...] = (
     (k8s.EGRESS_POLICIES, EgressPolicy), (k8s.EGRESS_CLUSTER_POLICIES, EgressClusterPolicy))
 
@@ -62,6 +64,8 @@ class Reconciler:
         self.overlays = {plural: Overlay(inf) for plural, inf in watchers.informers.items()}
         self.slices = SliceWriter(client, config.max_endpoints_per_slice, self.overlays)
         self._parsed: dict[tuple[str, str], tuple[str, Resource | None]] = {}  # (plural, key) -> (rv, parsed)
+        self._failed = False
+        self.alive: dict[str, bool] = {}  # agent liveness the last pass placed EIPs by
         self._announced_waits: set[str] = set()  # gateway uids told they wait for their policies
 
     # --- reading -------------------------------------------------------------------------------
@@ -88,10 +92,14 @@ class Reconciler:
     # --- the pass ------------------------------------------------------------------------------
 
     def reconcile(self, everything: bool, all_slices: bool, policies: set[tuple[str, str]], namespaces: set[str]) -> float | None:
-        """One pass; returns when the next agent Lease runs out (to wake up then)."""
+        """One pass; returns when to look again without an event: soon after a failed write, else
+        None (agent Lease expiry is watched by the worker)."""
+        self._failed = False
         synced = self.watchers.synced()
         now = now_rfc3339()
-        alive, deadline = self.watchers.agent_liveness(time.time())
+        alive, _ = self.watchers.agent_liveness(time.time())
+        if everything:
+            self.alive = alive
         raw_nodes = self._objects(k8s.NODES)
         nodes = [node_view(n, alive.get(str((n.get("metadata") or {}).get("name", "")), False)) for n in raw_nodes]
         gateways: dict[str, EgressGateway] = {}
@@ -111,7 +119,7 @@ class Reconciler:
 
         if everything:
             if synced:
-                self._tunnels([n.name for n in nodes])
+                self._guard("tunnels", self._tunnels, [n.name for n in nodes])
             by_gateway: dict[str, list[PolicyView]] = {}
             target: dict[PolicyRef, str] = {}
             for _, p, _ in all_policies:
@@ -129,17 +137,17 @@ class Reconciler:
                 placed = place_gateway(gw, by_gateway.get(name, []), nodes, load)
                 load = placed.load
                 assignments.update(placed.assignments)
-                self._write_gateway(gw, raw_gateways[name], placed, now, referenced=bool(by_gateway.get(name)))
+                self._guard(f"gateway {name}", self._write_gateway, gw, raw_gateways[name], placed, now, bool(by_gateway.get(name)))
             ready = 0
             for rt, p, raw in all_policies:
                 if p.metadata.deletion_timestamp:
                     continue
                 assignment = assignments.get(p.ref) or gateway_not_found(target.get(p.ref, ""))
                 ready += assignment.ready
-                self._write_policy(rt, p, raw, assignment, now)
+                self._guard(f"policy {p.metadata.key}", self._write_policy, rt, p, raw, assignment, now)
             self.metrics.policies_ready.labels("true").set(ready)
             self.metrics.policies_ready.labels("false").set(len(all_policies) - ready)
-            self._cluster_info(raw_nodes)
+            self._guard("cluster info", self._cluster_info, raw_nodes)
 
         pods = self.watchers.pods_snapshot()
         self.slices.begin_pass()
@@ -147,11 +155,20 @@ class Reconciler:
             key = (rt.plural, p.metadata.key)
             if all_slices or key in policies or (p.NAMESPACED and p.metadata.namespace in namespaces) or \
                     (not p.NAMESPACED and namespaces):
-                self.slices.sync(rt, p, pods, namespaces_labels)
+                self._guard(f"slices of {p.metadata.key}", self.slices.sync, rt, p, pods, namespaces_labels)
         if synced and (everything or all_slices):
-            self.slices.prune({(rt.plural, p.metadata.key) for rt, p, _ in all_policies})
+            live = {(rt.plural, p.metadata.key) for rt, p, _ in all_policies}
+            self._guard("slice pruning", self.slices.prune, live)
         self.slices.end_pass()
-        return deadline
+        return time.time() + RETRY_SECONDS if self._failed else None  # come back for what failed
+
+    def _guard(self, what: str, write: Callable[..., None], *args: Any) -> None:
+        """One object's failure (a webhook denial, a flaky connection) must not stop the others."""
+        try:
+            write(*args)
+        except k8s.APIError as exc:
+            self._failed = True
+            log.warning("write failed; retrying soon", extra={"object": what, "error": str(exc)})
 
     # --- tunnels -------------------------------------------------------------------------------
 

@@ -25,6 +25,22 @@ REQUIRED = (
 OPTIONAL = (k8s.SERVICE_CIDRS, k8s.CALICO_IPPOOLS)  # APIs a cluster may not serve
 
 
+_STATUS_KINDS = {rt.kind for rt in (k8s.EGRESS_GATEWAYS, k8s.EGRESS_TUNNELS, k8s.EGRESS_CLUSTER_INFOS)}
+_VOLATILE_META = ("resourceVersion", "managedFields")
+
+
+def _without_status(obj: dict[str, Any]) -> dict[str, Any]:
+    meta = {k: v for k, v in (obj.get("metadata") or {}).items() if k not in _VOLATILE_META}
+    return {k: v for k, v in obj.items() if k != "status"} | {"metadata": meta}
+
+
+def status_only_change(old: dict[str, Any] | None, new: dict[str, Any] | None) -> bool:
+    """An update that touched nothing but `status` (for these kinds: the controller's own write,
+    or the agent's tunnel report). Such events need no pass; the periodic resync still replays
+    every object, so a status edited by hand is corrected within --resync-seconds."""
+    return old is not None and new is not None and old is not new and _without_status(old) == _without_status(new)
+
+
 class Dirty:
     """What the next pass must look at; `wake` is notified on every change."""
 
@@ -108,9 +124,14 @@ class Watchers:
     # --- handlers ------------------------------------------------------------------------------
 
     def _on_other(self, key: str, old: dict[str, Any] | None, new: dict[str, Any] | None) -> None:
+        obj = new or old or {}
+        if str(obj.get("kind", "")) in _STATUS_KINDS and status_only_change(old, new):
+            return
         self.dirty.mark(everything=True)
 
     def _on_policy(self, key: str, old: dict[str, Any] | None, new: dict[str, Any] | None) -> None:
+        if status_only_change(old, new):
+            return
         obj = new or old or {}
         plural = k8s.EGRESS_CLUSTER_POLICIES.plural if obj.get("kind") == "EgressClusterPolicy" else k8s.EGRESS_POLICIES.plural
         self.dirty.mark(everything=True, policy=(plural, key))
