@@ -59,3 +59,15 @@ def test_dirty_take_resets() -> None:
     everything, all_slices, policies, namespaces = dirty.take()
     assert not everything and not all_slices and policies == {("egresspolicies", "ns/p")} and namespaces == {"ns"}
     assert dirty.depth() == 0
+
+
+def test_status_only_changes_are_recognised() -> None:
+    from egress_cni.controller.watchers import status_only_change
+
+    old = {"kind": "EgressPolicy", "metadata": {"name": "p", "resourceVersion": "1"}, "spec": {"a": 1}, "status": {}}
+    written = {**old, "metadata": {"name": "p", "resourceVersion": "2"}, "status": {"node": "n1"}}
+    edited = {**written, "spec": {"a": 2}}
+    assert status_only_change(old, written)
+    assert not status_only_change(written, edited)
+    assert not status_only_change(None, old) and not status_only_change(old, None)
+    assert not status_only_change(old, old)  # the informer's resync replay
