@@ -136,7 +136,7 @@ class Netlink:
         if idx is None:
             local = {"vxlan_local6": link.local} if ":" in link.local else {"vxlan_local": link.local}
             self.ipr.link("add", ifname=link.name, kind="vxlan", vxlan_id=link.vni, vxlan_port=link.port,
-                          vxlan_link=parent, vxlan_learning=0, address=link.mac, mtu=link.mtu, **local)
+                          vxlan_link=parent, vxlan_learning=0, vxlan_udp_csum=0, address=link.mac, mtu=link.mtu, **local)
             idx = self.index(link.name)
         self.ipr.link("set", index=idx, address=link.mac, mtu=link.mtu, state="up")
 
