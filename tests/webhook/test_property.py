@@ -75,7 +75,21 @@ def near_valid(draw: st.DrawFn) -> Any:
 
 
 @st.composite
-def requests_(draw: st.DrawFn) -> Any:
+def well_formed(draw: st.DrawFn) -> Any:
+    """A structurally valid request around a near-valid object: exercises the rules themselves."""
+    obj = draw(near_valid())
+    operation = draw(st.sampled_from(["CREATE", "UPDATE", "DELETE"]))
+    old = draw(near_valid()) if operation != "CREATE" else None
+    meta = obj.get("metadata") if isinstance(obj.get("metadata"), dict) else {}
+    name, namespace = meta.get("name"), meta.get("namespace")
+    return {"uid": str(draw(st.uuids())), "kind": {"group": "egressgateway.spidernet.io", "version": "v1beta1", "kind": obj["kind"]},
+            "operation": operation, "name": name if isinstance(name, str) else "",
+            "namespace": namespace if isinstance(namespace, str) else "",
+            "object": None if operation == "DELETE" else obj, "oldObject": old}
+
+
+@st.composite
+def arbitrary(draw: st.DrawFn) -> Any:
     if draw(st.integers(0, 9)) == 0:
         return draw(JSON)
     request = draw(st.fixed_dictionaries(
@@ -85,10 +99,11 @@ def requests_(draw: st.DrawFn) -> Any:
                   "name": st.sampled_from(["default", "p"]) | SCALARS, "namespace": st.sampled_from(["default", "team"]) | SCALARS,
                   "object": near_valid() | objects(), "oldObject": near_valid() | objects(), "dryRun": SCALARS},
     ))
-    obj = request.get("object")
-    if draw(st.booleans()) and isinstance(obj, dict) and isinstance(obj.get("kind"), str):
-        request["kind"] = {"kind": obj["kind"]}  # most real requests name the object's own kind
     return request
+
+
+def requests_() -> st.SearchStrategy[Any]:
+    return st.one_of(well_formed(), well_formed(), well_formed(), arbitrary())
 
 
 BODIES = st.one_of(requests_().map(lambda r: {"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": r}), JSON)
