@@ -132,7 +132,7 @@ def inner(args: argparse.Namespace) -> None:
         def objects(self) -> list[dict[str, Any]]:
             return objects
 
-        def report_tunnel(self, node: str, parent: Any) -> None: ...
+        def report_tunnel(self, node: str, parent: Any, ready: bool) -> None: ...
 
     # the registry lives on tmpfs in production (/run/egressgateway); /run is plain disk on this machine
     reg = tempfile.mkdtemp(prefix="egwb-reg-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None)

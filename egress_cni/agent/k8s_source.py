@@ -53,8 +53,11 @@ class KubernetesSource:
                 out.append({"apiVersion": rt.api_version, "kind": rt.kind, **obj})  # lists omit kind per item
         return out
 
-    def report_tunnel(self, node: str, parent: Mapping[str, str]) -> None:
-        patch = {"status": {"tunnel": {"parent": {k: v for k, v in parent.items() if v}}, "phase": "Ready"}}
+    def report_tunnel(self, node: str, parent: Mapping[str, str], ready: bool) -> None:
+        status: dict[str, Any] = {"tunnel": {"parent": {k: v for k, v in parent.items() if v}}}
+        if ready:
+            status["phase"] = "Ready"
+        patch = {"status": status}
         try:
             self.client.patch_status(k8s.EGRESS_TUNNELS, node, patch)
         except k8s.NotFound:

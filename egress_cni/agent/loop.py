@@ -89,7 +89,8 @@ class Agent:
         self._lease_ok_at = time.monotonic()
         self._holds_lease = True
         self._known_endpoints: dict[str, registry.Endpoint] = {}
-        self._reported_parent: dict[str, str] | None = None
+        self._reported_parent: tuple[dict[str, str], bool] | None = None
+        self._facts: NodeFacts | None = None
         self.on_reconciled: Callable[[Status], None] | None = None
 
     # --- events -------------------------------------------------------------------------------
@@ -188,9 +189,8 @@ class Agent:
         return tuple(LocalEndpoint(e.key, e.namespace, e.pod, e.ipv4, e.ipv6) for e in eps)
 
     def compute(self) -> Desired:
-        facts = self.facts(self._holds_lease)
+        facts = self._facts = self.facts(self._holds_lease)
         state = replace(self._state(), local_endpoints=self._local_endpoints())
-        self._report_parent(facts)
         return desired_dataplane(state, facts, self.config)
 
     def reconcile(self) -> Plan | None:
@@ -211,6 +211,8 @@ class Agent:
             with self._lock:
                 self._fresh -= listed_after
             self._write_acks(desired)
+            if self._facts is not None:
+                self._report_parent(self._facts, ready=dp.link is not None)
             self.status.last_ok, self.status.last_error = True, ""
             self.status.last_plan, self.status.desired, self.status.eips = plan, desired, dp.eips
             return plan
@@ -228,12 +230,13 @@ class Agent:
             if self.on_reconciled:
                 self.on_reconciled(self.status)
 
-    def _report_parent(self, facts: NodeFacts) -> None:
+    def _report_parent(self, facts: NodeFacts, ready: bool) -> None:
+        """EgressTunnel status.tunnel.parent, and phase Ready once our tunnel is programmed."""
         parent = {"name": facts.parent, "ipv4": facts.parent_ipv4, "ipv6": facts.parent_ipv6}
-        if parent != self._reported_parent:
+        if (parent, ready) != self._reported_parent:
             try:
-                self.source.report_tunnel(self.node, parent)
-                self._reported_parent = parent
+                self.source.report_tunnel(self.node, parent, ready)
+                self._reported_parent = (parent, ready)
             except Exception as exc:
                 log.warning("cannot report tunnel parent", extra={"error": str(exc)})
 

@@ -38,8 +38,8 @@ class Source(Protocol):
     @property
     def synced(self) -> bool: ...
     def objects(self) -> list[dict[str, Any]]: ...
-    def report_tunnel(self, node: str, parent: Mapping[str, str]) -> None:
-        """Publish this node's underlay (EgressTunnel status.tunnel.parent) and phase Ready."""
+    def report_tunnel(self, node: str, parent: Mapping[str, str], ready: bool) -> None:
+        """Publish this node's underlay (EgressTunnel status.tunnel.parent) and, when ready, phase Ready."""
 
 
 def _labels(obj: Mapping[str, Any]) -> dict[str, str]:
@@ -154,5 +154,5 @@ class YamlSource:
         with self._lock:
             return list(self._objects)
 
-    def report_tunnel(self, node: str, parent: Mapping[str, str]) -> None:
-        self.reported[node] = dict(parent)
+    def report_tunnel(self, node: str, parent: Mapping[str, str], ready: bool) -> None:
+        self.reported[node] = {**parent, "ready": str(ready)}

@@ -47,8 +47,8 @@ class FakeSource:
     def objects(self) -> list[dict[str, Any]]:
         return self._objects
 
-    def report_tunnel(self, node: str, parent: Mapping[str, str]) -> None:
-        self.reported[node] = dict(parent)
+    def report_tunnel(self, node: str, parent: Mapping[str, str], ready: bool) -> None:
+        self.reported[node] = {**parent, "ready": str(ready)}
 
 
 class FailingLease:
@@ -73,7 +73,7 @@ def test_apply_twice_gives_an_empty_plan(tmp_path: Path) -> None:
     assert first is not None and not first.empty
     second = agent.reconcile()
     assert second is not None and second.empty, second.summary()
-    assert agent.source.reported == {"node2": {"name": "eth0", "ipv4": "10.100.0.2", "ipv6": ""}}  # type: ignore[attr-defined]
+    assert agent.source.reported == {"node2": {"name": "eth0", "ipv4": "10.100.0.2", "ipv6": "", "ready": "True"}}  # type: ignore[attr-defined]
 
 
 def test_nothing_is_removed_before_every_source_has_synced(tmp_path: Path) -> None:
