@@ -30,7 +30,8 @@ pytestmark = pytest.mark.apiserver
 REPO = Path(__file__).resolve().parents[2]
 SEED_GATEWAY = next(o for o in applied_objects() if o["kind"] == "EgressGateway")
 SEED_POLICY = next(o for o in applied_objects() if o["kind"] == "EgressPolicy")
-GATEWAY_NAMES = ("default", "webhook-test-other")
+GATEWAY_NAMES = ("default", "webhook-test-other", "webhook-test-cluster-default")
+CLUSTER_POLICY = "webhook-test-cluster-policy"
 CREATED_CLUSTER_INFOS: list[str] = []
 
 
@@ -95,6 +96,7 @@ def hook(control_plane: ControlPlane, tmp_path_factory: pytest.TempPathFactory) 
         for config in configs:
             plane.kubectl("delete", config["kind"].lower(), config["metadata"]["name"], "--ignore-not-found", check=False)
         plane.kubectl("delete", "egresspolicy", SEED_POLICY["metadata"]["name"], "-n", "default", "--ignore-not-found", check=False)
+        plane.kubectl("delete", "egressclusterpolicy", CLUSTER_POLICY, "--ignore-not-found", check=False)
         for name in GATEWAY_NAMES:
             remove_gateway(plane, name)
         for name in CREATED_CLUSTER_INFOS:  # deletable again now that the configurations are gone
@@ -164,6 +166,24 @@ def test_gateway_name_defaults_from_the_namespace_label(seeded: ControlPlane, na
         return found.returncode == 0 and json.loads(found.stdout)["spec"].get("egressGatewayName") == "default"
 
     eventually(named, 30, "the namespace label to name the gateway")
+
+
+def test_cluster_policy_gets_the_cluster_default_gateway(seeded: ControlPlane) -> None:
+    default_gateway = copy.deepcopy(SEED_GATEWAY)
+    default_gateway["metadata"] = {"name": "webhook-test-cluster-default"}
+    default_gateway["spec"]["clusterDefault"] = True
+    default_gateway["spec"]["ippools"]["ipv4"] = ["10.6.172.1-10.6.172.2"]
+    apply(seeded, default_gateway)
+    second = copy.deepcopy(default_gateway)
+    second["metadata"] = {"name": "webhook-test-second-default"}
+    second["spec"]["ippools"]["ipv4"] = ["10.6.173.1"]
+    eventually(lambda: "is already the cluster default" in apply(seeded, second, "--dry-run=server", check=False).stderr,
+               30, "the second cluster default to be refused")
+    cluster_policy = {"apiVersion": SEED_POLICY["apiVersion"], "kind": "EgressClusterPolicy", "metadata": {"name": CLUSTER_POLICY},
+                      "spec": {"appliedTo": {"podSelector": {"matchLabels": {"app": "cluster-wide"}},
+                                             "namespaceSelector": {"matchLabels": {"team": "nobody"}}}}}
+    apply(seeded, cluster_policy)
+    assert get(seeded, "egressclusterpolicy", CLUSTER_POLICY)["spec"]["egressGatewayName"] == "webhook-test-cluster-default"
 
 
 def test_user_finalizers_are_kept(seeded: ControlPlane) -> None:
