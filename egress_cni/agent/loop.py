@@ -70,12 +70,14 @@ class Status:
 class Agent:
     def __init__(self, *, node: str, source: Source, kernel: Kernel, facts: Callable[[bool], NodeFacts],
                  config: DataplaneConfig, registry_dir: str, lease: Lease | None = None, resync_seconds: float = 10.0,
-                 lease_seconds: float = 1.0, lease_renew: float = 0.2, heartbeat_seconds: float = 0.25) -> None:
+                 lease_seconds: float = 1.0, lease_renew: float = 0.2, heartbeat_seconds: float = 0.25,
+                 min_interval: float = 0.1) -> None:
         self.node, self.source, self.kernel, self.facts, self.config = node, source, kernel, facts, config
         self.registry_dir = registry_dir
         self.lease = lease or NoLease()
         self.resync_seconds, self.lease_seconds, self.lease_renew = resync_seconds, lease_seconds, lease_renew
         self.heartbeat_seconds = heartbeat_seconds
+        self.min_interval = min_interval  # coalesces event bursts: at most one full reconcile per interval
         self.status = Status()
         self._dirty = threading.Event()
         self._stop = threading.Event()
@@ -160,11 +162,13 @@ class Agent:
         dirwatch.watch(os.path.join(self.registry_dir, registry.ENDPOINTS), changed, self._stop.is_set)
 
     def _worker(self) -> None:
+        last = 0.0
         while not self._stop.is_set():
             self._dirty.wait(self.resync_seconds)
-            self._dirty.clear()
-            if self._stop.is_set():
+            if self._stop.wait(max(0.0, last + self.min_interval - time.monotonic())):
                 break
+            self._dirty.clear()
+            last = time.monotonic()
             self.reconcile()
             # The cluster state is a large, long-lived object graph: freezing it keeps the cyclic GC
             # from walking it in the middle of a fast path (pauses of 10+ ms at 10k endpoints).
