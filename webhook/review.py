@@ -80,10 +80,23 @@ def review(raw_request: Any, view: ClusterView, config: WebhookConfig, action: A
                        request.kind, "error", "internal-error")
 
 
+def metadata_only_update(request: AdmissionRequest) -> bool:
+    """An UPDATE that leaves spec alone (labels, annotations, finalizers), or of an object already
+    being deleted: its spec was reviewed when it was written, and a finalizer removal must never be
+    blocked by a rule about other objects."""
+    if request.operation != "UPDATE" or request.obj is None or request.old is None:
+        return False
+    meta = request.obj.get("metadata")
+    deleting = isinstance(meta, dict) and bool(meta.get("deletionTimestamp"))
+    return deleting or request.obj.get("spec") == request.old.get("spec")
+
+
 def _decide(request: AdmissionRequest, view: ClusterView, config: WebhookConfig, action: Action) -> Outcome:
     if action == "mutate":
         ops = mutate(request, view, config)
         return Outcome(admission.patched(request.uid, ops), request.kind, "patched" if ops else "allowed")
+    if metadata_only_update(request):
+        return Outcome(admission.allowed(request.uid), request.kind, "allowed")
     validator = VALIDATORS.get(request.kind)
     denials = validator(request, view, config) if validator else []
     if denials:

@@ -55,3 +55,16 @@ def test_internal_errors_deny_with_500() -> None:
 def test_unknown_kinds_are_allowed() -> None:
     req = request({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "x"}})
     assert review(req, MemoryView(), WebhookConfig(), "validate").response["allowed"] is True
+
+
+def test_metadata_only_updates_and_deleting_objects_are_allowed() -> None:
+    from tests.webhook.builders import gateway
+
+    first = gateway("first", ["10.0.0.1"], cluster_default=True)
+    second = gateway("second", ["10.0.0.1"], cluster_default=True)  # both broken by a race the cache missed
+    relabelled = {**second, "metadata": {**second["metadata"], "labels": {"team": "a"}}}
+    assert validate(relabelled, first, operation="UPDATE", old=second)["allowed"]
+    releasing = {**second, "metadata": {**second["metadata"], "finalizers": [], "deletionTimestamp": "2026-11-22T20:00:00Z"}}
+    assert validate(releasing, first, operation="UPDATE", old=second)["allowed"]
+    changed = {**second, "spec": {**second["spec"], "ippools": {"ipv4": ["10.0.0.1", "10.0.0.2"]}}}
+    assert "already belongs to EgressGateway first" in denial(validate(changed, first, operation="UPDATE", old=second))
