@@ -28,6 +28,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -39,6 +40,7 @@ sys.path.insert(0, str(REPO))
 from egress_cni import k8s  # noqa: E402
 from tests.controller.cluster import Agents, ensure_namespace, gateway, make_node, make_pod, policy  # noqa: E402
 from tests.harness.controlplane import ControlPlane  # noqa: E402
+from tests.harness.processes import free_port  # noqa: E402
 from tests.support.tiers import apiserver_missing  # noqa: E402
 
 NODES = ("bench-n1", "bench-n2", "bench-n3")
@@ -160,6 +162,13 @@ def converged(client: k8s.Client, policies: int, pods: int) -> bool:
     return sum(len(s.get("endpoints") or []) for s in slices if s["metadata"]["namespace"].startswith("load-")) >= pods
 
 
+def reconcile_metrics(port: int) -> tuple[float, float]:
+    """(passes, total seconds) from the controller's reconcile histogram."""
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    values = {line.split()[0]: float(line.split()[1]) for line in text.splitlines() if line.startswith("egress_controller_reconcile_seconds_")}
+    return values.get("egress_controller_reconcile_seconds_count", 0.0), values.get("egress_controller_reconcile_seconds_sum", 0.0)
+
+
 def report(name: str, values: list[float]) -> None:
     print(f"{name:<44} n={len(values):<3} p50={statistics.median(values) * 1000:7.1f} ms  "
           f"p99={percentile(values, 0.99) * 1000:7.1f} ms  max={max(values) * 1000:7.1f} ms")
@@ -192,9 +201,10 @@ def main() -> int:
         for g in range(GATEWAYS):
             client.create(k8s.EGRESS_GATEWAYS, gateway(f"gw-{g}", [f"10.{60 + g}.0.1-10.{60 + g}.15.254"], {"egress": "true"}))
         log = (root / "controller.log").open("ab")
+        health_port = free_port()
         controller = subprocess.Popen(
             [sys.executable, "-m", "egress_cni.controller.main", "--kubeconfig", str(plane.kubeconfig),
-             "--health-address", "127.0.0.1:0", "--leader-lease-seconds", "5"],
+             "--health-address", f"127.0.0.1:{health_port}", "--leader-lease-seconds", "5"],
             stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env={**os.environ, "PYTHONWARNINGS": "ignore"})
         ensure_namespace(client, "bench")
         watch = StatusWatch(client, "bench")
@@ -223,6 +233,9 @@ def main() -> int:
         report("create -> status, empty cluster (peer)", baseline)
         report(f"create -> status, {n_policies} policies/{n_pods} pods", loaded)
         report("failover: agent stops -> EIPs elsewhere", failover)
+        passes, seconds = reconcile_metrics(health_port)
+        print(f"controller passes: {passes:.0f}, mean {seconds / max(passes, 1) * 1000:.1f} ms; "
+              f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
         print(f"ratio loaded/empty: p50 {statistics.median(loaded) / statistics.median(baseline):.2f}x  "
               f"p99 {percentile(loaded, 0.99) / percentile(baseline, 0.99):.2f}x")
         bar = percentile(loaded, 0.99) <= 1.0
