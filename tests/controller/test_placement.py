@@ -139,3 +139,14 @@ def test_load_is_shared_between_gateways_and_restart_is_stable() -> None:
     status = GatewayStatus(node_list=(GatewayNodeStatus("n1", "Ready", (EipStatus("10.6.1.4", "", (PolicyRef("a", "ns"),)),)),))
     kept = place_gateway(gateway(["10.6.1.1-10.6.1.9"], status=status), [policy("a", allocator_policy="rr")], nodes("n1", "n2"), {})
     assert kept.assignments[PolicyRef("a", "ns")].ipv4 == "10.6.1.4" and not kept.moves
+
+
+def test_dual_stack_rr_and_default_pair() -> None:
+    gw = gateway(["10.6.1.1-10.6.1.3"], ["fd00::1-fd00::3"], default4="10.6.1.2", default6="fd00::3")
+    out = place_gateway(gw, [policy("d"), policy("r", allocator_policy="rr"), policy("v6", ipv6="fd00::2")], nodes("n1", "n2"), {})
+    d, r, v6 = (out.assignments[PolicyRef(n, "ns")] for n in ("d", "r", "v6"))
+    assert (d.ipv4, d.ipv6) == ("10.6.1.2", "fd00::3")
+    assert (r.ipv4, r.ipv6) == ("10.6.1.1", "fd00::1")  # the default pair is taken, rr walks past it
+    assert (v6.ipv4, v6.ipv6) == ("", "fd00::2") and v6.ready
+    assert (out.ip_usage.ipv4_free, out.ip_usage.ipv6_free) == (1, 0)
+    assert out.rr_last == "10.6.1.1,fd00::1"
