@@ -122,4 +122,9 @@ def create_app_from_env() -> Flask:
         return create_app(MemoryView.of(load_state(Path(state))), config)
     view = informer_view(os.environ.get("EGRESS_WEBHOOK_KUBECONFIG") or None)
     view.start()
+    # Serve only with a warm cache when the API answers quickly; never long enough for gunicorn's
+    # worker timeout (30 s) to kill the boot. /readyz keeps saying 503 until the cache is synced.
+    wait = float(os.environ.get("EGRESS_WEBHOOK_SYNC_WAIT", "20"))
+    if not view.wait_synced(wait):
+        log.warning("serving before the cluster state cache synced", extra={"waited_seconds": wait})
     return create_app(view, config, ready=lambda: view.synced)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
@@ -163,7 +164,9 @@ class InformerView(MemoryView):
             informer.stop()
 
     def wait_synced(self, timeout: float) -> bool:
-        return all(i.wait_synced(timeout) for i in self._informers)
+        """True when every informer synced within `timeout` seconds in total."""
+        deadline = time.monotonic() + timeout
+        return all(i.wait_synced(max(0.0, deadline - time.monotonic())) for i in self._informers)
 
     @property
     def synced(self) -> bool:
