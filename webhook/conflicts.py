@@ -108,7 +108,7 @@ def describe(policy: EgressPolicy) -> str:
 
 
 def check_conflicts(policy: EgressPolicy, view: ClusterView) -> list[Denial]:
-    """Cheapest tests first: priority, EIP identity, namespaces, pods, then destinations."""
+    """Cheapest tests first: priority, namespaces, identity, source address, pods, then destinations."""
     dests = spans(policy.spec.dest_subnet)
     pods = spans(policy.spec.applied_to.pod_subnet)
     mine, my_eip = effective_eip(policy, view)
