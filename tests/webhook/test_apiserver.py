@@ -291,3 +291,8 @@ def test_a_dropped_ca_bundle_is_restored(seeded: ControlPlane, hook: Webhook) ->
 
     eventually(restored, 30, "the webhook to patch its caBundle back")
     wait_until_active(seeded)
+
+
+def test_the_manifest_passes_server_side_validation(control_plane: ControlPlane) -> None:
+    out = control_plane.kubectl("apply", "--dry-run=server", "-f", str(REPO / "manifests" / "webhook.yaml"), check=False)
+    assert out.returncode == 0, out.stderr
