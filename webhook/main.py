@@ -42,6 +42,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--rotation-interval", type=float, default=60.0,
                    help="seconds between certificate checks; each is two GETs unless something must change "
                         "(a renewal, or a configuration created or replaced without our caBundle)")
+    p.add_argument("--enable-ipv4", default=env("EGRESS_ENABLE_IPV4", "true"), help="accept IPv4 configuration (true/false)")
+    p.add_argument("--enable-ipv6", default=env("EGRESS_ENABLE_IPV6", "true"), help="accept IPv6 configuration (true/false)")
     p.add_argument("--kubeconfig", default=env("EGRESS_WEBHOOK_KUBECONFIG") or env("KUBECONFIG"))
     p.add_argument("--cluster-state", default=env("EGRESS_WEBHOOK_CLUSTER_STATE"),
                    help="review against the objects in this YAML file instead of watching the API (offline/bench)")
@@ -77,7 +79,11 @@ def settle_certificates(args: argparse.Namespace) -> Path:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=os.environ.get("LOG_LEVEL", "INFO"), format="%(asctime)s %(levelname)s %(name)s %(message)s")
     args = parse_args(argv)
-    WebhookConfig.from_env()  # refuse a bad EGRESS_ENABLE_IPV4/6 before starting workers
+    os.environ.update({"EGRESS_ENABLE_IPV4": args.enable_ipv4, "EGRESS_ENABLE_IPV6": args.enable_ipv6})
+    try:
+        WebhookConfig.from_env()  # refuse a bad setting before starting workers
+    except ValueError as exc:
+        raise SystemExit(f"egress-webhook: {exc}") from None
     cert_dir = settle_certificates(args)
     os.environ.update({
         "EGRESS_WEBHOOK_PORT": str(args.port), "EGRESS_WEBHOOK_BIND": args.bind, "EGRESS_NAMESPACE": args.namespace,

@@ -101,3 +101,10 @@ def test_certificate_rotation_is_picked_up_without_restart(tmp_path: Path) -> No
         (tmp_path / "new-ca.crt").write_bytes(fresh.ca_pem)
         resp = requests.get(hook.url + "/healthz", verify=str(tmp_path / "new-ca.crt"), timeout=10)
         assert resp.status_code == 200
+
+
+def test_installation_families_come_from_the_environment(tmp_path: Path) -> None:
+    with running_webhook(tmp_path / "v4-only", state=STATE, workers=1, env={"EGRESS_ENABLE_IPV6": "false"}) as v4_only:
+        response = post(v4_only, "/validate", {"request": request(gateway("v6", ipv6=["fd00::1"]))}).json()["response"]
+    assert response["allowed"] is False
+    assert response["status"]["message"].startswith("spec.ippools.ipv6: IPv6 is not enabled in this installation")
