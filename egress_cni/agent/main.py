@@ -15,6 +15,9 @@ import signal
 import sys
 import threading
 from collections.abc import Callable
+from typing import Any
+
+import yaml
 
 from egress_cni import registry
 from egress_cni.agent.loop import Agent, Lease
@@ -25,11 +28,28 @@ from egress_cni.dataplane.inputs import DataplaneConfig, NodeFacts
 log = logging.getLogger("egress_cni.agent")
 
 
-def build_parser() -> argparse.ArgumentParser:
+# installation settings (manifests/config.yaml) -> our flag defaults; explicit flags still win
+CONFIG_KEYS = {"enableIPv4": "ipv4", "enableIPv6": "ipv6", "agentLeaseSeconds": "lease_seconds",
+               "vxlan.name": "vxlan_name", "vxlan.vni": "vni", "vxlan.port": "vxlan_port", "vxlan.mtu": "mtu",
+               "iptablesBackend": "iptables_backend", "tunnelParent": "parent"}
+
+
+def config_defaults(path: str) -> dict[str, Any]:
+    with open(path, encoding="utf-8") as f:
+        raw = yaml.safe_load(f) or {}
+    if not isinstance(raw, dict):
+        raise SystemExit(f"--config {path}: expected a YAML mapping, got {type(raw).__name__}")
+    flat = {**{k: v for k, v in raw.items() if k != "vxlan"},
+            **{f"vxlan.{k}": v for k, v in (raw.get("vxlan") or {}).items()}}
+    return {CONFIG_KEYS[k]: v for k, v in flat.items() if k in CONFIG_KEYS}
+
+
+def build_parser(defaults: dict[str, Any] | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="egress-agent", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     for name in ("run", "once", "uninstall"):
         p = sub.add_parser(name)
+        p.add_argument("--config", default=None, help="installation settings YAML (enableIPv4/6, vxlan, agentLeaseSeconds); flags win")
         p.add_argument("--node", default=os.environ.get("NODE_NAME", ""), help="this node's name (env NODE_NAME)")
         p.add_argument("--source", default="k8s", help="k8s (informers; $KUBECONFIG or in-cluster) or yaml:DIR")
         p.add_argument("--kubeconfig", default=None)
@@ -47,8 +67,18 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--lease-renew-seconds", type=float, default=0.2)
         p.add_argument("--namespace", default=os.environ.get("EGRESS_NAMESPACE", "egressgateway-system"))
         p.add_argument("--metrics-address", default=":9641", help="host:port for /healthz /readyz /metrics; '' disables")
+        p.add_argument("--health-port", type=int, default=None, help="serve /healthz /readyz /metrics on 0.0.0.0:PORT")
+        p.add_argument("--metrics-port", type=int, default=None, help="serve the same endpoints on this port too")
         p.add_argument("--log-level", default="INFO")
+        p.set_defaults(**(defaults or {}))
     return parser
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--config")
+    known, _ = pre.parse_known_args(argv)
+    return build_parser(config_defaults(known.config) if known.config else None).parse_args(argv)
 
 
 def config_from(args: argparse.Namespace) -> DataplaneConfig:
@@ -92,7 +122,7 @@ def make_agent(args: argparse.Namespace) -> Agent:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
     if args.command == "uninstall":
@@ -120,8 +150,11 @@ def run(agent: Agent, args: argparse.Namespace) -> int:
     kernel = agent.kernel
     collector = AgentCollector(agent, kernel.counters)
     agent.on_reconciled = lambda _status: collector.observe()
-    if args.metrics_address:
-        host, _, port = args.metrics_address.rpartition(":")
+    addresses = [f"0.0.0.0:{p}" for p in (args.health_port, args.metrics_port) if p]
+    if not addresses and args.metrics_address:
+        addresses = [args.metrics_address]
+    for address in addresses:
+        host, _, port = address.rpartition(":")
         serve(agent, collector, host or "0.0.0.0", int(port))
     done = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
