@@ -153,6 +153,10 @@ class Netlink:
         extra: dict[str, Any] = {}
         if a.eip:
             extra = {"proto": self.config.eip_proto, "flags": IFA_F_NOPREFIXROUTE | (IFA_F_NODAD if ":" in ip else 0)}
+            if ":" in ip and cmd == "add":
+                # deprecated: answers NDP and receives, but source selection (longest match) never
+                # picks it for the node's own traffic
+                extra |= {"preferred_lft": 0, "valid_lft": 0xFFFFFFFF}
         elif ":" in ip:
             extra = {"flags": IFA_F_NODAD}
         self._quiet({errno.EEXIST, errno.EADDRNOTAVAIL, errno.ENOENT}, self.ipr.addr, cmd, index=idx, address=ip,
