@@ -83,18 +83,19 @@ class Netlink:
         return out
 
     def read_routes(self, tables: set[int]) -> set[Route]:
+        """Routes in our tables, from one dump per family (a dump returns every table)."""
         out: set[Route] = set()
-        names = {}
+        names: dict[int, str] = {}
         for f, af in AF.items():
-            for table in sorted(tables):
-                for r in self.ipr.get_routes(family=af, table=table):
-                    if r.get_attr("RTA_TABLE") != table:
-                        continue
-                    oif = r.get_attr("RTA_OIF")
-                    if oif not in names:
-                        names[oif] = self.ipr.get_links(oif)[0].get_attr("IFLA_IFNAME") if oif else ""
-                    dst = "default" if r["dst_len"] == 0 else f"{r.get_attr('RTA_DST')}/{r['dst_len']}"
-                    out.add(Route(f, table, dst, r.get_attr("RTA_GATEWAY") or "", names[oif]))
+            for r in self.ipr.route("dump", family=af):
+                table = r.get_attr("RTA_TABLE")
+                if table not in tables:
+                    continue
+                oif = r.get_attr("RTA_OIF")
+                if oif not in names:
+                    names[oif] = self.ipr.get_links(oif)[0].get_attr("IFLA_IFNAME") if oif else ""
+                dst = "default" if r["dst_len"] == 0 else f"{r.get_attr('RTA_DST')}/{r['dst_len']}"
+                out.add(Route(f, table, dst, r.get_attr("RTA_GATEWAY") or "", names[oif]))
         return out
 
     def owned_tables(self) -> set[int]:
