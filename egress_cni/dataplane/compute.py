@@ -14,6 +14,7 @@ A policy with no usable gateway drops its selected traffic instead of letting it
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import ipaddress
 from collections import defaultdict
@@ -84,6 +85,7 @@ def cluster_set(config: DataplaneConfig, family: int) -> str:
     return f"{config.ipset_prefix}-cluster-v{family}"
 
 
+@functools.lru_cache(maxsize=1 << 18)  # the same pod IPs come back every reconcile; ipaddress is slow
 def canonical(entry: str) -> tuple[int, str] | None:
     """(family, ipset member) for an IP or CIDR; host prefixes as bare IPs, as `ipset list` shows them."""
     try:
