@@ -65,7 +65,8 @@ def test_health_readiness_and_metrics(hook: Webhook) -> None:
     for _ in range(4):  # several connections, so both workers are likely to have answered
         post(hook, "/validate", {"request": request(policy(gateway_name=""))})
     text = s.get(hook.url + "/metrics", timeout=10).text
-    assert 'egress_webhook_denials_total{kind="EgressPolicy",reason="policy-gateway-name"}' in text
+    # one worker answers /metrics, but counts every worker's denials (multiprocess aggregation)
+    assert 'egress_webhook_denials_total{kind="EgressPolicy",reason="policy-gateway-name"} 4.0' in text
     assert "egress_webhook_review_seconds_bucket" in text and "egress_webhook_requests_total" in text
 
 
