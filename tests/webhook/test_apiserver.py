@@ -33,6 +33,7 @@ SEED_POLICY = next(o for o in applied_objects() if o["kind"] == "EgressPolicy")
 GATEWAY_NAMES = ("default", "webhook-test-other", "webhook-test-cluster-default")
 CLUSTER_POLICY = "webhook-test-cluster-policy"
 CREATED_CLUSTER_INFOS: list[str] = []
+USED_NAMESPACES: list[str] = []  # their policies are deleted at teardown (no kube-controller-manager empties them)
 
 
 def manifest(*kinds: str) -> list[dict[str, Any]]:
@@ -97,6 +98,8 @@ def hook(control_plane: ControlPlane, tmp_path_factory: pytest.TempPathFactory) 
             plane.kubectl("delete", config["kind"].lower(), config["metadata"]["name"], "--ignore-not-found", check=False)
         plane.kubectl("delete", "egresspolicy", SEED_POLICY["metadata"]["name"], "-n", "default", "--ignore-not-found", check=False)
         plane.kubectl("delete", "egressclusterpolicy", CLUSTER_POLICY, "--ignore-not-found", check=False)
+        for ns in USED_NAMESPACES:
+            plane.kubectl("delete", "egresspolicies", "--all", "-n", ns, "--ignore-not-found", check=False)
         for name in GATEWAY_NAMES:
             remove_gateway(plane, name)
         for name in CREATED_CLUSTER_INFOS:  # deletable again now that the configurations are gone
@@ -134,6 +137,13 @@ def denied(plane: ControlPlane, obj: dict[str, Any], expected: str) -> str:
     return str(out.stderr)
 
 
+@pytest.fixture
+def ns(namespace: str) -> str:
+    """A fresh namespace whose policies the module teardown removes."""
+    USED_NAMESPACES.append(namespace)
+    return namespace
+
+
 @pytest.fixture(scope="module")
 def seeded(control_plane: ControlPlane, hook: Webhook) -> ControlPlane:
     """The walkthrough's gateway and policy, applied verbatim."""
@@ -154,15 +164,15 @@ def test_seed_policy_gets_its_defaults(seeded: ControlPlane) -> None:
     assert policy["spec"]["egressIP"] == {"allocatorPolicy": "default", "useNodeIP": False}
 
 
-def test_gateway_name_defaults_from_the_namespace_label(seeded: ControlPlane, namespace: str) -> None:
-    seeded.kubectl("label", "namespace", namespace, "spidernet.io/egressgateway-default=default")
+def test_gateway_name_defaults_from_the_namespace_label(seeded: ControlPlane, ns: str) -> None:
+    seeded.kubectl("label", "namespace", ns, "spidernet.io/egressgateway-default=default")
     policy = copy.deepcopy(SEED_POLICY)
-    policy["metadata"]["namespace"] = namespace
+    policy["metadata"]["namespace"] = ns
     del policy["spec"]["egressGatewayName"]
 
     def named() -> bool:
         apply(seeded, policy, check=False)
-        found = seeded.kubectl("get", "egresspolicy", "test", "-n", namespace, "-o", "json", check=False)
+        found = seeded.kubectl("get", "egresspolicy", "test", "-n", ns, "-o", "json", check=False)
         return found.returncode == 0 and json.loads(found.stdout)["spec"].get("egressGatewayName") == "default"
 
     eventually(named, 30, "the namespace label to name the gateway")
@@ -230,25 +240,25 @@ INVALID: list[tuple[str, Callable[[str], dict[str, Any]], str]] = [
 
 
 @pytest.mark.parametrize(("build", "expected"), [(b, e) for _, b, e in INVALID], ids=[i for i, _, _ in INVALID])
-def test_invalid_objects_fail_at_kubectl_apply(seeded: ControlPlane, namespace: str, build: Callable[[str], dict[str, Any]],
+def test_invalid_objects_fail_at_kubectl_apply(seeded: ControlPlane, ns: str, build: Callable[[str], dict[str, Any]],
                                                expected: str) -> None:
-    denied(seeded, build(namespace), expected)
+    denied(seeded, build(ns), expected)
 
 
-def test_conflicting_policy_is_refused_naming_the_other(seeded: ControlPlane, namespace: str) -> None:
-    first = _policy(namespace)
+def test_conflicting_policy_is_refused_naming_the_other(seeded: ControlPlane, ns: str) -> None:
+    first = _policy(ns)
     first["metadata"]["name"] = "first"
     apply(seeded, first)
-    second = _policy(namespace, egressIP={"ipv4": "10.6.168.202"})
+    second = _policy(ns, egressIP={"ipv4": "10.6.168.202"})
     second["metadata"]["name"] = "second"
     eventually(lambda: "denied" in apply(seeded, second, "--dry-run=server", check=False).stderr, 30, "the cache to see `first`")
-    denied(seeded, second, f"EgressPolicy {namespace}/first may select the same pods")
+    denied(seeded, second, f"EgressPolicy {ns}/first may select the same pods")
     second["spec"]["priority"] = 10
     apply(seeded, second)
 
 
-def test_immutable_fields_are_refused_on_update(seeded: ControlPlane, namespace: str) -> None:
-    policy = _policy(namespace)
+def test_immutable_fields_are_refused_on_update(seeded: ControlPlane, ns: str) -> None:
+    policy = _policy(ns)
     apply(seeded, policy)
     policy["spec"]["egressIP"] = {"useNodeIP": True}
     denied(seeded, policy, "spec.egressIP.useNodeIP: is immutable")
