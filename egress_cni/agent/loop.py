@@ -129,6 +129,7 @@ class Agent:
 
     def _heartbeat(self) -> None:
         while not self._stop.wait(self.heartbeat_seconds):
+            self._check_lease()  # also here: a renewal stuck in a hung API call must not keep our EIPs
             try:
                 registry.write_heartbeat(self.registry_dir, self.node)
             except OSError as exc:
@@ -136,20 +137,23 @@ class Agent:
 
     def _keep_lease(self) -> None:
         while not self._stop.wait(self.lease_renew):
+            started = time.monotonic()  # the renewTime the API records is taken before the call
             try:
                 ok = self.lease.try_acquire_or_renew()
             except Exception as exc:  # any API failure counts as a missed renewal
                 log.warning("lease renewal failed", extra={"error": str(exc)})
                 ok = False
-            now = time.monotonic()
             if ok:
-                self._lease_ok_at = now
-            held = now - self._lease_ok_at < self.lease_seconds
-            if held != self._holds_lease:
-                log.warning("lease state changed", extra={"held": held})
-                self._holds_lease = held
-                self.mark_dirty()
+                self._lease_ok_at = max(self._lease_ok_at, started)
+            self._check_lease()
         # not released on stop: a restarting agent keeps its EIPs and flows; the lease simply expires
+
+    def _check_lease(self) -> None:
+        held = time.monotonic() - self._lease_ok_at < self.lease_seconds
+        if held != self._holds_lease:
+            log.warning("lease state changed", extra={"held": held})
+            self._holds_lease = held
+            self.mark_dirty()
 
     def _watch_registry(self) -> None:
         def changed() -> None:

@@ -193,3 +193,33 @@ def test_a_reconcile_racing_the_fast_path_keeps_the_new_member(tmp_path: Path) -
     assert any("10.244.1.15" in s.members for s in kernel.state.ipsets)
     agent.reconcile()  # the next one lists c5 itself
     assert any("10.244.1.15" in s.members for s in kernel.state.ipsets) and not agent._fresh
+
+
+class HangingLease:
+    """The API call never returns (a hung connection): fencing must not depend on it returning."""
+
+    def __init__(self) -> None:
+        self.release_hang = __import__("threading").Event()
+
+    def try_acquire_or_renew(self) -> bool:
+        self.release_hang.wait(30)
+        return True
+
+    def release(self) -> None:
+        return None
+
+
+def test_a_hung_lease_renewal_still_releases_the_eips(tmp_path: Path) -> None:
+    lease = HangingLease()
+    agent = make_agent(tmp_path, "gateway-basic", lease=lease, lease_seconds=0.3, lease_renew=0.05,
+                       resync_seconds=0.1, heartbeat_seconds=0.05)
+    agent.reconcile()
+    agent.start()
+    try:
+        deadline = time.monotonic() + 10
+        while agent.status.eips and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert agent.status.eips == frozenset()
+    finally:
+        lease.release_hang.set()
+        agent.stop()
