@@ -211,6 +211,9 @@ class Agent:
             self.kernel.hint_tables({r.table for r in dp.routes})
             actual = self.kernel.read_actual(dp.sysctls)
             plan = diff(dp, actual, prune=self.source.synced)
+            if not plan.prune and not self._holds_lease:  # fencing does not wait for the sources to sync
+                stale_eips = tuple(a for a in sorted(actual.addresses) if a.eip and a not in dp.addresses)
+                plan = replace(plan, del_addresses=plan.del_addresses + stale_eips)
             with self._lock:
                 protect = self._fresh - listed_after
             if protect:

@@ -223,3 +223,14 @@ def test_a_hung_lease_renewal_still_releases_the_eips(tmp_path: Path) -> None:
     finally:
         lease.release_hang.set()
         agent.stop()
+
+
+def test_fencing_removes_eips_even_before_the_sources_have_synced(tmp_path: Path) -> None:
+    kernel = FakeKernel()
+    agent = make_agent(tmp_path, "gateway-basic", kernel=kernel)
+    agent.reconcile()
+    assert any(a.eip for a in kernel.state.addresses)
+    agent.source._synced = False  # type: ignore[attr-defined]  # e.g. restarted while the API is down
+    agent._holds_lease = False
+    agent.reconcile()
+    assert not any(a.eip for a in kernel.state.addresses)
