@@ -195,9 +195,12 @@ def diff(desired: Dataplane, actual: Dataplane, *, prune: bool = True) -> Plan:
     destroy = tuple(sorted(n for n in have_sets if n not in want_sets)) if prune else ()
 
     have_chains = {c.key: fingerprint(c) for c in actual.chains}
+    # before every source has synced an existing chain is left alone: rewriting it from a partial
+    # view would remove rules just as surely as a delete
     write = tuple(sorted(
         c for c in desired.chains
-        if have_chains.get(c.key) != fingerprint(c) or c.key not in actual.jumps_ok
+        if (have_chains.get(c.key) != fingerprint(c) or c.key not in actual.jumps_ok)
+        and (prune or c.key not in have_chains)
     ))
     want_keys = {c.key for c in desired.chains}
     drop = tuple(sorted(c for c in actual.chains if c.key not in want_keys)) if prune else ()

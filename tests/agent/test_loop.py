@@ -86,6 +86,19 @@ def test_nothing_is_removed_before_every_source_has_synced(tmp_path: Path) -> No
     agent.source._synced = True  # type: ignore[attr-defined]
     plan = agent.reconcile()
     assert plan is not None and plan.destroy_ipsets == ("egress-s4-0000000000000000",)
+
+
+def test_existing_chains_are_not_rewritten_from_a_partial_view(tmp_path: Path) -> None:
+    kernel = FakeKernel()
+    agent = make_agent(tmp_path, "worker-basic", kernel=kernel)
+    agent.reconcile()
+    steering = {c.key: c.rules for c in kernel.state.chains}
+    agent.source._objects = []  # type: ignore[attr-defined]  # restarted: nothing listed yet
+    agent.source._synced = False  # type: ignore[attr-defined]
+    agent._source_changed()
+    plan = agent.reconcile()
+    assert plan is not None and not plan.write_chains and not plan.del_rules and not plan.del_routes
+    assert {c.key: c.rules for c in kernel.state.chains} == steering
     assert Rule(4, 99, 0x26000009, 0x26000009) not in kernel.state.rules
 
 
