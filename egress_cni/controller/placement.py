@@ -16,6 +16,7 @@ whole pool has been walked.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -28,7 +29,7 @@ from egress_cni.api.model import (
     IPUsage,
     PolicyRef,
 )
-from egress_cni.api.pools import IPPool, parse_address, pool_of
+from egress_cni.api.pools import IPAddress, IPPool, parse_address, pool_of
 
 ANNOTATION_RR_LAST = "egressgateway.spidernet.io/rr-last"  # "<ipv4>,<ipv6>" last rr allocation
 
@@ -125,9 +126,15 @@ def gateway_pools(gw: EgressGateway) -> tuple[IPPool, IPPool]:
     return IPPool.parse(gw.spec.ippools.ipv4, 4), IPPool.parse(gw.spec.ippools.ipv6, 6)
 
 
+@functools.lru_cache(maxsize=65536)
+def _addr(text: str) -> IPAddress:
+    """Parsed address, memoised: every pass meets the same few thousand EIP strings again."""
+    return parse_address(text)
+
+
 def _in_pool(pool: IPPool, ip: str) -> bool:
     try:
-        return pool.contains(ip)
+        return pool.contains(_addr(ip))
     except ValueError:
         return False
 
@@ -185,9 +192,10 @@ def place_gateway(gw: EgressGateway, policies: Sequence[PolicyView], nodes: Sequ
     assignments: dict[PolicyRef, Assignment] = {}
     rr_v4, _, rr_v6 = gw.metadata.annotations.get(ANNOTATION_RR_LAST, "").partition(",")
     placed = {r for e in entries for r in e.policies}
+    used4 = pool_of((_addr(e.ipv4) for e in entries if e.ipv4), 4)
+    used6 = pool_of((_addr(e.ipv6) for e in entries if e.ipv6), 6)
+    by_ip = {ip: e for e in entries for ip in (e.ipv4, e.ipv6) if ip}
     for policy in sorted((p for p in policies if p.ref not in placed), key=lambda p: (p.created, p.ref.key)):
-        used4 = pool_of((e.ipv4 for e in entries if e.ipv4), 4)
-        used6 = pool_of((e.ipv6 for e in entries if e.ipv6), 6)
         want, problem = _choose_eip(gw, policy, v4_pool, v6_pool, used4, used6, rr_v4, rr_v6)
         if problem is not None:
             assignments[policy.ref] = problem
@@ -196,13 +204,16 @@ def place_gateway(gw: EgressGateway, policies: Sequence[PolicyView], nodes: Sequ
         if policy.egress_ip.allocator_policy == ALLOCATOR_RR and not policy.egress_ip.ipv4 and not policy.egress_ip.ipv6 \
                 and not policy.egress_ip.use_node_ip and not (policy.reserved_ipv4 or policy.reserved_ipv6):
             rr_v4, rr_v6 = ipv4 or rr_v4, ipv6 or rr_v6
-        entry = _find_entry(entries, ipv4, ipv6, eligible, load_after)
+        entry = _find_entry(entries, by_ip, ipv4, ipv6, eligible, load_after)
         if entry is None:
             node = _least_loaded(eligible, load_after)
             if node:
                 load_after[node] = load_after.get(node, 0) + 1
             entry = _Entry(ipv4, ipv6, node, [])
             entries.append(entry)
+            by_ip.update({ip: entry for ip in (ipv4, ipv6) if ip})
+            used4 = used4.union(pool_of([_addr(ipv4)], 4)) if ipv4 else used4
+            used6 = used6.union(pool_of([_addr(ipv6)], 6)) if ipv6 else used6
         entry.policies.append(policy.ref)
 
     # 4. Project: every policy's assignment, the nodeList, usage.
@@ -221,22 +232,21 @@ def place_gateway(gw: EgressGateway, policies: Sequence[PolicyView], nodes: Sequ
         ))
         for name in sorted(members)
     )
-    used4 = pool_of((e.ipv4 for e in entries if e.ipv4 and e.node), 4)
-    used6 = pool_of((e.ipv6 for e in entries if e.ipv6 and e.node), 6)
+    used4 = pool_of((_addr(e.ipv4) for e in entries if e.ipv4 and e.node), 4)
+    used6 = pool_of((_addr(e.ipv6) for e in entries if e.ipv6 and e.node), 6)
     usage = IPUsage(v4_pool.count, v4_pool.difference(used4).count, v6_pool.count, v6_pool.difference(used6).count)
     rr_last = f"{rr_v4},{rr_v6}" if (rr_v4 or rr_v6) else ""
     return Placement(node_list, assignments, tuple(moves), usage, rr_last, load_after)
 
 
-def _find_entry(entries: list[_Entry], ipv4: str, ipv6: str, eligible: Sequence[str],
+def _find_entry(entries: list[_Entry], by_ip: Mapping[str, _Entry], ipv4: str, ipv6: str, eligible: Sequence[str],
                 load: Mapping[str, int]) -> _Entry | None:
     """An existing entry the policy can join: same EIP (either family), or the node-IP bucket."""
     if not ipv4 and not ipv6:
-        buckets = [e for e in entries if e.node_ip_bucket and e.node in eligible]
         # useNodeIP policies spread too: join the bucket of the least-loaded node if it has one.
         target = _least_loaded(eligible, load)
-        return next((e for e in buckets if e.node == target), None)
-    return next((e for e in entries if (ipv4 and e.ipv4 == ipv4) or (ipv6 and e.ipv6 == ipv6)), None)
+        return next((e for e in entries if e.node_ip_bucket and e.node == target), None)
+    return by_ip.get(ipv4) if ipv4 and ipv4 in by_ip else by_ip.get(ipv6) if ipv6 else None
 
 
 def _choose_eip(gw: EgressGateway, policy: PolicyView, v4_pool: IPPool, v6_pool: IPPool, used4: IPPool,

@@ -65,6 +65,10 @@ class Reconciler:
         self.slices = SliceWriter(client, config.max_endpoints_per_slice, self.overlays)
         self._parsed: dict[tuple[str, str], tuple[str, Resource | None]] = {}  # (plural, key) -> (rv, parsed)
         self._failed = False
+        # gateway -> (object, policy views, node views, load before it, placement) of its last written decision
+        self._placements: dict[str, tuple[dict[str, Any], tuple[PolicyView, ...], tuple[NodeView, ...], dict[str, int], Placement]] = {}
+        # (plural, key) -> (the object, the assignment) last found needing no status write
+        self._status_checked: dict[tuple[str, str], tuple[dict[str, Any], Assignment]] = {}
         self.alive: dict[str, bool] = {}  # agent liveness the last pass placed EIPs by
         self._announced_waits: set[str] = set()  # gateway uids told they wait for their policies
 
@@ -132,12 +136,21 @@ class Reconciler:
                     p.ref, p.spec.eip, str(p.metadata.extra.get("creationTimestamp", "")), p.status.eip_ipv4, p.status.eip_ipv6))
             assignments: dict[PolicyRef, Assignment] = {}
             load: Mapping[str, int] = {}
+            node_views = tuple(nodes)
             for name in sorted(gateways):
-                gw = gateways[name]
-                placed = place_gateway(gw, by_gateway.get(name, []), nodes, load)
+                gw, raw_gw, views = gateways[name], raw_gateways[name], tuple(by_gateway.get(name, ()))
+                memo = self._placements.get(name)
+                if memo is not None and memo[0] is raw_gw and memo[1] == views and memo[2] == node_views and memo[3] == load:
+                    placed = memo[4]  # nothing this gateway depends on changed: same decision, already written
+                else:
+                    placed = place_gateway(gw, views, nodes, load)
+                    self._guard(f"gateway {name}", self._write_gateway, gw, raw_gw, placed, now, bool(views))
+                    if not self._failed:
+                        self._placements[name] = (raw_gw, views, node_views, dict(load), placed)
                 load = placed.load
                 assignments.update(placed.assignments)
-                self._guard(f"gateway {name}", self._write_gateway, gw, raw_gateways[name], placed, now, bool(by_gateway.get(name)))
+            for vanished in set(self._placements) - set(gateways):
+                del self._placements[vanished]
             ready = 0
             for rt, p, raw in all_policies:
                 if p.metadata.deletion_timestamp:
@@ -145,6 +158,9 @@ class Reconciler:
                 assignment = assignments.get(p.ref) or gateway_not_found(target.get(p.ref, ""))
                 ready += assignment.ready
                 self._guard(f"policy {p.metadata.key}", self._write_policy, rt, p, raw, assignment, now)
+            live_keys = {(rt.plural, p.metadata.key) for rt, p, _ in all_policies}
+            for gone in set(self._status_checked) - live_keys:
+                del self._status_checked[gone]
             self.metrics.policies_ready.labels("true").set(ready)
             self.metrics.policies_ready.labels("false").set(len(all_policies) - ready)
             self._guard("cluster info", self._cluster_info, raw_nodes)
@@ -245,9 +261,14 @@ class Reconciler:
             self.events.emit(raw, "EIPMoved" if move.target else "EIPUnassigned", text, "Normal" if move.target else "Warning")
 
     def _write_policy(self, rt: k8s.ResourceType, p: EgressPolicy, raw: dict[str, Any], assignment: Assignment, now: str) -> None:
+        key = (rt.plural, p.metadata.key)
+        seen = self._status_checked.get(key)
+        if seen is not None and seen[0] is raw and seen[1] == assignment:
+            return  # same object, same decision as when it was last found up to date
         desired = policy_status(assignment, p.status, p.metadata.generation, now)
         patch = merge_patch(raw.get("status") or {}, desired.to_dict())
         if not patch:
+            self._status_checked[key] = (raw, assignment)
             return
         try:
             written = self.client.patch_status(rt, p.metadata.name, {"status": patch}, namespace=p.metadata.namespace or None)

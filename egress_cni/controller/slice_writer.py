@@ -11,7 +11,8 @@ from egress_cni.api import API_VERSION
 from egress_cni.api.errors import FieldError
 from egress_cni.api.model import LABEL_POLICY_NAME, EgressEndpointSlice, EgressPolicy, Endpoint
 from egress_cni.controller.cache import Overlay
-from egress_cni.controller.slices import PodView, plan_slices, selected_pods
+from egress_cni.controller.slices import plan_slices, selected_pods
+from egress_cni.controller.watchers import PodSnapshot
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +31,8 @@ class SliceWriter:
     def __init__(self, client: k8s.Client, max_per_slice: int, overlays: Mapping[str, Overlay]) -> None:
         self.client, self.max_per_slice, self.overlays = client, max_per_slice, overlays
         self._index: dict[tuple[str, str], dict[str, dict[str, Any]]] | None = None
+        # (policy plural, key) -> the inputs of its last completed sync: unchanged inputs, no work
+        self._done: dict[tuple[str, str], tuple[Any, ...]] = {}
 
     def begin_pass(self) -> None:
         """Index existing slices by owner once per pass (policy plural, policy key) -> name -> slice."""
@@ -42,15 +45,22 @@ class SliceWriter:
                 index.setdefault((policy_plural, key), {})[str(meta.get("name", ""))] = raw
         self._index = index
 
-    def sync(self, rt: k8s.ResourceType, policy: EgressPolicy, pods: Mapping[str, Mapping[str, PodView]],
+    def sync(self, rt: k8s.ResourceType, policy: EgressPolicy, snapshot: PodSnapshot,
              namespaces: Mapping[str, Mapping[str, str]]) -> None:
         if self._index is None:
             self.begin_pass()
         assert self._index is not None
         slice_rt = SLICE_OF[rt.plural]
         own = policy.metadata.namespace if policy.NAMESPACED else None
+        key = (rt.plural, policy.metadata.key)
+        existing_raw = self._index.get(key, {})
+        scope = (snapshot.ns_versions.get(own, 0),) if own is not None else (snapshot.pods_version, snapshot.namespaces_version)
+        inputs = (policy.metadata.uid, policy.metadata.generation, policy.metadata.deletion_timestamp, scope,
+                  tuple(sorted((n, str((r.get("metadata") or {}).get("resourceVersion"))) for n, r in existing_raw.items())))
+        if self._done.get(key) == inputs:
+            return
+        pods = snapshot.pods
         desired = [] if policy.metadata.deletion_timestamp else selected_pods(policy.spec.applied_to, pods, namespaces, own)
-        existing_raw = self._index.get((rt.plural, policy.metadata.key), {})
         existing = {name: _endpoints(raw) for name, raw in existing_raw.items()}
         overlay = self.overlays[slice_rt.plural]
         for write in plan_slices(desired, existing, self.max_per_slice):
@@ -66,7 +76,8 @@ class SliceWriter:
                 else:
                     overlay.wrote(self.client.create(slice_rt, self._new_slice(slice_rt, policy, body_endpoints), namespace=own))
             except (k8s.NotFound, k8s.Conflict):
-                pass  # changed under us: the informer event brings this policy back with fresh state
+                return  # changed under us: the informer event brings this policy back with fresh state
+        self._done[key] = inputs
 
     def _new_slice(self, slice_rt: k8s.ResourceType, policy: EgressPolicy, endpoints: list[dict[str, Any]]) -> dict[str, Any]:
         meta: dict[str, Any] = {
@@ -84,6 +95,8 @@ class SliceWriter:
     def prune(self, live_policies: set[tuple[str, str]]) -> None:
         """Delete slices whose policy is gone (garbage collection does it too, where it runs)."""
         assert self._index is not None
+        for gone in set(self._done) - live_policies:
+            del self._done[gone]
         for (plural, key), slices in self._index.items():
             if (plural, key) in live_policies:
                 continue

@@ -11,6 +11,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from egress_cni import k8s
@@ -72,11 +73,24 @@ class Dirty:
             return out
 
 
+@dataclass(frozen=True)
+class PodSnapshot:
+    """The pod index at one moment, with change counters that tell a policy's slices are current."""
+
+    pods: dict[str, dict[str, PodView]]
+    ns_versions: dict[str, int]
+    pods_version: int
+    namespaces_version: int
+
+
 class Watchers:
     def __init__(self, client: k8s.Client, config: Config, dirty: Dirty) -> None:
         self.client, self.config, self.dirty = client, config, dirty
         self.informers: dict[str, k8s.Informer] = {}
         self.pods: dict[str, dict[str, PodView]] = {}  # namespace -> pod name -> view
+        self._ns_versions: dict[str, int] = {}  # namespace -> count of pod changes that matter
+        self._pods_version = 0
+        self._namespaces_version = 0  # count of namespace label changes
         self._pods_lock = threading.Lock()
         self._agent_alive: dict[str, bool] = {}
         handlers: dict[str, Callable[[str, dict[str, Any] | None, dict[str, Any] | None], None]] = {
@@ -147,6 +161,8 @@ class Watchers:
         self.dirty.mark(policy=(plural, owner if cluster else f"{meta.get('namespace')}/{owner}"))
 
     def _on_pod(self, key: str, old: dict[str, Any] | None, new: dict[str, Any] | None) -> None:
+        if old is new:
+            return  # the informer's replay: the pod index is level state and already holds it
         namespace, _, name = key.partition("/")
         view = PodView.from_raw(new) if new is not None else None
         with self._pods_lock:
@@ -156,14 +172,20 @@ class Watchers:
                 pods.pop(name, None)
             else:
                 pods[name] = view
-        if before != view or old is new:
-            self.dirty.mark(namespace=namespace)
+            if before == view:
+                return  # a change that does not matter to egress (status conditions, annotations, ...)
+            self._ns_versions[namespace] = self._ns_versions.get(namespace, 0) + 1
+            self._pods_version += 1
+        self.dirty.mark(namespace=namespace)
 
     def _on_namespace(self, key: str, old: dict[str, Any] | None, new: dict[str, Any] | None) -> None:
         before = ((old or {}).get("metadata") or {}).get("labels")
         after = ((new or {}).get("metadata") or {}).get("labels")
-        if old is None or new is None or before != after or old is new:
-            self.dirty.mark(everything=True, namespace=key)
+        if old is new or (old is not None and new is not None and before == after):
+            return
+        with self._pods_lock:
+            self._namespaces_version += 1
+        self.dirty.mark(everything=True, namespace=key)
 
     def _on_lease(self, key: str, old: dict[str, Any] | None, new: dict[str, Any] | None) -> None:
         name = key.partition("/")[2]
@@ -176,9 +198,10 @@ class Watchers:
 
     # --- reads for the worker ------------------------------------------------------------------
 
-    def pods_snapshot(self) -> dict[str, dict[str, PodView]]:
+    def pods_snapshot(self) -> PodSnapshot:
         with self._pods_lock:
-            return {ns: dict(pods) for ns, pods in self.pods.items()}
+            return PodSnapshot({ns: dict(pods) for ns, pods in self.pods.items()}, dict(self._ns_versions),
+                               self._pods_version, self._namespaces_version)
 
     def agent_liveness(self, now: float) -> tuple[dict[str, bool], float | None]:
         """Node name -> agent alive, and the earliest moment a live agent's Lease runs out."""
