@@ -14,6 +14,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -135,7 +136,10 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit("--node (or env NODE_NAME) is required")
     agent = make_agent(args)
     if args.command == "once":
-        agent.source.start(lambda: None)
+        agent.source.start(agent.mark_dirty)
+        deadline = time.monotonic() + 60
+        while not agent.source.synced and time.monotonic() < deadline:
+            time.sleep(0.05)  # a reconcile from a partial view would add but never remove
         plan = agent.reconcile()
         agent.source.stop()
         print(json.dumps({"ok": agent.status.last_ok, "error": agent.status.last_error,
