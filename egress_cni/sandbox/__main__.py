@@ -11,7 +11,7 @@ import argparse
 import sys
 import time
 
-from egress_cni.sandbox.cluster import LOG_ROOT, Sandbox
+from egress_cni.sandbox.cluster import Sandbox
 from egress_cni.sandbox.plan import STATE_DIR, build_plan
 
 
@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     code = 0
     try:
         sandbox.up()
-        print(f"==> sandbox up in {time.monotonic() - started:.1f}s (logs: {LOG_ROOT})")
+        print(f"==> sandbox up in {time.monotonic() - started:.1f}s (logs: {sandbox.log_dir})")
         if not args.no_walkthrough:
             Walkthrough(sandbox).run()
     except Exception as error:  # report, then still tear down (unless kept) so the host is clean

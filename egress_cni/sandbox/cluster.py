@@ -6,6 +6,7 @@ waiting, so a failure at any point still leaves a state file `down()` can clean 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -21,7 +22,7 @@ from egress_cni.sandbox import cgroups, components, containerd, images, kubelet,
 from egress_cni.sandbox.plan import SandboxPlan
 from egress_cni.sandbox.state import SandboxState
 
-LOG_ROOT = Path(os.environ.get("LOGDIR", "/tmp/egressgateway-logs")) / "sandbox"
+LOG_ROOT = Path(os.environ.get("LOGDIR", "/tmp/egressgateway-logs"))
 REQUIRED_TOOLS = ("ip", "nsenter", "unshare", "containerd", "runc", "ctr", "gcc", "curl")
 
 
@@ -50,6 +51,7 @@ class Sandbox:
         self.pending: list[str] = []
         self.plugin_kind = ""
         self.timings: dict[str, float] = {}
+        self.log_dir = LOG_ROOT / self.work_dir.name  # one per sandbox (the e2e one has its own)
 
     # --- helpers usable from any process (they only need the state file) -----------------------------
 
@@ -99,6 +101,7 @@ class Sandbox:
         self.state = SandboxState(self.work_dir, netns=list(self.plan.netns_names),
                                   control_plane_netns=self.plan.control_plane.netns, kubeconfig=str(self.kubeconfig))
         self.state.save()
+        shutil.rmtree(self.log_dir, ignore_errors=True)  # logs of the previous run of this sandbox
         with self.step("network: underlay bridge, control-plane, 3 node and external-server namespaces"):
             netns.apply_topology(self.plan)
         with self.step(f"external server {self.plan.external.ipv4}:8080 (answers `Remote IP: <source>`)"):
@@ -116,7 +119,7 @@ class Sandbox:
     def _start_external_server(self) -> None:
         record = procs.launch("extserver", [sys.executable, "-m", "egress_cni.sandbox.extserver",
                                             "--record", str(self.work_dir / "extserver.jsonl")],
-                              LOG_ROOT, netns=self.plan.external.netns)
+                              self.log_dir, netns=self.plan.external.netns)
         self.state.add_process(record)
         self._wait(lambda: self._fetch_from(self.plan.nodes[0].netns) is not None, "external server answers", record)
 
@@ -138,6 +141,8 @@ class Sandbox:
 
     def _start_nodes(self) -> None:
         archives = images.build_images(self.work_dir / "images")
+        if not kubelet.CONTAINER_LOG_LINKS.exists():
+            self.state.created_dirs.append(str(kubelet.CONTAINER_LOG_LINKS))
         kubelets = []
         for node in self.plan.nodes:
             paths = self.node_paths(node.name)
@@ -164,7 +169,7 @@ class Sandbox:
             self.kubectl("apply", "-f", "-", input=json.dumps(obj))
         token_kubeconfig: Callable[[str], Path] = lambda sa: cp.worker.call(  # noqa: E731
             cp.plane.service_account_kubeconfig, components.NAMESPACE, sa, create=False, duration="48h")
-        log_dir = LOG_ROOT
+        log_dir = self.log_dir
         webhook_dir = self.work_dir / "webhook"
         hooks = components.webhook_configurations(f"https://{self.plan.control_plane.ipv4}:{components.WEBHOOK_PORT}")
         for hook in hooks:  # before the webhook starts: it patches their caBundle at startup
@@ -243,6 +248,11 @@ class Sandbox:
         report["cgroups_left"] = [c for root in state.cgroup_roots for c in cgroups.remove(root)]
         report["netns_removed"] = netns.remove_topology(state.netns or list(self.plan.netns_names))
         report["cni_netns_removed"] = _remove_pod_netns(state)
+        for directory in state.created_dirs:
+            with contextlib.suppress(OSError):  # only when empty: it may have gained other users meanwhile
+                Path(directory).rmdir()
+        for log in self.work_dir.glob("*/logs/*.log"):  # control-plane, containerd and kubelet logs outlive the run
+            shutil.copy2(log, self.log_dir / f"{log.parent.parent.name}-{log.name}")
         shutil.rmtree(self.work_dir, ignore_errors=True)
         return report
 

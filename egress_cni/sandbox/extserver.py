@@ -1,8 +1,10 @@
 """The sandbox's "server outside the cluster": tells each client its source address.
 
 HTTP on :8080 answers `Remote IP: <source>` (the walkthrough's nettools server); TCP :8081 and
-UDP :8082 echo back `<source>\n` followed by what they got. Every connection/datagram is appended
-to a JSON-lines record file, so tests can assert that no packet ever left with a wrong source.
+UDP :8082 echo back `<source>\n` followed by what they got; UDP :53 answers every DNS query with
+NXDOMAIN (busybox `nslookup NAME SERVER` is the UDP sender a busybox pod has). Every connection,
+datagram and query is appended to a JSON-lines record file with a tag (HTTP path, datagram text,
+query name), so tests can assert that no packet ever left with a wrong source.
 Run inside the external netns: `python -m egress_cni.sandbox.extserver --record FILE`.
 """
 
@@ -17,7 +19,7 @@ import threading
 import time
 from pathlib import Path
 
-from egress_cni.sandbox.plan import HTTP_PORT, TCP_ECHO_PORT, UDP_ECHO_PORT
+from egress_cni.sandbox.plan import DNS_PORT, HTTP_PORT, TCP_ECHO_PORT, UDP_ECHO_PORT
 
 
 class Recorder:
@@ -34,6 +36,19 @@ class Recorder:
 
 def unmapped(address: str) -> str:
     return address.removeprefix("::ffff:")
+
+
+def dns_question(packet: bytes) -> tuple[str, int]:
+    """(query name, offset just past the question) of a DNS query; ("", 0) when it is not one."""
+    labels, offset = [], 12
+    try:
+        while (length := packet[offset]) != 0:
+            labels.append(packet[offset + 1:offset + 1 + length].decode(errors="replace"))
+            offset += 1 + length
+    except IndexError:
+        return "", 0
+    end = offset + 5  # the zero byte, QTYPE, QCLASS
+    return ".".join(labels), end if end <= len(packet) else 0
 
 
 def serve(recorder: Recorder) -> list[socketserver.BaseServer]:
@@ -65,6 +80,15 @@ def serve(recorder: Recorder) -> list[socketserver.BaseServer]:
             recorder.note("udp", source, data[:64].decode(errors="replace").strip())
             sock.sendto(f"{source}\n".encode() + data, self.client_address)
 
+    class Dns(socketserver.BaseRequestHandler):
+        def handle(self) -> None:
+            data, sock = self.request
+            source = unmapped(self.client_address[0])
+            name, end = dns_question(data)
+            recorder.note("dns", source, name)
+            if end:  # NXDOMAIN: same id, QR=1, RD/RA, rcode 3, the question echoed, no answers
+                sock.sendto(data[:2] + b"\x81\x83" + data[4:6] + b"\x00\x00" * 3 + data[12:end], self.client_address)
+
     class DualStack:
         address_family: int = socket.AF_INET6
         allow_reuse_address = True
@@ -85,7 +109,7 @@ def serve(recorder: Recorder) -> list[socketserver.BaseServer]:
 
     servers: list[socketserver.BaseServer] = [
         HttpServer(("::", HTTP_PORT), Http), TcpServer(("::", TCP_ECHO_PORT), TcpEcho),
-        UdpServer(("::", UDP_ECHO_PORT), UdpEcho),
+        UdpServer(("::", UDP_ECHO_PORT), UdpEcho), UdpServer(("::", DNS_PORT), Dns),
     ]
     for server in servers:
         threading.Thread(target=server.serve_forever, daemon=True).start()
@@ -97,7 +121,7 @@ def main() -> None:
     parser.add_argument("--record", type=Path, required=True, help="JSON-lines file of every client source")
     args = parser.parse_args()
     serve(Recorder(args.record))
-    print(f"extserver: http :{HTTP_PORT}, tcp echo :{TCP_ECHO_PORT}, udp echo :{UDP_ECHO_PORT}", flush=True)
+    print(f"extserver: http :{HTTP_PORT}, tcp echo :{TCP_ECHO_PORT}, udp echo :{UDP_ECHO_PORT}, dns :{DNS_PORT}", flush=True)
     threading.Event().wait()
 
 

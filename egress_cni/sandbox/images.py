@@ -20,8 +20,6 @@ from pathlib import Path
 PAUSE_IMAGE = "registry.k8s.io/pause:3.10"
 APP_IMAGES = ("docker.io/library/nginx:latest", "docker.io/library/busybox:latest")
 BUSYBOX = Path("/bin/busybox")
-APP_APPLETS = ("sh", "sleep", "cat", "echo", "ip", "nc", "wget", "httpd", "ping", "ping6", "ls", "mkdir",
-               "hostname", "seq", "timeout", "env", "date", "grep", "sed", "true", "kill", "ps", "printf", "tr")
 APP_COMMAND = ["sh", "-c", "mkdir -p /www && hostname > /www/index.html && exec httpd -f -p 80 -h /www"]
 
 PAUSE_C = r"""
@@ -100,6 +98,12 @@ def oci_archive(names: tuple[str, ...], layer: bytes, entrypoint: list[str], cmd
     return layer_tar(files)
 
 
+def busybox_applets() -> list[str]:
+    """Every applet of the host's static busybox: the image gets a complete userland (sh, nc, usleep...)."""
+    listing = subprocess.run([str(BUSYBOX), "--list"], check=True, capture_output=True, text=True).stdout
+    return sorted({name for name in listing.split() if "/" not in name and name not in ("[", "[[")})
+
+
 def build_pause_binary(work_dir: Path) -> bytes:
     source, binary = work_dir / "pause.c", work_dir / "pause"
     if not binary.exists():
@@ -117,7 +121,7 @@ def build_images(work_dir: Path) -> list[Path]:
         pause_tar.write_bytes(oci_archive((PAUSE_IMAGE,), layer, ["/pause"], []))
     if not app_tar.exists():
         entries = [FileEntry("bin/busybox", BUSYBOX.read_bytes())]
-        entries += [FileEntry(f"bin/{applet}", link="busybox") for applet in APP_APPLETS]
+        entries += [FileEntry(f"bin/{applet}", link="busybox") for applet in busybox_applets() if applet != "busybox"]
         entries += [FileEntry("tmp/.keep", b"", mode=0o644), FileEntry("etc/hosts", b"127.0.0.1 localhost\n", mode=0o644)]
         app_tar.write_bytes(oci_archive(APP_IMAGES, layer_tar(entries), [], APP_COMMAND))
     return [pause_tar, app_tar]

@@ -17,6 +17,10 @@ import yaml
 from egress_cni.sandbox import cgroups, procs
 from egress_cni.sandbox.plan import NodePlan
 
+# kubelet symlinks container logs into this fixed host directory (not configurable); the sandbox
+# removes it at teardown when it did not exist before.
+CONTAINER_LOG_LINKS = Path("/var/log/containers")
+
 
 def kubelet_config(node: NodePlan, socket: Path, client_ca: Path, static_dir: Path) -> dict[str, Any]:
     return {
@@ -35,7 +39,7 @@ def kubelet_config(node: NodePlan, socket: Path, client_ca: Path, static_dir: Pa
         "protectKernelDefaults": True,
         "clusterDomain": "cluster.local", "resolvConf": "/etc/resolv.conf", "staticPodPath": str(static_dir),
         "nodeStatusUpdateFrequency": "4s", "syncFrequency": "10s", "podCIDR": node.pod_cidr_v4,
-        "serializeImagePulls": False,
+        "serializeImagePulls": False, "podLogsDir": str(static_dir.parent / "pod-logs"),
     }
 
 

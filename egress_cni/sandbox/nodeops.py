@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from egress_cni.sandbox import netns, procs
-from egress_cni.sandbox.cluster import LOG_ROOT, Sandbox
+from egress_cni.sandbox.cluster import Sandbox
 
 
 def power_off(sb: Sandbox, name: str) -> None:
@@ -22,14 +22,7 @@ def power_on(sb: Sandbox, name: str) -> None:
     netns.run(["ip", "-n", node.netns, "link", "set", node.endpoint.device, "up"])
     netns.apply_topology(sb.plan)  # link down dropped its IPv6 address and routes: converge again
     for index, record in enumerate(sb.state.processes):
-        if record.name == f"egress-agent-{name}" and not procs.alive(record) and (argv := _argv_of(record)):
-            sb.state.processes[index] = procs.launch(record.name, argv, LOG_ROOT, netns=node.netns)
+        if record.name == f"egress-agent-{name}" and not procs.alive(record) and record.argv:
+            sb.state.processes[index] = procs.launch(record.name, record.argv, Path(record.log_path).parent,
+                                                     netns=record.netns or node.netns)
             sb.state.save()
-
-
-def _argv_of(record: procs.ProcessRecord) -> list[str]:
-    """The command line from the log's first line (`+ nsenter --net=... -- argv...`)."""
-    path = Path(record.log_path)
-    first = path.read_text().splitlines()[0] if path.exists() else ""
-    parts = first.removeprefix("+ ").split(" -- ", 1)
-    return parts[1].split() if len(parts) == 2 else []

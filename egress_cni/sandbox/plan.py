@@ -25,6 +25,7 @@ NODE_HOST_BASE = 10  # node N is .1N
 HTTP_PORT = 8080
 TCP_ECHO_PORT = 8081
 UDP_ECHO_PORT = 8082
+DNS_PORT = 53
 STATE_DIR = Path("/run/egressgateway-sandbox")
 
 

@@ -24,13 +24,16 @@ class ProcessRecord:
     pid: int
     start_ticks: int
     log_path: str
+    argv: tuple[str, ...] = ()  # as given to launch (without the netns prefix): enough to restart it
+    netns: str = ""
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {**asdict(self), "argv": list(self.argv)}
 
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any]) -> ProcessRecord:
-        return cls(str(raw["name"]), int(raw["pid"]), int(raw["start_ticks"]), str(raw["log_path"]))
+        return cls(str(raw["name"]), int(raw["pid"]), int(raw["start_ticks"]), str(raw["log_path"]),
+                   tuple(str(a) for a in raw.get("argv", ())), str(raw.get("netns", "")))
 
 
 def start_ticks(pid: int) -> int | None:
@@ -64,7 +67,7 @@ def launch(name: str, argv: Sequence[str], log_dir: Path, *, netns: str | None =
     if ticks is None:
         popen.wait()
         raise RuntimeError(f"{name} exited at once (code {popen.returncode}); see {log_path}")
-    return ProcessRecord(name, popen.pid, ticks, str(log_path))
+    return ProcessRecord(name, popen.pid, ticks, str(log_path), tuple(argv), netns or "")
 
 
 def stop(record: ProcessRecord, timeout: float = 20.0) -> bool:

@@ -23,6 +23,7 @@ class SandboxState:
     processes: list[ProcessRecord] = field(default_factory=list)
     kubeconfig: str = ""
     control_plane_netns: str = ""
+    created_dirs: list[str] = field(default_factory=list)  # host dirs that did not exist before the sandbox
 
     @property
     def path(self) -> Path:
@@ -38,7 +39,7 @@ class SandboxState:
         raw: dict[str, Any] = {
             "netns": self.netns, "node_dirs": self.node_dirs, "cgroup_roots": self.cgroup_roots,
             "processes": [p.to_dict() for p in self.processes], "kubeconfig": self.kubeconfig,
-            "control_plane_netns": self.control_plane_netns,
+            "control_plane_netns": self.control_plane_netns, "created_dirs": self.created_dirs,
         }
         tmp = self.path.with_suffix(".tmp")
         tmp.write_text(json.dumps(raw, indent=2))
@@ -52,4 +53,4 @@ class SandboxState:
             return None
         return cls(work_dir, list(raw["netns"]), list(raw["node_dirs"]), list(raw["cgroup_roots"]),
                    [ProcessRecord.from_dict(p) for p in raw["processes"]], str(raw["kubeconfig"]),
-                   str(raw["control_plane_netns"]))
+                   str(raw["control_plane_netns"]), list(raw.get("created_dirs", [])))
