@@ -152,6 +152,21 @@ def start_server(kind: str, work: Path) -> tuple[subprocess.Popen[bytes], int]:
     raise SystemExit(f"{kind} server not ready")
 
 
+def server_side_times(port: int, ca_file: Path) -> dict[str, float]:
+    """Review time as the server measured it (histogram in /metrics): tells app time from transport."""
+    conn = http.client.HTTPSConnection("127.0.0.1", port, context=client_context(ca_file), timeout=10)
+    conn.request("GET", "/metrics")
+    text = conn.getresponse().read().decode()
+    buckets = {}
+    for line in text.splitlines():
+        if line.startswith('egress_webhook_review_seconds_bucket{') and 'action="validate"' in line:
+            le = line.split('le="')[1].split('"')[0]
+            buckets[float("inf") if le == "+Inf" else float(le)] = float(line.rsplit(" ", 1)[1])
+    total = buckets.get(float("inf"), 0.0)
+    p99 = next((le for le, n in sorted(buckets.items()) if total and n >= 0.99 * total), float("nan"))
+    return {"count": total, "p99_bucket_ms": p99 * 1000, "over_10ms": total - buckets.get(0.01, 0.0)}
+
+
 def stop_server(proc: subprocess.Popen[bytes]) -> None:
     proc.terminate()
     try:
@@ -179,6 +194,7 @@ def run_client(spec: dict[str, Any]) -> dict[str, Any]:
     total = int(rate * duration) if rate else 0
     latencies: list[float] = []
     errors = [0]
+    worst = [0.0, 0.0, 0.0]  # longest single round trip: (seconds, sent at offset, waited before sending)
     counter = itertools.count()
     lock = threading.Lock()
     start = time.perf_counter() + 0.5
@@ -203,6 +219,7 @@ def run_client(spec: dict[str, Any]) -> dict[str, Any]:
                 if due < start:
                     time.sleep(start - due)
                     due = time.perf_counter()
+            sent = time.perf_counter()
             try:
                 conn.request("POST", "/validate", body, headers)
                 resp = conn.getresponse()
@@ -212,7 +229,12 @@ def run_client(spec: dict[str, Any]) -> dict[str, Any]:
                 ok = False
                 conn.close()
                 conn = http.client.HTTPSConnection("127.0.0.1", spec["port"], context=context, timeout=30)
-            local.append(time.perf_counter() - due)
+            finished = time.perf_counter()
+            local.append(finished - due)
+            if finished - sent > worst[0]:
+                with lock:
+                    if finished - sent > worst[0]:
+                        worst[:] = [finished - sent, sent - start, sent - due]
             if not ok:
                 with lock:
                     errors[0] += 1
@@ -225,7 +247,7 @@ def run_client(spec: dict[str, Any]) -> dict[str, Any]:
     for t in threads:
         t.join()
     elapsed = time.perf_counter() - start
-    out = summarise(latencies, len(latencies), errors[0], elapsed) | {"elapsed": elapsed}
+    out = summarise(latencies, len(latencies), errors[0], elapsed) | {"elapsed": elapsed, "worst": worst}
     if spec.get("raw"):
         out["latencies"] = latencies
     return out
@@ -268,7 +290,7 @@ def measure(work: Path, args: argparse.Namespace) -> dict[str, dict[str, Any]]:
                 for kind in order:
                     spec = {**base, "port": servers[kind][1], "rate": rate, "duration": duration, "raw": True}
                     raw[kind][phase].append(client_process(spec))
-        out: dict[str, dict[str, Any]] = {}
+        out: dict[str, dict[str, Any]] = {"server": server_side_times(servers["ours"][1], work / "certs" / "ca.crt")}
         for kind, phases in raw.items():
             out[kind] = {}
             for phase, runs in phases.items():
@@ -276,6 +298,7 @@ def measure(work: Path, args: argparse.Namespace) -> dict[str, dict[str, Any]]:
                                    sum(r["errors"] for r in runs), sum(r["elapsed"] for r in runs))
                 merged["round_p99_ms"] = [r["p99_ms"] for r in runs]
                 merged["round_rps"] = [r["rps"] for r in runs]
+                merged["round_worst_ms"] = [r["worst"][0] * 1000 for r in runs]
                 out[kind][phase] = merged
         return out
     finally:
@@ -320,6 +343,12 @@ def main() -> int:
     verdict = "PASS" if p99 <= TARGET_P99_MS and not ours["open"]["errors"] else "FAIL"
     print(f"  target p99 <= {TARGET_P99_MS:.0f} ms at {args.rate:.0f} req/s: {p99:.2f} ms over all rounds "
           f"(median round {statistics.median(ours['open']['round_p99_ms']):.2f} ms) -> {verdict}")
+    for kind in ("ours", "peer"):
+        worst = ", ".join(f"{x:.0f}" for x in results[kind]["open"]["round_worst_ms"])
+        print(f"  {kind:6} longest single round trip per round (ms): {worst}")
+    server = results["server"]
+    print(f"  server side (ours, /metrics histogram over every phase): {server['count']:.0f} reviews, p99 <= "
+          f"{server['p99_bucket_ms']:g} ms bucket, {server['over_10ms']:.0f} over 10 ms")
     print(f"closed loop, {args.closed_duration:.0f} s per server (maximum sustained throughput):")
     for kind in ("ours", "peer"):
         r = results[kind]["closed"]

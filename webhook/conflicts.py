@@ -9,6 +9,7 @@ policy and a podSelector policy could always select the same pod, so they count 
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Sequence
 
 from egress_cni.api.model import ALLOCATOR_RR, EgressClusterPolicy, EgressPolicy
@@ -21,8 +22,11 @@ from webhook.view import ClusterView, policy_key
 _EVERYWHERE = "every destination outside the cluster"
 
 
+@functools.lru_cache(maxsize=65536)
 def selectors_may_overlap(a: LabelSelector, b: LabelSelector) -> bool:
-    """True iff some label set matches both selectors (keys are independent, values unbounded)."""
+    """True iff some label set matches both selectors (keys are independent, values unbounded).
+
+    Cached: selectors are frozen, and the same pairs come back on every review of a namespace."""
     by_key: dict[str, list[Requirement]] = {}
     for sel in (a, b):
         for key, value in sel.match_labels:

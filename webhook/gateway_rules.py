@@ -3,7 +3,6 @@ the controller's finalizer holds a referenced gateway until its policies are gon
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Sequence
 
 from egress_cni.api.errors import FieldError
@@ -12,6 +11,7 @@ from egress_cni.api.pools import IPPool, parse_address, pool_of
 from webhook.admission import AdmissionRequest, Denial
 from webhook.config import WebhookConfig
 from webhook.mutate import allocated_eips
+from webhook.subnets import cached_pool
 from webhook.view import ClusterView
 
 POOLS = "spec.ippools"
@@ -124,7 +124,7 @@ def _duplicates(gateway: EgressGateway, pools: dict[int, IPPool], view: ClusterV
         if other.metadata.name == gateway.metadata.name:
             continue
         for version, entries in ((4, other.spec.ippools.ipv4), (6, other.spec.ippools.ipv6)):
-            theirs = _cached_pool(entries, version)
+            theirs = cached_pool(entries, version)
             if theirs is None:
                 continue
             shared = pools[version].intersection(theirs)
@@ -132,15 +132,6 @@ def _duplicates(gateway: EgressGateway, pools: dict[int, IPPool], view: ClusterV
                 denials.append(Denial("gateway-pool-duplicate", f"{POOLS}.ipv{version}", list(_entries(gateway, version)),
                                       f"{shared} already belongs to EgressGateway {other.metadata.name}; an EIP can belong to one gateway only"))
     return denials
-
-
-@functools.lru_cache(maxsize=4096)
-def _cached_pool(entries: tuple[str, ...], version: int) -> IPPool | None:
-    """Other gateways' pools, parsed once per distinct spec rather than once per review."""
-    try:
-        return IPPool.parse(entries, version)
-    except FieldError:
-        return None
 
 
 def _entries(gateway: EgressGateway, version: int) -> Sequence[str]:

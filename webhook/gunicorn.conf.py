@@ -13,9 +13,9 @@ import tempfile
 # Metrics from all workers are aggregated through mmap'd files in one directory (see webhook/metrics.py);
 # the variable must be set before prometheus_client is first imported. The files belong on tmpfs:
 # on a disk, writeback of their dirty pages stalls the request that touches them.
+_shm = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
 _own_metrics_dir = ""
 if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-    _shm = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
     _own_metrics_dir = os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="egress-webhook-metrics-", dir=_shm)
 
 from webhook import metrics, tls  # noqa: E402 (after PROMETHEUS_MULTIPROC_DIR is set)
@@ -40,7 +40,10 @@ accesslog = os.environ.get("EGRESS_WEBHOOK_ACCESS_LOG") or None
 errorlog = "-"
 loglevel = os.environ.get("LOG_LEVEL", "info").lower()
 proc_name = "egress-webhook"
-control_socket_disable = True  # no runtime control socket: one fewer thing shared between instances
+control_socket_disable = True
+# The worker heartbeat touches a file from the thread that also accepts connections; on a busy disk
+# that metadata write can block for a second, so it lives on tmpfs (gunicorn's own advice).
+worker_tmp_dir = _shm  # no runtime control socket: one fewer thing shared between instances
 
 
 def child_exit(server, worker):  # type: ignore[no-untyped-def]

@@ -16,7 +16,7 @@ from egress_cni.api.pools import IPPool, parse_address
 from webhook.admission import AdmissionRequest, Denial
 from webhook.config import WebhookConfig
 from webhook.conflicts import check_conflicts, check_eip_sharing
-from webhook.subnets import parse_subnets
+from webhook.subnets import cached_pool, parse_subnets
 from webhook.view import ClusterView
 
 EIP = "spec.egressIP"
@@ -133,10 +133,8 @@ def _against_gateway(policy: EgressPolicy, view: ClusterView, config: WebhookCon
 def _gateway_pools(gateway: EgressGateway, config: WebhookConfig) -> dict[int, IPPool]:
     pools = {}
     for version, entries in ((4, gateway.spec.ippools.ipv4), (6, gateway.spec.ippools.ipv6)):
-        try:
-            pools[version] = IPPool.parse(entries, version) if config.family_enabled(version) else IPPool(version)
-        except FieldError:
-            pools[version] = IPPool(version)
+        pool = cached_pool(entries, version) if config.family_enabled(version) else None
+        pools[version] = pool if pool is not None else IPPool(version)
     return pools
 
 

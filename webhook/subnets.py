@@ -7,7 +7,8 @@ import ipaddress
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from egress_cni.api.errors import join
+from egress_cni.api.errors import FieldError, join
+from egress_cni.api.pools import IPPool
 from webhook.admission import Denial
 from webhook.config import WebhookConfig
 
@@ -58,6 +59,15 @@ def parse_subnets(entries: Sequence[str], path: str, rule: str, config: WebhookC
             continue
         nets.append(net)
     return Subnets(tuple(nets), tuple(denials))
+
+
+@functools.lru_cache(maxsize=4096)
+def cached_pool(entries: tuple[str, ...], version: int) -> IPPool | None:
+    """A gateway pool parsed once per distinct spec rather than once per review (None: unparsable)."""
+    try:
+        return IPPool.parse(entries, version)
+    except FieldError:
+        return None
 
 
 @dataclass(frozen=True)
