@@ -121,7 +121,7 @@ def policy(cluster: bool) -> Schema:
             ),
             "appliedTo": obj(applied_to),
             "destSubnet": strings(description="Destination CIDRs; empty means every destination outside the cluster."),
-            "priority": integer(minimum=0, description="Higher wins when two policies select the same traffic."),
+            "priority": integer(minimum=0, description="When policies select the same traffic the lowest value wins; no value comes last."),
         }, required=["appliedTo"]),
         "status": obj({
             "eip": obj({"ipv4": string(), "ipv6": string()}),
