@@ -45,4 +45,15 @@ def test_no_packet_leaves_a_new_pod_without_the_eip(cluster: Cluster, ns: str, g
         cluster.delete("deployment", "sender", "-n", ns)
         heard = ours()
     leaked = Counter(r["src"] for r in heard if r["src"] != EIP)
-    assert not leaked, f"{sum(leaked.values())} of {len(heard)} queries arrived from {dict(leaked)} instead of {EIP}"
+    nodes = Counter(_node_of(cluster, ip) for ip in leaked.elements())
+    assert not leaked, (f"{sum(leaked.values())} of {len(heard)} queries arrived from {dict(leaked)} instead of {EIP} "
+                        f"(senders on {dict(nodes)}; gateway {cluster.policy_status(ns, 'p').get('node')})")
+
+
+def _node_of(cluster: Cluster, ip: str) -> str:
+    import ipaddress
+
+    for node in cluster.sb.plan.nodes:
+        if ipaddress.ip_address(ip) in ipaddress.ip_network(node.pod_cidr_v4) or ip == node.endpoint.ipv4:
+            return node.name
+    return "?"

@@ -248,6 +248,7 @@ class Sandbox:
         report["cgroups_left"] = [c for root in state.cgroup_roots for c in cgroups.remove(root)]
         report["netns_removed"] = netns.remove_topology(state.netns or list(self.plan.netns_names))
         report["cni_netns_removed"] = _remove_pod_netns(state)
+        report["log_links_removed"] = _remove_log_links(state)
         for directory in state.created_dirs:
             with contextlib.suppress(OSError):  # only when empty: it may have gained other users meanwhile
                 Path(directory).rmdir()
@@ -270,6 +271,18 @@ def _kill(pid: int) -> None:
 
 
 CNI_CACHE = Path("/var/lib/cni/results")
+
+
+def _remove_log_links(state: SandboxState) -> int:
+    """kubelet's /var/log/containers symlinks into this sandbox's node dirs (dangling once pods are gone)."""
+    removed = 0
+    for link in kubelet.CONTAINER_LOG_LINKS.glob("*.log"):
+        with contextlib.suppress(OSError):
+            target = os.readlink(link)
+            if link.is_symlink() and any(target.startswith(f"{d}/") for d in state.node_dirs):
+                link.unlink()
+                removed += 1
+    return removed
 
 
 def _remove_pod_netns(state: SandboxState) -> list[str]:
