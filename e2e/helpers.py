@@ -7,7 +7,7 @@ import json
 import time
 import uuid
 from collections.abc import Callable, Generator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from egress_cni.sandbox import nodeops
@@ -35,6 +35,8 @@ class Cluster:
     """The e2e view of a running sandbox."""
 
     sb: Sandbox
+    _offset: int = 0
+    _records: list[dict[str, Any]] = field(default_factory=list)
 
     def kubectl(self, *args: str, input: str | None = None, check: bool = True) -> str:  # noqa: A002
         return self.sb.kubectl(*args, input=input, check=check).stdout
@@ -125,10 +127,17 @@ class Cluster:
         return wait_for(matches, f"{namespace}/{pod} -> {dst} leaves as {expected}", timeout, interval=0.2)
 
     def records(self) -> list[dict[str, Any]]:
+        """Everything the external server recorded so far (the file only grows: read the new part)."""
         path = self.sb.work_dir / "extserver.jsonl"
         if not path.exists():
             return []
-        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        with path.open("rb") as handle:
+            handle.seek(self._offset)
+            chunk = handle.read()
+        complete = chunk[:chunk.rfind(b"\n") + 1]
+        self._offset += len(complete)
+        self._records.extend(json.loads(line) for line in complete.splitlines() if line.strip())
+        return self._records
 
     # --- nodes ---------------------------------------------------------------------------------------
 
