@@ -24,6 +24,7 @@ from egress_cni.controller.watchers import Dirty, Watchers
 
 log = logging.getLogger("egress_cni.controller")
 
+SLOW_PASS_SECONDS = 0.5
 DEBOUNCE_SECONDS = 0.005  # gather an event burst (a kubectl apply of many objects) into one pass
 
 
@@ -94,7 +95,11 @@ class Controller:
                 self.dirty.mark(everything=True, all_slices=True)
                 self.stopping.wait(0.5)
             finally:
-                self.metrics.reconcile_seconds.observe(time.perf_counter() - started)
+                took = time.perf_counter() - started
+                self.metrics.reconcile_seconds.observe(took)
+                if took > SLOW_PASS_SECONDS:
+                    log.info("slow reconcile pass", extra={"seconds": round(took, 3), "everything": work[0],
+                                                           "all_slices": work[1], "policies": len(work[2]), "namespaces": len(work[3])})
 
     def run_election(self) -> None:
         keeper = k8s.LeaseKeeper(self.client, self.config.leader_lease, self.config.namespace,

@@ -108,6 +108,7 @@ class Placement:
     ip_usage: IPUsage
     rr_last: str  # new value of ANNOTATION_RR_LAST
     load: Mapping[str, int]  # EIP entries per node after this gateway, for the next gateway
+    uses_load: bool = True  # whether the incoming load chose any node (a new EIP or a move)
 
 
 @dataclass
@@ -195,7 +196,9 @@ def place_gateway(gw: EgressGateway, policies: Sequence[PolicyView], nodes: Sequ
     used4 = pool_of((_addr(e.ipv4) for e in entries if e.ipv4), 4)
     used6 = pool_of((_addr(e.ipv6) for e in entries if e.ipv6), 6)
     by_ip = {ip: e for e in entries for ip in (e.ipv4, e.ipv6) if ip}
+    placed_new = False
     for policy in sorted((p for p in policies if p.ref not in placed), key=lambda p: (p.created, p.ref.key)):
+        placed_new = True
         want, problem = _choose_eip(gw, policy, v4_pool, v6_pool, used4, used6, rr_v4, rr_v6)
         if problem is not None:
             assignments[policy.ref] = problem
@@ -236,7 +239,7 @@ def place_gateway(gw: EgressGateway, policies: Sequence[PolicyView], nodes: Sequ
     used6 = pool_of((_addr(e.ipv6) for e in entries if e.ipv6 and e.node), 6)
     usage = IPUsage(v4_pool.count, v4_pool.difference(used4).count, v6_pool.count, v6_pool.difference(used6).count)
     rr_last = f"{rr_v4},{rr_v6}" if (rr_v4 or rr_v6) else ""
-    return Placement(node_list, assignments, tuple(moves), usage, rr_last, load_after)
+    return Placement(node_list, assignments, tuple(moves), usage, rr_last, load_after, uses_load=bool(moves) or placed_new)
 
 
 def _find_entry(entries: list[_Entry], by_ip: Mapping[str, _Entry], ipv4: str, ipv6: str, eligible: Sequence[str],

@@ -65,8 +65,9 @@ class Reconciler:
         self.slices = SliceWriter(client, config.max_endpoints_per_slice, self.overlays)
         self._parsed: dict[tuple[str, str], tuple[str, Resource | None]] = {}  # (plural, key) -> (rv, parsed)
         self._failed = False
-        # gateway -> (object, policy views, node views, load before it, placement) of its last written decision
-        self._placements: dict[str, tuple[dict[str, Any], tuple[PolicyView, ...], tuple[NodeView, ...], dict[str, int], Placement]] = {}
+        # gateway -> (resourceVersion, policy views, node views, load before it, ...) of its last written decision
+        self._placements: dict[str, tuple[str, tuple[PolicyView, ...], tuple[NodeView, ...], dict[str, int], Placement,
+                                          dict[str, int]]] = {}  # ..., placement, what it added to the load
         # (plural, key) -> (the object, the assignment) last found needing no status write
         self._status_checked: dict[tuple[str, str], tuple[dict[str, Any], Assignment]] = {}
         self.alive: dict[str, bool] = {}  # agent liveness the last pass placed EIPs by
@@ -137,20 +138,26 @@ class Reconciler:
             assignments: dict[PolicyRef, Assignment] = {}
             load: Mapping[str, int] = {}
             node_views = tuple(nodes)
+            to_write: list[tuple[str, Placement, dict[str, int]]] = []
             for name in sorted(gateways):
-                gw, raw_gw, views = gateways[name], raw_gateways[name], tuple(by_gateway.get(name, ()))
+                raw_gw, views = raw_gateways[name], tuple(by_gateway.get(name, ()))
                 memo = self._placements.get(name)
-                if memo is not None and memo[0] is raw_gw and memo[1] == views and memo[2] == node_views and memo[3] == load:
+                version = str((raw_gw.get("metadata") or {}).get("resourceVersion", ""))
+                if memo is not None and memo[0] == version and memo[1] == views and memo[2] == node_views and \
+                        (memo[3] == load or not memo[4].uses_load):
                     placed = memo[4]  # nothing this gateway depends on changed: same decision, already written
+                    delta = memo[5]
+                    load = {n: load.get(n, 0) + delta.get(n, 0) for n in set(load) | set(delta)}
                 else:
-                    placed = place_gateway(gw, views, nodes, load)
-                    self._guard(f"gateway {name}", self._write_gateway, gw, raw_gw, placed, now, bool(views))
-                    if not self._failed:
-                        self._placements[name] = (raw_gw, views, node_views, dict(load), placed)
-                load = placed.load
+                    placed = place_gateway(gateways[name], views, nodes, load)
+                    to_write.append((name, placed, dict(load)))
+                    load = placed.load
                 assignments.update(placed.assignments)
             for vanished in set(self._placements) - set(gateways):
                 del self._placements[vanished]
+            # Policy statuses first: they are what users and the benchmark wait for. Should the
+            # process die before the gateway status below, the policies' status.eip reserves
+            # their addresses for the next leader (placement.PolicyView.reserved_*).
             ready = 0
             for rt, p, raw in all_policies:
                 if p.metadata.deletion_timestamp:
@@ -161,6 +168,17 @@ class Reconciler:
             live_keys = {(rt.plural, p.metadata.key) for rt, p, _ in all_policies}
             for gone in set(self._status_checked) - live_keys:
                 del self._status_checked[gone]
+            for name, placed, load_in in to_write:
+                failed_before, self._failed = self._failed, False
+                raw_gw = raw_gateways[name]
+                self._guard(f"gateway {name}", self._write_gateway, gateways[name], raw_gw, placed, now,
+                            bool(by_gateway.get(name)))
+                if not self._failed:
+                    delta = {n: placed.load.get(n, 0) - load_in.get(n, 0) for n in set(placed.load) | set(load_in)}
+                    written = self.overlays[k8s.EGRESS_GATEWAYS.plural].get(name) or raw_gw
+                    version = str((written.get("metadata") or {}).get("resourceVersion", ""))
+                    self._placements[name] = (version, tuple(by_gateway.get(name, ())), node_views, load_in, placed, delta)
+                self._failed |= failed_before
             self.metrics.policies_ready.labels("true").set(ready)
             self.metrics.policies_ready.labels("false").set(len(all_policies) - ready)
             self._guard("cluster info", self._cluster_info, raw_nodes)

@@ -90,7 +90,7 @@ def test_rr_explicit_and_invalid_eips(env: Env, namespace: str) -> None:
     rr = [assigned(env, EP, n, namespace) for n in ("r1", "r2", "r3")]
     assert sorted(s["eip"]["ipv4"] for s in rr) == ["10.6.2.1", "10.6.2.2", "10.6.2.3"]
     assert {s["node"] for s in [*rr, fixed]} == {n1, n2}
-    assert sorted(len(v) for v in nodes_of(env, g).values()) == [2, 2]
+    wait_for("gateway status: 2 EIPs per node", lambda: sorted(len(v) for v in nodes_of(env, g).values()) == [2, 2])
     wait_for("InvalidEIP", lambda: ready_reason(status_of(env.client, EP, "outside", namespace)) == "InvalidEIP")
     env.create(EP, policy("r4", namespace, g, egress_ip={"allocatorPolicy": "rr"}))
     wait_for("PoolExhausted", lambda: ready_reason(status_of(env.client, EP, "r4", namespace)) == "PoolExhausted")
@@ -118,8 +118,8 @@ def test_defaults_and_use_node_ip(env: Env, namespace: str) -> None:
     wait_for("PoolExhausted", lambda: ready_reason(status_of(env.client, EP, "nopool", labelled)) == "PoolExhausted")
     assert assigned(env, EP, "fromcluster", namespace)["eip"]["ipv4"] == "10.6.3.1"
     assert assigned(env, ECP, env.name("cp"))["eip"]["ipv4"] == "10.6.3.1"
-    plain_nodes = status_of(env.client, GW, plain)["nodeList"]
-    assert plain_nodes[0]["eips"] == [{"policies": [{"name": "nodeip", "namespace": labelled}]}]
+    wait_for("the node-IP bucket in the gateway status", lambda: status_of(env.client, GW, plain).get("nodeList", [{}])[0].get("eips")
+             == [{"policies": [{"name": "nodeip", "namespace": labelled}]}])
 
 
 def test_gateway_deletion_waits_for_both_policy_kinds(env: Env, namespace: str) -> None:
@@ -278,7 +278,8 @@ def test_not_ready_and_deleted_nodes(env: Env, namespace: str) -> None:
     assert assigned(env, EP, "p", namespace)["node"] == n1
     set_node_ready(env.client, n1, False)
     wait_for("moved off the NotReady node", lambda: status_of(env.client, EP, "p", namespace).get("node") == n2)
-    assert {n["name"]: n["status"] for n in status_of(env.client, GW, g)["nodeList"]}[n1] == "NodeNotReady"
+    wait_for("NodeNotReady in the nodeList",
+             lambda: {n["name"]: n["status"] for n in status_of(env.client, GW, g).get("nodeList") or []}.get(n1) == "NodeNotReady")
     wait_for("tunnel", lambda: status_of(env.client, k8s.EGRESS_TUNNELS, n1).get("mark"))
     env.client.delete(k8s.NODES, n1)
     wait_for("tunnel deleted", lambda: _gone(env, k8s.EGRESS_TUNNELS, n1))
