@@ -1,9 +1,9 @@
 """One reconcile pass: read the caches, compute the desired state (pure modules), write the
 differences. Runs on the leader's single worker thread only.
 
-Order inside a pass: tunnels, then gateways (placement, status, finalizers), then policy statuses,
-then the cluster info, then endpoint slices, then Events — status first because that is what
-users and agents wait for.
+Order inside a pass: tunnels, placement of every gateway, policy statuses, gateway statuses
+(finalizers, rr cursor), the cluster info, endpoint slices; Events go out from a background thread.
+Policy status first because that is what users and agents wait for.
 """
 
 from __future__ import annotations
