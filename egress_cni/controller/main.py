@@ -150,7 +150,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     for address in (config.health_address, *config.extra_addresses):
-        serve(address, controller.metrics, controller.healthy, controller.ready)
+        try:
+            serve(address, controller.metrics, controller.healthy, controller.ready)
+        except OSError as exc:  # the controlling work matters more than its probes; the probes' absence shows
+            log.error("probe/metrics endpoint not served", extra={"address": address, "error": str(exc)})
     threads = controller.start()
     log.info("controller started", extra={"identity": config.identity, "namespace": config.namespace})
     controller.stopping.wait()
