@@ -8,6 +8,8 @@ these tests check what the controller does with or without it.
 from __future__ import annotations
 
 import time
+import urllib.error
+import urllib.request
 from typing import Any
 
 import pytest
@@ -25,6 +27,7 @@ from tests.controller.cluster import (
     wait_for,
 )
 from tests.controller.conftest import Env
+from tests.harness.processes import free_port
 
 pytestmark = pytest.mark.apiserver
 
@@ -284,3 +287,30 @@ def test_not_ready_and_deleted_nodes(env: Env, namespace: str) -> None:
     env.client.delete(k8s.NODES, n1)
     wait_for("tunnel deleted", lambda: _gone(env, k8s.EGRESS_TUNNELS, n1))
     wait_for("node left the nodeList", lambda: [n["name"] for n in status_of(env.client, GW, g)["nodeList"]] == [n2])
+
+
+def test_probes_and_metrics(env: Env, namespace: str) -> None:
+    """/healthz, /readyz and /metrics (allocations, moves, reconcile latency, queue depth, leadership)."""
+    env.node("n1")
+    g = env.name("gw")
+    env.create(GW, gateway(g, ["10.6.9.1"], env.label))
+    env.create(EP, policy("p", namespace, g))
+    port = free_port()
+    env.controller("a", "--health-address", f"127.0.0.1:{port}")
+
+    def get(path: str) -> tuple[int, str]:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as resp:
+                return resp.status, resp.read().decode()
+        except urllib.error.HTTPError as exc:
+            return exc.code, ""
+        except OSError:
+            return 0, ""
+
+    wait_for("/readyz", lambda: get("/readyz")[0] == 200)
+    assert get("/healthz")[0] == 200
+    assigned(env, EP, "p", namespace)
+    text = wait_for("metrics", lambda: (m := get("/metrics")[1]) and "egress_controller_eip_allocations_total 1.0" in m and m)
+    for name in ("egress_controller_is_leader 1.0", "egress_controller_reconcile_seconds_count", "egress_controller_queue_depth",
+                 "egress_controller_eip_moves"):
+        assert name in text
