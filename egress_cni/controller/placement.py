@@ -285,6 +285,11 @@ def _choose_eip(gw: EgressGateway, policy: PolicyView, v4_pool: IPPool, v6_pool:
         return (picked[0], picked[1]), None
     ipv4 = gw.spec.ippools.ipv4_default_eip or (str(v4_pool.nth(0)) if v4_pool else "")
     ipv6 = gw.spec.ippools.ipv6_default_eip or (str(v6_pool.nth(0)) if v6_pool else "")
+    for ip, pool, field_name in ((ipv4, v4_pool, "ipv4DefaultEIP"), (ipv6, v6_pool, "ipv6DefaultEIP")):
+        if ip and not _in_pool(pool, ip):
+            return ("", ""), Assignment(reason=INVALID_EIP, message=(
+                f"spec.ippools.{field_name} {ip} of EgressGateway {name} is not in its pool ({pool}); "
+                "fix the gateway or use allocatorPolicy rr"))
     return (ipv4, ipv6), None
 
 

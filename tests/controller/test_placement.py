@@ -150,3 +150,9 @@ def test_dual_stack_rr_and_default_pair() -> None:
     assert (v6.ipv4, v6.ipv6) == ("", "fd00::2") and v6.ready
     assert (out.ip_usage.ipv4_free, out.ip_usage.ipv6_free) == (1, 0)
     assert out.rr_last == "10.6.1.1,fd00::1"
+
+
+def test_default_eip_outside_the_pool_is_reported() -> None:
+    gw = gateway(["10.6.1.1-10.6.1.3"], default4="10.9.9.9")
+    out = place_gateway(gw, [policy("d")], nodes("n1"), {})
+    assert out.assignments[PolicyRef("d", "ns")].reason == INVALID_EIP and "ipv4DefaultEIP" in out.assignments[PolicyRef("d", "ns")].message
