@@ -12,7 +12,7 @@
 Peer, measured in the same run: `kubectl apply` of a ConfigMap -> the object readable (the API round
 trip every API-driven activation pays at least); ratios are printed against it.
 --kept uses a sandbox kept with `make sandbox SANDBOX_ARGS=--keep`; otherwise one is brought up
-(prefix egw-bn, its own state dir) and torn down at the end.
+(prefix egwb-<id>, its own state dir) and torn down at the end.
 """
 
 from __future__ import annotations
@@ -132,7 +132,8 @@ def main() -> int:
     parser.add_argument("--leak-pods", type=int, default=50)
     parser.add_argument("--kept", action="store_true", help="use the sandbox kept by `make sandbox SANDBOX_ARGS=--keep`")
     args = parser.parse_args()
-    plan = build_plan() if args.kept else build_plan(state_dir=Path(f"{STATE_DIR}-bench"), prefix="egw-bn")
+    session = uuid.uuid4().hex[:4]
+    plan = build_plan() if args.kept else build_plan(state_dir=Path(f"{STATE_DIR}-bench-{session}"), prefix=f"egwb-{session}")
     sb = Sandbox(plan, say=lambda line: print(line, file=sys.stderr, flush=True))
     if args.kept:
         from egress_cni.sandbox.state import SandboxState

@@ -1,11 +1,13 @@
 """e2e fixtures: one sandbox per session (the same code as `make sandbox`), torn down at the end.
 
-The e2e sandbox uses its own namespace prefix and state dir, so a sandbox kept with
-`make sandbox SANDBOX_ARGS=--keep` can stay up while the suite runs.
+Each session's sandbox has its own namespace prefix (egwe-<id>) and state dir, so concurrent
+sessions and a sandbox kept with `make sandbox SANDBOX_ARGS=--keep` do not meet; sandboxes of killed
+sessions (no live process) are swept at the start.
 """
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,15 +15,19 @@ import pytest
 
 from e2e.helpers import EXTERNAL_OTHER, Cluster, namespaces
 from egress_cni.sandbox import netns
-from egress_cni.sandbox.cluster import Sandbox
+from egress_cni.sandbox.cluster import Sandbox, sweep_stale
 from egress_cni.sandbox.plan import build_plan
 
-E2E_STATE_DIR = Path("/run/egressgateway-sandbox-e2e")
+E2E_STATE_PREFIX = "/run/egressgateway-sandbox-e2e-"
 
 
 @pytest.fixture(scope="session")
 def sandbox() -> Iterator[Sandbox]:
-    sb = Sandbox(build_plan(state_dir=E2E_STATE_DIR, prefix="egw-e2e"), say=lambda line: print(line, flush=True))
+    # Several people run the suite at once on this machine: every session gets its own names.
+    sweep_stale(f"{E2E_STATE_PREFIX}*")
+    session = uuid.uuid4().hex[:4]
+    plan = build_plan(state_dir=Path(f"{E2E_STATE_PREFIX}{session}"), prefix=f"egwe-{session}")
+    sb = Sandbox(plan, say=lambda line: print(line, flush=True))
     try:
         sb.up()
         # A second destination outside the cluster, on the same external server.

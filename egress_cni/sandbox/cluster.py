@@ -258,6 +258,21 @@ class Sandbox:
         return report
 
 
+def sweep_stale(pattern: str, say: Callable[[str], None] = print) -> list[str]:
+    """Tear down sandboxes whose state dir matches `pattern` and none of whose processes is alive
+    (left by a killed test session); a live one (another session's) is never touched."""
+    swept = []
+    for state_file in sorted(Path("/").glob(f"{pattern.lstrip('/')}/state.json")):
+        state = SandboxState.load(state_file.parent)
+        if state is None or any(procs.alive(p) for p in state.processes):
+            continue
+        from egress_cni.sandbox.plan import build_plan
+
+        Sandbox(build_plan(state_dir=state_file.parent), say=say).down()
+        swept.append(str(state_file.parent))
+    return swept
+
+
 def _containerd_alive(by_name: dict[str, procs.ProcessRecord], node_dir: str) -> bool:
     record = by_name.get(f"containerd-{Path(node_dir).name}")
     return record is not None and procs.alive(record)

@@ -19,7 +19,7 @@ pytestmark = pytest.mark.cri
 
 @pytest.fixture
 def plan(tmp_path: Path) -> Iterator[SandboxPlan]:
-    plan = build_plan(node_count=1, state_dir=tmp_path, prefix="egw-sbc")
+    plan = build_plan(node_count=1, state_dir=tmp_path, prefix=f"egwc-{uuid.uuid4().hex[:4]}")
     paths = containerd.NodePaths(tmp_path / "node1")
     records: list[procs.ProcessRecord] = []
     try:

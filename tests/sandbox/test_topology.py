@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,7 +19,7 @@ pytestmark = pytest.mark.netns
 
 @pytest.fixture
 def plan(tmp_path: Path) -> Iterator[SandboxPlan]:
-    plan = build_plan(node_count=2, state_dir=tmp_path, prefix="egw-sbt")
+    plan = build_plan(node_count=2, state_dir=tmp_path, prefix=f"egwt-{uuid.uuid4().hex[:4]}")
     try:
         yield plan
     finally:
