@@ -77,6 +77,11 @@ class NodePaths:
         return self.root / "registry"
 
     @property
+    def cni_state_dir(self) -> Path:
+        """The plugin's per-attachment state (the real host's /var/lib/egressgateway/cni is not ours)."""
+        return self.root / "cni" / "state"
+
+    @property
     def log_dir(self) -> Path:
         return self.root / "logs"
 
@@ -117,7 +122,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
 
 def conflist(node: NodePlan, paths: NodePaths, plugin_config: dict[str, Any] | None = None) -> dict[str, Any]:
     """bridge + host-local (dual stack, masquerading like an overlay CNI) chained with egress-cni."""
-    ours = {"type": PLUGIN_NAME, "registryDir": str(paths.registry_dir),
+    ours = {"type": PLUGIN_NAME, "registryDir": str(paths.registry_dir), "stateDir": str(paths.cni_state_dir),
             "capabilities": {"io.kubernetes.cri.pod-annotations": True}, **(plugin_config or {})}
     return {
         "cniVersion": "1.0.0",
@@ -150,7 +155,7 @@ def prepare_node(node: NodePlan, paths: NodePaths, plugin: str = "auto", plugin_
     if plugin not in ("auto", "real", "stub"):
         raise ValueError(f"plugin={plugin!r}: expected auto, real or stub")
     for directory in (paths.containerd_root, paths.containerd_state, paths.cni_conf_dir, paths.cni_bin_dir,
-                      paths.ipam_dir, paths.registry_dir, paths.log_dir):
+                      paths.ipam_dir, paths.registry_dir, paths.cni_state_dir, paths.log_dir):
         directory.mkdir(parents=True, exist_ok=True)
     paths.config.write_text(containerd_config(paths))
     (paths.cni_conf_dir / f"10-{NETWORK_NAME}.conflist").write_text(json.dumps(conflist(node, paths, plugin_config), indent=2))
