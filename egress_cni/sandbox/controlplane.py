@@ -42,7 +42,7 @@ class SandboxControlPlane:
                 "--kubelet-preferred-address-types=InternalIP",
             ])
         # The identity kube-apiserver presents to kubelets (exec, logs); kubelets trust the client CA.
-        self.plane._client_ca.issue_client("kube-apiserver-kubelet-client", ["system:masters"]).write(pki, "kubelet-client")
+        self.plane.client_cert("kube-apiserver-kubelet-client", ["system:masters"]).write(pki, "kubelet-client")
 
     def start(self, crd_dir: Path) -> None:
         self.worker.call(self.plane.start)

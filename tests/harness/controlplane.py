@@ -23,7 +23,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-from tests.harness.certs import CertificateAuthority, SigningKey
+from tests.harness.certs import CertificateAuthority, CertKey, SigningKey
 from tests.harness.kubeconfig import write_kubeconfig
 from tests.harness.processes import (
     ManagedProcess,
@@ -149,9 +149,13 @@ class ControlPlane:
     def kubectl_json(self, *args: str, kubeconfig: Path | None = None) -> Any:
         return json.loads(self.kubectl(*args, "-o", "json", kubeconfig=kubeconfig).stdout)
 
+    def client_cert(self, user: str, groups: Sequence[str] = ()) -> CertKey:
+        """A client certificate the apiserver accepts as `user` in `groups`."""
+        return self._client_ca.issue_client(user, groups)
+
     def user_kubeconfig(self, user: str, groups: Sequence[str] = ()) -> Path:
         """A kubeconfig authenticating as `user` in `groups` with a client certificate."""
-        pair = self._client_ca.issue_client(user, groups)
+        pair = self.client_cert(user, groups)
         path = self.users_dir / f"user-{_file_safe(user)}.kubeconfig"
         return write_kubeconfig(path, self.server, self.ca_pem, user, cert_pem=pair.cert_pem, key_pem=pair.key_pem)
 
