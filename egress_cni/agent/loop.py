@@ -275,6 +275,7 @@ class Agent:
         state = self._state()
         by_key = {p.ref.key: p for p in state.policies}
         have = {s.name for s in last.dataplane.ipsets}
+        known = set(last.order)
         adds: list[tuple[str, str]] = []
         acks: list[registry.Ack] = []
         for ep in registry.list_endpoints(self.registry_dir):
@@ -283,10 +284,11 @@ class Agent:
             labels = state.pod_labels.get(f"{ep.namespace}/{ep.pod}")
             if labels is None:
                 continue
+            ns_labels = state.namespace_labels.get(ep.namespace, {})
             chosen = [k for k in last.order
-                      if (p := by_key.get(k)) is not None and selects(p, ep.namespace, labels,
-                                                                      state.namespace_labels.get(ep.namespace, {}))]
-            ready = True
+                      if (p := by_key.get(k)) is not None and selects(p, ep.namespace, labels, ns_labels)]
+            # a policy newer than the last reconcile has no sets yet: acking now would start the pod unsteered
+            ready = not any(k not in known and selects(p, ep.namespace, labels, ns_labels) for k, p in by_key.items())
             for k in chosen:
                 gw = last.gateway_of.get(k, "")
                 if gw and gw != self.node and gw not in last.peers:

@@ -214,6 +214,7 @@ def desired_dataplane(state: ClusterState, facts: NodeFacts, config: DataplaneCo
     mangle: dict[int, list[str]] = {f: [] for f in families}
     nat: dict[int, list[str]] = {f: [tagged(f"-o {vx} -j ACCEPT", "tunnel")] if link else [] for f in families}
     accept: dict[int, list[str]] = {f: [] for f in families}
+    unnatted: dict[int, list[str]] = {f: [] for f in families}
     ipsets: set[IPSet] = set()
     addresses: set[Address] = set()
     steer_to: set[str] = set()
@@ -263,6 +264,12 @@ def desired_dataplane(state: ClusterState, facts: NodeFacts, config: DataplaneCo
                 else:
                     mangle[f].append(tagged(f"-m mark ! --mark {base} {match} -j DROP", f"nogateway:{key}"))
             ipsets.add(IPSet(src_name, f, frozenset(src)))
+            # Fail closed on established flows too: NAT is decided by a flow's first packet only. A flow
+            # that started while this node tunnelled it (`-o vx -j ACCEPT`: no NAT) and continues after
+            # this node became the gateway (or lost its tunnel route) would leave with the pod IP.
+            unnatted[f].append(tagged(f"! -o {vx} -m set --match-set {src_name} src {dst_match} -m conntrack"
+                                      f" ! --ctstate SNAT --ctstatus CONFIRMED --ctdir ORIGINAL -j DROP",
+                                      f"unnatted:{key}"))
             if local:
                 hijack[f].update(_hijack(p.spec.dest_subnet, f))
 
@@ -311,7 +318,7 @@ def desired_dataplane(state: ClusterState, facts: NodeFacts, config: DataplaneCo
                 tagged(f"-o {vx} -j MARK --set-xmark 0x{config.mark_base:x}/0x{FULL:x}", "outer-mark"),
             ]
         chains.add(Chain(f, "filter", config.filter_chain, "FORWARD", tuple(filt)))
-        chains.add(Chain(f, "mangle", config.mangle_post_chain, "POSTROUTING", tuple(post)))
+        chains.add(Chain(f, "mangle", config.mangle_post_chain, "POSTROUTING", tuple(post + unnatted[f])))
 
     sysctls = {Sysctl(f"net/ipv4/conf/{vx}/rp_filter", "2")} if link else set()
     dataplane = Dataplane(

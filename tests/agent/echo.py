@@ -3,6 +3,7 @@
     python echo.py PORT      # serves [::]:PORT dual-stack until killed
     python echo.py probe IP PORT tcp|udp [TIMEOUT] [SRC]   # prints the source IP the server saw
     python echo.py stream IP PORT SECONDS    # one long-lived TCP flow; prints "answer=count ..."
+    python echo.py ustream IP PORT SECONDS   # the same over one UDP socket (one conntrack entry); lost = "-"
     python echo.py until IP PORT EXPECT DEADLINE  # UDP probes every 50 ms; prints the epoch time of the first EXPECT reply
 """
 
@@ -81,6 +82,24 @@ def stream(ip: str, port: int, seconds: float) -> None:
     print(" ".join(f"{k}={v}" for k, v in sorted(answers.items())), flush=True)
 
 
+def ustream(ip: str, port: int, seconds: float) -> None:
+    """One UDP socket, a datagram every 50 ms for `seconds`; prints each distinct answer and a count."""
+    family = socket.AF_INET6 if ":" in ip else socket.AF_INET
+    answers: dict[str, int] = {}
+    with socket.socket(family, socket.SOCK_DGRAM) as s:
+        s.settimeout(0.2)
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            s.sendto(b"x", (ip, port))
+            try:
+                line = s.recv(256).decode().strip()
+            except OSError:
+                line = "-"
+            answers[line] = answers.get(line, 0) + 1
+            time.sleep(0.05)
+    print(" ".join(f"{k}={v}" for k, v in sorted(answers.items())), flush=True)
+
+
 def until(ip: str, port: int, expect: str, deadline: float) -> None:
     start = time.monotonic()
     while time.monotonic() - start < deadline:
@@ -107,6 +126,8 @@ if __name__ == "__main__":
         except OSError as exc:
             print(f"error: {exc}")
             sys.exit(1)
+    elif sys.argv[1] == "ustream":
+        ustream(sys.argv[2], int(sys.argv[3]), float(sys.argv[4]))
     elif sys.argv[1] == "until":
         until(sys.argv[2], int(sys.argv[3]), sys.argv[4], float(sys.argv[5]))
     else:

@@ -247,3 +247,21 @@ def test_fencing_removes_eips_even_before_the_sources_have_synced(tmp_path: Path
     agent._holds_lease = False
     agent.reconcile()
     assert not any(a.eip for a in kernel.state.addresses)
+
+
+def test_the_fast_path_does_not_ack_for_a_policy_newer_than_the_last_reconcile(tmp_path: Path) -> None:
+    """Its sets do not exist yet: an ack now would start the pod unsteered (a leak until the reconcile)."""
+    agent = make_agent(tmp_path, "worker-basic")
+    reg = str(tmp_path / "registry")
+    agent.reconcile()
+    source: FakeSource = agent.source  # type: ignore[assignment]
+    web = next(o for o in source.objects() if o["kind"] == "EgressPolicy" and o["metadata"]["name"] == "web")
+    newer = {**web, "metadata": {**web["metadata"], "name": "web-newer"}}
+    source._objects = [*source.objects(), newer]
+    agent._source_changed()
+    registry.write_endpoint(reg, registry.Endpoint("c6", "eth0", "ns1", "web-9", ipv4=["10.244.1.16"]))
+    agent._fast_path()
+    assert registry.read_ack(reg, "c6_eth0") is None
+    agent.reconcile()
+    ack = registry.read_ack(reg, "c6_eth0")
+    assert ack is not None and set(ack.policies) == {"ns1/web", "ns1/web-newer"}

@@ -1,0 +1,41 @@
+"""No leak when the gateway moves under a live flow: NAT is decided by a flow's first packet only.
+
+Pod p3a (node3) is selected by policy default/web. While node2 is the gateway, node3 tunnels p3a's
+flow (nat ACCEPT on the tunnel: no NAT binding). When node3 itself becomes the gateway, that
+conntrack entry must not carry the flow out of eth0 with the pod IP. The external side routes the
+pod subnet back to node3, so a leaked datagram would be answered and seen by the pod.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import time
+
+import pytest
+
+from tests.agent.topology import ECHO, EIP4, EXT4, PORT, PYTHON, Topology, sh
+
+pytestmark = [pytest.mark.netns, pytest.mark.timeout(300)]
+
+
+def test_a_tunnelled_flow_never_leaves_with_the_pod_ip_when_its_node_becomes_the_gateway() -> None:
+    t = Topology(pods={1: ["a"], 3: ["a"]})
+    try:
+        t.build()
+        pods = [(1, "a"), (3, "a")]
+        t.set_policies("node2", web_pods=pods)
+        sh("ip", "-n", t.ns("ext"), "route", "replace", "10.244.3.0/24", "via", "10.100.0.3")
+        for n in (1, 2, 3):
+            t.start_agent(n)
+        assert t.wait_probe(3, "a", EIP4) == EIP4, t.agent_log(3)
+        flow = subprocess.Popen(["ip", "netns", "exec", t.pod(3, "a"), PYTHON, ECHO, "ustream", EXT4, str(PORT), "6"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        t.procs.append(flow)
+        time.sleep(1.5)
+        t.set_policies("node3", web_pods=pods)  # the controller moves the policy to the flow's own node
+        out, err = flow.communicate(timeout=60)
+        assert flow.returncode == 0 and f"{EIP4}=" in out, (out, err, t.agent_log(3))
+        assert t.pod_ip(3, "a") not in out, f"the flow left node3 with the pod IP: {out}"
+        assert t.wait_probe(3, "a", EIP4) == EIP4  # a new flow is SNATed on node3
+    finally:
+        t.close()
