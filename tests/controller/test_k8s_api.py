@@ -20,7 +20,8 @@ def client(control_plane: Any) -> k8s.Client:
 
 
 def test_verbs_and_errors(client: k8s.Client, namespace: str) -> None:
-    body = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"}, "data": {"a": "1"}}
+    # labelled: kube-controller-manager, when a test of the session runs it, publishes kube-root-ca.crt here too
+    body = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c", "labels": {"test": "verbs"}}, "data": {"a": "1"}}
     cm = k8s.ResourceType("", "v1", "configmaps", "ConfigMap", True)
     with pytest.raises(k8s.NotFound, match="not found"):
         client.get(cm, "c", namespace)
@@ -32,7 +33,7 @@ def test_verbs_and_errors(client: k8s.Client, namespace: str) -> None:
     client.patch(cm, "c", {"data": {"b": "2"}}, namespace)
     with pytest.raises(k8s.Conflict, match="modified"):
         client.replace(cm, created)  # stale resourceVersion
-    items, version = client.list(cm, namespace)
+    items, version = client.list(cm, namespace, label_selector="test=verbs")
     assert [i["metadata"]["name"] for i in items] == ["c"] and version and items[0]["kind"] == "ConfigMap"
     with pytest.raises(k8s.Invalid, match=r"metadata\.name"):
         client.create(cm, {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "Bad_Name"}}, namespace=namespace)
