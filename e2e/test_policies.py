@@ -138,7 +138,9 @@ def test_g00014_moving_the_gateway_node_keeps_the_eip(cluster: Cluster, ns: str,
     wait_for(lambda: _node_list(cluster, "g14") == ["node3"] or None, "gateway g14 nodeList is [node3]")
     cluster.move_gateway("g14", [])  # no node: the policy loses its node, the pod its EIP
     wait_for(lambda: not cluster.policy_status(ns, "p").get("node"), "policy p without a node")
-    assert cluster.source_ip(ns, pod) != "10.6.168.217"
+    # The agents follow the status change: the EIP stops answering for the pod (its traffic is dropped,
+    # fail closed, rather than leaving with another address).
+    wait_for(lambda: cluster.source_ip(ns, pod) != "10.6.168.217" or None, "the pod no longer leaves with 10.6.168.217")
 
 
 def test_s00001_pods_created_and_deleted_repeatedly_keep_the_eip(cluster: Cluster, ns: str, gateways: list[str]) -> None:
