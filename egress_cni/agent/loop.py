@@ -23,7 +23,7 @@ from typing import Protocol
 from egress_cni import registry
 from egress_cni.agent import dirwatch
 from egress_cni.agent.sources import Source, state_from_objects
-from egress_cni.dataplane.compute import Desired, desired_dataplane, members, selects, set_name
+from egress_cni.dataplane.compute import Desired, cluster_set, desired_dataplane, members, selects, set_name
 from egress_cni.dataplane.inputs import ClusterState, DataplaneConfig, LocalEndpoint, NodeFacts
 from egress_cni.dataplane.plan import Dataplane, Plan, Sysctl, diff
 
@@ -36,6 +36,7 @@ class Kernel(Protocol):
     def hint_tables(self, tables: set[int]) -> None: ...
     def counters(self) -> dict[str, tuple[int, int]]: ...
     def ipset_add(self, entries: list[tuple[str, str]]) -> None: ...
+    def forget_unnatted_flows(self, sources: frozenset[str], cluster: frozenset[str]) -> int: ...
 
 
 class Lease(Protocol):
@@ -221,6 +222,8 @@ class Agent:
             self.kernel.apply(plan)
             with self._lock:
                 self._fresh -= listed_after
+            if self.status.desired is not None:
+                self._forget_moved_flows(self.status.desired, desired)
             self._write_acks(desired)
             if self._facts is not None:
                 self._report_parent(self._facts, ready=dp.link is not None)
@@ -240,6 +243,26 @@ class Agent:
             self.status.lease_held = self._holds_lease
             if self.on_reconciled:
                 self.on_reconciled(self.status)
+
+    def _forget_moved_flows(self, before: Desired, now: Desired) -> None:
+        """Pods of policies whose gateway changed lose their un-NATed conntrack entries here: such an
+        entry (a flow that was tunnelled) would otherwise stay blackholed by the `unnatted` rule."""
+        moved = {k for k, gw in now.gateway_of.items() if before.gateway_of.get(k, gw) != gw}
+        if not moved:
+            return
+        by_key = {p.ref.key: p for p in self._state().policies}
+        names = {set_name(self.config, "s", f, by_key[k]) for k in moved if k in by_key for f in (4, 6)}
+        sets = now.dataplane.ipsets
+        sources = frozenset(m for s in sets if s.name in names for m in s.members if "/" not in m)  # pods, not podSubnet
+        if not sources:
+            return
+        cluster = frozenset(m for s in sets if s.name in (cluster_set(self.config, 4), cluster_set(self.config, 6))
+                            for m in s.members)
+        try:
+            n = self.kernel.forget_unnatted_flows(sources, cluster)
+            log.info("forgot un-NATed flows of moved policies", extra={"flows": n, "policies": sorted(moved)})
+        except Exception as exc:  # only recovery is delayed (the entries expire); never fail the reconcile
+            log.warning("cannot forget un-NATed flows", extra={"error": str(exc)})
 
     def _report_parent(self, facts: NodeFacts, ready: bool) -> None:
         """EgressTunnel status.tunnel.parent, and phase Ready once our tunnel is programmed."""

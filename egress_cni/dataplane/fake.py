@@ -42,6 +42,7 @@ class FakeKernel:
     def __init__(self, state: Dataplane | None = None) -> None:
         self.state = state or Dataplane()
         self.applied: list[Plan] = []
+        self.forgotten: list[frozenset[str]] = []  # sources of forget_unnatted_flows calls
 
     def read_actual(self, sysctls: frozenset[Sysctl] = frozenset()) -> Dataplane:
         return self.state
@@ -55,6 +56,10 @@ class FakeKernel:
 
     def counters(self) -> dict[str, tuple[int, int]]:
         return {}
+
+    def forget_unnatted_flows(self, sources: frozenset[str], cluster: frozenset[str]) -> int:
+        self.forgotten.append(sources)
+        return 0
 
     def ipset_add(self, entries: list[tuple[str, str]]) -> None:
         sets = {s.name: s for s in self.state.ipsets}

@@ -13,6 +13,7 @@ import socket
 import sys
 import threading
 import time
+from typing import Any
 
 
 def _plain(ip: str) -> str:
@@ -83,9 +84,10 @@ def stream(ip: str, port: int, seconds: float) -> None:
 
 
 def ustream(ip: str, port: int, seconds: float) -> None:
-    """One UDP socket, a datagram every 50 ms for `seconds`; prints each distinct answer and a count."""
+    """One UDP socket, a datagram every 50 ms for `seconds`; prints the answers in order, run-length
+    encoded ("answer=count ...")."""
     family = socket.AF_INET6 if ":" in ip else socket.AF_INET
-    answers: dict[str, int] = {}
+    runs: list[list[Any]] = []
     with socket.socket(family, socket.SOCK_DGRAM) as s:
         s.settimeout(0.2)
         end = time.monotonic() + seconds
@@ -95,9 +97,12 @@ def ustream(ip: str, port: int, seconds: float) -> None:
                 line = s.recv(256).decode().strip()
             except OSError:
                 line = "-"
-            answers[line] = answers.get(line, 0) + 1
+            if runs and runs[-1][0] == line:
+                runs[-1][1] += 1
+            else:
+                runs.append([line, 1])
             time.sleep(0.05)
-    print(" ".join(f"{k}={v}" for k, v in sorted(answers.items())), flush=True)
+    print(" ".join(f"{k}={v}" for k, v in runs), flush=True)
 
 
 def until(ip: str, port: int, expect: str, deadline: float) -> None:

@@ -265,3 +265,35 @@ def test_the_fast_path_does_not_ack_for_a_policy_newer_than_the_last_reconcile(t
     agent.reconcile()
     ack = registry.read_ack(reg, "c6_eth0")
     assert ack is not None and set(ack.policies) == {"ns1/web", "ns1/web-newer"}
+
+
+def test_a_gateway_move_forgets_the_unnatted_flows_of_the_policys_pods(tmp_path: Path) -> None:
+    """A flow tunnelled before the move has a "no NAT" conntrack entry: it is deleted, not blackholed."""
+    agent = make_agent(tmp_path, "worker-basic")
+    kernel: FakeKernel = agent.kernel  # type: ignore[assignment]
+    agent.reconcile()
+    agent.reconcile()
+    assert kernel.forgotten == []  # nothing moved
+    source: FakeSource = agent.source  # type: ignore[assignment]
+    web = next(o for o in source.objects() if o["kind"] == "EgressPolicy")
+    source._objects = [({**o, "status": {**o["status"], "node": "node1"}} if o is web else o) for o in source.objects()]
+    agent._source_changed()
+    agent.reconcile()
+    assert kernel.forgotten == [frozenset({"10.244.1.10", "10.244.3.10"})]  # node1 is the gateway now: all of them
+
+
+@pytest.mark.parametrize(("orig", "reply", "forget"), [
+    (("10.244.1.10", "8.8.8.8"), ("8.8.8.8", "10.244.1.10"), True),  # no NAT, outside: the stale tunnel entry
+    (("10.244.1.10", "8.8.8.8"), ("8.8.8.8", "10.100.0.200"), False),  # SNATed: keeps working
+    (("10.244.1.10", "10.96.0.10"), ("10.244.2.5", "10.244.1.10"), False),  # DNATed (a Service)
+    (("10.244.1.10", "10.244.2.5"), ("10.244.2.5", "10.244.1.10"), False),  # in-cluster
+    (("10.244.1.11", "8.8.8.8"), ("8.8.8.8", "10.244.1.11"), False),  # another pod
+])
+def test_only_unnatted_outbound_flows_of_the_sources_are_forgotten(orig: tuple[str, str], reply: tuple[str, str],
+                                                                   forget: bool) -> None:
+    from ipaddress import ip_network
+
+    from egress_cni.dataplane.apply import unnatted_outbound
+
+    inside = [ip_network("10.244.0.0/16"), ip_network("10.96.0.0/12"), ip_network("fd00::/8")]
+    assert unnatted_outbound(*orig, *reply, frozenset({"10.244.1.10"}), inside) is forget

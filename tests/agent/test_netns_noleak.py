@@ -3,7 +3,8 @@
 Pod p3a (node3) is selected by policy default/web. While node2 is the gateway, node3 tunnels p3a's
 flow (nat ACCEPT on the tunnel: no NAT binding). When node3 itself becomes the gateway, that
 conntrack entry must not carry the flow out of eth0 with the pod IP. The external side routes the
-pod subnet back to node3, so a leaked datagram would be answered and seen by the pod.
+pod subnet back to node3, so a leaked datagram would be answered and seen by the pod. Once the
+stale entry is deleted the same socket gets the EIP again.
 """
 
 from __future__ import annotations
@@ -34,8 +35,11 @@ def test_a_tunnelled_flow_never_leaves_with_the_pod_ip_when_its_node_becomes_the
         time.sleep(1.5)
         t.set_policies("node3", web_pods=pods)  # the controller moves the policy to the flow's own node
         out, err = flow.communicate(timeout=60)
+        print(f"one UDP socket across the gateway move (answer=datagrams, in order): {out.strip()}")
         assert flow.returncode == 0 and f"{EIP4}=" in out, (out, err, t.agent_log(3))
         assert t.pod_ip(3, "a") not in out, f"the flow left node3 with the pod IP: {out}"
+        # node3's agent deletes the flow's un-NATed conntrack entry: the same socket gets the EIP again
+        assert out.split()[-1].startswith(f"{EIP4}="), f"the flow did not recover: {out}"
         assert t.wait_probe(3, "a", EIP4) == EIP4  # a new flow is SNATed on node3
     finally:
         t.close()
