@@ -245,9 +245,10 @@ class Agent:
                 self.on_reconciled(self.status)
 
     def _forget_moved_flows(self, before: Desired, now: Desired) -> None:
-        """Pods of policies whose gateway changed lose their un-NATed conntrack entries here: such an
-        entry (a flow that was tunnelled) would otherwise stay blackholed by the `unnatted` rule."""
-        moved = {k for k, gw in now.gateway_of.items() if before.gateway_of.get(k, gw) != gw}
+        """Pods of policies whose gateway changed (or that are new) lose their un-NATed conntrack entries
+        here: such an entry (a flow that was tunnelled, or began unselected on a CNI without masquerade)
+        would otherwise stay blackholed by the `unnatted` rule."""
+        moved = {k for k, gw in now.gateway_of.items() if before.gateway_of.get(k) != gw}  # new policies too
         if not moved:
             return
         by_key = {p.ref.key: p for p in self._state().policies}

@@ -265,6 +265,8 @@ def test_the_fast_path_does_not_ack_for_a_policy_newer_than_the_last_reconcile(t
     agent.reconcile()
     ack = registry.read_ack(reg, "c6_eth0")
     assert ack is not None and set(ack.policies) == {"ns1/web", "ns1/web-newer"}
+    kernel: FakeKernel = agent.kernel  # type: ignore[assignment]
+    assert kernel.forgotten == [frozenset({"10.244.1.16"})]  # a new policy: its pods' un-NATed flows start over
 
 
 def test_a_gateway_move_forgets_the_unnatted_flows_of_the_policys_pods(tmp_path: Path) -> None:
