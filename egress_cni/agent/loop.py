@@ -245,23 +245,27 @@ class Agent:
                 self.on_reconciled(self.status)
 
     def _forget_moved_flows(self, before: Desired, now: Desired) -> None:
-        """Pods of policies whose gateway changed (or that are new) lose their un-NATed conntrack entries
-        here: such an entry (a flow that was tunnelled, or began unselected on a CNI without masquerade)
-        would otherwise stay blackholed by the `unnatted` rule."""
+        """Un-NATed conntrack entries (a flow that was tunnelled, or began before its pod was selected on
+        a CNI without masquerade) of pods whose steering changed are deleted, so the next packet is a
+        first packet under the new rules. Kept, such an entry would be blackholed by the `unnatted` rule
+        (gateway moved onto this node, new policy) or leave with the pod IP (policy deleted, pod no
+        longer selected: the rule went with the set)."""
         moved = {k for k, gw in now.gateway_of.items() if before.gateway_of.get(k) != gw}  # new policies too
-        if not moved:
-            return
         by_key = {p.ref.key: p for p in self._state().policies}
         names = {set_name(self.config, "s", f, by_key[k]) for k in moved if k in by_key for f in (4, 6)}
-        sets = now.dataplane.ipsets
-        sources = frozenset(m for s in sets if s.name in names for m in s.members if "/" not in m)  # pods, not podSubnet
+        src = tuple(f"{self.config.ipset_prefix}-s{f}-" for f in (4, 6))
+        was = {s.name: s.members for s in before.dataplane.ipsets if s.name.startswith(src)}
+        now_sets = {s.name: s.members for s in now.dataplane.ipsets if s.name.startswith(src)}
+        found = {m for name, ms in now_sets.items() if name in names for m in ms}
+        found.update(m for name, ms in was.items() for m in ms - now_sets.get(name, frozenset()))  # unselected
+        sources = frozenset(m for m in found if "/" not in m)  # pods, not podSubnet
         if not sources:
             return
-        cluster = frozenset(m for s in sets if s.name in (cluster_set(self.config, 4), cluster_set(self.config, 6))
+        cluster = frozenset(m for s in now.dataplane.ipsets if s.name in (cluster_set(self.config, 4), cluster_set(self.config, 6))
                             for m in s.members)
         try:
             n = self.kernel.forget_unnatted_flows(sources, cluster)
-            log.info("forgot un-NATed flows of moved policies", extra={"flows": n, "policies": sorted(moved)})
+            log.info("forgot un-NATed flows", extra={"flows": n, "sources": len(sources), "policies": sorted(moved)})
         except Exception as exc:  # only recovery is delayed (the entries expire); never fail the reconcile
             log.warning("cannot forget un-NATed flows", extra={"error": str(exc)})
 

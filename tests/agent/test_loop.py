@@ -282,6 +282,10 @@ def test_a_gateway_move_forgets_the_unnatted_flows_of_the_policys_pods(tmp_path:
     agent._source_changed()
     agent.reconcile()
     assert kernel.forgotten == [frozenset({"10.244.1.10", "10.244.3.10"})]  # node1 is the gateway now: all of them
+    source._objects = [o for o in source.objects() if o["kind"] != "EgressPolicy"]  # the policy is deleted
+    agent._source_changed()
+    agent.reconcile()
+    assert kernel.forgotten[-1] == frozenset({"10.244.1.10", "10.244.3.10"})  # no longer selected: start over
 
 
 @pytest.mark.parametrize(("orig", "reply", "forget"), [
