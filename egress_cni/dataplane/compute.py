@@ -212,7 +212,11 @@ def desired_dataplane(state: ClusterState, facts: NodeFacts, config: DataplaneCo
             endpoints[key].append((me, ep.ipv4 + ep.ipv6))
 
     mangle: dict[int, list[str]] = {f: [] for f in families}
-    nat: dict[int, list[str]] = {f: [tagged(f"-o {vx} -j ACCEPT", "tunnel")] if link else [] for f in families}
+    # A flow whose first packet went into the tunnel gets no NAT; its conntrack entry is marked so that
+    # none of its later packets can leave another way with that binding (the pod IP), whatever changed.
+    tunnelled = f"0x{config.mark_base | (~config.mark_mask & FULL & ~1):x}"
+    nat: dict[int, list[str]] = {f: [tagged(f"-o {vx} -j CONNMARK --set-xmark {tunnelled}/0x{FULL:x}", "tunnelled"),
+                                     tagged(f"-o {vx} -j ACCEPT", "tunnel")] if link else [] for f in families}
     accept: dict[int, list[str]] = {f: [] for f in families}
     unnatted: dict[int, list[str]] = {f: [] for f in families}
     ipsets: set[IPSet] = set()
@@ -316,6 +320,8 @@ def desired_dataplane(state: ClusterState, facts: NodeFacts, config: DataplaneCo
                 tagged(f"-o {vx} -p tcp -m tcp --tcp-flags SYN,RST SYN -j TCPMSS --clamp-mss-to-pmtu", "mss"),
                 # the VXLAN packet inherits the inner mark: reset it so the outer one is not routed into the tunnel again
                 tagged(f"-o {vx} -j MARK --set-xmark 0x{config.mark_base:x}/0x{FULL:x}", "outer-mark"),
+                tagged(f"! -o {vx} -m connmark --mark {tunnelled} -m conntrack ! --ctstate SNAT --ctdir ORIGINAL -j DROP",
+                       "tunnelled-elsewhere"),
             ]
         chains.add(Chain(f, "filter", config.filter_chain, "FORWARD", tuple(filt)))
         chains.add(Chain(f, "mangle", config.mangle_post_chain, "POSTROUTING", tuple(post + unnatted[f])))
