@@ -6,12 +6,13 @@ import ipaddress
 import logging
 import os
 import socket
+from dataclasses import replace
 from typing import Any
 
 from egress_cni.dataplane import announce
 from egress_cni.dataplane.inputs import DataplaneConfig
 from egress_cni.dataplane.netlink import Netlink
-from egress_cni.dataplane.plan import Chain, Dataplane, Plan, Sysctl, diff
+from egress_cni.dataplane.plan import Chain, Dataplane, Plan, Sysctl, diff, rule_tag
 from egress_cni.dataplane.render import ipset_script, restore_text
 from egress_cni.dataplane.xtables import SavedTable, Xtables, detect_backend, ipset_restore, read_ipsets
 
@@ -112,7 +113,13 @@ class KernelDataplane:
             _write_sysctl(s.path, s.value)
         ipset_restore(ipset_script(plan.create_ipsets, plan.add_members))
         for f in self.families:
-            self._restore(f, [c for c in plan.write_chains if c.family == f], [], jumps=True)
+            write = [c for c in plan.write_chains if c.family == f]
+            union = self._nat_union(f, write)
+            if union:  # nat (union), then mangle and filter, then nat (final): see _nat_union
+                self._restore(f, union, [], jumps=True)
+                self._restore(f, [c for c in write if c.table != "nat"], [], jumps=True)
+                write = [c for c in write if c.table == "nat"]
+            self._restore(f, write, [], jumps=True)
         ipset_restore(ipset_script((), (), plan.del_members))
         for f in self.families:
             self._restore(f, [], [c for c in plan.drop_chains if c.family == f], jumps=False)
@@ -122,6 +129,29 @@ class KernelDataplane:
         if eips:
             announce.announce(self.parent, eips)
         log.info("applied plan", extra={"changes": plan.summary()})
+
+    def _nat_union(self, family: int, write: list[Chain]) -> list[Chain]:
+        """The nat chains with both their new rules and the old ones they drop, for a first write.
+
+        iptables-restore commits table by table: between the mangle commit (which decides whether a
+        flow is tunnelled or leaves here) and the nat commit (which SNATs what leaves here) a first
+        packet could meet a mangle that sends it out of eth0 and a nat that does not yet, or no longer,
+        SNAT it (the CNI's masquerade would then give it the node IP), and between the nat and filter
+        commits a tunnelled packet could still be accepted for a policy whose SNAT is gone. Written
+        before the other tables, the union holds every SNAT rule either version needs while mangle and
+        filter change; the final nat write after them removes the old ones."""
+        if not any(c.table != "nat" for c in write):
+            return []
+        st = self.saved.get((family, "nat"))
+        current = st.chains if st is not None else {}
+        out = []
+        for c in write:
+            if c.table != "nat":
+                continue
+            have = {rule_tag(r) for r in c.rules}
+            old = tuple(r for r in current.get(c.name, []) if rule_tag(r) not in have and not rule_tag(r).startswith("?"))
+            out.append(replace(c, rules=c.rules + old))  # also when nothing is old: nat before mangle
+        return out
 
     def _restore(self, family: int, write: list[Chain], drop: list[Chain], jumps: bool) -> None:
         if not write and not drop:
