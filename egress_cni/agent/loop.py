@@ -224,7 +224,8 @@ class Agent:
                 self._fresh -= listed_after
             if self.status.desired is not None:
                 self._forget_moved_flows(self.status.desired, desired)
-            self._write_acks(desired)
+            if self.source.synced:  # a partial view could ack a selected pod as unselected
+                self._write_acks(desired)
             if self._facts is not None:
                 self._report_parent(self._facts, ready=dp.link is not None)
             self.status.last_ok, self.status.last_error = True, ""
@@ -298,8 +299,8 @@ class Agent:
         """Program new endpoints into their policies' sets at once and ack them; the full reconcile
         that follows handles everything else (a gateway not yet peered, removals)."""
         last = self.status.desired
-        if last is None:
-            return
+        if last is None or not self.source.synced:
+            return  # acks wait for the first reconcile from a complete view
         state = self._state()
         by_key = {p.ref.key: p for p in state.policies}
         have = {s.name for s in last.dataplane.ipsets}

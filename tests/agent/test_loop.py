@@ -303,3 +303,20 @@ def test_only_unnatted_outbound_flows_of_the_sources_are_forgotten(orig: tuple[s
 
     inside = [ip_network("10.244.0.0/16"), ip_network("10.96.0.0/12"), ip_network("fd00::/8")]
     assert unnatted_outbound(*orig, *reply, frozenset({"10.244.1.10"}), inside) is forget
+
+
+def test_no_endpoint_is_acked_before_every_source_has_synced(tmp_path: Path) -> None:
+    """A partial view (e.g. pods listed, policies not yet) would ack a selected pod as unselected and
+    start it unsteered; the CNI keeps waiting instead, and the first synced reconcile acks it."""
+    agent = make_agent(tmp_path, "worker-basic", synced=False)
+    reg = str(tmp_path / "registry")
+    registry.write_endpoint(reg, registry.Endpoint("c9", "eth0", "ns1", "web-9", ipv4=["10.244.1.19"]))
+    agent.reconcile()
+    registry.write_endpoint(reg, registry.Endpoint("c6", "eth0", "ns1", "web-9", ipv4=["10.244.1.16"]))
+    agent._fast_path()
+    assert registry.list_acks(reg) == []
+    agent.source._synced = True  # type: ignore[attr-defined]
+    agent.reconcile()
+    acks = {a.key: a for a in registry.list_acks(reg)}
+    assert set(acks) == {"c9_eth0", "c6_eth0"}
+    assert all(a.selected and a.policies == ("ns1/web",) for a in acks.values())
