@@ -324,6 +324,13 @@ def desired_dataplane(state: ClusterState, facts: NodeFacts, config: DataplaneCo
                        "tunnelled-elsewhere"),
             ]
         chains.add(Chain(f, "filter", config.filter_chain, "FORWARD", tuple(filt)))
+        # The outer VXLAN packets need no conntrack entry (one per inner flow and node otherwise).
+        untracked = link is not None and f == underlay_family
+        udp = f"-p udp -m udp --dport {config.port} -j NOTRACK"
+        chains.add(Chain(f, "raw", config.raw_in_chain, "PREROUTING",
+                         (tagged(f"-d {local_ip} {udp}", "notrack-in"),) if untracked else ()))
+        chains.add(Chain(f, "raw", config.raw_out_chain, "OUTPUT",
+                         (tagged(f"-s {local_ip} {udp}", "notrack-out"),) if untracked else ()))
         chains.add(Chain(f, "mangle", config.mangle_post_chain, "POSTROUTING", tuple(post + unnatted[f])))
 
     sysctls = {Sysctl(f"net/ipv4/conf/{vx}/rp_filter", "2")} if link else set()

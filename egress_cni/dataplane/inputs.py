@@ -80,6 +80,14 @@ class DataplaneConfig:
         return f"{self.chain_prefix}-FORWARD"
 
     @property
+    def raw_in_chain(self) -> str:
+        return f"{self.chain_prefix}-PREROUTING"  # in raw
+
+    @property
+    def raw_out_chain(self) -> str:
+        return f"{self.chain_prefix}-OUTPUT"  # in raw
+
+    @property
     def mangle_post_chain(self) -> str:
         return f"{self.chain_prefix}-POSTROUTING"  # in mangle; the nat chain of the same name is another chain
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, fields
 from typing import TypeVar
 
 IPV4, IPV6 = 4, 6
-TABLES = ("mangle", "nat", "filter")
+TABLES = ("raw", "mangle", "nat", "filter")
 
 
 @dataclass(frozen=True, order=True)

@@ -41,6 +41,14 @@ def test_selected_pod_leaves_with_the_eip_over_tcp_and_udp(topo: Topology) -> No
     assert topo.probe(1, "a", proto="udp") == EIP4
 
 
+def test_tunnel_packets_are_not_tracked_but_the_flows_inside_are(topo: Topology) -> None:
+    assert topo.wait_probe(1, "a", EIP4) == EIP4
+    for n in (1, 2):
+        table = topo.exec_in(topo.node(n), "cat", "/proc/net/nf_conntrack").stdout.splitlines()
+        assert any(f"dst={EXT4}" in e and f"dport={8080}" in e for e in table), (n, table)
+        assert not [e for e in table if "dport=7789" in e], (n, table)
+
+
 def test_unselected_pod_keeps_its_usual_source(topo: Topology) -> None:
     assert topo.probe(1, "b") == "10.100.0.1"
     assert topo.probe(1, "b", proto="udp") == "10.100.0.1"
