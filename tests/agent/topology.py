@@ -89,6 +89,9 @@ class Topology:
         self._add_ns(ul)
         sh("ip", "-n", ul, "link", "add", "br0", "type", "bridge")
         sh("ip", "-n", ul, "link", "set", "br0", "up")
+        # the underlay is a switch: bridged frames do not go through iptables (br_netfilter, if loaded)
+        for key in ("net.bridge.bridge-nf-call-iptables=0", "net.bridge.bridge-nf-call-ip6tables=0"):
+            self.exec_in(ul, "sysctl", "-qw", key, check=False)
         members = [(f"n{n}", self.node(n), f"10.100.0.{n}", f"fd00:100::{n}") for n in (1, 2, 3)]
         members.append(("ext", self.ns("ext"), EXT4, EXT6))
         for short, name, ip4, ip6 in members:
