@@ -21,6 +21,8 @@ class Config:
     leader_lease_seconds: int = 15
     agent_lease_prefix: str = "egress-agent-"
     agent_lease_grace: float = 0.0
+    agent_stale_fraction: float = 0.5
+    agent_stale_hold: float = 10.0
     tunnel_ipv4_subnet: str = "172.31.0.0/16"
     tunnel_ipv6_subnet: str = "fd11::/112"
     max_endpoints_per_slice: int = 100
@@ -74,6 +76,11 @@ def parse_args(argv: Sequence[str] | None = None) -> Config:
     p.add_argument("--agent-lease-prefix", default=Config.agent_lease_prefix)
     p.add_argument("--agent-lease-grace", type=float, default=float(_env("EGRESS_AGENT_LEASE_GRACE", "0")),
                    help="seconds an agent Lease may be late before its node's EIPs move")
+    p.add_argument("--agent-stale-fraction", type=float, default=float(_env("EGRESS_AGENT_STALE_FRACTION", "0.5")),
+                   help="when more than this fraction of live agents stop renewing together, hold their EIPs "
+                        "(the control plane is the likely laggard); 1 disables the hold")
+    p.add_argument("--agent-stale-hold", type=float, default=float(_env("EGRESS_AGENT_STALE_HOLD", "10")),
+                   help="seconds such agents are held alive before their EIPs move anyway")
     p.add_argument("--tunnel-ipv4-subnet", default=_env("EGRESS_TUNNEL_IPV4_SUBNET", settings.get("tunnel_ipv4_subnet", Config.tunnel_ipv4_subnet)))
     p.add_argument("--tunnel-ipv6-subnet", default=_env("EGRESS_TUNNEL_IPV6_SUBNET", settings.get("tunnel_ipv6_subnet", Config.tunnel_ipv6_subnet)))
     p.add_argument("--max-endpoints-per-slice", type=int,
@@ -86,12 +93,17 @@ def parse_args(argv: Sequence[str] | None = None) -> Config:
     a = p.parse_args(argv)
     if a.max_endpoints_per_slice < 1:
         p.error(f"--max-endpoints-per-slice must be at least 1, got {a.max_endpoints_per_slice}")
+    if not 0 <= a.agent_stale_fraction <= 1:
+        p.error(f"--agent-stale-fraction must be between 0 and 1, got {a.agent_stale_fraction}")
+    if a.agent_stale_hold < 0:
+        p.error(f"--agent-stale-hold must not be negative, got {a.agent_stale_hold}")
     if a.leader_lease_seconds < 1:
         p.error(f"--leader-lease-seconds must be at least 1, got {a.leader_lease_seconds}")
     return Config(
         kubeconfig=a.kubeconfig, namespace=a.namespace, identity=a.identity, leader_lease=a.leader_lease,
         leader_lease_seconds=a.leader_lease_seconds, agent_lease_prefix=a.agent_lease_prefix,
-        agent_lease_grace=a.agent_lease_grace, tunnel_ipv4_subnet=a.tunnel_ipv4_subnet,
+        agent_lease_grace=a.agent_lease_grace, agent_stale_fraction=a.agent_stale_fraction,
+        agent_stale_hold=a.agent_stale_hold, tunnel_ipv4_subnet=a.tunnel_ipv4_subnet,
         tunnel_ipv6_subnet=a.tunnel_ipv6_subnet, max_endpoints_per_slice=a.max_endpoints_per_slice,
         service_cidrs=tuple(a.service_cidr), resync_seconds=a.resync_seconds,
         health_address=f"0.0.0.0:{a.health_port}" if a.health_port else a.health_address,

@@ -71,9 +71,11 @@ class Controller:
                 self.dirty.mark(everything=True, all_slices=True)
             # Agent Leases run out without an event: wake when the next one would, and run a pass
             # only if some agent's liveness really changed (renewals arrive 5 times a second).
-            alive, lease_deadline = self.watchers.agent_liveness(time.time())
+            alive, lease_in = self.watchers.agent_liveness()
+            self.metrics.agents_held.set(len(self.watchers.held_agents))
             if alive != self.reconciler.alive:
                 self.dirty.mark(everything=True)
+            lease_deadline = None if lease_in is None else time.time() + lease_in
             wake = min((t for t in (lease_deadline, retry_at) if t is not None), default=None)
             timeout = 1.0 if wake is None else max(0.0, min(1.0, wake - time.time()))
             with self.dirty.wake:

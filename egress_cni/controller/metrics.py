@@ -19,6 +19,8 @@ class Metrics:
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0))
         self.reconcile_errors = Counter("egress_controller_reconcile_errors", "Failed reconcile passes", registry=self.registry)
         self.queue_depth = Gauge("egress_controller_queue_depth", "Dirty items waiting for the worker", registry=self.registry)
+        self.agents_held = Gauge("egress_controller_agents_held", "Agents whose Lease is stale but held alive because "
+                                 "most agents went stale together", registry=self.registry)
         self.leader = Gauge("egress_controller_is_leader", "1 while this replica holds the leader Lease", registry=self.registry)
         self.policies_ready = Gauge("egress_controller_policies", "Policies by Ready condition", ["ready"], registry=self.registry)
 

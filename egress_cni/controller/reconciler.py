@@ -102,7 +102,7 @@ class Reconciler:
         self._failed = False
         synced = self.watchers.synced()
         now = now_rfc3339()
-        alive, _ = self.watchers.agent_liveness(time.time())
+        alive, _ = self.watchers.agent_liveness()
         if everything:
             self.alive = alive
         raw_nodes = self._objects(k8s.NODES)

@@ -8,6 +8,7 @@ deadline timer, not by an event.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -16,7 +17,10 @@ from typing import Any
 
 from egress_cni import k8s
 from egress_cni.controller.config import Config
+from egress_cni.controller.liveness import AgentLiveness
 from egress_cni.controller.slices import PodView
+
+log = logging.getLogger(__name__)
 
 REQUIRED = (
     k8s.EGRESS_GATEWAYS, k8s.EGRESS_POLICIES, k8s.EGRESS_CLUSTER_POLICIES, k8s.EGRESS_TUNNELS,
@@ -92,7 +96,10 @@ class Watchers:
         self._pods_version = 0
         self._namespaces_version = 0  # count of namespace label changes
         self._pods_lock = threading.Lock()
+        self.liveness = AgentLiveness(config.agent_lease_grace, config.agent_stale_fraction, config.agent_stale_hold)
+        self._liveness_lock = threading.Lock()
         self._agent_alive: dict[str, bool] = {}
+        self.held_agents: frozenset[str] = frozenset()
         handlers: dict[str, Callable[[str, dict[str, Any] | None, dict[str, Any] | None], None]] = {
             k8s.EGRESS_POLICIES.plural: self._on_policy, k8s.EGRESS_CLUSTER_POLICIES.plural: self._on_policy,
             k8s.EGRESS_ENDPOINT_SLICES.plural: self._on_slice, k8s.EGRESS_CLUSTER_ENDPOINT_SLICES.plural: self._on_slice,
@@ -191,9 +198,12 @@ class Watchers:
         name = key.partition("/")[2]
         if not name.startswith(self.config.agent_lease_prefix):
             return
-        alive = new is not None and k8s.lease_fresh(new, time.time(), self.config.agent_lease_grace)
-        if self._agent_alive.get(name) != alive:
+        with self._liveness_lock:
+            self.liveness.observe(name, new, time.monotonic())
+            alive = self.liveness.evaluate(time.monotonic()).alive.get(name, False)
+            flipped = self._agent_alive.get(name) != alive
             self._agent_alive[name] = alive
+        if flipped:
             self.dirty.mark(everything=True)
 
     # --- reads for the worker ------------------------------------------------------------------
@@ -203,22 +213,22 @@ class Watchers:
             return PodSnapshot({ns: dict(pods) for ns, pods in self.pods.items()}, dict(self._ns_versions),
                                self._pods_version, self._namespaces_version)
 
-    def agent_liveness(self, now: float) -> tuple[dict[str, bool], float | None]:
-        """Node name -> agent alive, and the earliest moment a live agent's Lease runs out."""
-        informer = self.informers[k8s.LEASES.plural]
-        alive: dict[str, bool] = {}
-        deadline: float | None = None
-        for lease in informer.list():
-            name = (lease.get("metadata") or {}).get("name", "")
-            if not name.startswith(self.config.agent_lease_prefix):
-                continue
-            fresh = k8s.lease_fresh(lease, now, self.config.agent_lease_grace)
-            node = name[len(self.config.agent_lease_prefix):]
-            alive[node] = fresh
-            self._agent_alive[name] = fresh
-            if fresh:
-                spec = lease.get("spec") or {}
-                expiry = (k8s.parse_time(str(spec.get("renewTime") or "")) or now) + \
-                    float(spec.get("leaseDurationSeconds") or 0) + self.config.agent_lease_grace
-                deadline = expiry if deadline is None else min(deadline, expiry)
-        return alive, deadline
+    def agent_liveness(self) -> tuple[dict[str, bool], float | None]:
+        """Node name -> agent alive (controller/liveness.py), and the seconds until a verdict may
+        change without an event (a Lease running out, or a hold ending)."""
+        now = time.monotonic()
+        with self._liveness_lock:
+            for lease in self.informers[k8s.LEASES.plural].list():  # a relist may have dropped a deletion
+                name = (lease.get("metadata") or {}).get("name", "")
+                if name.startswith(self.config.agent_lease_prefix):
+                    self.liveness.observe(name, lease, now)
+            verdict = self.liveness.evaluate(now)
+            self._agent_alive = dict(verdict.alive)
+        if verdict.held != self.held_agents:
+            if verdict.held:
+                log.warning("most agent Leases went stale together: holding their EIPs in place",
+                            extra={"agents": sorted(verdict.held), "hold_seconds": self.config.agent_stale_hold})
+            self.held_agents = verdict.held
+        prefix = len(self.config.agent_lease_prefix)
+        alive = {name[prefix:]: up for name, up in verdict.alive.items()}
+        return alive, None if verdict.next_change is None else max(0.0, verdict.next_change - now)

@@ -249,6 +249,26 @@ def test_failover_spreads_cordon_moves_and_restart_keeps_everything(env: Env, na
     wait_for("unlabel moved EIPs", lambda: other not in nodes_of(env, g) and sum(len(v) for v in nodes_of(env, g).values()) == 6)
 
 
+def test_agents_stale_together_are_held_then_moved(env: Env, namespace: str) -> None:
+    """Two of three agents stop renewing at the same moment (what a lagging API server looks like):
+    their EIPs stay put for --agent-stale-hold, then move to the live node."""
+    nodes = [env.node(f"s{i}") for i in range(3)]
+    g = env.name("gw")
+    env.create(GW, gateway(g, ["10.6.8.1-10.6.8.9"], env.label))
+    for i in range(3):
+        env.create(EP, policy(f"h{i}", namespace, g, egress_ip={"allocatorPolicy": "rr"}))
+    env.controller("a", "--agent-stale-hold", "5")
+    before = wait_for("3 EIPs over 3 nodes", lambda: (m := nodes_of(env, g)) and sorted(len(v) for v in m.values()) == [1, 1, 1] and m)
+    env.agents.stop(nodes[0])
+    env.agents.stop(nodes[1])
+    stopped = time.monotonic()
+    time.sleep(3.0)  # both Leases (1 s) have run out, the hold (5 s) has not
+    assert nodes_of(env, g) == before
+    after = wait_for("moved after the hold", lambda: (m := nodes_of(env, g)) and len(m.get(nodes[2], [])) == 3 and m, timeout=30)
+    assert time.monotonic() - stopped >= 5.0, after
+    assert all_eips(after) == all_eips(before)
+
+
 def test_two_replicas_leader_killed(env: Env, namespace: str) -> None:
     """Two replicas: one leads; SIGKILL it and the other takes over after the Lease expires."""
     env.node("n1")

@@ -1,0 +1,75 @@
+"""Agent liveness from agent Lease renewals, as this controller observes them (pure; the caller
+passes a monotonic clock).
+
+- Skew-immune: a Lease is alive while less than `leaseDurationSeconds` + grace has passed on *our*
+  clock since we last saw its renewTime change (what client-go's leader election does). Comparing
+  the agent's renewTime with our wall clock would let a node whose clock runs 1 s behind look dead.
+  A Lease seen for the first time gets one full duration.
+- Stale together: when an agent's Lease runs out while more than `stale_fraction` of the agents
+  that were recently alive are late too (no renewal seen for half a lease duration, where healthy
+  agents renew five times per duration), the control plane (API server, etcd, our watch) is the
+  likely laggard, not the nodes. Moving their EIPs would only make them flap, so the stale ones count
+  as alive until they have been stale for `hold` seconds; an agent stale for longer is dead whatever
+  the others do. A single node lost among several still fails over at once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+LATE = 0.5  # an agent whose last renewal is older than this part of its duration is late
+
+
+@dataclass(frozen=True)
+class Verdict:
+    alive: dict[str, bool]  # lease name -> alive
+    held: frozenset[str]  # stale, but counted alive because most agents went stale together
+    next_change: float | None  # monotonic time at which a verdict may change without a new event
+
+
+@dataclass
+class _Seen:
+    renewal: tuple[str, str]  # (holderIdentity, renewTime) as last seen
+    at: float  # our monotonic clock when that renewal was first seen
+    duration: float
+
+
+class AgentLiveness:
+    def __init__(self, grace: float = 0.0, stale_fraction: float = 0.5, hold: float = 10.0) -> None:
+        self.grace, self.stale_fraction, self.hold = grace, stale_fraction, hold
+        self._seen: dict[str, _Seen] = {}
+        self._released: set[str] = set()  # deleted, or no holder: dead at once, never held
+
+    def observe(self, name: str, lease: dict[str, Any] | None, now: float) -> None:
+        spec = (lease or {}).get("spec") or {}
+        holder, renewed = str(spec.get("holderIdentity") or ""), str(spec.get("renewTime") or "")
+        if lease is None or not holder or not renewed:
+            self._seen.pop(name, None)
+            if lease is None:
+                self._released.discard(name)
+            else:
+                self._released.add(name)
+            return
+        self._released.discard(name)
+        renewal = (holder, renewed)
+        duration = float(spec.get("leaseDurationSeconds") or 0)
+        seen = self._seen.get(name)
+        if seen is None or seen.renewal != renewal:
+            self._seen[name] = _Seen(renewal, now, duration)
+        else:
+            seen.duration = duration
+
+    def evaluate(self, now: float) -> Verdict:
+        expiry = {name: s.at + s.duration + self.grace for name, s in self._seen.items()}
+        alive = {name: now < t for name, t in expiry.items()}
+        alive.update({name: False for name in self._released})
+        recent = {name for name, t in expiry.items() if t <= now < t + self.hold}
+        considered = [name for name, t in expiry.items() if now < t + self.hold]  # alive or recently stale
+        late = [name for name in considered if now - self._seen[name].at > LATE * self._seen[name].duration]
+        held: frozenset[str] = frozenset()
+        if recent and len(considered) >= 2 and len(late) > self.stale_fraction * len(considered):
+            held = frozenset(recent)
+            alive.update({name: True for name in held})
+        upcoming = [t for t in expiry.values() if t > now] + [expiry[name] + self.hold for name in recent]
+        return Verdict(alive, held, min(upcoming, default=None))
