@@ -8,7 +8,8 @@
 - failover: the EIP's gateway node loses its link and its agent at t0 -> first packet with the same
   EIP via the other gateway node. Median over --failovers; bar median <= 2 s.
 - leak: --leak-pods new pods of a selected Deployment query from their first instruction; packets
-  that reach the server with any source but the EIP. Bar: 0.
+  that reach the server with any source but the EIP. Bar: 0. Also counted: EIPMoved events on the
+  bench policies while those pods start (no node fails then, so every move is a flap).
 Peer, measured in the same run: `kubectl apply` of a ConfigMap -> the object readable (the API round
 trip every API-driven activation pays at least); ratios are printed against it.
 --kept uses a sandbox kept with `make sandbox SANDBOX_ARGS=--keep`; otherwise one is brought up
@@ -100,9 +101,16 @@ def failover(cluster: Cluster, sb: Sandbox, runs: int) -> list[float]:
     return samples
 
 
-def leak(cluster: Cluster, pods: int) -> tuple[int, int]:
+def eip_moves(cluster: Cluster) -> int:
+    """EIPMoved events on the policies of the bench namespace (each carries a count)."""
+    events = json.loads(cluster.kubectl("get", "events", "-n", NS, "--field-selector", "reason=EIPMoved", "-o", "json"))
+    return sum(int(e.get("count") or 1) for e in events.get("items", []))
+
+
+def leak(cluster: Cluster, pods: int) -> tuple[int, int, int]:
     cluster.policy(NS, "leak", "bench", {"app": "leak"})
     cluster.wait_policy(NS, "leak")
+    moves_before = eip_moves(cluster)
     container = {"name": "send", "image": "busybox", "imagePullPolicy": "IfNotPresent",
                  "command": ["sh", "-c", SENDER.replace("usleep 20000", "usleep 250000")],
                  "env": [{"name": "TAG", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}]}
@@ -115,9 +123,10 @@ def leak(cluster: Cluster, pods: int) -> tuple[int, int]:
         return [r for r in cluster.records() if r.get("tag", "").startswith("leak-") and r["tag"].endswith(".bench")]
 
     wait_for(lambda: len({r["tag"] for r in ours()}) >= pods or None, f"{pods} pods heard from", 600, interval=2)
+    moves = eip_moves(cluster) - moves_before
     cluster.delete("deployment", "leak", "-n", NS)
     heard = ours()
-    return sum(1 for r in heard if r["src"] != EIP), len(heard)
+    return sum(1 for r in heard if r["src"] != EIP), len(heard), moves
 
 
 def pct(values: list[float], q: float) -> float:
@@ -146,7 +155,7 @@ def main() -> int:
         cluster.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS}})
         act, peer = activation(cluster, args.runs)
         fo = failover(cluster, sb, args.failovers) if args.failovers else []
-        leaked, total = leak(cluster, args.leak_pods) if args.leak_pods else (0, 0)
+        leaked, total, moves = leak(cluster, args.leak_pods) if args.leak_pods else (0, 0, 0)
     finally:
         cluster.delete("namespace", NS)
         cluster.move_gateway("bench", [])
@@ -161,6 +170,7 @@ def main() -> int:
         "failover_median_s": round(statistics.median(fo), 3) if fo else None, "failover_runs": len(fo),
         "failover_samples_s": [round(x, 3) for x in fo],
         "leaked_packets": leaked, "leak_packets_total": total, "leak_pods": args.leak_pods,
+        "eip_moves_while_pods_start": moves,
         "bars": {"activation_p99<=1s": pct(act, 0.99) <= 1.0, "failover_median<=2s": bool(fo) and statistics.median(fo) <= 2.0,
                  "leaked==0": leaked == 0},
     }
