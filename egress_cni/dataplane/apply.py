@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import os
 import socket
 from dataclasses import replace
 from typing import Any
 
-from egress_cni.dataplane import announce
+from egress_cni.dataplane import announce, conntrack
 from egress_cni.dataplane.inputs import DataplaneConfig
 from egress_cni.dataplane.netlink import Netlink
 from egress_cni.dataplane.plan import Chain, Dataplane, Plan, Sysctl, diff, rule_tag
@@ -80,29 +79,10 @@ class KernelDataplane:
                     raise
 
     def forget_unnatted_flows(self, sources: frozenset[str], cluster: frozenset[str]) -> int:
-        """Delete the conntrack entries of `sources` that carry no NAT and leave the cluster.
-
-        After a gateway move the `unnatted` rule drops such a flow's packets for as long as the entry
+        """After a gateway move the `unnatted` rule drops such a flow's packets for as long as its entry
         lives (each packet refreshes it); without the entry the next packet is a first packet again
-        and gets the EIP or the tunnel. Returns how many entries were deleted."""
-        from pyroute2 import Conntrack
-
-        inside = [ipaddress.ip_network(c) for c in cluster]
-        deleted = 0
-        for family in {socket.AF_INET6 if ":" in ip else socket.AF_INET for ip in sources}:
-            ct = Conntrack(nfgen_family=family)  # a dump lists one family
-            try:
-                for entry in list(ct.dump_entries()):
-                    o, r = entry.tuple_orig, entry.tuple_reply
-                    if unnatted_outbound(o.saddr, o.daddr, r.saddr, r.daddr, sources, inside):
-                        try:
-                            ct.delete(entry)
-                            deleted += 1
-                        except Exception as exc:  # gone meanwhile (expired or deleted): nothing to do
-                            log.debug("conntrack entry not deleted", extra={"error": str(exc)})
-            finally:
-                ct.close()
-        return deleted
+        and gets the EIP or the tunnel."""
+        return conntrack.forget_unnatted_flows(sources, cluster)
 
     def apply(self, plan: Plan) -> None:
         if plan.empty:
@@ -168,15 +148,6 @@ class KernelDataplane:
     def uninstall(self) -> None:
         """Remove everything we own: chains and jumps, sets, rules, routes, EIPs, the VXLAN link."""
         self.apply(diff(Dataplane(), self.read_actual()))
-
-
-def unnatted_outbound(orig_src: str | None, orig_dst: str | None, reply_src: str | None, reply_dst: str | None,
-                      sources: frozenset[str], inside: list[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> bool:
-    """A flow from one of `sources`, neither SNATed nor DNATed, to a destination outside `inside`."""
-    if not orig_src or orig_src not in sources or not orig_dst or reply_dst != orig_src or reply_src != orig_dst:
-        return False
-    dst = ipaddress.ip_address(orig_dst)
-    return not any(dst in net for net in inside if net.version == dst.version)
 
 
 def _sysctl_path(path: str) -> str:

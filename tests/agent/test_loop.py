@@ -299,7 +299,7 @@ def test_only_unnatted_outbound_flows_of_the_sources_are_forgotten(orig: tuple[s
                                                                    forget: bool) -> None:
     from ipaddress import ip_network
 
-    from egress_cni.dataplane.apply import unnatted_outbound
+    from egress_cni.dataplane.conntrack import unnatted_outbound
 
     inside = [ip_network("10.244.0.0/16"), ip_network("10.96.0.0/12"), ip_network("fd00::/8")]
     assert unnatted_outbound(*orig, *reply, frozenset({"10.244.1.10"}), inside) is forget

@@ -1,0 +1,88 @@
+"""Forget the un-NATed flows of pods whose steering changed: `conntrack -L` to find them (pure
+filter), batched ctnetlink deletes by original tuple to remove them.
+
+The pyroute2 dump-and-delete this replaces took 6.6 s on a table of 20,000 entries where this takes
+0.12 s (bench/conntrack.py), and a gateway's table holds hundreds of thousands; this runs inside the
+reconcile worker.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import subprocess
+from collections.abc import Iterable, Iterator
+
+from egress_cni.dataplane import ctnetlink
+from egress_cni.dataplane.ctnetlink import OrigTuple
+
+log = logging.getLogger(__name__)
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def unnatted_outbound(orig_src: str | None, orig_dst: str | None, reply_src: str | None, reply_dst: str | None,
+                      sources: frozenset[str], inside: list[Network]) -> bool:
+    """A flow from one of `sources`, neither SNATed nor DNATed, to a destination outside `inside`."""
+    if not orig_src or orig_src not in sources or not orig_dst or reply_dst != orig_src or reply_src != orig_dst:
+        return False
+    dst = ipaddress.ip_address(orig_dst)
+    return not any(dst in net for net in inside if net.version == dst.version)
+
+
+def parse_flow(line: str) -> tuple[OrigTuple, str, str] | None:
+    """One `conntrack -L` line -> (original tuple, reply src, reply dst)."""
+    tokens = line.split()
+    if len(tokens) < 2 or not tokens[1].isdigit():
+        return None
+    fields: dict[str, list[str]] = {}
+    for tok in tokens:
+        key, eq, value = tok.partition("=")
+        if eq:
+            fields.setdefault(key, []).append(value)
+    src, dst = fields.get("src", []), fields.get("dst", [])
+    if len(src) < 2 or len(dst) < 2:
+        return None
+    proto = int(tokens[1])
+    if proto in (ctnetlink.ICMP, ctnetlink.ICMPV6):
+        ident, kind, code = (int(fields.get(k, ["0"])[0]) for k in ("id", "type", "code"))
+        orig = OrigTuple(proto, src[0], dst[0], ident, (kind << 8) | code)
+    else:
+        orig = OrigTuple(proto, src[0], dst[0], int(fields.get("sport", ["0"])[0]), int(fields.get("dport", ["0"])[0]))
+    return orig, src[1], dst[1]
+
+
+def flow_addresses(listing: str) -> Iterator[tuple[str, str, str, str]]:
+    """(orig src, orig dst, reply src, reply dst) of each `conntrack -L` line."""
+    for line in listing.splitlines():
+        flow = parse_flow(line)
+        if flow is not None:
+            yield flow[0].src, flow[0].dst, flow[1], flow[2]
+
+
+def unnatted_tuples(listing: str, sources: frozenset[str], cluster: Iterable[str]) -> list[OrigTuple]:
+    """The original tuples of the un-NATed outbound flows of `sources` (pure)."""
+    inside = [ipaddress.ip_network(c, strict=False) for c in cluster]
+    out = []
+    for line in listing.splitlines():
+        first_src = line.find("src=")
+        if first_src < 0 or line[first_src + 4:].split(" ", 1)[0] not in sources:
+            continue  # cheap pre-filter: most of a gateway's table belongs to other sources
+        flow = parse_flow(line)
+        if flow is not None and unnatted_outbound(flow[0].src, flow[0].dst, flow[1], flow[2], sources, inside):
+            out.append(flow[0])
+    return out
+
+
+def forget_unnatted_flows(sources: frozenset[str], cluster: frozenset[str]) -> int:
+    """Delete the conntrack entries of `sources` that carry no NAT and leave the cluster; returns how
+    many were deleted. Protocols without ports or ICMP ids (GRE, ...) are left to expire."""
+    found: list[OrigTuple] = []
+    for family in sorted({"ipv6" if ":" in ip else "ipv4" for ip in sources}):
+        proc = subprocess.run(["conntrack", "-L", "-f", family], capture_output=True, text=True, timeout=60)
+        if proc.returncode != 0:
+            raise RuntimeError(f"conntrack -L -f {family} exited {proc.returncode}: {proc.stderr.strip()}")
+        found += unnatted_tuples(proc.stdout, sources, cluster)
+    skipped = sum(1 for t in found if not t.deletable)
+    if skipped:
+        log.info("un-NATed flows left to expire (no ports)", extra={"flows": skipped})
+    return ctnetlink.delete(t for t in found if t.deletable)
