@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import importlib.util
 import os
 import shutil
 import subprocess
@@ -64,7 +65,15 @@ def kind_missing() -> str | None:
     return None
 
 
+@functools.cache
+def process_missing() -> str | None:
+    if importlib.util.find_spec("gunicorn") is None:
+        return "gunicorn is not installed in this Python (run make venv)"
+    return None
+
+
 REASONS = {
+    "process": process_missing,
     "netns": netns_missing,
     "cri": cri_missing,
     "apiserver": apiserver_missing,

@@ -17,7 +17,7 @@ import requests
 from tests.webhook.builders import gateway, patch_of, policy, request
 from tests.webhook.server import Webhook, running_webhook
 
-pytestmark = pytest.mark.unit
+pytestmark = pytest.mark.process
 
 STATE = [gateway(ipv4=["10.6.168.201-10.6.168.205"], default4="10.6.168.201"),
          {"kind": "Namespace", "metadata": {"name": "team", "labels": {"spidernet.io/egressgateway-default": "default"}}}]

@@ -22,8 +22,6 @@ from webhook.config import WebhookConfig
 from webhook.review import review
 from webhook.view import MemoryView
 
-pytestmark = pytest.mark.unit
-
 KINDS = ["EgressGateway", "EgressPolicy", "EgressClusterPolicy", "EgressClusterInfo", "EgressTunnel", "Pod"]
 SPEC_KEYS = ["ippools", "ipv4", "ipv6", "ipv4DefaultEIP", "nodeSelector", "selector", "matchLabels", "matchExpressions",
              "clusterDefault", "egressGatewayName", "egressIP", "useNodeIP", "allocatorPolicy", "appliedTo", "podSelector",
@@ -127,6 +125,7 @@ def check_response(response: Any, request: Any) -> None:
         assert isinstance(ops, list) and all(op["op"] == "add" and op["path"].startswith("/") for op in ops)
 
 
+@pytest.mark.unit
 @settings(max_examples=400, deadline=None)
 @given(request=requests_(), action=st.sampled_from(["mutate", "validate"]))
 def test_pure_review_always_answers(request: Any, action: Any) -> None:
@@ -146,6 +145,7 @@ def session(hook: Webhook) -> Iterator[requests.Session]:
         yield s
 
 
+@pytest.mark.process
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(body=BODIES, action=st.sampled_from(["mutate", "validate"]))
 def test_server_never_answers_5xx(hook: Webhook, session: requests.Session, body: Any, action: str) -> None:
