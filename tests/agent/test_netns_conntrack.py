@@ -78,3 +78,19 @@ def test_only_the_pods_unnatted_outbound_flows_are_deleted(netns: str) -> None:
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout) == 2 * len(GONE) + len(real)
     assert listed(netns) == {flow for name, flow in FLOWS.items() if name not in GONE}
+
+
+def test_thousands_of_flows_are_deleted_in_batches(netns: str) -> None:
+    """More deletes than one batch of acks fits in the socket's receive buffer (ENOBUFS once)."""
+    n = 1500
+    script = "".join(f"conntrack -I -p udp -s {POD} -d 198.51.100.{1 + i % 200} --sport {10000 + i} --dport 53 "
+                     f"-r 198.51.100.{1 + i % 200} -q {POD} --reply-port-src 53 --reply-port-dst {10000 + i} -t 600 "
+                     "2>/dev/null\n" for i in range(n))
+    sh("ip", "netns", "exec", netns, "sh", "-e", input=script)
+    code = ("from egress_cni.dataplane.conntrack import forget_unnatted_flows as f; "
+            f"print(f(frozenset({{'{POD}'}}), frozenset({{'10.244.0.0/16'}})))")
+    proc = subprocess.run(["ip", "netns", "exec", netns, PYTHON, "-c", code], capture_output=True, text=True,
+                          timeout=60, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    assert int(proc.stdout) == n
+    assert listed(netns) == set()
