@@ -27,7 +27,7 @@ REQUIRED_TOOLS = ("ip", "nsenter", "unshare", "containerd", "runc", "ctr", "gcc"
 
 
 def missing_prerequisites() -> list[str]:
-    from tests.support.tiers import KUBE_TOOLS, kube_bin_dir
+    from egress_cni.devkube.binaries import KUBE_TOOLS, kube_bin_dir
 
     missing = [f"{tool} (apt: see hack/install-deps.sh)" for tool in REQUIRED_TOOLS if not shutil.which(tool)]
     missing += [f"{kube_bin_dir() / t} (run hack/build-kube.sh)" for t in (*KUBE_TOOLS, "kubelet")
@@ -65,7 +65,7 @@ class Sandbox:
     def kubectl(self, *args: str, input: str | None = None, check: bool = True,  # noqa: A002 - subprocess's name
                 timeout: float = 120.0) -> subprocess.CompletedProcess[str]:
         """kubectl as admin, run inside the control-plane netns (the only place the apiserver is)."""
-        from tests.support.tiers import kube_bin_dir
+        from egress_cni.devkube.binaries import kube_bin_dir
 
         argv = netns.in_netns_argv(self.plan.control_plane.netns, [
             str(kube_bin_dir() / "kubectl"), f"--kubeconfig={self.kubeconfig}",

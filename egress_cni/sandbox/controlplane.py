@@ -15,10 +15,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from egress_cni.devkube.controlplane import ControlPlane
 from egress_cni.sandbox.netns import NetnsWorker
 from egress_cni.sandbox.plan import SandboxPlan
 from egress_cni.sandbox.procs import ProcessRecord, start_ticks
-from tests.harness.controlplane import ControlPlane
 
 NODES_BINDING = {
     "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",

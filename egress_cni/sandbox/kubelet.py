@@ -79,7 +79,7 @@ def start(node: NodePlan, root: Path, socket: Path, kubeconfig: Path, client_ca:
     cgroups.create(cgroups.node_root(node))
     config = root / "kubelet.yaml"
     config.write_text(yaml.safe_dump(kubelet_config(node, socket, client_ca, root / "static-pods")))
-    from tests.support.tiers import kube_bin_dir
+    from egress_cni.devkube.binaries import kube_bin_dir
 
     argv = [str(kube_bin_dir() / "kubelet"), f"--config={config}", f"--kubeconfig={kubeconfig}",
             f"--root-dir={root / 'kubelet'}", f"--cert-dir={root / 'kubelet-pki'}",

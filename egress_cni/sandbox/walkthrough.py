@@ -152,7 +152,7 @@ class Walkthrough:
 
 
 def kubectl_hint(sb: Sandbox) -> str:
-    from tests.support.tiers import kube_bin_dir
+    from egress_cni.devkube.binaries import kube_bin_dir
 
     return (f"ip netns exec {sb.plan.control_plane.netns} {kube_bin_dir() / 'kubectl'} "
             f"--kubeconfig={sb.kubeconfig}")

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness.controlplane import ControlPlane
-from tests.harness.processes import StartupError
+from egress_cni.devkube.controlplane import ControlPlane
+from egress_cni.devkube.processes import StartupError
 
 pytestmark = pytest.mark.apiserver
 

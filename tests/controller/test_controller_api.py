@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from egress_cni import k8s
+from egress_cni.devkube.processes import free_port
 from tests.controller.cluster import (
     NAMESPACE,
     ensure_namespace,
@@ -27,7 +28,6 @@ from tests.controller.cluster import (
     wait_for,
 )
 from tests.controller.conftest import Env
-from tests.harness.processes import free_port
 
 pytestmark = pytest.mark.apiserver
 

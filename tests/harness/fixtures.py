@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness.controlplane import ControlPlane
-from tests.harness.processes import StartupError
+from egress_cni.devkube.controlplane import ControlPlane
+from egress_cni.devkube.processes import StartupError
 
 REPO = Path(__file__).resolve().parents[2]
 CRD_DIR = REPO / "manifests" / "crds"

@@ -23,9 +23,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-from tests.harness.certs import CertificateAuthority, CertKey, SigningKey
-from tests.harness.kubeconfig import write_kubeconfig
-from tests.harness.processes import (
+from egress_cni.devkube.binaries import kube_bin_dir
+from egress_cni.devkube.certs import CertificateAuthority, CertKey, SigningKey
+from egress_cni.devkube.kubeconfig import write_kubeconfig
+from egress_cni.devkube.processes import (
     ManagedProcess,
     StartupError,
     clean_environment,
@@ -34,7 +35,6 @@ from tests.harness.processes import (
     insecure_context,
     wait_until,
 )
-from tests.support.tiers import kube_bin_dir
 
 SERVICE_CIDR = "10.0.0.0/24"
 FIRST_SERVICE_IP = "10.0.0.1"  # the `kubernetes` Service: in-cluster clients dial it, so it is a SAN
