@@ -1,0 +1,237 @@
+"""EgressPolicy and EgressClusterPolicy, and the endpoint slices that list the pods they select."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from egress_cni.api.base import (
+    ALLOCATOR_DEFAULT,
+    LABEL_POLICY_NAME,
+    Resource,
+    conditions_dict,
+    selector_at,
+)
+from egress_cni.api.errors import FieldError, join
+from egress_cni.api.gateway import PolicyRef
+from egress_cni.api.meta import (
+    Condition,
+    ObjectMeta,
+    Raw,
+    compact,
+    get_bool,
+    get_int,
+    get_list,
+    get_map,
+    get_str,
+    get_str_list,
+    parse_conditions,
+)
+from egress_cni.api.selectors import LabelSelector
+
+
+@dataclass(frozen=True)
+class EgressIP:
+    ipv4: str = ""
+    ipv6: str = ""
+    use_node_ip: bool = False
+    allocator_policy: str = ALLOCATOR_DEFAULT
+
+    @classmethod
+    def parse(cls, raw: Raw, path: str) -> EgressIP:
+        return cls(
+            ipv4=get_str(raw, "ipv4", path),
+            ipv6=get_str(raw, "ipv6", path),
+            use_node_ip=get_bool(raw, "useNodeIP", path),
+            allocator_policy=get_str(raw, "allocatorPolicy", path) or ALLOCATOR_DEFAULT,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return compact({"ipv4": self.ipv4, "ipv6": self.ipv6}) | {
+            "allocatorPolicy": self.allocator_policy,
+            "useNodeIP": self.use_node_ip,
+        }
+
+
+@dataclass(frozen=True)
+class AppliedTo:
+    pod_selector: LabelSelector | None = None
+    pod_subnet: tuple[str, ...] = ()
+    namespace_selector: LabelSelector | None = None  # EgressClusterPolicy only
+
+    @classmethod
+    def parse(cls, raw: Raw, path: str, *, cluster: bool) -> AppliedTo:
+        if not cluster and raw.get("namespaceSelector") is not None:
+            raise FieldError(join(path, "namespaceSelector"), raw["namespaceSelector"],
+                             "an EgressPolicy applies to its own namespace only; use an EgressClusterPolicy to select namespaces")
+        return cls(
+            pod_selector=selector_at(raw, "podSelector", path),
+            pod_subnet=get_str_list(raw, "podSubnet", path),
+            namespace_selector=selector_at(raw, "namespaceSelector", path) if cluster else None,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        if self.pod_selector is not None:
+            out["podSelector"] = self.pod_selector.to_dict()
+        if self.pod_subnet:
+            out["podSubnet"] = list(self.pod_subnet)
+        if self.namespace_selector is not None:
+            out["namespaceSelector"] = self.namespace_selector.to_dict()
+        return out
+
+
+@dataclass(frozen=True)
+class PolicySpec:
+    applied_to: AppliedTo = AppliedTo()
+    egress_gateway_name: str = ""
+    egress_ip: EgressIP | None = None  # None: absent (the CRD then defaults it)
+    dest_subnet: tuple[str, ...] = ()
+    priority: int | None = None
+
+    @classmethod
+    def parse(cls, raw: Raw, path: str, *, cluster: bool) -> PolicySpec:
+        egress_ip = raw.get("egressIP")
+        priority = raw.get("priority")
+        if priority is not None:
+            priority = get_int(raw, "priority", path)
+            if priority < 0:
+                raise FieldError(join(path, "priority"), priority, "must be zero or positive")
+        return cls(
+            applied_to=AppliedTo.parse(get_map(raw, "appliedTo", path), join(path, "appliedTo"), cluster=cluster),
+            egress_gateway_name=get_str(raw, "egressGatewayName", path),
+            egress_ip=None if egress_ip is None else EgressIP.parse(get_map(raw, "egressIP", path), join(path, "egressIP")),
+            dest_subnet=get_str_list(raw, "destSubnet", path),
+            priority=priority,
+        )
+
+    @property
+    def eip(self) -> EgressIP:
+        """egressIP with the CRD default applied."""
+        return self.egress_ip or EgressIP()
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"appliedTo": self.applied_to.to_dict()}
+        if self.egress_gateway_name:
+            out["egressGatewayName"] = self.egress_gateway_name
+        if self.egress_ip is not None:
+            out["egressIP"] = self.egress_ip.to_dict()
+        if self.dest_subnet:
+            out["destSubnet"] = list(self.dest_subnet)
+        if self.priority is not None:
+            out["priority"] = self.priority
+        return out
+
+
+@dataclass(frozen=True)
+class PolicyStatus:
+    eip_ipv4: str = ""
+    eip_ipv6: str = ""
+    node: str = ""
+    conditions: tuple[Condition, ...] = ()
+    observed_generation: int = 0
+
+    @classmethod
+    def parse(cls, raw: Raw, path: str) -> PolicyStatus:
+        eip = get_map(raw, "eip", path)
+        return cls(
+            eip_ipv4=get_str(eip, "ipv4", join(path, "eip")),
+            eip_ipv6=get_str(eip, "ipv6", join(path, "eip")),
+            node=get_str(raw, "node", path),
+            conditions=parse_conditions(raw, path),
+            observed_generation=get_int(raw, "observedGeneration", path),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return compact({
+            "eip": compact({"ipv4": self.eip_ipv4, "ipv6": self.eip_ipv6}),
+            "node": self.node,
+            "conditions": conditions_dict(self.conditions),
+            "observedGeneration": self.observed_generation or None,
+        })
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    ns: str
+    pod: str
+    node: str = ""
+    ipv4: tuple[str, ...] = ()
+    ipv6: tuple[str, ...] = ()
+
+    @classmethod
+    def parse(cls, raw: Any, path: str) -> Endpoint:
+        if not isinstance(raw, Mapping):
+            raise FieldError(path, raw, "must be an object")
+        return cls(
+            ns=get_str(raw, "ns", path), pod=get_str(raw, "pod", path), node=get_str(raw, "node", path),
+            ipv4=get_str_list(raw, "ipv4", path), ipv6=get_str_list(raw, "ipv6", path),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return compact({"ipv4": list(self.ipv4), "ipv6": list(self.ipv6), "node": self.node, "ns": self.ns, "pod": self.pod})
+
+
+@dataclass(frozen=True)
+class EgressPolicy(Resource):
+    KIND: ClassVar[str] = "EgressPolicy"
+    PLURAL: ClassVar[str] = "egresspolicies"
+    SHORT_NAME: ClassVar[str] = "egp"
+    NAMESPACED: ClassVar[bool] = True
+
+    spec: PolicySpec = PolicySpec()
+    status: PolicyStatus = PolicyStatus()
+
+    @classmethod
+    def parse(cls, raw: Raw) -> EgressPolicy:
+        return cls(ObjectMeta.parse(get_map(raw, "metadata", "")),
+                   PolicySpec.parse(get_map(raw, "spec", ""), "spec", cluster=cls is EgressClusterPolicy),
+                   PolicyStatus.parse(get_map(raw, "status", ""), "status"))
+
+    @property
+    def ref(self) -> PolicyRef:
+        return PolicyRef(self.metadata.name, self.metadata.namespace if self.NAMESPACED else "")
+
+    def to_dict(self) -> dict[str, Any]:
+        out = self._envelope() | {"spec": self.spec.to_dict()}
+        status = self.status.to_dict()
+        return out | ({"status": status} if status else {})
+
+
+@dataclass(frozen=True)
+class EgressClusterPolicy(EgressPolicy):
+    KIND: ClassVar[str] = "EgressClusterPolicy"
+    PLURAL: ClassVar[str] = "egressclusterpolicies"
+    SHORT_NAME: ClassVar[str] = "egcp"
+    NAMESPACED: ClassVar[bool] = False
+
+
+@dataclass(frozen=True)
+class EgressEndpointSlice(Resource):
+    KIND: ClassVar[str] = "EgressEndpointSlice"
+    PLURAL: ClassVar[str] = "egressendpointslices"
+    SHORT_NAME: ClassVar[str] = "egep"
+    NAMESPACED: ClassVar[bool] = True
+
+    endpoints: tuple[Endpoint, ...] = ()
+
+    @classmethod
+    def parse(cls, raw: Raw) -> EgressEndpointSlice:
+        return cls(ObjectMeta.parse(get_map(raw, "metadata", "")),
+                   tuple(Endpoint.parse(e, join("endpoints", i)) for i, e in enumerate(get_list(raw, "endpoints", ""))))
+
+    @property
+    def policy_name(self) -> str:
+        return self.metadata.labels.get(LABEL_POLICY_NAME, "")
+
+    def to_dict(self) -> dict[str, Any]:
+        return self._envelope() | {"endpoints": [e.to_dict() for e in self.endpoints]}
+
+
+@dataclass(frozen=True)
+class EgressClusterEndpointSlice(EgressEndpointSlice):
+    KIND: ClassVar[str] = "EgressClusterEndpointSlice"
+    PLURAL: ClassVar[str] = "egressclusterendpointslices"
+    SHORT_NAME: ClassVar[str] = "egcep"
+    NAMESPACED: ClassVar[bool] = False
