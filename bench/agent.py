@@ -13,6 +13,8 @@
    Two more peers in the same run separate the detour from our code: the same detour through node2
    routed plainly, and through a bare VXLAN device, each with a bare SNAT and no rules of ours. All
    nodes share the machine's cores, so every extra hop costs the sender's core directly.
+   Then the direct and gateway paths again with --iperf-policies more policies that select neither
+   pod: the tax a cluster's policies put on traffic that is not theirs.
 Every figure is printed; the script exits 0 either way (it reports, it does not assert).
 """
 
@@ -260,7 +262,18 @@ def _busy_cpu_seconds() -> float:
     return (v[0] + v[1] + v[2] + v[5] + v[6]) / os.sysconf("SC_CLK_TCK")
 
 
-def iperf_bench(gigabytes: float, rounds: int) -> dict[str, Any]:
+def wait_rules(t: Any, policies: int, timeout: float = 60.0) -> None:
+    """Until node1 and node2 carry a rule for each of the policies (their agents resync every second)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        counts = [sh("ip", "netns", "exec", t.node(n), "iptables-save", "-t", "mangle").count(":default/other") for n in (1, 2)]
+        if all(c >= policies for c in counts):
+            return
+        time.sleep(0.5)
+    raise TimeoutError(f"{policies} policies not programmed in {timeout} s")
+
+
+def iperf_bench(gigabytes: float, rounds: int, others: int = 200) -> dict[str, Any]:
     from tests.agent.topology import EIP4, EXT4, Topology
 
     t = Topology(pods={1: ["a", "b", "c", "d"]})
@@ -289,12 +302,23 @@ def iperf_bench(gigabytes: float, rounds: int) -> dict[str, Any]:
         for _ in range(rounds):  # interleaved so machine load hits every path alike
             for pod in PATHS:
                 out[pod].append(run(pod))
-        return {"runs": out}
+        # The same two pods with `others` more policies that select neither of them (rules, sets and
+        # peers on every node): what a busy cluster's policies cost traffic that is not theirs.
+        extra = [o for i in range(others) for o in t.policy(f"other{i:03d}", [(3, "x")], "node2", eip4=f"10.100.1.{1 + i % 250}")]
+        crowded: dict[str, list[tuple[float, float]]] = {"b": [], "a": []}
+        if others:
+            t.set_policies("node2", extra)
+            wait_rules(t, others)
+            for _ in range(rounds):
+                for pod in crowded:
+                    crowded[pod].append(run(pod))
+        return {"runs": out, "crowded": crowded}
     finally:
         t.close()
 
 
-def print_iperf(runs: dict[str, list[tuple[float, float]]], gigabytes: float) -> None:
+def print_iperf(runs: dict[str, list[tuple[float, float]]], gigabytes: float,
+                crowded: dict[str, list[tuple[float, float]]], others: int) -> None:
     gbps = {p: statistics.median(r[0] for r in rs) / 1e9 for p, rs in runs.items()}
     cost = {p: statistics.median(r[1] for r in rs) for p, rs in runs.items()}
     rounds = len(runs["a"])
@@ -308,6 +332,12 @@ def print_iperf(runs: dict[str, list[tuple[float, float]]], gigabytes: float) ->
     print(f"  what the detour costs without any of our code: plain {gbps['d'] / gbps['b'] * 100:.0f}%, "
           f"bare VXLAN {gbps['c'] / gbps['b'] * 100:.0f}% of direct; ours vs bare VXLAN {gbps['a'] / gbps['c'] * 100:.0f}% "
           f"(throughput), {cost['c'] / cost['a'] * 100:.0f}% (CPU per GB)")
+    if crowded["a"]:
+        c_gbps = {p: statistics.median(r[0] for r in rs) / 1e9 for p, rs in crowded.items()}
+        print(f"  with {others} more policies selecting neither pod, ordered before the gateway pod's own (its worst case): direct {c_gbps['b']:.2f} Gbit/s "
+              f"({c_gbps['b'] / gbps['b'] * 100:.0f}% of itself without), gateway path {c_gbps['a']:.2f} Gbit/s "
+              f"({c_gbps['a'] / gbps['a'] * 100:.0f}%)  runs direct {[round(r[0] / 1e9, 1) for r in crowded['b']]} "
+              f"gateway {[round(r[0] / 1e9, 1) for r in crowded['a']]}")
 
 
 def main() -> None:
@@ -319,6 +349,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--iperf-gigabytes", type=float, default=3.0, help="bytes per iperf3 run, per path")
     parser.add_argument("--iperf-rounds", type=int, default=5)
+    parser.add_argument("--iperf-policies", type=int, default=200, help="unrelated policies for the crowded run (0: skip)")
     args = parser.parse_args()
     if args.mode == "inner":
         inner(args)
@@ -343,7 +374,8 @@ def main() -> None:
         print(f"  rule count: {r['rule_count_small']} rules with {args.endpoints // 10} endpoints, "
               f"{r['iptables_rules']} with {args.endpoints} (grows with policies, not pods)")
     if args.mode in ("all", "iperf"):
-        print_iperf(iperf_bench(args.iperf_gigabytes, args.iperf_rounds)["runs"], args.iperf_gigabytes)
+        r = iperf_bench(args.iperf_gigabytes, args.iperf_rounds, args.iperf_policies)
+        print_iperf(r["runs"], args.iperf_gigabytes, r["crowded"], args.iperf_policies)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,15 @@ from typing import Protocol
 from egress_cni import registry
 from egress_cni.agent import dirwatch
 from egress_cni.agent.sources import Source, state_from_objects
-from egress_cni.dataplane.compute import Desired, cluster_set, desired_dataplane, members, selects, set_name
+from egress_cni.dataplane.compute import (
+    Desired,
+    cluster_set,
+    desired_dataplane,
+    members,
+    selected_set,
+    selects,
+    set_name,
+)
 from egress_cni.dataplane.inputs import ClusterState, DataplaneConfig, LocalEndpoint, NodeFacts
 from egress_cni.dataplane.plan import Dataplane, Plan, Sysctl, diff
 
@@ -325,7 +333,9 @@ class Agent:
                 for fam in (4, 6):
                     name = set_name(self.config, "s", fam, by_key[k])
                     if name in have:
-                        adds += [(name, m) for m in members(ep.ipv4 + ep.ipv6, fam)]
+                        ips = members(ep.ipv4 + ep.ipv6, fam)
+                        # the guard set first: without it the policy's rules never see the pod
+                        adds += [(selected_set(self.config, fam), m) for m in ips] + [(name, m) for m in ips]
             if ready:
                 acks.append(registry.Ack(ep.key, ep.ipv4, ep.ipv6, bool(chosen), chosen))
         if adds:

@@ -85,6 +85,11 @@ def cluster_set(config: DataplaneConfig, family: int) -> str:
     return f"{config.ipset_prefix}-cluster-v{family}"
 
 
+def selected_set(config: DataplaneConfig, family: int) -> str:
+    """Every source any policy's rules on this node can match: the guard in front of them."""
+    return f"{config.ipset_prefix}-selected-v{family}"
+
+
 @functools.lru_cache(maxsize=1 << 18)  # the same pod IPs come back every reconcile; ipaddress is slow
 def canonical(entry: str) -> tuple[int, str] | None:
     """(family, ipset member) for an IP or CIDR; host prefixes as bare IPs, as `ipset list` shows them."""
@@ -224,6 +229,7 @@ def desired_dataplane(state: ClusterState, facts: NodeFacts, config: DataplaneCo
     steer_to: set[str] = set()
     reply_to: set[str] = set()
     hijack: dict[int, set[str]] = {f: set() for f in families}
+    selected: dict[int, set[str]] = {f: set() for f in families}
     gateway_of: dict[str, str] = {}
     for p in policies:
         key = policy_key(p)
@@ -268,6 +274,7 @@ def desired_dataplane(state: ClusterState, facts: NodeFacts, config: DataplaneCo
                 else:
                     mangle[f].append(tagged(f"-m mark ! --mark {base} {match} -j DROP", f"nogateway:{key}"))
             ipsets.add(IPSet(src_name, f, frozenset(src)))
+            selected[f] |= src
             # Fail closed on established flows too: NAT is decided by a flow's first packet only. A flow
             # that started while this node tunnelled it (`-o vx -j ACCEPT`: no NAT) and continues after
             # this node became the gateway (or lost its tunnel route) would leave with the pod IP.
@@ -279,6 +286,7 @@ def desired_dataplane(state: ClusterState, facts: NodeFacts, config: DataplaneCo
 
     for f in families:
         ipsets.add(IPSet(cluster_set(config, f), f, _cluster_members(state, f)))
+        ipsets.add(IPSet(selected_set(config, f), f, frozenset(selected[f])))
 
     routes: set[Route] = set()
     rules: set[Rule] = set()
@@ -307,9 +315,11 @@ def desired_dataplane(state: ClusterState, facts: NodeFacts, config: DataplaneCo
 
     chains: set[Chain] = set()
     for f in families:
+        # Traffic of sources no policy names (most of a node's) meets one set lookup, not one per policy.
+        guard = [tagged(f"-m set ! --match-set {selected_set(config, f)} src -j RETURN", "unselected")]
         restore = [tagged(f"-m conntrack --ctdir REPLY -m connmark --mark {base} -j CONNMARK --restore-mark"
                           f" --nfmask 0x{FULL:x} --ctmask 0x{FULL:x}", "reply-restore")] if connmark[f] else []
-        chains.add(Chain(f, "mangle", config.mangle_chain, "PREROUTING", tuple(restore + connmark[f] + mangle[f])))
+        chains.add(Chain(f, "mangle", config.mangle_chain, "PREROUTING", tuple(restore + connmark[f] + (guard + mangle[f] if mangle[f] else []))))
         chains.add(Chain(f, "nat", config.nat_chain, "POSTROUTING", tuple(nat[f])))
         filt: list[str] = []
         post: list[str] = []
@@ -320,6 +330,7 @@ def desired_dataplane(state: ClusterState, facts: NodeFacts, config: DataplaneCo
                 tagged(f"-o {vx} -p tcp -m tcp --tcp-flags SYN,RST SYN -j TCPMSS --clamp-mss-to-pmtu", "mss"),
                 # the VXLAN packet inherits the inner mark: reset it so the outer one is not routed into the tunnel again
                 tagged(f"-o {vx} -j MARK --set-xmark 0x{config.mark_base:x}/0x{FULL:x}", "outer-mark"),
+                tagged(f"-o {vx} -j RETURN", "tunnel-done"),  # every rule below is `! -o vx`
                 tagged(f"! -o {vx} -m connmark --mark {tunnelled} -m conntrack ! --ctstate SNAT --ctdir ORIGINAL -j DROP",
                        "tunnelled-elsewhere"),
             ]
@@ -331,7 +342,10 @@ def desired_dataplane(state: ClusterState, facts: NodeFacts, config: DataplaneCo
                          (tagged(f"-d {local_ip} {udp}", "notrack-in"),) if untracked else ()))
         chains.add(Chain(f, "raw", config.raw_out_chain, "OUTPUT",
                          (tagged(f"-s {local_ip} {udp}", "notrack-out"),) if untracked else ()))
-        chains.add(Chain(f, "mangle", config.mangle_post_chain, "POSTROUTING", tuple(post + unnatted[f])))
+        # every unnatted rule needs "not SNATed": a SNATed packet (most of selected traffic) leaves here
+        natted = [tagged("-m conntrack --ctstate SNAT -j RETURN", "natted")]
+        chains.add(Chain(f, "mangle", config.mangle_post_chain, "POSTROUTING",
+                         tuple(post + (guard + natted + unnatted[f] if unnatted[f] else []))))
 
     sysctls = {Sysctl(f"net/ipv4/conf/{vx}/rp_filter", "2")} if link else set()
     dataplane = Dataplane(

@@ -137,7 +137,8 @@ def test_registered_endpoints_are_programmed_and_acked(tmp_path: Path) -> None:
     registry.write_endpoint(reg, registry.Endpoint("c6", "eth0", "ns1", "web-9", ipv4=["10.244.1.16"]))
     agent._fast_path()
     assert registry.read_ack(reg, "c6_eth0") is not None
-    assert any("10.244.1.16" in s.members for s in kernel.state.ipsets)
+    holding = {s.name for s in kernel.state.ipsets if "10.244.1.16" in s.members}
+    assert holding == {src.name, "egress-selected-v4"}  # its policy's set and the guard in front of the rules
     registry.remove_endpoint(reg, "c9_eth0")
     agent.reconcile()
     assert registry.read_ack(reg, "c9_eth0") is None
