@@ -304,7 +304,9 @@ def iperf_bench(gigabytes: float, rounds: int, others: int = 200) -> dict[str, A
                 out[pod].append(run(pod))
         # The same two pods with `others` more policies that select neither of them (rules, sets and
         # peers on every node): what a busy cluster's policies cost traffic that is not theirs.
-        extra = [o for i in range(others) for o in t.policy(f"other{i:03d}", [(3, "x")], "node2", eip4=f"10.100.1.{1 + i % 250}")]
+        # each has a (made-up) pod on node1 and node3, so node1 and node2 carry rules for all of them
+        extra = [o for i in range(others)
+                 for o in t.policy(f"other{i:03d}", [(1, "y"), (3, "x")], "node2", eip4=f"10.100.1.{1 + i % 250}")]
         crowded: dict[str, list[tuple[float, float]]] = {"b": [], "a": []}
         if others:
             t.set_policies("node2", extra)

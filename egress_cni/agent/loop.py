@@ -334,6 +334,8 @@ class Agent:
                     name = set_name(self.config, "s", fam, by_key[k])
                     if name in have:
                         ips = members(ep.ipv4 + ep.ipv6, fam)
+                        if ips and (k, fam) not in last.ruled:
+                            ready = False  # the policy's first source here: its rules come with the full reconcile
                         # the guard set first: without it the policy's rules never see the pod
                         adds += [(selected_set(self.config, fam), m) for m in ips] + [(name, m) for m in ips]
             if ready:

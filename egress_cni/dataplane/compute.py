@@ -59,6 +59,7 @@ class Desired:
     gateway_of: Mapping[str, str]  # policy key -> gateway node ("" = none: its traffic is dropped)
     order: tuple[str, ...] = ()  # policy keys, first match first
     peers: frozenset[str] = frozenset()  # nodes we have a tunnel to
+    ruled: frozenset[tuple[str, int]] = frozenset()  # (policy key, family) with rules here (a source on this node)
 
 
 def policy_key(p: EgressPolicy) -> str:
@@ -230,6 +231,7 @@ def desired_dataplane(state: ClusterState, facts: NodeFacts, config: DataplaneCo
     reply_to: set[str] = set()
     hijack: dict[int, set[str]] = {f: set() for f in families}
     selected: dict[int, set[str]] = {f: set() for f in families}
+    ruled: set[tuple[str, int]] = set()
     gateway_of: dict[str, str] = {}
     for p in policies:
         key = policy_key(p)
@@ -256,25 +258,28 @@ def desired_dataplane(state: ClusterState, facts: NodeFacts, config: DataplaneCo
             if gw == me:
                 src = {m for node, ips in eps for m in members(ips, f)} | subnet
                 reply_to.update(node for node, _ in eps if node and node != me)
+                if eips[f] and not use_node_ip and facts.holds_lease:
+                    addresses.add(Address(facts.parent, f"{eips[f]}/{32 if f == IPV4 else 128}", eip=True))
+            else:
+                src = {m for node, ips in eps if node == me for m in members(ips, f)} | subnet
+            ipsets.add(IPSet(src_name, f, frozenset(src)))
+            if not src:
+                continue  # no source on this node: its rules could never match (a packet meets one rule per policy)
+            ruled.add((key, f))
+            selected[f] |= src
+            if gw == me:
                 target = "MASQUERADE" if use_node_ip else f"SNAT --to-source {eips[f]}"
                 nat[f].append(tagged(f"{match} -j {target}", f"snat:{key}"))
                 mangle[f].append(tagged(f"-m mark ! --mark {base} {match} -j MARK --set-xmark {base.split('/')[0]}/0x{FULL:x}",
                                         f"local:{key}"))
                 if link:
                     accept[f].append(tagged(f"-i {vx} {match} -j RETURN", f"tunnel:{key}"))
-                if eips[f] and not use_node_ip and facts.holds_lease:
-                    addresses.add(Address(facts.parent, f"{eips[f]}/{32 if f == IPV4 else 128}", eip=True))
+            elif link and gw_peer is not None and f in gw_peer.tunnel_ip and f in own_tips:
+                mangle[f].append(tagged(f"-m mark ! --mark {base} {match} -j MARK --set-xmark 0x{gw_peer.mark:x}/0x{FULL:x}",
+                                        f"steer:{key}"))
+                steer_to.add(gw)
             else:
-                src = {m for node, ips in eps if node == me for m in members(ips, f)} | subnet
-                if link and gw_peer is not None and f in gw_peer.tunnel_ip and f in own_tips:
-                    mangle[f].append(tagged(f"-m mark ! --mark {base} {match} -j MARK --set-xmark 0x{gw_peer.mark:x}/0x{FULL:x}",
-                                            f"steer:{key}"))
-                    if src:
-                        steer_to.add(gw)
-                else:
-                    mangle[f].append(tagged(f"-m mark ! --mark {base} {match} -j DROP", f"nogateway:{key}"))
-            ipsets.add(IPSet(src_name, f, frozenset(src)))
-            selected[f] |= src
+                mangle[f].append(tagged(f"-m mark ! --mark {base} {match} -j DROP", f"nogateway:{key}"))
             # Fail closed on established flows too: NAT is decided by a flow's first packet only. A flow
             # that started while this node tunnelled it (`-o vx -j ACCEPT`: no NAT) and continues after
             # this node became the gateway (or lost its tunnel route) would leave with the pod IP.
@@ -355,4 +360,5 @@ def desired_dataplane(state: ClusterState, facts: NodeFacts, config: DataplaneCo
     )
     return Desired(dataplane, {k: tuple(v) for k, v in selection.items()},
                    {f: tuple(sorted(v)) for f, v in hijack.items()}, gateway_of,
-                   tuple(policy_key(p) for p in policies), frozenset(n for n in steer_to | reply_to if n in peers))
+                   tuple(policy_key(p) for p in policies), frozenset(n for n in steer_to | reply_to if n in peers),
+                   frozenset(ruled))

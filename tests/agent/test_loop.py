@@ -321,3 +321,35 @@ def test_no_endpoint_is_acked_before_every_source_has_synced(tmp_path: Path) -> 
     acks = {a.key: a for a in registry.list_acks(reg)}
     assert set(acks) == {"c9_eth0", "c6_eth0"}
     assert all(a.selected and a.policies == ("ns1/web",) for a in acks.values())
+
+
+def test_a_policy_has_rules_only_where_it_has_sources_and_its_first_pod_waits_for_them(tmp_path: Path) -> None:
+    """A policy with no source on this node renders no rule (a packet meets one rule per policy), only
+    its empty set; the fast path must not ack the policy's first pod here before its rules exist."""
+    agent = make_agent(tmp_path, "worker-basic")
+    reg = str(tmp_path / "registry")
+    source: FakeSource = agent.source  # type: ignore[assignment]
+    web = next(o for o in source.objects() if o["kind"] == "EgressPolicy" and o["metadata"]["name"] == "web")
+    api = {**web, "metadata": {**web["metadata"], "name": "api"},
+           "spec": {**web["spec"], "appliedTo": {"podSelector": {"matchLabels": {"app": "api"}}}}}
+    source._objects = [*source.objects(), api]
+    agent.reconcile()
+    kernel: FakeKernel = agent.kernel  # type: ignore[assignment]
+
+    def rules_of(key: str) -> list[str]:
+        return [r for c in kernel.state.chains for r in c.rules if f":{key} -j " in r]
+
+    assert rules_of("ns1/api") == [] and rules_of("ns1/web")
+    api_set = set_name(CONFIG, "s", 4, EgressPolicy.parse(api))
+    assert any(s.name == api_set and not s.members for s in kernel.state.ipsets)
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "api-1", "namespace": "ns1", "labels": {"app": "api"}},
+           "spec": {"nodeName": "node1"}}
+    source._objects = [*source.objects(), pod]
+    agent._source_changed()
+    registry.write_endpoint(reg, registry.Endpoint("c5", "eth0", "ns1", "api-1", ipv4=["10.244.1.15"]))
+    agent._fast_path()
+    assert registry.read_ack(reg, "c5_eth0") is None  # in the set already, but no rule would see it
+    agent.reconcile()
+    ack = registry.read_ack(reg, "c5_eth0")
+    assert ack is not None and ack.policies == ("ns1/api",)
+    assert any("steer:ns1/api" in r for r in rules_of("ns1/api"))
