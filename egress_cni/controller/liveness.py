@@ -60,6 +60,12 @@ class AgentLiveness:
         else:
             seen.duration = duration
 
+    def fresh(self, name: str, now: float) -> bool:
+        """This one Lease renewed within its duration (O(1): called on every renewal event; holds are
+        the timed `evaluate`'s business)."""
+        seen = self._seen.get(name)
+        return seen is not None and now < seen.at + seen.duration + self.grace
+
     def evaluate(self, now: float) -> Verdict:
         expiry = {name: s.at + s.duration + self.grace for name, s in self._seen.items()}
         alive = {name: now < t for name, t in expiry.items()}

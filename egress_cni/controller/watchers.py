@@ -199,8 +199,9 @@ class Watchers:
         if not name.startswith(self.config.agent_lease_prefix):
             return
         with self._liveness_lock:
-            self.liveness.observe(name, new, time.monotonic())
-            alive = self.liveness.evaluate(time.monotonic()).alive.get(name, False)
+            now = time.monotonic()
+            self.liveness.observe(name, new, now)
+            alive = self.liveness.fresh(name, now) or name in self.held_agents
             flipped = self._agent_alive.get(name) != alive
             self._agent_alive[name] = alive
         if flipped:

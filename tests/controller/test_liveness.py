@@ -96,3 +96,10 @@ def test_long_dead_agents_do_not_count_towards_the_fraction() -> None:
         renew_all(live, ["c", "d"], t + 1, float(t))
     renew_all(live, ["c"], 41, 40.0)  # now d dies: one of the two live agents, not a majority
     assert live.evaluate(40.5).alive == {"a": False, "b": False, "c": True, "d": False}
+
+
+def test_fresh_is_the_one_lease_view_used_on_every_renewal_event() -> None:
+    live = AgentLiveness(grace=0.5)
+    assert not live.fresh("a", 0.0)
+    live.observe("a", lease("t1"), 0.0)
+    assert live.fresh("a", 1.4) and not live.fresh("a", 1.5)
