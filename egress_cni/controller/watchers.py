@@ -218,11 +218,7 @@ class Watchers:
         """Node name -> agent alive (controller/liveness.py), and the seconds until a verdict may
         change without an event (a Lease running out, or a hold ending)."""
         now = time.monotonic()
-        with self._liveness_lock:
-            for lease in self.informers[k8s.LEASES.plural].list():  # a relist may have dropped a deletion
-                name = (lease.get("metadata") or {}).get("name", "")
-                if name.startswith(self.config.agent_lease_prefix):
-                    self.liveness.observe(name, lease, now)
+        with self._liveness_lock:  # every Lease change reached _on_lease (the informer reports relist deletions too)
             verdict = self.liveness.evaluate(now)
             self._agent_alive = dict(verdict.alive)
         if verdict.held != self.held_agents:

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-import subprocess
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 
 from egress_cni.dataplane import ctnetlink
 from egress_cni.dataplane.ctnetlink import OrigTuple
+from egress_cni.dataplane.xtables import run
 
 log = logging.getLogger(__name__)
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -51,14 +51,6 @@ def parse_flow(line: str) -> tuple[OrigTuple, str, str] | None:
     return orig, src[1], dst[1]
 
 
-def flow_addresses(listing: str) -> Iterator[tuple[str, str, str, str]]:
-    """(orig src, orig dst, reply src, reply dst) of each `conntrack -L` line."""
-    for line in listing.splitlines():
-        flow = parse_flow(line)
-        if flow is not None:
-            yield flow[0].src, flow[0].dst, flow[1], flow[2]
-
-
 def unnatted_tuples(listing: str, sources: frozenset[str], cluster: Iterable[str]) -> list[OrigTuple]:
     """The original tuples of the un-NATed outbound flows of `sources` (pure)."""
     inside = [ipaddress.ip_network(c, strict=False) for c in cluster]
@@ -78,10 +70,7 @@ def forget_unnatted_flows(sources: frozenset[str], cluster: frozenset[str]) -> i
     many were deleted. Protocols without ports or ICMP ids (GRE, ...) are left to expire."""
     found: list[OrigTuple] = []
     for family in sorted({"ipv6" if ":" in ip else "ipv4" for ip in sources}):
-        proc = subprocess.run(["conntrack", "-L", "-f", family], capture_output=True, text=True, timeout=60)
-        if proc.returncode != 0:
-            raise RuntimeError(f"conntrack -L -f {family} exited {proc.returncode}: {proc.stderr.strip()}")
-        found += unnatted_tuples(proc.stdout, sources, cluster)
+        found += unnatted_tuples(run(["conntrack", "-L", "-f", family]), sources, cluster)
     skipped = sum(1 for t in found if not t.deletable)
     if skipped:
         log.info("un-NATed flows left to expire (no ports)", extra={"flows": skipped})

@@ -15,6 +15,8 @@ import struct
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from egress_cni.cni.netlink import attr
+
 NETLINK_NETFILTER = 12
 NFNL_SUBSYS_CTNETLINK, IPCTNL_MSG_CT_DELETE = 1, 2
 NLM_F_REQUEST, NLM_F_ACK = 0x1, 0x4
@@ -31,7 +33,6 @@ PORTED = frozenset({6, 17, 33, 132, 136})  # tcp, udp, dccp, sctp, udplite
 
 _HDR = struct.Struct("=IHHII")
 _NFGEN = struct.Struct("=BBH")
-_NLA = struct.Struct("=HH")
 # Each ack costs the receive buffer a whole skb (about 1 KiB of truesize), not its 36 bytes: a batch
 # of 400 overflowed the default 208 KiB with ENOBUFS. 128 per send, with a 1 MiB buffer.
 _BATCH = 128
@@ -51,31 +52,26 @@ class OrigTuple:
         return self.proto in PORTED or self.proto in (ICMP, ICMPV6)
 
 
-def _nla(kind: int, data: bytes) -> bytes:
-    length = _NLA.size + len(data)
-    return _NLA.pack(length, kind) + data + b"\0" * (-length % 4)
-
-
 def _nested(kind: int, *children: bytes) -> bytes:
-    return _nla(kind | NLA_F_NESTED, b"".join(children))
+    return attr(kind | NLA_F_NESTED, b"".join(children))
 
 
-def delete_body(t: OrigTuple) -> tuple[int, bytes]:
-    """(address family, nfgenmsg + attributes) of one IPCTNL_MSG_CT_DELETE (pure)."""
+def delete_body(t: OrigTuple) -> bytes:
+    """nfgenmsg + attributes of one IPCTNL_MSG_CT_DELETE (pure)."""
     src, dst = ipaddress.ip_address(t.src), ipaddress.ip_address(t.dst)
     v6 = src.version == 6
-    ip = _nested(CTA_TUPLE_IP, _nla(CTA_IP_V6_SRC if v6 else CTA_IP_V4_SRC, src.packed),
-                 _nla(CTA_IP_V6_DST if v6 else CTA_IP_V4_DST, dst.packed))
-    proto = [_nla(CTA_PROTO_NUM, bytes([t.proto]))]
+    ip = _nested(CTA_TUPLE_IP, attr(CTA_IP_V6_SRC if v6 else CTA_IP_V4_SRC, src.packed),
+                 attr(CTA_IP_V6_DST if v6 else CTA_IP_V4_DST, dst.packed))
+    proto = [attr(CTA_PROTO_NUM, bytes([t.proto]))]
     if t.proto in (ICMP, ICMPV6):
         ids = (CTA_PROTO_ICMPV6_ID, CTA_PROTO_ICMPV6_TYPE, CTA_PROTO_ICMPV6_CODE) if t.proto == ICMPV6 else \
             (CTA_PROTO_ICMP_ID, CTA_PROTO_ICMP_TYPE, CTA_PROTO_ICMP_CODE)
-        proto += [_nla(ids[0], struct.pack("!H", t.sport)), _nla(ids[1], bytes([t.dport >> 8])),
-                  _nla(ids[2], bytes([t.dport & 0xFF]))]
+        proto += [attr(ids[0], struct.pack("!H", t.sport)), attr(ids[1], bytes([t.dport >> 8])),
+                  attr(ids[2], bytes([t.dport & 0xFF]))]
     else:
-        proto += [_nla(CTA_PROTO_SRC_PORT, struct.pack("!H", t.sport)), _nla(CTA_PROTO_DST_PORT, struct.pack("!H", t.dport))]
+        proto += [attr(CTA_PROTO_SRC_PORT, struct.pack("!H", t.sport)), attr(CTA_PROTO_DST_PORT, struct.pack("!H", t.dport))]
     family = _socket.AF_INET6 if v6 else _socket.AF_INET
-    return family, _NFGEN.pack(family, 0, 0) + _nested(CTA_TUPLE_ORIG, ip, _nested(CTA_TUPLE_PROTO, *proto))
+    return _NFGEN.pack(family, 0, 0) + _nested(CTA_TUPLE_ORIG, ip, _nested(CTA_TUPLE_PROTO, *proto))
 
 
 def delete(tuples: Iterable[OrigTuple]) -> int:
@@ -87,7 +83,7 @@ def delete(tuples: Iterable[OrigTuple]) -> int:
         msg_type = (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_DELETE
         deleted, batch = 0, []
         for seq, t in enumerate(tuples, start=1):
-            _, body = delete_body(t)
+            body = delete_body(t)
             batch.append(_HDR.pack(_HDR.size + len(body), msg_type, NLM_F_REQUEST | NLM_F_ACK, seq, 0) + body)
             if len(batch) == _BATCH:
                 deleted += _flush(sock, batch)

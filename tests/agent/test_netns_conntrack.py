@@ -44,10 +44,12 @@ def insert(ns: str, sport: int, flow: tuple[str, str, str, str]) -> None:
 
 
 def listed(ns: str) -> set[tuple[str, str, str, str]]:
-    from egress_cni.dataplane.conntrack import flow_addresses
+    """(orig src, orig dst, reply src, reply dst) of every entry."""
+    from egress_cni.dataplane.conntrack import parse_flow
 
-    return {f for fam in ("ipv4", "ipv6")
-            for f in flow_addresses(sh("ip", "netns", "exec", ns, "conntrack", "-L", "-f", fam).stdout)}
+    flows = [parse_flow(line) for fam in ("ipv4", "ipv6")
+             for line in sh("ip", "netns", "exec", ns, "conntrack", "-L", "-f", fam).stdout.splitlines()]
+    return {(f[0].src, f[0].dst, f[1], f[2]) for f in flows if f is not None}
 
 
 def real_icmp_and_tcp_flows(ns: str) -> None:

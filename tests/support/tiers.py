@@ -16,7 +16,7 @@ from egress_cni.devkube.binaries import KUBE_TOOLS, kube_bin_dir
 def netns_missing() -> str | None:
     if os.geteuid() != 0:
         return "needs root to create network namespaces"
-    for tool in ("ip", "iptables-restore", "ipset"):
+    for tool in ("ip", "iptables-restore", "ipset", "conntrack", "busybox"):
         if not shutil.which(tool):
             return f"{tool} is not installed (run hack/install-deps.sh)"
     return None
