@@ -31,8 +31,8 @@ kube:
 	  || { echo "control-plane build failed (see $(LOGDIR)/build-kube.log); apiserver/e2e tiers will skip"; tail -n 20 $(LOGDIR)/build-kube.log; }
 
 lint: venv
-	$(VENV)/bin/ruff check egress_cni webhook tests e2e bench hack
-	$(VENV)/bin/mypy egress_cni webhook tests/harness
+	$(VENV)/bin/ruff check egress_cni webhook devtools tests e2e bench hack
+	$(VENV)/bin/mypy egress_cni webhook devtools tests/harness
 
 unit: venv
 	$(VENV)/bin/pytest -m unit
@@ -41,4 +41,4 @@ test: deps venv kube lint
 	$(VENV)/bin/pytest
 
 sandbox: deps venv kube
-	$(PY) -m egress_cni.sandbox $(SANDBOX_ARGS)
+	$(PY) -m devtools.sandbox $(SANDBOX_ARGS)

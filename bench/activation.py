@@ -29,10 +29,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from devtools.sandbox import nodeops  # noqa: E402
+from devtools.sandbox.cluster import Sandbox  # noqa: E402
+from devtools.sandbox.plan import STATE_DIR, build_plan  # noqa: E402
 from e2e.helpers import Cluster, wait_for  # noqa: E402
-from egress_cni.sandbox import nodeops  # noqa: E402
-from egress_cni.sandbox.cluster import Sandbox  # noqa: E402
-from egress_cni.sandbox.plan import STATE_DIR, build_plan  # noqa: E402
 
 NS = "bench"
 EIP = "10.6.168.240"
@@ -145,7 +145,7 @@ def main() -> int:
     plan = build_plan() if args.kept else build_plan(state_dir=Path(f"{STATE_DIR}-bench-{session}"), prefix=f"egwb-{session}")
     sb = Sandbox(plan, say=lambda line: print(line, file=sys.stderr, flush=True))
     if args.kept:
-        from egress_cni.sandbox.state import SandboxState
+        from devtools.sandbox.state import SandboxState
 
         sb.state = SandboxState.load(plan.state_dir) or sb.state
     else:

@@ -38,9 +38,9 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from devtools.devkube.controlplane import ControlPlane  # noqa: E402
+from devtools.devkube.processes import free_port  # noqa: E402
 from egress_cni import k8s  # noqa: E402
-from egress_cni.devkube.controlplane import ControlPlane  # noqa: E402
-from egress_cni.devkube.processes import free_port  # noqa: E402
 from tests.controller.cluster import Agents, ensure_namespace, gateway, make_node, make_pod, policy  # noqa: E402
 from tests.support.tiers import apiserver_missing  # noqa: E402
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from egress_cni.devkube.controlplane import ControlPlane
+from devtools.devkube.controlplane import ControlPlane
 from tests.support.tiers import apiserver_missing
 
 CRD_DIR = Path(__file__).resolve().parents[1] / "manifests" / "crds"

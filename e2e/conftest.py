@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
+from devtools.sandbox import netns
+from devtools.sandbox.cluster import Sandbox, sweep_stale
+from devtools.sandbox.plan import build_plan
 from e2e.helpers import EXTERNAL_OTHER, Cluster, namespaces
-from egress_cni.sandbox import netns
-from egress_cni.sandbox.cluster import Sandbox, sweep_stale
-from egress_cni.sandbox.plan import build_plan
 
 E2E_STATE_PREFIX = "/run/egressgateway-sandbox-e2e-"
 

@@ -10,8 +10,8 @@ from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from egress_cni.sandbox import nodeops
-from egress_cni.sandbox.cluster import Sandbox
+from devtools.sandbox import nodeops
+from devtools.sandbox.cluster import Sandbox
 
 T = TypeVar("T")
 EXTERNAL = "10.6.168.63"

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
+from devtools.sandbox.walkthrough import Walkthrough
 from e2e.helpers import Cluster
-from egress_cni.sandbox.walkthrough import Walkthrough
 
 pytestmark = pytest.mark.e2e
 

@@ -12,7 +12,7 @@ agent can poll or inotify-watch the directories. Readers skip names starting wit
 and files that do not parse, so a torn or foreign file never breaks the other side.
 
 The records are slotted classes rather than dataclasses: the plugin imports this module on every pod
-start and `dataclasses` alone costs ~8 ms there (see egress_cni.cni.record).
+start and `dataclasses` alone costs ~8 ms there (see egress_cni.lowlevel.record).
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ from __future__ import annotations
 import os
 import time
 
-from egress_cni.cni import jsonlite
-from egress_cni.cni.record import Record
+from egress_cni.lowlevel import jsonlite
+from egress_cni.lowlevel.record import Record
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:

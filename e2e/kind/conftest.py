@@ -50,8 +50,9 @@ def kind_env(request: pytest.FixtureRequest) -> Iterator[KindEnv]:
     cluster.kubectl("-n", "egressgateway-system", "rollout", "status", "daemonset/egressgateway-agent", "--timeout=300s")
     subnet = _kind_subnet()
     last = subnet.broadcast_address - 1
-    _docker("run", "-d", "--rm", "--name", SERVER_NAME, "--network", "kind", IMAGE,
-            "python", "-m", "egress_cni.sandbox.extserver", "--record", "/tmp/record.jsonl")
+    # the image holds the product only: the external server runs from the checkout, mounted read-only
+    _docker("run", "-d", "--rm", "--name", SERVER_NAME, "--network", "kind", "-v", f"{REPO}:/checkout:ro", "-w", "/checkout",
+            IMAGE, "python", "-m", "devtools.sandbox.extserver", "--record", "/tmp/record.jsonl")
     try:
         server_ip = _docker("inspect", "-f", "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}", SERVER_NAME).strip()
         yield KindEnv(cluster, server_ip, f"{last - 4}-{last}")

@@ -92,7 +92,7 @@ def _add_underlay(conf: NetConf, inv: Invocation, v4: tuple[str, ...], v6: tuple
         pods = tuple((AF_INET, ip) for ip in v4) + tuple((AF_INET6, ip) for ip in v6)
         identity = underlay.veth_identity(conf.host_veth_prefix, conf.name, inv.container_id, inv.ifname)
         with state.HostLock(conf.state_dir):
-            from egress_cni.cni.netlink import Netlink
+            from egress_cni.lowlevel.netlink import Netlink
 
             with Netlink() as host:
                 nodes, uplinks = underlay.node_ips_for(host, pods)

@@ -6,8 +6,9 @@ what would be accepted, with the CNI code the spec assigns (4 env, 6 undecodable
 
 from __future__ import annotations
 
-from egress_cni.cni import errors, jsonlite
-from egress_cni.cni.record import Record
+from egress_cni.cni import errors
+from egress_cni.lowlevel import jsonlite
+from egress_cni.lowlevel.record import Record
 from egress_cni.registry import DEFAULT_ALIVE_SECONDS, DEFAULT_DIR
 
 TYPE_CHECKING = False

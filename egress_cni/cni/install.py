@@ -27,7 +27,8 @@ import egress_cni
 
 PLUGIN_TYPE = "egress-cni"
 TRIM = {"test", "idlelib", "tkinter", "turtledemo", "ensurepip", "site-packages", "lib2to3", "__phello__", "unittest"}
-PACKAGE_FILES = ("__init__.py", "registry.py", "py.typed")  # + the cni/ subpackage; nothing else runs in the plugin
+PACKAGE_FILES = ("__init__.py", "registry.py", "py.typed")
+PACKAGE_DIRS = ("cni", "lowlevel")  # with PACKAGE_FILES all the plugin imports (.importlinter holds it to that)
 WRAPPER = """#!/bin/sh
 # egressgateway CNI plugin (written by `egress-cni install`): runs the private runtime only.
 R={runtime}/current
@@ -82,7 +83,8 @@ def build_runtime(runtime_dir: Path) -> Path:
     for name in PACKAGE_FILES:
         if (package_root / name).exists():
             shutil.copy2(package_root / name, target / name)
-    shutil.copytree(package_root / "cni", target / "cni", ignore=shutil.ignore_patterns("__pycache__"))
+    for sub in PACKAGE_DIRS:
+        shutil.copytree(package_root / sub, target / sub, ignore=shutil.ignore_patterns("__pycache__"))
     import compileall
 
     compileall.compile_dir(str(target), quiet=1)  # pyc next to the source: no write attempts at pod start
@@ -102,7 +104,8 @@ def _tree_digest(root: Path) -> str:
     import hashlib
 
     h = hashlib.sha256(sys.version.encode())
-    for path in sorted([root / n for n in PACKAGE_FILES if (root / n).exists()] + sorted((root / "cni").rglob("*.py"))):
+    files = [root / n for n in PACKAGE_FILES if (root / n).exists()] + [p for sub in PACKAGE_DIRS for p in (root / sub).rglob("*.py")]
+    for path in sorted(files):
         h.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes())
     return h.hexdigest()[:12]
 

@@ -12,7 +12,7 @@ import sys
 
 from egress_cni.cni import errors
 from egress_cni.cni.config import SUPPORTED_VERSIONS, parse_invocation, parse_netconf, parse_version_only
-from egress_cni.cni.jsonlite import dumps
+from egress_cni.lowlevel.jsonlite import dumps
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import os
 import time
 
-from egress_cni.cni import errors, jsonlite
+from egress_cni.cni import errors
+from egress_cni.lowlevel import jsonlite
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:

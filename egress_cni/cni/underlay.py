@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import _sha1  # type: ignore[import-not-found]  # hashlib would load OpenSSL (~3 ms)
 
-from egress_cni.cni import netlink
 from egress_cni.cni.config import AF_INET, AF_INET6, Cidr
-from egress_cni.cni.netlink import RT_SCOPE_LINK, RT_SCOPE_UNIVERSE, RT_TABLE_MAIN, Netlink, Route
 from egress_cni.cni.netns import Switch
-from egress_cni.cni.record import Record
+from egress_cni.lowlevel import netlink
+from egress_cni.lowlevel.netlink import RT_SCOPE_LINK, RT_SCOPE_UNIVERSE, RT_TABLE_MAIN, Netlink, Route
+from egress_cni.lowlevel.record import Record
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:

@@ -15,7 +15,7 @@ import struct
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from egress_cni.cni.netlink import attr
+from egress_cni.lowlevel.netlink import attr
 
 NETLINK_NETFILTER = 12
 NFNL_SUBSYS_CTNETLINK, IPCTNL_MSG_CT_DELETE = 1, 2

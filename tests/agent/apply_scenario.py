@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import sys
 
-from egress_cni.agent.scenario import load_scenario
+from devtools.scenario import load_scenario
 from egress_cni.dataplane.apply import KernelDataplane
 from egress_cni.dataplane.compute import desired_dataplane
 from egress_cni.dataplane.inputs import DataplaneConfig

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from egress_cni.agent.scenario import load_scenario
+from devtools.scenario import load_scenario
 from egress_cni.dataplane.compute import desired_dataplane
 from egress_cni.dataplane.inputs import DataplaneConfig
 from egress_cni.dataplane.render import golden_files

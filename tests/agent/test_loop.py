@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
+from devtools.scenario import load_scenario
 from egress_cni import registry
 from egress_cni.agent.loop import Agent
-from egress_cni.agent.scenario import load_scenario
 from egress_cni.agent.sources import OnChange, load_yaml_objects
 from egress_cni.api.meta import ObjectMeta
 from egress_cni.api.model import EgressClusterPolicy, EgressPolicy

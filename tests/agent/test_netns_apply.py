@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from egress_cni.agent.scenario import load_scenario
+from devtools.scenario import load_scenario
 from tests.agent.topology import PYTHON, ROOT, sh
 
 pytestmark = [pytest.mark.netns, pytest.mark.timeout(300)]

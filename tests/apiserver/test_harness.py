@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from egress_cni.devkube.controlplane import ControlPlane
-from egress_cni.devkube.processes import StartupError
+from devtools.devkube.controlplane import ControlPlane
+from devtools.devkube.processes import StartupError
 
 pytestmark = pytest.mark.apiserver
 

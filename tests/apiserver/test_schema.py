@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import yaml
 
-from egress_cni.devkube.controlplane import ControlPlane
+from devtools.devkube.controlplane import ControlPlane
 from tests.harness.fixtures import CRD_DIR, EGRESS_NAMESPACE
 from tests.support.seeds import walkthrough_text
 

@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 import pytest
 import yaml
 
-from egress_cni.devkube.controlplane import ControlPlane
+from devtools.devkube.controlplane import ControlPlane
 from tests.support.seeds import walkthrough_text
 
 pytestmark = pytest.mark.apiserver

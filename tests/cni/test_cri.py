@@ -16,11 +16,11 @@ from pathlib import Path
 
 import pytest
 
+from devtools.sandbox import procs
+from devtools.sandbox.containerd import NodePaths, containerd_config, import_images, leftover_shims, remove_all_pods, wipe
+from devtools.sandbox.cri import CRIClient, PodRef
+from devtools.sandbox.images import PAUSE_IMAGE, FileEntry, build_pause_binary, layer_tar, oci_archive
 from egress_cni import registry
-from egress_cni.sandbox import procs
-from egress_cni.sandbox.containerd import NodePaths, containerd_config, import_images, leftover_shims, remove_all_pods, wipe
-from egress_cni.sandbox.cri import CRIClient, PodRef
-from egress_cni.sandbox.images import PAUSE_IMAGE, FileEntry, build_pause_binary, layer_tar, oci_archive
 from tests.cni.runner import DEBIAN_CNI, REPO, ip, unique
 
 pytestmark = pytest.mark.cri

@@ -215,7 +215,7 @@ def test_overlay_add_imports_no_netlink_or_pyroute2(tmp_path: Path) -> None:
     stdin = conf(prevResult=prev, mode="overlay", registryDir=str(tmp_path / "r"), stateDir=str(tmp_path / "s"))
     code = ("import sys, os; sys.path.insert(0, '.'); from egress_cni.cni.main import run; "
             f"rc, _ = run(dict(os.environ), {stdin!r}); "
-            "print(rc, [m for m in sys.modules if m.startswith(('pyroute2', 'kubernetes', 'yaml', 'egress_cni.cni.netlink', 'ctypes', '_ctypes'))])")
+            "print(rc, [m for m in sys.modules if m.startswith(('pyroute2', 'kubernetes', 'yaml', 'egress_cni.lowlevel.netlink', 'ctypes', '_ctypes'))])")
     out = subprocess.run([str(OUR_BIN.parent / ".venv/bin/python"), "-I", "-S", "-c", code], capture_output=True, text=True, check=True,
                          cwd=OUR_BIN.parent, env=ENV).stdout
     assert out.strip() == "0 []"

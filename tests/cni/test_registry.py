@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from egress_cni import registry as reg
-from egress_cni.cni import jsonlite
+from egress_cni.lowlevel import jsonlite
 
 pytestmark = pytest.mark.unit
 

@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
+from devtools.devkube.processes import free_port
 from egress_cni import k8s
-from egress_cni.devkube.processes import free_port
 from tests.controller.cluster import (
     NAMESPACE,
     ensure_namespace,

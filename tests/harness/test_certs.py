@@ -12,8 +12,8 @@ from cryptography import x509
 from cryptography.x509 import verification
 from cryptography.x509.oid import NameOID
 
-from egress_cni.devkube.certs import CertificateAuthority
-from egress_cni.devkube.kubeconfig import write_kubeconfig
+from devtools.devkube.certs import CertificateAuthority
+from devtools.devkube.kubeconfig import write_kubeconfig
 
 pytestmark = pytest.mark.unit
 

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from egress_cni.sandbox import cgroups, containerd, images, netns, procs
-from egress_cni.sandbox.cri import CRIClient, PodRef
-from egress_cni.sandbox.plan import SandboxPlan, build_plan
+from devtools.sandbox import cgroups, containerd, images, netns, procs
+from devtools.sandbox.cri import CRIClient, PodRef
+from devtools.sandbox.plan import SandboxPlan, build_plan
 
 pytestmark = pytest.mark.cri
 
@@ -24,7 +24,7 @@ def plan(tmp_path: Path) -> Iterator[SandboxPlan]:
     records: list[procs.ProcessRecord] = []
     try:
         netns.apply_topology(plan)
-        records.append(procs.launch("ext", [sys.executable, "-m", "egress_cni.sandbox.extserver", "--record",
+        records.append(procs.launch("ext", [sys.executable, "-m", "devtools.sandbox.extserver", "--record",
                                             str(tmp_path / "record.jsonl")], tmp_path, netns=plan.external.netns))
         containerd.prepare_node(plan.nodes[0], paths, plugin="stub")
         records.append(containerd.start(plan.nodes[0], paths))

@@ -6,7 +6,7 @@ import ipaddress
 
 import pytest
 
-from egress_cni.sandbox.plan import UNDERLAY_V4, build_plan
+from devtools.sandbox.plan import UNDERLAY_V4, build_plan
 
 pytestmark = pytest.mark.unit
 

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from egress_cni.sandbox import components, containerd, images, kubelet
-from egress_cni.sandbox.extserver import dns_question
-from egress_cni.sandbox.plan import build_plan
-from egress_cni.sandbox.walkthrough import SEED, heredocs, seed_heredocs
+from devtools.sandbox import components, containerd, images, kubelet
+from devtools.sandbox.extserver import dns_question
+from devtools.sandbox.plan import build_plan
+from devtools.sandbox.walkthrough import SEED, heredocs, seed_heredocs
 
 pytestmark = pytest.mark.unit
 

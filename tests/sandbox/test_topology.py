@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from egress_cni.sandbox import netns, procs
-from egress_cni.sandbox.plan import SandboxPlan, build_plan
+from devtools.sandbox import netns, procs
+from devtools.sandbox.plan import SandboxPlan, build_plan
 
 pytestmark = pytest.mark.netns
 
@@ -39,7 +39,7 @@ def _fetch(plan: SandboxPlan, node: str, url: str, timeout: float = 30.0) -> str
 def test_nodes_reach_the_external_server_with_their_own_address(plan: SandboxPlan, tmp_path: Path) -> None:
     netns.apply_topology(plan)
     netns.apply_topology(plan)  # idempotent
-    server = procs.launch("ext", [sys.executable, "-m", "egress_cni.sandbox.extserver", "--record",
+    server = procs.launch("ext", [sys.executable, "-m", "devtools.sandbox.extserver", "--record",
                                   str(tmp_path / "record.jsonl")], tmp_path, netns=plan.external.netns)
     try:
         assert _fetch(plan, "node1", f"http://{plan.external.ipv4}:8080") == "Remote IP: 10.6.168.11\n"

@@ -9,7 +9,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from egress_cni.devkube.binaries import KUBE_TOOLS, kube_bin_dir
+from devtools.devkube.binaries import KUBE_TOOLS, kube_bin_dir
 
 
 @functools.cache

@@ -19,8 +19,8 @@ from typing import Any
 import pytest
 import yaml
 
+from devtools.devkube.controlplane import ControlPlane
 from egress_cni.api.model import FINALIZER_GATEWAY
-from egress_cni.devkube.controlplane import ControlPlane
 from tests.harness.fixtures import EGRESS_NAMESPACE
 from tests.support.seeds import applied_objects
 from tests.webhook.server import Webhook, free_port, running_webhook

@@ -5,7 +5,7 @@ UDP :8082 echo back `<source>\n` followed by what they got; UDP :53 answers ever
 NXDOMAIN (busybox `nslookup NAME SERVER` is the UDP sender a busybox pod has). Every connection,
 datagram and query is appended to a JSON-lines record file with a tag (HTTP path, datagram text,
 query name), so tests can assert that no packet ever left with a wrong source.
-Run inside the external netns: `python -m egress_cni.sandbox.extserver --record FILE`.
+Run inside the external netns: `python -m devtools.sandbox.extserver --record FILE`.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import threading
 import time
 from pathlib import Path
 
-from egress_cni.sandbox.plan import DNS_PORT, HTTP_PORT, TCP_ECHO_PORT, UDP_ECHO_PORT
+from devtools.sandbox.plan import DNS_PORT, HTTP_PORT, TCP_ECHO_PORT, UDP_ECHO_PORT
 
 
 class Recorder:

@@ -11,7 +11,7 @@ import signal
 import time
 from pathlib import Path
 
-from egress_cni.sandbox.plan import NodePlan
+from devtools.sandbox.plan import NodePlan
 
 CGROUP_FS = Path("/sys/fs/cgroup")
 

@@ -16,10 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from egress_cni.sandbox import REPO_ROOT, procs
-from egress_cni.sandbox.cri import CRIClient
-from egress_cni.sandbox.images import PAUSE_IMAGE
-from egress_cni.sandbox.plan import NodePlan
+from devtools.sandbox import REPO_ROOT, procs
+from devtools.sandbox.cri import CRIClient
+from devtools.sandbox.images import PAUSE_IMAGE
+from devtools.sandbox.plan import NodePlan
 
 DEBIAN_CNI_DIR = Path("/usr/lib/cni")
 PLUGIN_NAME = "egress-cni"

@@ -14,8 +14,8 @@ from typing import Any
 
 import yaml
 
-from egress_cni.sandbox import cgroups, procs
-from egress_cni.sandbox.plan import NodePlan
+from devtools.sandbox import cgroups, procs
+from devtools.sandbox.plan import NodePlan
 
 # kubelet symlinks container logs into this fixed host directory (not configurable); the sandbox
 # removes it at teardown when it did not exist before.
@@ -79,7 +79,7 @@ def start(node: NodePlan, root: Path, socket: Path, kubeconfig: Path, client_ca:
     cgroups.create(cgroups.node_root(node))
     config = root / "kubelet.yaml"
     config.write_text(yaml.safe_dump(kubelet_config(node, socket, client_ca, root / "static-pods")))
-    from egress_cni.devkube.binaries import kube_bin_dir
+    from devtools.devkube.binaries import kube_bin_dir
 
     argv = [str(kube_bin_dir() / "kubelet"), f"--config={config}", f"--kubeconfig={kubeconfig}",
             f"--root-dir={root / 'kubelet'}", f"--cert-dir={root / 'kubelet-pki'}",

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from egress_cni.sandbox.netns import in_netns_argv
+from devtools.sandbox.netns import in_netns_argv
 
 
 @dataclass(frozen=True)

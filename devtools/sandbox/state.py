@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from egress_cni.sandbox.procs import ProcessRecord
+from devtools.sandbox.procs import ProcessRecord
 
 STATE_FILE = "state.json"
 

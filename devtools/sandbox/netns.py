@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TypeVar
 
-from egress_cni.sandbox.plan import Endpoint, SandboxPlan, prefix_len_v4, prefix_len_v6
+from devtools.sandbox.plan import Endpoint, SandboxPlan, prefix_len_v4, prefix_len_v6
 
 T = TypeVar("T")
 NETNS_DIR = Path("/var/run/netns")

@@ -23,10 +23,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-from egress_cni.devkube.binaries import kube_bin_dir
-from egress_cni.devkube.certs import CertificateAuthority, CertKey, SigningKey
-from egress_cni.devkube.kubeconfig import write_kubeconfig
-from egress_cni.devkube.processes import (
+from devtools.devkube.binaries import kube_bin_dir
+from devtools.devkube.certs import CertificateAuthority, CertKey, SigningKey
+from devtools.devkube.kubeconfig import write_kubeconfig
+from devtools.devkube.processes import (
     ManagedProcess,
     StartupError,
     clean_environment,

@@ -18,16 +18,16 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from egress_cni.sandbox import cgroups, components, containerd, images, kubelet, netns, procs
-from egress_cni.sandbox.plan import SandboxPlan
-from egress_cni.sandbox.state import SandboxState
+from devtools.sandbox import cgroups, components, containerd, images, kubelet, netns, procs
+from devtools.sandbox.plan import SandboxPlan
+from devtools.sandbox.state import SandboxState
 
 LOG_ROOT = Path(os.environ.get("LOGDIR", "/tmp/egressgateway-logs"))
 REQUIRED_TOOLS = ("ip", "nsenter", "unshare", "containerd", "runc", "ctr", "gcc", "curl")
 
 
 def missing_prerequisites() -> list[str]:
-    from egress_cni.devkube.binaries import KUBE_TOOLS, kube_bin_dir
+    from devtools.devkube.binaries import KUBE_TOOLS, kube_bin_dir
 
     missing = [f"{tool} (apt: see hack/install-deps.sh)" for tool in REQUIRED_TOOLS if not shutil.which(tool)]
     missing += [f"{kube_bin_dir() / t} (run hack/build-kube.sh)" for t in (*KUBE_TOOLS, "kubelet")
@@ -65,7 +65,7 @@ class Sandbox:
     def kubectl(self, *args: str, input: str | None = None, check: bool = True,  # noqa: A002 - subprocess's name
                 timeout: float = 120.0) -> subprocess.CompletedProcess[str]:
         """kubectl as admin, run inside the control-plane netns (the only place the apiserver is)."""
-        from egress_cni.devkube.binaries import kube_bin_dir
+        from devtools.devkube.binaries import kube_bin_dir
 
         argv = netns.in_netns_argv(self.plan.control_plane.netns, [
             str(kube_bin_dir() / "kubectl"), f"--kubeconfig={self.kubeconfig}",
@@ -117,7 +117,7 @@ class Sandbox:
             self.pending.append("controller, webhook and agents (not started: --no-components)")
 
     def _start_external_server(self) -> None:
-        record = procs.launch("extserver", [sys.executable, "-m", "egress_cni.sandbox.extserver",
+        record = procs.launch("extserver", [sys.executable, "-m", "devtools.sandbox.extserver",
                                             "--record", str(self.work_dir / "extserver.jsonl")],
                               self.log_dir, netns=self.plan.external.netns)
         self.state.add_process(record)
@@ -129,7 +129,7 @@ class Sandbox:
         return result.stdout.strip() if result.returncode == 0 else None
 
     def _start_control_plane(self) -> None:
-        from egress_cni.sandbox.controlplane import SandboxControlPlane
+        from devtools.sandbox.controlplane import SandboxControlPlane
 
         self.control_plane = SandboxControlPlane(self.plan, self.work_dir / "cp")
         try:
@@ -266,7 +266,7 @@ def sweep_stale(pattern: str, say: Callable[[str], None] = print) -> list[str]:
         state = SandboxState.load(state_file.parent)
         if state is None or any(procs.alive(p) for p in state.processes):
             continue
-        from egress_cni.sandbox.plan import build_plan
+        from devtools.sandbox.plan import build_plan
 
         Sandbox(build_plan(state_dir=state_file.parent), say=say).down()
         swept.append(str(state_file.parent))

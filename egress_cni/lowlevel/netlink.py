@@ -11,7 +11,7 @@ from __future__ import annotations
 import _socket
 import struct
 
-from egress_cni.cni.record import Record
+from egress_cni.lowlevel.record import Record
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:

@@ -1,8 +1,8 @@
 """`make sandbox`: a 3-node cluster in network namespaces on this machine, running the walkthrough.
 
-    python -m egress_cni.sandbox            # up, walkthrough, failover, tear down
-    python -m egress_cni.sandbox --keep     # ... and leave it running (prints how to use kubectl)
-    python -m egress_cni.sandbox --down     # tear a kept sandbox down
+    python -m devtools.sandbox            # up, walkthrough, failover, tear down
+    python -m devtools.sandbox --keep     # ... and leave it running (prints how to use kubectl)
+    python -m devtools.sandbox --down     # tear a kept sandbox down
 """
 
 from __future__ import annotations
@@ -11,12 +11,12 @@ import argparse
 import sys
 import time
 
-from egress_cni.sandbox.cluster import Sandbox
-from egress_cni.sandbox.plan import STATE_DIR, build_plan
+from devtools.sandbox.cluster import Sandbox
+from devtools.sandbox.plan import STATE_DIR, build_plan
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m egress_cni.sandbox", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m devtools.sandbox", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--keep", action="store_true", help="leave the sandbox running")
     parser.add_argument("--down", action="store_true", help="tear down a kept sandbox and exit")
@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
         report = sandbox.down()
         print(f"sandbox down in {time.monotonic() - started:.1f}s: {report}")
         return 0
-    from egress_cni.sandbox.walkthrough import Walkthrough, kubectl_hint
+    from devtools.sandbox.walkthrough import Walkthrough, kubectl_hint
 
     started = time.monotonic()
     code = 0
@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"pending: {item}")
     if args.keep:
         print(f"sandbox kept. kubectl: {kubectl_hint(sandbox)} get pods -A\n"
-              f"tear down: {sys.executable} -m egress_cni.sandbox --down")
+              f"tear down: {sys.executable} -m devtools.sandbox --down")
         return code
     down_started = time.monotonic()
     report = sandbox.down()

@@ -1,6 +1,6 @@
-"""The test harness' real control plane, run inside the sandbox's control-plane netns.
+"""devtools.devkube's real control plane, run inside the sandbox's control-plane netns.
 
-tests/harness/controlplane.py starts its processes and probes them from the calling thread; running
+devtools/devkube/controlplane.py starts its processes and probes them from the calling thread; running
 its calls on a NetnsWorker puts every child process, port and probe in the cp netns unchanged.
 kube-apiserver listens on the cp address of the underlay (nodes dial it there) and dials kubelets
 (exec, logs) with a client certificate.
@@ -15,10 +15,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from egress_cni.devkube.controlplane import ControlPlane
-from egress_cni.sandbox.netns import NetnsWorker
-from egress_cni.sandbox.plan import SandboxPlan
-from egress_cni.sandbox.procs import ProcessRecord, start_ticks
+from devtools.devkube.controlplane import ControlPlane
+from devtools.sandbox.netns import NetnsWorker
+from devtools.sandbox.plan import SandboxPlan
+from devtools.sandbox.procs import ProcessRecord, start_ticks
 
 NODES_BINDING = {
     "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from egress_cni.sandbox import netns, procs
-from egress_cni.sandbox.cluster import Sandbox
+from devtools.sandbox import netns, procs
+from devtools.sandbox.cluster import Sandbox
 
 
 def power_off(sb: Sandbox, name: str) -> None:

@@ -10,8 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from egress_cni.sandbox import REPO_ROOT, nodeops
-from egress_cni.sandbox.cluster import Sandbox
+from devtools.sandbox import REPO_ROOT, nodeops
+from devtools.sandbox.cluster import Sandbox
 
 SEED = REPO_ROOT.parent / "shared" / "seeds" / "004_7c69096a364c9dd0.txt"
 HEREDOC = re.compile(r"cat <<EOF \| (kubectl [a-z]+ -f -)\n(.*?)\nEOF", re.S)
@@ -152,7 +152,7 @@ class Walkthrough:
 
 
 def kubectl_hint(sb: Sandbox) -> str:
-    from egress_cni.devkube.binaries import kube_bin_dir
+    from devtools.devkube.binaries import kube_bin_dir
 
     return (f"ip netns exec {sb.plan.control_plane.netns} {kube_bin_dir() / 'kubectl'} "
             f"--kubeconfig={sb.kubeconfig}")

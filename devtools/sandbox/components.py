@@ -16,9 +16,9 @@ from typing import Any
 
 import yaml
 
-from egress_cni.sandbox import REPO_ROOT
-from egress_cni.sandbox.containerd import NodePaths
-from egress_cni.sandbox.plan import NodePlan
+from devtools.sandbox import REPO_ROOT
+from devtools.sandbox.containerd import NodePaths
+from devtools.sandbox.plan import NodePlan
 
 MANIFESTS = REPO_ROOT / "manifests"
 NAMESPACE = "egressgateway-system"
