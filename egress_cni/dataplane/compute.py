@@ -19,7 +19,7 @@ import hashlib
 import ipaddress
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from egress_cni.api.model import EgressClusterEndpointSlice, EgressPolicy, EgressTunnel
 from egress_cni.dataplane.inputs import ClusterState, DataplaneConfig, NodeFacts
@@ -52,6 +52,16 @@ class Peer:
 
 
 @dataclass(frozen=True)
+class PolicySets:
+    """What compute decided for one policy on this node, for those who act on it outside compute
+    (the CNI fast path, flow forgetting): they read this, never a set's name."""
+
+    sources: Mapping[int, str]  # family -> its source set (only the families the policy steers)
+    ruled: frozenset[int]  # families with rules on this node (a source here)
+    gateway: str  # "" = none: its traffic is dropped
+
+
+@dataclass(frozen=True)
 class Desired:
     dataplane: Dataplane
     selection: Mapping[str, tuple[str, ...]]  # registry key -> policy keys (only pods whose labels we know)
@@ -60,6 +70,9 @@ class Desired:
     order: tuple[str, ...] = ()  # policy keys, first match first
     peers: frozenset[str] = frozenset()  # nodes we have a tunnel to
     ruled: frozenset[tuple[str, int]] = frozenset()  # (policy key, family) with rules here (a source on this node)
+    policies: Mapping[str, PolicySets] = field(default_factory=dict)  # policy key -> its sets here
+    guard: Mapping[int, str] = field(default_factory=dict)  # family -> the set of every selected source
+    cluster: Mapping[int, str] = field(default_factory=dict)  # family -> the set of in-cluster destinations
 
 
 def policy_key(p: EgressPolicy) -> str:
@@ -232,6 +245,7 @@ def desired_dataplane(state: ClusterState, facts: NodeFacts, config: DataplaneCo
     hijack: dict[int, set[str]] = {f: set() for f in families}
     selected: dict[int, set[str]] = {f: set() for f in families}
     ruled: set[tuple[str, int]] = set()
+    sources: dict[str, dict[int, str]] = defaultdict(dict)
     gateway_of: dict[str, str] = {}
     for p in policies:
         key = policy_key(p)
@@ -263,6 +277,7 @@ def desired_dataplane(state: ClusterState, facts: NodeFacts, config: DataplaneCo
             else:
                 src = {m for node, ips in eps if node == me for m in members(ips, f)} | subnet
             ipsets.add(IPSet(src_name, f, frozenset(src)))
+            sources[key][f] = src_name
             if not src:
                 continue  # no source on this node: its rules could never match (a packet meets one rule per policy)
             ruled.add((key, f))
@@ -361,4 +376,7 @@ def desired_dataplane(state: ClusterState, facts: NodeFacts, config: DataplaneCo
     return Desired(dataplane, {k: tuple(v) for k, v in selection.items()},
                    {f: tuple(sorted(v)) for f, v in hijack.items()}, gateway_of,
                    tuple(policy_key(p) for p in policies), frozenset(n for n in steer_to | reply_to if n in peers),
-                   frozenset(ruled))
+                   frozenset(ruled),
+                   {k: PolicySets(dict(sources.get(k, {})), frozenset(f for f in families if (k, f) in ruled), gw)
+                    for k, gw in gateway_of.items()},
+                   {f: selected_set(config, f) for f in families}, {f: cluster_set(config, f) for f in families})
