@@ -33,6 +33,7 @@ kube:
 lint: venv
 	$(VENV)/bin/ruff check egress_cni webhook devtools tests e2e bench hack
 	$(VENV)/bin/mypy egress_cni webhook devtools tests/harness
+	$(VENV)/bin/lint-imports --no-cache
 
 unit: venv
 	$(VENV)/bin/pytest -m unit

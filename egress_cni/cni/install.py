@@ -17,13 +17,13 @@ import argparse
 import json
 import os
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import egress_cni
+from egress_cni.lowlevel.command import CommandError, run
 
 PLUGIN_TYPE = "egress-cni"
 TRIM = {"test", "idlelib", "tkinter", "turtledemo", "ensurepip", "site-packages", "lib2to3", "__phello__", "unittest"}
@@ -53,7 +53,10 @@ def _shared_libs(binary: Path) -> list[Path]:
     objects = [binary, *(p for name in PLUGIN_EXTENSIONS for p in dynload.glob(f"{name}.*.so"))]
     libs: dict[str, Path] = {}
     for obj in objects:
-        out = subprocess.run(["ldd", str(obj)], capture_output=True, text=True, check=False).stdout
+        try:
+            out = run(["ldd", str(obj)])
+        except CommandError:  # e.g. "not a dynamic executable": nothing to carry along
+            continue
         for line in out.splitlines():
             name, sep, rest = line.strip().partition(" => ")
             target = rest.split(" (")[0].strip()

@@ -10,28 +10,16 @@ from __future__ import annotations
 import logging
 import re
 import shutil
-import subprocess
 from dataclasses import dataclass
 
 from egress_cni.dataplane.plan import IPV4, IPV6, TABLES, Chain, IPSet, rule_tag
 from egress_cni.dataplane.render import JUMP_COMMENT
+from egress_cni.lowlevel.command import CommandError as CommandError  # re-exported: callers catch xtables.CommandError
+from egress_cni.lowlevel.command import run as run  # conntrack -L and the benches run through here
 
 log = logging.getLogger(__name__)
 _COUNTED = re.compile(r"^\[(\d+):(\d+)\]\s+")
 BACKENDS = ("nft", "legacy")
-
-
-class CommandError(RuntimeError):
-    def __init__(self, cmd: list[str], code: int, stderr: str, stdin: str = "") -> None:
-        first_lines = "\n".join(stdin.splitlines()[:20])
-        super().__init__(f"{' '.join(cmd)} exited {code}: {stderr.strip()}" + (f"\ninput began:\n{first_lines}" if stdin else ""))
-
-
-def run(cmd: list[str], stdin: str | None = None) -> str:
-    proc = subprocess.run(cmd, input=stdin, capture_output=True, text=True, timeout=60)
-    if proc.returncode != 0:
-        raise CommandError(cmd, proc.returncode, proc.stderr, stdin or "")
-    return proc.stdout
 
 
 def detect_backend(mode: str = "auto") -> str:
