@@ -104,7 +104,7 @@ def effective_eip(policy: EgressPolicy, view: ClusterView) -> tuple[tuple[str, .
             return ("default", gateway), f"the default EIP of gateway {gateway}"
         v4, v6 = gw.spec.ippools.ipv4_default_eip, gw.spec.ippools.ipv6_default_eip
     shown = " / ".join(x for x in (v4, v6) if x)
-    return ("eip", gateway, v4, v6), f"EIP {shown}"
+    return ("eip", gateway, v4 or "", v6 or ""), f"EIP {shown}"
 
 
 def describe(policy: EgressPolicy) -> str:

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from egress_cni.api import semantics
 from egress_cni.api.errors import FieldError
 from egress_cni.api.model import EgressGateway, parse_as
-from egress_cni.api.pools import IPPool, parse_address, pool_of
+from egress_cni.api.pools import IPPool, pool_of
 from webhook.admission import AdmissionRequest, Denial
 from webhook.config import WebhookConfig
-from webhook.mutate import allocated_eips
-from webhook.subnets import cached_pool
+from webhook.subnets import cached_pool, schema_denial
 from webhook.view import ClusterView
 
 POOLS = "spec.ippools"
@@ -23,7 +23,7 @@ def validate_gateway(request: AdmissionRequest, view: ClusterView, config: Webho
     try:
         gateway = parse_as(EgressGateway, request.obj)
     except FieldError as exc:
-        return [Denial("gateway-schema", exc.path, exc.value, exc.message)]
+        return [schema_denial("gateway-schema", exc)]
     old = None
     if request.operation == "UPDATE" and request.old is not None:
         try:
@@ -71,13 +71,8 @@ def _families(gateway: EgressGateway, config: WebhookConfig) -> list[Denial]:
 
 
 def _pools(gateway: EgressGateway) -> tuple[dict[int, IPPool], list[Denial]]:
-    pools: dict[int, IPPool] = {}
-    for version, entries in ((4, gateway.spec.ippools.ipv4), (6, gateway.spec.ippools.ipv6)):
-        try:
-            pools[version] = IPPool.parse(entries, version, f"{POOLS}.ipv{version}")
-        except FieldError as exc:
-            return {}, [Denial("gateway-pool-syntax", exc.path, exc.value, exc.message)]
-    return pools, []
+    """The pools the model parsed (an entry that does not parse was refused as gateway-pool-syntax)."""
+    return {4: gateway.spec.ippools.pool(4), 6: gateway.spec.ippools.pool(6)}, []
 
 
 def _cluster_default(gateway: EgressGateway, view: ClusterView) -> list[Denial]:
@@ -106,12 +101,7 @@ def _default_eips(gateway: EgressGateway, pools: dict[int, IPPool]) -> list[Deni
         if not default:
             continue
         path = f"{POOLS}.ipv{version}DefaultEIP"
-        try:
-            address = parse_address(default)
-        except ValueError:
-            denials.append(Denial("gateway-default-eip", path, default, f"is not an IPv{version} address"))
-            continue
-        if not pools[version].contains(address):
+        if not pools[version].contains(default):
             denials.append(Denial("gateway-default-eip", path, default,
                                   f"is not in {POOLS}.ipv{version} ({pools[version]}); pick an address of the pool or leave it empty"))
     return denials
@@ -159,7 +149,7 @@ def _update(old: EgressGateway, pools: dict[int, IPPool], view: ClusterView) -> 
 
 def _in_use(old: EgressGateway, version: int, view: ClusterView) -> IPPool:
     """Allocated EIPs from the OLD object's status, plus EIPs policies of this gateway name explicitly."""
-    used = allocated_eips(old, version)
+    used = semantics.allocated_eips(old, version)
     attr = "ipv4" if version == 4 else "ipv6"
     named = [getattr(p.spec.eip, attr) for p in view.policies()
              if p.spec.egress_gateway_name == old.metadata.name and getattr(p.spec.eip, attr)]

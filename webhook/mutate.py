@@ -13,17 +13,17 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from egress_cni.api import semantics
 from egress_cni.api.errors import FieldError
 from egress_cni.api.model import (
     ALLOCATOR_DEFAULT,
     FINALIZER_GATEWAY,
-    LABEL_NAMESPACE_DEFAULT_GATEWAY,
     EgressClusterPolicy,
     EgressGateway,
     EgressPolicy,
     parse_as,
 )
-from egress_cni.api.pools import IPAddress, IPPool, pool_of
+from egress_cni.api.pools import IPAddress, IPPool
 from webhook.admission import AdmissionRequest, add
 from webhook.config import WebhookConfig
 from webhook.view import ClusterView
@@ -42,18 +42,6 @@ def mutate(request: AdmissionRequest, view: ClusterView, config: WebhookConfig) 
 
 
 # --- EgressGateway ------------------------------------------------------------------------------
-
-
-def allocated_eips(gateway: EgressGateway | None, version: int) -> IPPool:
-    """EIPs the controller has handed to policies (gateway status)."""
-    if gateway is None:
-        return IPPool(version)
-    attr = "ipv4" if version == 4 else "ipv6"
-    addresses = [getattr(e, attr) for n in gateway.status.node_list for e in n.eips if getattr(e, attr)]
-    try:
-        return pool_of(addresses, version)
-    except ValueError:
-        return IPPool(version)
 
 
 def choose_default_eip(pool: IPPool, used: IPPool, paired_index: int | None = None) -> IPAddress:
@@ -101,7 +89,7 @@ def mutate_gateway(request: AdmissionRequest, config: WebhookConfig) -> Patch:
             chosen[version] = pools[version].nth(pools[version].index_of(kept))  # `kubectl replace` keeps the old default
         else:
             paired = _paired_index(pools, gateway, version)
-            chosen[version] = choose_default_eip(pools[version], allocated_eips(gateway, version), paired)
+            chosen[version] = choose_default_eip(pools[version], semantics.allocated_eips(gateway, version), paired)
         ops.append(add(str(chosen[version]), "spec", "ippools", f"ipv{version}DefaultEIP"))
     if request.operation == "CREATE" and isinstance(request.obj.get("metadata"), Mapping):
         finalizers = gateway.metadata.finalizers
@@ -130,13 +118,8 @@ def _paired_index(pools: Mapping[int, IPPool], gateway: EgressGateway, version: 
 
 def default_gateway_name(policy: EgressPolicy, view: ClusterView) -> tuple[str, str]:
     """(gateway name, where it came from) for a policy without egressGatewayName, or ("", "")."""
-    if not isinstance(policy, EgressClusterPolicy):
-        labels = view.namespace_labels(policy.metadata.namespace) or {}
-        name = labels.get(LABEL_NAMESPACE_DEFAULT_GATEWAY, "")
-        if name:
-            return name, f"namespace label {LABEL_NAMESPACE_DEFAULT_GATEWAY}"
-    defaults = sorted(g.metadata.name for g in view.gateways() if g.spec.cluster_default)
-    return (defaults[0], "cluster-default gateway") if defaults else ("", "")
+    labels = None if isinstance(policy, EgressClusterPolicy) else view.namespace_labels(policy.metadata.namespace)
+    return semantics.effective_gateway(policy, labels, view.gateways())
 
 
 def mutate_policy(request: AdmissionRequest, view: ClusterView) -> Patch:

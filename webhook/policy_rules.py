@@ -12,11 +12,11 @@ from egress_cni.api.model import (
     EgressPolicy,
     parse_as,
 )
-from egress_cni.api.pools import IPPool, parse_address
+from egress_cni.api.pools import IPPool
 from webhook.admission import AdmissionRequest, Denial
 from webhook.config import WebhookConfig
 from webhook.conflicts import check_conflicts, check_eip_sharing
-from webhook.subnets import cached_pool, parse_subnets
+from webhook.subnets import cached_pool, check_subnets, schema_denial
 from webhook.view import ClusterView
 
 EIP = "spec.egressIP"
@@ -30,7 +30,7 @@ def validate_policy(request: AdmissionRequest, view: ClusterView, config: Webhoo
         policy = _parse(cls, request.obj, request.namespace)
         old = _parse(cls, request.old, request.namespace) if request.operation == "UPDATE" and request.old is not None else None
     except FieldError as exc:
-        return [Denial("policy-schema", exc.path, exc.value, exc.message)]
+        return [schema_denial("policy-schema", exc)]
 
     denials = _own_fields(policy, config)
     if denials:
@@ -67,20 +67,12 @@ def _own_fields(policy: EgressPolicy, config: WebhookConfig) -> list[Denial]:
         denials.append(Denial("policy-use-node-ip", f"{EIP}.useNodeIP", True,
                               f"cannot be combined with {EIP}.ipv4/ipv6 ({eip.ipv4 or eip.ipv6}); either leave the addresses empty "
                               "or set useNodeIP: false"))
-    for version, text in ((4, eip.ipv4), (6, eip.ipv6)):
-        if not text:
-            continue
-        try:
-            ok = parse_address(text).version == version
-        except ValueError:
-            ok = False
-        if not ok:
-            denials.append(Denial("policy-eip-syntax", f"{EIP}.ipv{version}", text, f"is not an IPv{version} address"))
-        elif not config.family_enabled(version):
+    for version, text in ((4, eip.ipv4), (6, eip.ipv6)):  # the model checked the syntax and family
+        if text and not config.family_enabled(version):
             denials.append(Denial("family-not-enabled", f"{EIP}.ipv{version}", text,
                                   f"IPv{version} is not enabled in this installation (EGRESS_ENABLE_IPV{version}=false); leave it empty"))
     denials += _applied_to(policy, config)
-    denials += list(parse_subnets(spec.dest_subnet, "spec.destSubnet", "policy-dest-subnet", config, allow_bare_ip=False).denials)
+    denials += check_subnets(spec.dest_subnet, "spec.destSubnet", "policy-dest-subnet", config, allow_bare_ip=False)
     return denials
 
 
@@ -89,13 +81,13 @@ def _applied_to(policy: EgressPolicy, config: WebhookConfig) -> list[Denial]:
     selector = applied.pod_selector
     has_selector = selector is not None and not selector.empty
     if has_selector and applied.pod_subnet:
-        return [Denial("policy-applied-to", "spec.appliedTo.podSubnet", list(applied.pod_subnet),
+        return [Denial("policy-applied-to", "spec.appliedTo.podSubnet", [c.given for c in applied.pod_subnet],
                        "cannot be used together with spec.appliedTo.podSelector; select pods by labels or by subnet, not both")]
     if not has_selector and not applied.pod_subnet:
         return [Denial("policy-applied-to", "spec.appliedTo", applied.to_dict(),
                        f"must select pods: set podSelector.matchLabels, podSelector.matchExpressions or podSubnet "
                        f"({policy.KIND} never applies to every pod by accident)")]
-    return list(parse_subnets(applied.pod_subnet, "spec.appliedTo.podSubnet", "policy-pod-subnet", config, allow_bare_ip=False).denials)
+    return check_subnets(applied.pod_subnet, "spec.appliedTo.podSubnet", "policy-pod-subnet", config, allow_bare_ip=False)
 
 
 def _immutable(old: EgressPolicy, new: EgressPolicy) -> list[Denial]:

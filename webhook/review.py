@@ -20,7 +20,7 @@ from webhook.config import WebhookConfig
 from webhook.gateway_rules import validate_gateway
 from webhook.mutate import mutate
 from webhook.policy_rules import validate_policy
-from webhook.subnets import parse_subnets
+from webhook.subnets import check_subnets, schema_denial
 from webhook.view import ClusterView
 
 log = logging.getLogger(__name__)
@@ -50,9 +50,9 @@ def validate_cluster_info(request: AdmissionRequest, config: WebhookConfig) -> l
     try:
         info = parse_as(EgressClusterInfo, request.obj)
     except FieldError as exc:
-        return [Denial("clusterinfo-schema", exc.path, exc.value, exc.message)]
+        return [schema_denial("clusterinfo-schema", exc)]
     # bare IPs are host routes here (the reference's agent silently ignored them)
-    return list(parse_subnets(info.spec.extra_cidr, "spec.extraCidr", "clusterinfo-extra-cidr", config, allow_bare_ip=True).denials)
+    return check_subnets(info.spec.extra_cidr, "spec.extraCidr", "clusterinfo-extra-cidr", config, allow_bare_ip=True)
 
 
 Validator = Callable[[AdmissionRequest, ClusterView, WebhookConfig], list[Denial]]

@@ -1,78 +1,69 @@
-"""CIDR list checks shared by destSubnet, podSubnet and extraCidr."""
+"""CIDR list checks shared by destSubnet, podSubnet and extraCidr, on the model's parsed values.
+
+The model parses these lists leniently (`api.meta.LENIENT`) and remembers how each entry was
+written; here the installation's stricter rules turn that into denials that quote the original
+text. Entries that do not parse at all were already refused by the model (see `schema_denial`).
+"""
 
 from __future__ import annotations
 
-import functools
-import ipaddress
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from egress_cni.api.errors import FieldError, join
-from egress_cni.api.pools import IPPool
+from egress_cni.api.net import BITS, Cidr
+from egress_cni.api.pools import IPPool, parsed_pool
 from webhook.admission import Denial
 from webhook.config import WebhookConfig
 
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+# A schema error at one of these paths is reported under the rule of the check it stands for.
+_RULES_BY_PATH = (
+    ("spec.destSubnet", "policy-dest-subnet"),
+    ("spec.appliedTo.podSubnet", "policy-pod-subnet"),
+    ("spec.egressIP.ipv", "policy-eip-syntax"),
+    ("spec.ippools.ipv4DefaultEIP", "gateway-default-eip"),
+    ("spec.ippools.ipv6DefaultEIP", "gateway-default-eip"),
+    ("spec.ippools.ipv", "gateway-pool-syntax"),
+    ("spec.extraCidr", "clusterinfo-extra-cidr"),
+)
 
 
-@dataclass(frozen=True)
-class Subnets:
-    networks: tuple[Network, ...]
-    denials: tuple[Denial, ...]
+def schema_denial(default_rule: str, exc: FieldError) -> Denial:
+    """The denial for an object the model cannot parse, under the rule its field belongs to."""
+    rule = next((r for prefix, r in _RULES_BY_PATH if exc.path.startswith(prefix)), default_rule)
+    return Denial(rule, exc.path, exc.value, exc.message)
 
 
-def parse_subnets(entries: Sequence[str], path: str, rule: str, config: WebhookConfig, *, allow_bare_ip: bool) -> Subnets:
-    """Parse CIDRs strictly: host bits set is an error whose message carries the corrected CIDR.
-
-    A bare IP is a host route (/32 or /128) where `allow_bare_ip`, else the message suggests the
-    CIDR to write. A family the installation has not enabled is refused.
-    """
-    nets: list[Network] = []
+def check_subnets(cidrs: Sequence[Cidr], path: str, rule: str, config: WebhookConfig, *, allow_bare_ip: bool) -> list[Denial]:
+    """Host bits set is an error whose message carries the corrected CIDR. A bare IP is a host route
+    (/32 or /128) where `allow_bare_ip`, else the message suggests the CIDR to write. A family the
+    installation has not enabled is refused."""
     denials: list[Denial] = []
-    for i, entry in enumerate(entries):
+    for i, cidr in enumerate(cidrs):
         where = join(path, i)
-        text = entry.strip()
-        if "/" not in text:
-            try:
-                ip = ipaddress.ip_address(text)
-            except ValueError:
-                denials.append(Denial(rule, where, entry, "is not a CIDR; expected e.g. 10.6.0.0/16 or fd00::/64"))
-                continue
-            if not allow_bare_ip:
-                host = 32 if ip.version == 4 else 128
-                denials.append(Denial(rule, where, entry, f"is an address, not a CIDR; write {ip}/{host} for a single host"))
-                continue
-            net: Network = ipaddress.ip_network(text)
-        else:
-            try:
-                net = ipaddress.ip_network(text, strict=False)
-            except ValueError:
-                denials.append(Denial(rule, where, entry, "is not a CIDR; expected e.g. 10.6.0.0/16 or fd00::/64"))
-                continue
-            if str(ipaddress.ip_interface(text).ip) != str(net.network_address):
-                denials.append(Denial(rule, where, entry, f"has host bits set; did you mean {net}?"))
-                continue
-        if not config.family_enabled(net.version):
-            denials.append(Denial("family-not-enabled", where, entry,
-                                  f"is IPv{net.version}, which this installation has not enabled (EGRESS_ENABLE_IPV{net.version}=false); "
-                                  f"use IPv{10 - net.version} subnets"))
-            continue
-        nets.append(net)
-    return Subnets(tuple(nets), tuple(denials))
+        if cidr.bare and not allow_bare_ip:
+            denials.append(Denial(rule, where, cidr.given,
+                                  f"is an address, not a CIDR; write {cidr.network}/{BITS[cidr.family]} for a single host"))
+        elif cidr.normalised:
+            denials.append(Denial(rule, where, cidr.given, f"has host bits set; did you mean {cidr}?"))
+        elif not config.family_enabled(cidr.family):
+            denials.append(Denial("family-not-enabled", where, cidr.given,
+                                  f"is IPv{cidr.family}, which this installation has not enabled (EGRESS_ENABLE_IPV{cidr.family}=false); "
+                                  f"use IPv{10 - cidr.family} subnets"))
+    return denials
 
 
-@functools.lru_cache(maxsize=4096)
 def cached_pool(entries: tuple[str, ...], version: int) -> IPPool | None:
     """A gateway pool parsed once per distinct spec rather than once per review (None: unparsable)."""
     try:
-        return IPPool.parse(entries, version)
+        return parsed_pool(entries, version, "")
     except FieldError:
         return None
 
 
 @dataclass(frozen=True)
 class Span:
-    """A CIDR as an integer interval: overlap tests without ipaddress objects on the hot path."""
+    """A CIDR as an integer interval: overlap tests without parsing on the hot path."""
 
     version: int
     first: int
@@ -80,20 +71,8 @@ class Span:
     text: str
 
 
-@functools.lru_cache(maxsize=16384)
-def spans(entries: tuple[str, ...]) -> tuple[Span, ...]:
-    """Parsable CIDR/IP entries as spans (unparsable ones are skipped: validation reports them).
-
-    Cached by the entries themselves, so the policies in the cache are parsed once, not per review.
-    """
-    out = []
-    for entry in entries:
-        try:
-            net = ipaddress.ip_network(entry.strip(), strict=False)
-        except ValueError:
-            continue
-        out.append(Span(net.version, int(net.network_address), int(net.broadcast_address), str(net)))
-    return tuple(out)
+def spans(cidrs: Sequence[Cidr]) -> tuple[Span, ...]:
+    return tuple(Span(c.family, c.first, c.last, str(c)) for c in cidrs)
 
 
 def any_overlap(a: Sequence[Span], b: Sequence[Span]) -> tuple[Span, Span] | None:

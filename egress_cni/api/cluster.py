@@ -12,32 +12,44 @@ from egress_cni.api.base import (
 )
 from egress_cni.api.errors import FieldError, join
 from egress_cni.api.meta import (
+    LENIENT,
     ObjectMeta,
     Raw,
     compact,
     get_bool,
+    get_cidr_list,
+    get_ip,
+    get_mac,
     get_map,
     get_str,
-    get_str_list,
+    settle,
+    texts,
 )
+from egress_cni.api.net import IP, Cidr, Mac, as_cidrs, as_ip, as_mac
 
 
 @dataclass(frozen=True)
 class TunnelParent:
     name: str = ""
-    ipv4: str = ""
-    ipv6: str = ""
+    ipv4: IP | None = None
+    ipv6: IP | None = None
+
+    def __post_init__(self) -> None:
+        settle(self, ipv4=as_ip(self.ipv4, 4), ipv6=as_ip(self.ipv6, 6))
 
 
 @dataclass(frozen=True)
 class TunnelStatus:
-    ipv4: str = ""
-    ipv6: str = ""
-    mac: str = ""
+    ipv4: IP | None = None
+    ipv6: IP | None = None
+    mac: Mac | None = None
     parent: TunnelParent = TunnelParent()
     phase: str = ""
     mark: str = ""
     last_heartbeat_time: str = ""
+
+    def __post_init__(self) -> None:
+        settle(self, ipv4=as_ip(self.ipv4, 4), ipv6=as_ip(self.ipv6, 6), mac=as_mac(self.mac))
 
     @classmethod
     def parse(cls, raw: Raw, path: str) -> TunnelStatus:
@@ -49,8 +61,8 @@ class TunnelStatus:
         if phase and phase not in TUNNEL_PHASES:
             raise FieldError(join(path, "phase"), phase, f"must be one of {', '.join(TUNNEL_PHASES)}")
         return cls(
-            ipv4=get_str(tunnel, "ipv4", tpath), ipv6=get_str(tunnel, "ipv6", tpath), mac=get_str(tunnel, "mac", tpath),
-            parent=TunnelParent(get_str(parent, "name", ppath), get_str(parent, "ipv4", ppath), get_str(parent, "ipv6", ppath)),
+            ipv4=get_ip(tunnel, "ipv4", tpath, 4), ipv6=get_ip(tunnel, "ipv6", tpath, 6), mac=get_mac(tunnel, "mac", tpath),
+            parent=TunnelParent(get_str(parent, "name", ppath), get_ip(parent, "ipv4", ppath, 4), get_ip(parent, "ipv6", ppath, 6)),
             phase=phase, mark=get_str(raw, "mark", path), last_heartbeat_time=get_str(raw, "lastHeartbeatTime", path),
         )
 
@@ -66,17 +78,30 @@ class TunnelStatus:
 
 @dataclass(frozen=True)
 class IPLists:
-    ipv4: tuple[str, ...] = ()
-    ipv6: tuple[str, ...] = ()
+    """Addresses or CIDRs of each family (a bare address is a host prefix)."""
+
+    ipv4: tuple[Cidr, ...] = ()
+    ipv6: tuple[Cidr, ...] = ()
+
+    def __post_init__(self) -> None:
+        settle(self, ipv4=as_cidrs(self.ipv4, LENIENT), ipv6=as_cidrs(self.ipv6, LENIENT))
 
     @classmethod
     def parse(cls, raw: Any, path: str) -> IPLists:
         if not isinstance(raw, Mapping):
             raise FieldError(path, raw, "must be an object with ipv4 and ipv6 lists")
-        return cls(get_str_list(raw, "ipv4", path), get_str_list(raw, "ipv6", path))
+        return cls(_family_list(raw, "ipv4", path, 4), _family_list(raw, "ipv6", path, 6))
 
     def to_dict(self) -> dict[str, Any]:
-        return compact({"ipv4": list(self.ipv4), "ipv6": list(self.ipv6)})
+        return compact({"ipv4": texts(self.ipv4), "ipv6": texts(self.ipv6)})
+
+
+def _family_list(raw: Raw, key: str, path: str, family: int) -> tuple[Cidr, ...]:
+    values = get_cidr_list(raw, key, path)
+    for i, c in enumerate(values):
+        if c.family != family:
+            raise FieldError(join(join(path, key), i), c.given, f"is not IPv{family}")
+    return values
 
 
 POD_CIDR_MODES = ("auto", "calico", "k8s", "")
@@ -87,7 +112,10 @@ class ClusterInfoSpec:
     pod_cidr_mode: str = "auto"
     cluster_ip: bool = True
     node_ip: bool = True
-    extra_cidr: tuple[str, ...] = ()
+    extra_cidr: tuple[Cidr, ...] = ()
+
+    def __post_init__(self) -> None:
+        settle(self, extra_cidr=as_cidrs(self.extra_cidr, LENIENT))
 
     @classmethod
     def parse(cls, raw: Raw, path: str) -> ClusterInfoSpec:
@@ -97,12 +125,12 @@ class ClusterInfoSpec:
         if mode not in POD_CIDR_MODES:
             raise FieldError(join(apath, "podCidrMode"), mode, "must be auto, calico, k8s or empty")
         return cls(mode, get_bool(auto, "clusterIP", apath, True), get_bool(auto, "nodeIP", apath, True),
-                   get_str_list(raw, "extraCidr", path))
+                   get_cidr_list(raw, "extraCidr", path))
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"autoDetect": {"podCidrMode": self.pod_cidr_mode, "clusterIP": self.cluster_ip, "nodeIP": self.node_ip}}
         if self.extra_cidr:
-            out["extraCidr"] = list(self.extra_cidr)
+            out["extraCidr"] = texts(self.extra_cidr)
         return out
 
 
@@ -112,7 +140,10 @@ class ClusterInfoStatus:
     node_ip: Mapping[str, IPLists] = field(default_factory=dict)
     cluster_ip: IPLists = IPLists()
     pod_cidr: Mapping[str, IPLists] = field(default_factory=dict)
-    extra_cidr: tuple[str, ...] = ()
+    extra_cidr: tuple[Cidr, ...] = ()
+
+    def __post_init__(self) -> None:
+        settle(self, extra_cidr=as_cidrs(self.extra_cidr, LENIENT))
 
     @classmethod
     def parse(cls, raw: Raw, path: str) -> ClusterInfoStatus:
@@ -125,7 +156,7 @@ class ClusterInfoStatus:
             node_ip=lists_map("nodeIP"),
             cluster_ip=IPLists() if cluster_ip is None else IPLists.parse(cluster_ip, join(path, "clusterIP")),
             pod_cidr=lists_map("podCIDR"),
-            extra_cidr=get_str_list(raw, "extraCidr", path),
+            extra_cidr=get_cidr_list(raw, "extraCidr", path),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -134,7 +165,7 @@ class ClusterInfoStatus:
             "nodeIP": {k: v.to_dict() for k, v in sorted(self.node_ip.items())},
             "clusterIP": self.cluster_ip.to_dict(),
             "podCIDR": {k: v.to_dict() for k, v in sorted(self.pod_cidr.items())},
-            "extraCidr": list(self.extra_cidr),
+            "extraCidr": texts(self.extra_cidr),
         })
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from egress_cni.api.base import (
@@ -19,30 +19,49 @@ from egress_cni.api.meta import (
     compact,
     get_bool,
     get_int,
+    get_ip,
     get_list,
     get_map,
     get_str,
     get_str_list,
     parse_conditions,
+    settle,
 )
+from egress_cni.api.net import IP, as_ip
+from egress_cni.api.pools import IPPool, parsed_pool
 from egress_cni.api.selectors import LabelSelector
 
 
 @dataclass(frozen=True)
 class GatewayPools:
+    """The pools as written (`ipv4`, `ipv6`: entries kept for round trips) and as parsed
+    (`pool(version)`: interval sets, built once when the object is built)."""
+
     ipv4: tuple[str, ...] = ()
     ipv6: tuple[str, ...] = ()
-    ipv4_default_eip: str = ""
-    ipv6_default_eip: str = ""
+    ipv4_default_eip: IP | None = None
+    ipv6_default_eip: IP | None = None
+    pools: tuple[IPPool, IPPool] = field(init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        settle(self, ipv4_default_eip=as_ip(self.ipv4_default_eip, 4), ipv6_default_eip=as_ip(self.ipv6_default_eip, 6))
+        object.__setattr__(self, "pools", (parsed_pool(self.ipv4, 4, "spec.ippools.ipv4"),
+                                           parsed_pool(self.ipv6, 6, "spec.ippools.ipv6")))
 
     @classmethod
     def parse(cls, raw: Raw, path: str) -> GatewayPools:
         return cls(
             ipv4=get_str_list(raw, "ipv4", path),
             ipv6=get_str_list(raw, "ipv6", path),
-            ipv4_default_eip=get_str(raw, "ipv4DefaultEIP", path),
-            ipv6_default_eip=get_str(raw, "ipv6DefaultEIP", path),
+            ipv4_default_eip=get_ip(raw, "ipv4DefaultEIP", path, 4),
+            ipv6_default_eip=get_ip(raw, "ipv6DefaultEIP", path, 6),
         )
+
+    def pool(self, version: int) -> IPPool:
+        return self.pools[0] if version == 4 else self.pools[1]
+
+    def default_eip(self, version: int) -> IP | None:
+        return self.ipv4_default_eip if version == 4 else self.ipv6_default_eip
 
     def to_dict(self) -> dict[str, Any]:
         return compact({
@@ -81,9 +100,12 @@ class PolicyRef:
 
 @dataclass(frozen=True)
 class EipStatus:
-    ipv4: str = ""
-    ipv6: str = ""  # both empty: the useNodeIP bucket
+    ipv4: IP | None = None
+    ipv6: IP | None = None  # both None: the useNodeIP bucket
     policies: tuple[PolicyRef, ...] = ()
+
+    def __post_init__(self) -> None:
+        settle(self, ipv4=as_ip(self.ipv4, 4), ipv6=as_ip(self.ipv6, 6))
 
 
 @dataclass(frozen=True)
@@ -125,7 +147,7 @@ class GatewayStatus:
                     for p in get_list(e, "policies", epath)
                     if isinstance(p, Mapping)
                 )
-                eips.append(EipStatus(get_str(e, "ipv4", epath), get_str(e, "ipv6", epath), refs))
+                eips.append(EipStatus(get_ip(e, "ipv4", epath, 4), get_ip(e, "ipv6", epath, 6), refs))
             nodes.append(GatewayNodeStatus(get_str(n, "name", npath), get_str(n, "status", npath), tuple(eips)))
         usage = get_map(raw, "ipUsage", path)
         upath = join(path, "ipUsage")

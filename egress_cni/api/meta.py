@@ -7,8 +7,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from egress_cni.api.errors import FieldError, join
+from egress_cni.api.net import IP, AddressError, Cidr, CidrMode, Mac, parse_cidr, parse_ip, parse_mac
 
 Raw = Mapping[str, Any]
+
+# Lists of CIDRs in specs and status: parsed leniently (a bare address is a host prefix, host bits
+# are dropped) and remembered as written, so the webhook can deny or warn with the original text
+# and an object that bypassed it still reaches controller and agent with a usable meaning.
+LENIENT = CidrMode.BARE_IP | CidrMode.HOST_BITS
 
 
 def get_map(raw: Raw, key: str, path: str, *, required: bool = False) -> Raw:
@@ -61,6 +67,59 @@ def get_str_list(raw: Raw, key: str, path: str) -> tuple[str, ...]:
     return tuple(value)
 
 
+def settle(obj: object, **values: object) -> None:
+    """Store coerced field values on a frozen dataclass (its __post_init__), only where they changed."""
+    for name, value in values.items():
+        if value is not getattr(obj, name):
+            object.__setattr__(obj, name, value)
+
+
+def get_ip(raw: Raw, key: str, path: str, family: int | None = None) -> IP | None:
+    """An optional address; "" and absent are None."""
+    text = get_str(raw, key, path)
+    if not text:
+        return None
+    try:
+        return parse_ip(text, family)
+    except AddressError as exc:
+        raise FieldError(join(path, key), text, exc.reason) from None
+
+
+def get_ip_list(raw: Raw, key: str, path: str, family: int | None = None) -> tuple[IP, ...]:
+    out = []
+    for i, text in enumerate(get_str_list(raw, key, path)):
+        try:
+            out.append(parse_ip(text, family))
+        except AddressError as exc:
+            raise FieldError(join(join(path, key), i), text, exc.reason) from None
+    return tuple(out)
+
+
+def get_cidr_list(raw: Raw, key: str, path: str, mode: CidrMode = LENIENT) -> tuple[Cidr, ...]:
+    out = []
+    for i, text in enumerate(get_str_list(raw, key, path)):
+        try:
+            out.append(parse_cidr(text.strip(), mode))
+        except AddressError as exc:
+            raise FieldError(join(join(path, key), i), text, exc.reason) from None
+    return tuple(out)
+
+
+def get_mac(raw: Raw, key: str, path: str) -> Mac | None:
+    text = get_str(raw, key, path)
+    if not text:
+        return None
+    try:
+        return parse_mac(text)
+    except AddressError as exc:
+        raise FieldError(join(path, key), text, exc.reason) from None
+
+
+def texts(values: tuple[Cidr, ...]) -> list[str]:
+    """CIDRs as the user wrote them (round trips keep `10.6.1.7/24` as it was)."""
+    return [c.given for c in values]
+
+
 def get_list(raw: Raw, key: str, path: str) -> list[Any]:
     value = raw.get(key)
     if value is None:
@@ -71,7 +130,7 @@ def get_list(raw: Raw, key: str, path: str) -> list[Any]:
 
 
 def compact(d: dict[str, Any]) -> dict[str, Any]:
-    """Drop keys whose value is empty (Go's omitempty)."""
+    """Drop keys whose value is empty (Go's omitempty); an absent address is None."""
     return {k: v for k, v in d.items() if v not in (None, "", [], {}, ())}
 
 

@@ -16,33 +16,42 @@ from egress_cni.api.base import (
 from egress_cni.api.errors import FieldError, join
 from egress_cni.api.gateway import PolicyRef
 from egress_cni.api.meta import (
+    LENIENT,
     Condition,
     ObjectMeta,
     Raw,
     compact,
     get_bool,
+    get_cidr_list,
     get_int,
+    get_ip,
+    get_ip_list,
     get_list,
     get_map,
     get_str,
-    get_str_list,
     parse_conditions,
+    settle,
+    texts,
 )
+from egress_cni.api.net import IP, Cidr, as_cidrs, as_ip, as_ips
 from egress_cni.api.selectors import LabelSelector
 
 
 @dataclass(frozen=True)
 class EgressIP:
-    ipv4: str = ""
-    ipv6: str = ""
+    ipv4: IP | None = None
+    ipv6: IP | None = None
     use_node_ip: bool = False
     allocator_policy: str = ALLOCATOR_DEFAULT
+
+    def __post_init__(self) -> None:
+        settle(self, ipv4=as_ip(self.ipv4, 4), ipv6=as_ip(self.ipv6, 6))
 
     @classmethod
     def parse(cls, raw: Raw, path: str) -> EgressIP:
         return cls(
-            ipv4=get_str(raw, "ipv4", path),
-            ipv6=get_str(raw, "ipv6", path),
+            ipv4=get_ip(raw, "ipv4", path, 4),
+            ipv6=get_ip(raw, "ipv6", path, 6),
             use_node_ip=get_bool(raw, "useNodeIP", path),
             allocator_policy=get_str(raw, "allocatorPolicy", path) or ALLOCATOR_DEFAULT,
         )
@@ -57,8 +66,11 @@ class EgressIP:
 @dataclass(frozen=True)
 class AppliedTo:
     pod_selector: LabelSelector | None = None
-    pod_subnet: tuple[str, ...] = ()
+    pod_subnet: tuple[Cidr, ...] = ()
     namespace_selector: LabelSelector | None = None  # EgressClusterPolicy only
+
+    def __post_init__(self) -> None:
+        settle(self, pod_subnet=as_cidrs(self.pod_subnet, LENIENT))
 
     @classmethod
     def parse(cls, raw: Raw, path: str, *, cluster: bool) -> AppliedTo:
@@ -67,7 +79,7 @@ class AppliedTo:
                              "an EgressPolicy applies to its own namespace only; use an EgressClusterPolicy to select namespaces")
         return cls(
             pod_selector=selector_at(raw, "podSelector", path),
-            pod_subnet=get_str_list(raw, "podSubnet", path),
+            pod_subnet=get_cidr_list(raw, "podSubnet", path),
             namespace_selector=selector_at(raw, "namespaceSelector", path) if cluster else None,
         )
 
@@ -76,7 +88,7 @@ class AppliedTo:
         if self.pod_selector is not None:
             out["podSelector"] = self.pod_selector.to_dict()
         if self.pod_subnet:
-            out["podSubnet"] = list(self.pod_subnet)
+            out["podSubnet"] = texts(self.pod_subnet)
         if self.namespace_selector is not None:
             out["namespaceSelector"] = self.namespace_selector.to_dict()
         return out
@@ -87,8 +99,11 @@ class PolicySpec:
     applied_to: AppliedTo = AppliedTo()
     egress_gateway_name: str = ""
     egress_ip: EgressIP | None = None  # None: absent (the CRD then defaults it)
-    dest_subnet: tuple[str, ...] = ()
+    dest_subnet: tuple[Cidr, ...] = ()
     priority: int | None = None
+
+    def __post_init__(self) -> None:
+        settle(self, dest_subnet=as_cidrs(self.dest_subnet, LENIENT))
 
     @classmethod
     def parse(cls, raw: Raw, path: str, *, cluster: bool) -> PolicySpec:
@@ -102,7 +117,7 @@ class PolicySpec:
             applied_to=AppliedTo.parse(get_map(raw, "appliedTo", path), join(path, "appliedTo"), cluster=cluster),
             egress_gateway_name=get_str(raw, "egressGatewayName", path),
             egress_ip=None if egress_ip is None else EgressIP.parse(get_map(raw, "egressIP", path), join(path, "egressIP")),
-            dest_subnet=get_str_list(raw, "destSubnet", path),
+            dest_subnet=get_cidr_list(raw, "destSubnet", path),
             priority=priority,
         )
 
@@ -118,7 +133,7 @@ class PolicySpec:
         if self.egress_ip is not None:
             out["egressIP"] = self.egress_ip.to_dict()
         if self.dest_subnet:
-            out["destSubnet"] = list(self.dest_subnet)
+            out["destSubnet"] = texts(self.dest_subnet)
         if self.priority is not None:
             out["priority"] = self.priority
         return out
@@ -126,18 +141,21 @@ class PolicySpec:
 
 @dataclass(frozen=True)
 class PolicyStatus:
-    eip_ipv4: str = ""
-    eip_ipv6: str = ""
+    eip_ipv4: IP | None = None
+    eip_ipv6: IP | None = None
     node: str = ""
     conditions: tuple[Condition, ...] = ()
     observed_generation: int = 0
+
+    def __post_init__(self) -> None:
+        settle(self, eip_ipv4=as_ip(self.eip_ipv4, 4), eip_ipv6=as_ip(self.eip_ipv6, 6))
 
     @classmethod
     def parse(cls, raw: Raw, path: str) -> PolicyStatus:
         eip = get_map(raw, "eip", path)
         return cls(
-            eip_ipv4=get_str(eip, "ipv4", join(path, "eip")),
-            eip_ipv6=get_str(eip, "ipv6", join(path, "eip")),
+            eip_ipv4=get_ip(eip, "ipv4", join(path, "eip"), 4),
+            eip_ipv6=get_ip(eip, "ipv6", join(path, "eip"), 6),
             node=get_str(raw, "node", path),
             conditions=parse_conditions(raw, path),
             observed_generation=get_int(raw, "observedGeneration", path),
@@ -157,8 +175,11 @@ class Endpoint:
     ns: str
     pod: str
     node: str = ""
-    ipv4: tuple[str, ...] = ()
-    ipv6: tuple[str, ...] = ()
+    ipv4: tuple[IP, ...] = ()
+    ipv6: tuple[IP, ...] = ()
+
+    def __post_init__(self) -> None:
+        settle(self, ipv4=as_ips(self.ipv4, 4), ipv6=as_ips(self.ipv6, 6))
 
     @classmethod
     def parse(cls, raw: Any, path: str) -> Endpoint:
@@ -166,7 +187,7 @@ class Endpoint:
             raise FieldError(path, raw, "must be an object")
         return cls(
             ns=get_str(raw, "ns", path), pod=get_str(raw, "pod", path), node=get_str(raw, "node", path),
-            ipv4=get_str_list(raw, "ipv4", path), ipv6=get_str_list(raw, "ipv6", path),
+            ipv4=get_ip_list(raw, "ipv4", path, 4), ipv6=get_ip_list(raw, "ipv6", path, 6),
         )
 
     def to_dict(self) -> dict[str, Any]:

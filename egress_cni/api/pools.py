@@ -20,13 +20,14 @@ IPv6 CIDRs keep every address: IPv6 has no broadcast.
 from __future__ import annotations
 
 import bisect
-import ipaddress
+import functools
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 from egress_cni.api.errors import FieldError, join
+from egress_cni.api.net import IP, AddressError, CidrMode, format_address, parse_cidr, parse_ip
 
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPAddress = IP  # an address of the pools' API: canonical text with .family and .value
 
 _MAX = {4: (1 << 32) - 1, 6: (1 << 128) - 1}
 _ACCEPTED = "an IP (10.6.1.55), a range (10.6.1.60-10.6.1.66) or a CIDR (10.6.1.64/28)"
@@ -56,12 +57,12 @@ class IPRange:
 
 
 def to_address(value: int, version: int) -> IPAddress:
-    return ipaddress.IPv4Address(value) if version == 4 else ipaddress.IPv6Address(value)
+    return parse_ip(format_address(value, version))
 
 
 def parse_address(text: str) -> IPAddress:
-    """Parse one address; raises ValueError with the text in the message."""
-    return ipaddress.ip_address(text.strip())
+    """Parse one address (surrounding spaces allowed); raises ValueError with the text in the message."""
+    return parse_ip(text.strip())
 
 
 def parse_range(text: str) -> IPRange:
@@ -69,22 +70,29 @@ def parse_range(text: str) -> IPRange:
     entry = text.strip()
     if not entry:
         raise ValueError("empty entry")
+    try:
+        return _parse_range(entry)
+    except AddressError as exc:
+        raise ValueError(str(exc)) from None
+
+
+def _parse_range(entry: str) -> IPRange:
     if "/" in entry:
-        net = ipaddress.ip_network(entry, strict=False)
-        first, last = int(net.network_address), int(net.broadcast_address)
-        if net.version == 4 and net.prefixlen <= 30:
+        net = parse_cidr(entry, CidrMode.HOST_BITS)
+        first, last = net.first, net.last
+        if net.family == 4 and net.prefixlen <= 30:
             first, last = first + 1, last - 1
-        return IPRange(first, last, net.version)
+        return IPRange(first, last, net.family)
     if "-" in entry:
         lo_text, _, hi_text = entry.partition("-")
         lo, hi = parse_address(lo_text), parse_address(hi_text)
-        if lo.version != hi.version:
+        if lo.family != hi.family:
             raise ValueError(f"range ends {lo} and {hi} are of different IP families")
-        if int(lo) > int(hi):
+        if lo.value > hi.value:
             raise ValueError(f"range start {lo} is after its end {hi}")
-        return IPRange(int(lo), int(hi), lo.version)
+        return IPRange(lo.value, hi.value, lo.family)
     ip = parse_address(entry)
-    return IPRange(int(ip), int(ip), ip.version)
+    return IPRange(ip.value, ip.value, ip.family)
 
 
 def _normalise(ranges: Iterable[IPRange]) -> tuple[IPRange, ...]:
@@ -144,12 +152,12 @@ class IPPool:
         """Index of the range that could hold `value` (the last range starting at or before it)."""
         return bisect.bisect_right([r.first for r in self.ranges], value) - 1
 
-    def contains(self, ip: str | IPAddress) -> bool:
-        address = parse_address(ip) if isinstance(ip, str) else ip
-        if address.version != self.version:
+    def contains(self, ip: str) -> bool:
+        address = ip if isinstance(ip, IP) else parse_address(ip)
+        if address.family != self.version:
             return False
-        i = self._locate(int(address))
-        return i >= 0 and self.ranges[i].last >= int(address)
+        i = self._locate(address.value)
+        return i >= 0 and self.ranges[i].last >= address.value
 
     def covers(self, other: IPPool) -> bool:
         return not other.difference(self)
@@ -167,12 +175,12 @@ class IPPool:
             index -= r.size
         raise IndexError("pool index out of range")
 
-    def index_of(self, ip: str | IPAddress) -> int:
-        address = parse_address(ip) if isinstance(ip, str) else ip
+    def index_of(self, ip: str) -> int:
+        address = ip if isinstance(ip, IP) else parse_address(ip)
         offset = 0
         for r in self.ranges:
-            if r.first <= int(address) <= r.last:
-                return offset + int(address) - r.first
+            if address.family == self.version and r.first <= address.value <= r.last:
+                return offset + address.value - r.first
             offset += r.size
         raise ValueError(f"{address} is not in the pool")
 
@@ -180,7 +188,7 @@ class IPPool:
         free = self.difference(used)
         return free.nth(0) if free else None
 
-    def next_free_after(self, used: IPPool, after: str | IPAddress | None) -> IPAddress | None:
+    def next_free_after(self, used: IPPool, after: str | None) -> IPAddress | None:
         """Round robin: the first free address strictly after `after`, wrapping around.
 
         Allocating with the previous allocation as `after` walks the whole pool before an address
@@ -191,7 +199,7 @@ class IPPool:
             return None
         if after is None:
             return free.nth(0)
-        value = int(parse_address(after) if isinstance(after, str) else after)
+        value = (after if isinstance(after, IP) else parse_address(after)).value
         later = free.difference(IPPool.of(self.version, [IPRange(0, min(value, _MAX[self.version]), self.version)]))
         return later.nth(0) if later else free.nth(0)
 
@@ -256,11 +264,17 @@ class IPPool:
         return ",".join(self.to_strings()) or "<empty>"
 
 
-def pool_of(addresses: Iterable[str | IPAddress], version: int) -> IPPool:
+@functools.lru_cache(maxsize=4096)
+def parsed_pool(entries: tuple[str, ...], version: int, path: str) -> IPPool:
+    """A gateway's pool parsed once per distinct spec (FieldError names `path[i]`)."""
+    return IPPool.parse(entries, version, path)
+
+
+def pool_of(addresses: Iterable[str], version: int) -> IPPool:
     """A pool holding exactly the given addresses of `version` (others are ignored)."""
     ranges = []
     for a in addresses:
-        ip = parse_address(a) if isinstance(a, str) else a
-        if ip.version == version:
-            ranges.append(IPRange(int(ip), int(ip), version))
+        ip = a if isinstance(a, IP) else parse_address(a)
+        if ip.family == version:
+            ranges.append(IPRange(ip.value, ip.value, version))
     return IPPool.of(version, ranges)

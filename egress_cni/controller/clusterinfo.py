@@ -15,24 +15,27 @@ empty `destSubnet` must not send to a gateway.
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from egress_cni.api.meta import LENIENT
 from egress_cni.api.model import ClusterInfoSpec, ClusterInfoStatus, IPLists
+from egress_cni.api.net import AddressError, Cidr, parse_cidr
 
 
 def split_families(values: Iterable[str]) -> IPLists:
-    v4: list[str] = []
-    v6: list[str] = []
+    """Addresses and CIDRs read from Nodes, Services and Calico pools, by family; text that is
+    neither (another controller's bug) is left out rather than failing the whole status."""
+    v4: list[Cidr] = []
+    v6: list[Cidr] = []
     for value in values:
         try:
-            version = ipaddress.ip_network(value.strip(), strict=False).version
-        except ValueError:
+            cidr = parse_cidr(str(value).strip(), LENIENT)
+        except AddressError:
             continue
-        target = v4 if version == 4 else v6
-        if value not in target:
-            target.append(value)
+        target = v4 if cidr.family == 4 else v6
+        if cidr not in target:
+            target.append(cidr)
     return IPLists(tuple(v4), tuple(v6))
 
 

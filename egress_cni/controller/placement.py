@@ -16,7 +16,6 @@ whole pool has been walked.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -29,7 +28,8 @@ from egress_cni.api.model import (
     IPUsage,
     PolicyRef,
 )
-from egress_cni.api.pools import IPAddress, IPPool, parse_address, pool_of
+from egress_cni.api.net import IP, AddressError, parse_ip
+from egress_cni.api.pools import IPPool, pool_of
 
 ANNOTATION_RR_LAST = "egressgateway.spidernet.io/rr-last"  # "<ipv4>,<ipv6>" last rr allocation
 
@@ -73,14 +73,14 @@ class PolicyView:
     ref: PolicyRef
     egress_ip: EgressIP
     created: str = ""  # creationTimestamp: older policies are served first
-    reserved_ipv4: str = ""  # status.eip of a policy not in any nodeList (e.g. after a total outage)
-    reserved_ipv6: str = ""
+    reserved_ipv4: IP | None = None  # status.eip of a policy not in any nodeList (e.g. after a total outage)
+    reserved_ipv6: IP | None = None
 
 
 @dataclass(frozen=True)
 class Assignment:
-    ipv4: str = ""
-    ipv6: str = ""
+    ipv4: IP | None = None
+    ipv6: IP | None = None
     node: str = ""
     reason: str = ASSIGNED  # ASSIGNED, or why the policy is not Ready
     message: str = ""
@@ -92,8 +92,8 @@ class Assignment:
 
 @dataclass(frozen=True)
 class Move:
-    ipv4: str
-    ipv6: str
+    ipv4: IP | None
+    ipv6: IP | None
     source: str
     target: str  # "" when no eligible node is left
     why: str
@@ -113,8 +113,8 @@ class Placement:
 
 @dataclass
 class _Entry:
-    ipv4: str
-    ipv6: str
+    ipv4: IP | None
+    ipv6: IP | None
     node: str
     policies: list[PolicyRef]
 
@@ -124,20 +124,15 @@ class _Entry:
 
 
 def gateway_pools(gw: EgressGateway) -> tuple[IPPool, IPPool]:
-    return IPPool.parse(gw.spec.ippools.ipv4, 4), IPPool.parse(gw.spec.ippools.ipv6, 6)
+    return gw.spec.ippools.pool(4), gw.spec.ippools.pool(6)
 
 
-@functools.lru_cache(maxsize=65536)
-def _addr(text: str) -> IPAddress:
-    """Parsed address, memoised: every pass meets the same few thousand EIP strings again."""
-    return parse_address(text)
+def _in_pool(pool: IPPool, ip: IP) -> bool:
+    return pool.contains(ip)
 
 
-def _in_pool(pool: IPPool, ip: str) -> bool:
-    try:
-        return pool.contains(_addr(ip))
-    except ValueError:
-        return False
+def _sort_ips(e: _Entry) -> tuple[str, str]:
+    return e.ipv4 or "", e.ipv6 or ""
 
 
 def _least_loaded(eligible: Sequence[str], load: Mapping[str, int]) -> str:
@@ -178,7 +173,7 @@ def place_gateway(gw: EgressGateway, policies: Sequence[PolicyView], nodes: Sequ
 
     # 2. Move entries off nodes that cannot carry them, one at a time onto the least loaded.
     moves: list[Move] = []
-    for e in sorted(entries, key=lambda e: (e.node, e.ipv4, e.ipv6)):
+    for e in sorted(entries, key=lambda e: (e.node, *_sort_ips(e))):
         if e.node in eligible:
             continue
         why = members[e.node].status if e.node in members else "NotSelected"
@@ -193,8 +188,8 @@ def place_gateway(gw: EgressGateway, policies: Sequence[PolicyView], nodes: Sequ
     assignments: dict[PolicyRef, Assignment] = {}
     rr_v4, _, rr_v6 = gw.metadata.annotations.get(ANNOTATION_RR_LAST, "").partition(",")
     placed = {r for e in entries for r in e.policies}
-    used4 = pool_of((_addr(e.ipv4) for e in entries if e.ipv4), 4)
-    used6 = pool_of((_addr(e.ipv6) for e in entries if e.ipv6), 6)
+    used4 = pool_of((e.ipv4 for e in entries if e.ipv4), 4)
+    used6 = pool_of((e.ipv6 for e in entries if e.ipv6), 6)
     by_ip = {ip: e for e in entries for ip in (e.ipv4, e.ipv6) if ip}
     placed_new = False
     for policy in sorted((p for p in policies if p.ref not in placed), key=lambda p: (p.created, p.ref.key)):
@@ -215,8 +210,8 @@ def place_gateway(gw: EgressGateway, policies: Sequence[PolicyView], nodes: Sequ
             entry = _Entry(ipv4, ipv6, node, [])
             entries.append(entry)
             by_ip.update({ip: entry for ip in (ipv4, ipv6) if ip})
-            used4 = used4.union(pool_of([_addr(ipv4)], 4)) if ipv4 else used4
-            used6 = used6.union(pool_of([_addr(ipv6)], 6)) if ipv6 else used6
+            used4 = used4.union(pool_of([ipv4], 4)) if ipv4 else used4
+            used6 = used6.union(pool_of([ipv6], 6)) if ipv6 else used6
         entry.policies.append(policy.ref)
 
     # 4. Project: every policy's assignment, the nodeList, usage.
@@ -231,18 +226,18 @@ def place_gateway(gw: EgressGateway, policies: Sequence[PolicyView], nodes: Sequ
     node_list = tuple(
         GatewayNodeStatus(name, members[name].status, tuple(
             EipStatus(e.ipv4, e.ipv6, tuple(sorted(e.policies, key=lambda r: (r.namespace, r.name))))
-            for e in sorted(entries, key=lambda e: (e.ipv4, e.ipv6)) if e.node == name
+            for e in sorted(entries, key=_sort_ips) if e.node == name
         ))
         for name in sorted(members)
     )
-    used4 = pool_of((_addr(e.ipv4) for e in entries if e.ipv4 and e.node), 4)
-    used6 = pool_of((_addr(e.ipv6) for e in entries if e.ipv6 and e.node), 6)
+    used4 = pool_of((e.ipv4 for e in entries if e.ipv4 and e.node), 4)
+    used6 = pool_of((e.ipv6 for e in entries if e.ipv6 and e.node), 6)
     usage = IPUsage(v4_pool.count, v4_pool.difference(used4).count, v6_pool.count, v6_pool.difference(used6).count)
     rr_last = f"{rr_v4},{rr_v6}" if (rr_v4 or rr_v6) else ""
     return Placement(node_list, assignments, tuple(moves), usage, rr_last, load_after, uses_load=bool(moves) or placed_new)
 
 
-def _find_entry(entries: list[_Entry], by_ip: Mapping[str, _Entry], ipv4: str, ipv6: str, eligible: Sequence[str],
+def _find_entry(entries: list[_Entry], by_ip: Mapping[IP, _Entry], ipv4: IP | None, ipv6: IP | None, eligible: Sequence[str],
                 load: Mapping[str, int]) -> _Entry | None:
     """An existing entry the policy can join: same EIP (either family), or the node-IP bucket."""
     if not ipv4 and not ipv6:
@@ -253,50 +248,51 @@ def _find_entry(entries: list[_Entry], by_ip: Mapping[str, _Entry], ipv4: str, i
 
 
 def _choose_eip(gw: EgressGateway, policy: PolicyView, v4_pool: IPPool, v6_pool: IPPool, used4: IPPool,
-                used6: IPPool, rr_v4: str, rr_v6: str) -> tuple[tuple[str, str], Assignment | None]:
+                used6: IPPool, rr_v4: str, rr_v6: str) -> tuple[tuple[IP | None, IP | None], Assignment | None]:
     spec = policy.egress_ip
     name = gw.metadata.name
     if spec.use_node_ip:
-        return ("", ""), None
+        return (None, None), None
     if spec.ipv4 or spec.ipv6:
         for ip, pool, field_name in ((spec.ipv4, v4_pool, "ipv4"), (spec.ipv6, v6_pool, "ipv6")):
             if ip and not _in_pool(pool, ip):
-                return ("", ""), Assignment(reason=INVALID_EIP, message=(
+                return (None, None), Assignment(reason=INVALID_EIP, message=(
                     f"spec.egressIP.{field_name} {ip} is not in the {field_name} pool of EgressGateway {name} "
                     f"({pool}); use an address from the pool"))
         return (spec.ipv4, spec.ipv6), None
     if _reservation_usable(policy, v4_pool, v6_pool, used4, used6):
         return (policy.reserved_ipv4, policy.reserved_ipv6), None
     if not v4_pool and not v6_pool:
-        return ("", ""), Assignment(reason=POOL_EXHAUSTED, message=(
+        return (None, None), Assignment(reason=POOL_EXHAUSTED, message=(
             f"EgressGateway {name} has no EIP pools; set spec.egressIP.useNodeIP or add addresses to spec.ippools"))
     if spec.allocator_policy == ALLOCATOR_RR:
-        picked: list[str] = []
+        picked: list[IP | None] = []
         for pool, used, last in ((v4_pool, used4, rr_v4), (v6_pool, used6, rr_v6)):
             if not pool:
-                picked.append("")
+                picked.append(None)
                 continue
             free = pool.next_free_after(used, _parse_or_none(last))
             if free is None:
-                return ("", ""), Assignment(reason=POOL_EXHAUSTED, message=(
+                return (None, None), Assignment(reason=POOL_EXHAUSTED, message=(
                     f"every address of the IPv{pool.version} pool of EgressGateway {name} is in use ({pool}); "
                     "add addresses or delete policies"))
-            picked.append(str(free))
+            picked.append(free)
         return (picked[0], picked[1]), None
-    ipv4 = gw.spec.ippools.ipv4_default_eip or (str(v4_pool.nth(0)) if v4_pool else "")
-    ipv6 = gw.spec.ippools.ipv6_default_eip or (str(v6_pool.nth(0)) if v6_pool else "")
+    ipv4 = gw.spec.ippools.ipv4_default_eip or (v4_pool.nth(0) if v4_pool else None)
+    ipv6 = gw.spec.ippools.ipv6_default_eip or (v6_pool.nth(0) if v6_pool else None)
     for ip, pool, field_name in ((ipv4, v4_pool, "ipv4DefaultEIP"), (ipv6, v6_pool, "ipv6DefaultEIP")):
         if ip and not _in_pool(pool, ip):
-            return ("", ""), Assignment(reason=INVALID_EIP, message=(
+            return (None, None), Assignment(reason=INVALID_EIP, message=(
                 f"spec.ippools.{field_name} {ip} of EgressGateway {name} is not in its pool ({pool}); "
                 "fix the gateway or use allocatorPolicy rr"))
     return (ipv4, ipv6), None
 
 
-def _parse_or_none(text: str) -> str | None:
+def _parse_or_none(text: str) -> IP | None:
+    """The rr cursor annotation is ours, but anyone can edit it: a bad value restarts the walk."""
     try:
-        return str(parse_address(text)) if text else None
-    except ValueError:
+        return parse_ip(text) if text else None
+    except AddressError:
         return None
 
 

@@ -60,7 +60,7 @@ class SliceWriter:
         if self._done.get(key) == inputs:
             return
         pods = snapshot.pods
-        desired = [] if policy.metadata.deletion_timestamp else selected_pods(policy.spec.applied_to, pods, namespaces, own)
+        desired = [] if policy.metadata.deletion_timestamp else selected_pods(policy, pods, namespaces)
         existing = {name: _endpoints(raw) for name, raw in existing_raw.items()}
         overlay = self.overlays[slice_rt.plural]
         for write in plan_slices(desired, existing, self.max_per_slice):

@@ -9,12 +9,13 @@ but never implements it). Pods without IPs and finished pods are left out.
 
 from __future__ import annotations
 
-import ipaddress
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from egress_cni.api.model import AppliedTo, Endpoint
-from egress_cni.api.selectors import LabelSelector
+from egress_cni.api import semantics
+from egress_cni.api.meta import settle
+from egress_cni.api.model import EgressPolicy, Endpoint
+from egress_cni.api.net import IP, AddressError, as_ips, parse_ip
 
 
 @dataclass(frozen=True)
@@ -23,8 +24,11 @@ class PodView:
     name: str
     labels: Mapping[str, str] = field(default_factory=dict)
     node: str = ""
-    ipv4: tuple[str, ...] = ()
-    ipv6: tuple[str, ...] = ()
+    ipv4: tuple[IP, ...] = ()
+    ipv6: tuple[IP, ...] = ()
+
+    def __post_init__(self) -> None:
+        settle(self, ipv4=as_ips(self.ipv4, 4), ipv6=as_ips(self.ipv6, 6))
 
     @classmethod
     def from_raw(cls, raw: Mapping[str, object]) -> PodView | None:
@@ -38,13 +42,14 @@ class PodView:
         ips = [str(p.get("ip", "")) for p in status.get("podIPs") or [] if isinstance(p, Mapping)]
         if not ips and status.get("podIP"):
             ips = [str(status["podIP"])]
-        v4: list[str] = []
-        v6: list[str] = []
-        for ip in ips:
+        v4: list[IP] = []
+        v6: list[IP] = []
+        for text in ips:
             try:
-                (v4 if ipaddress.ip_address(ip).version == 4 else v6).append(ip)
-            except ValueError:
-                continue
+                ip = parse_ip(text)
+            except AddressError:
+                continue  # the API server validates pod IPs; a bad one cannot be programmed anyway
+            (v4 if ip.family == 4 else v6).append(ip)
         if not v4 and not v6:
             return None
         return cls(str(meta.get("namespace", "")), str(meta.get("name", "")), dict(meta.get("labels") or {}),
@@ -54,48 +59,18 @@ class PodView:
         return Endpoint(self.namespace, self.name, self.node, self.ipv4, self.ipv6)
 
 
-def _subnets(entries: Iterable[str]) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
-    nets = []
-    for entry in entries:
-        try:
-            nets.append(ipaddress.ip_network(entry.strip(), strict=False))
-        except ValueError:
-            continue  # the webhook rejects bad subnets; an old object must not stop the others
-    return nets
-
-
-def _in_subnets(pod: PodView, nets: Sequence[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> bool:
-    for text in pod.ipv4 + pod.ipv6:
-        ip = ipaddress.ip_address(text)
-        if any(ip.version == net.version and ip in net for net in nets):
-            return True
-    return False
-
-
-def selected_pods(applied: AppliedTo, pods_by_namespace: Mapping[str, Mapping[str, PodView]],
-                  namespaces: Mapping[str, Mapping[str, str]], own_namespace: str | None) -> list[Endpoint]:
-    """Endpoints of the pods a policy applies to, sorted by (namespace, pod).
-
-    `own_namespace` is the EgressPolicy's namespace, None for an EgressClusterPolicy.
-    """
-    if own_namespace is not None:
-        scope = [own_namespace]
-    elif applied.namespace_selector is None:
-        scope = list(pods_by_namespace)
+def selected_pods(policy: EgressPolicy, pods_by_namespace: Mapping[str, Mapping[str, PodView]],
+                  namespaces: Mapping[str, Mapping[str, str]]) -> list[Endpoint]:
+    """Endpoints of the pods `policy` selects (`semantics.selects`), sorted by (namespace, pod)."""
+    if policy.NAMESPACED:
+        scope = [policy.metadata.namespace]
     else:
-        ns_selector: LabelSelector = applied.namespace_selector
-        scope = [ns for ns, labels in namespaces.items() if ns_selector.matches(labels)]
+        scope = [ns for ns in pods_by_namespace if semantics.in_scope(policy, ns, namespaces.get(ns, {}))]
     out: list[Endpoint] = []
-    if applied.pod_subnet:
-        nets = _subnets(applied.pod_subnet)
-        for ns in scope:
-            for pod in pods_by_namespace.get(ns, {}).values():
-                if _in_subnets(pod, nets):
-                    out.append(pod.endpoint())
-    elif applied.pod_selector is not None:
-        selector = applied.pod_selector
-        for ns in scope:
-            out.extend(pod.endpoint() for pod in pods_by_namespace.get(ns, {}).values() if selector.matches(pod.labels))
+    for ns in scope:
+        ns_labels = namespaces.get(ns, {})
+        out.extend(pod.endpoint() for pod in pods_by_namespace.get(ns, {}).values()
+                   if semantics.selects(policy, ns, pod.labels, ns_labels, pod.ipv4 + pod.ipv6))
     return sorted(out, key=lambda e: (e.ns, e.pod))
 
 

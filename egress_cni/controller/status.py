@@ -50,20 +50,6 @@ def gateway_status(gw: EgressGateway, placed: Placement, now: str) -> GatewaySta
     return GatewayStatus(placed.node_list, placed.ip_usage, (ready,), gw.metadata.generation)
 
 
-def effective_gateway(named: str, namespace_labels: Mapping[str, str] | None, gateways: Mapping[str, EgressGateway]) -> str:
-    """The gateway a policy uses: its own name, else its namespace's default (label), else the
-    cluster default. The webhook writes this into the spec; resolving it here too keeps a policy
-    served when it was created while the webhook was unavailable."""
-    if named:
-        return named
-    if namespace_labels is not None:
-        label = namespace_labels.get(LABEL_NAMESPACE_DEFAULT_GATEWAY, "")
-        if label in gateways:
-            return label
-    defaults = sorted(name for name, gw in gateways.items() if gw.spec.cluster_default)
-    return defaults[0] if defaults else ""
-
-
 def merge_patch(current: Mapping[str, Any], desired: Mapping[str, Any]) -> dict[str, Any]:
     """RFC 7386 patch from `current` to `desired` (maps recurse, lists and scalars replace,
     keys missing from `desired` become null)."""

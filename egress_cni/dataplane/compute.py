@@ -14,14 +14,14 @@ A policy with no usable gateway drops its selected traffic instead of letting it
 
 from __future__ import annotations
 
-import functools
 import hashlib
-import ipaddress
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
+from egress_cni.api import semantics
 from egress_cni.api.model import EgressClusterEndpointSlice, EgressPolicy, EgressTunnel
+from egress_cni.api.net import IP, Cidr
 from egress_cni.dataplane.inputs import ClusterState, DataplaneConfig, NodeFacts
 from egress_cni.dataplane.plan import (
     IPV4,
@@ -84,12 +84,6 @@ def typed_key(p: EgressPolicy) -> str:
     return f"{p.KIND}/{p.metadata.namespace}/{p.metadata.name}"
 
 
-def policy_order(p: EgressPolicy) -> tuple[int, int, str, str]:
-    """Lower `priority` first (absent = last), namespaced before cluster-wide, then by name."""
-    prio = p.spec.priority if p.spec.priority is not None else 1 << 63
-    return (prio, 0 if p.NAMESPACED else 1, p.metadata.namespace, p.metadata.name)
-
-
 def set_name(config: DataplaneConfig, role: str, family: int, p: EgressPolicy) -> str:
     digest = hashlib.sha256(typed_key(p).encode()).hexdigest()[:16]
     return f"{config.ipset_prefix}-{role}{family}-{digest}"  # <= 31 chars, the ipset limit
@@ -104,25 +98,17 @@ def selected_set(config: DataplaneConfig, family: int) -> str:
     return f"{config.ipset_prefix}-selected-v{family}"
 
 
-@functools.lru_cache(maxsize=1 << 18)  # the same pod IPs come back every reconcile; ipaddress is slow
-def canonical(entry: str) -> tuple[int, str] | None:
-    """(family, ipset member) for an IP or CIDR; host prefixes as bare IPs, as `ipset list` shows them."""
-    try:
-        net = ipaddress.ip_network(entry.strip(), strict=False)
-    except ValueError:
-        return None
-    if net.prefixlen == net.max_prefixlen:
-        return net.version, str(net.network_address)
-    return net.version, str(net)
-
-
-def members(entries: Iterable[str], family: int) -> frozenset[str]:
+def members(entries: Iterable[IP | Cidr], family: int) -> frozenset[str]:
+    """ipset members of `family`: addresses and host prefixes as bare IPs (as `ipset list` shows
+    them), a default route as its two halves (hash:net holds no /0)."""
     out: set[str] = set()
     for e in entries:
-        c = canonical(e)
-        if c is None or c[0] != family:
+        if e.family != family:
             continue
-        out.update(SPLIT_DEFAULT[family] if c[1] in ("0.0.0.0/0", "::/0") else (c[1],))
+        if isinstance(e, Cidr):
+            out.update(SPLIT_DEFAULT[family] if e.is_default else (e.member,))
+        else:
+            out.add(e)
     return frozenset(out)
 
 
@@ -131,17 +117,6 @@ def tagged(spec: str, tag: str) -> str:
     digest = hashlib.sha1(f"{spec}|{tag}".encode()).hexdigest()[:10]
     match, _, target = spec.rpartition(" -j ")
     return f"{match} -m comment --comment egw:{digest}:{tag} -j {target}".lstrip()
-
-
-def selects(p: EgressPolicy, namespace: str, labels: Mapping[str, str], ns_labels: Mapping[str, str]) -> bool:
-    applied = p.spec.applied_to
-    if p.NAMESPACED:
-        return namespace == p.metadata.namespace and applied.pod_selector is not None and applied.pod_selector.matches(labels)
-    if applied.pod_selector is None and applied.namespace_selector is None:
-        return False
-    pod_ok = applied.pod_selector is None or applied.pod_selector.matches(labels)
-    ns_ok = applied.namespace_selector is None or applied.namespace_selector.matches(ns_labels)
-    return pod_ok and ns_ok
 
 
 def _peer(t: EgressTunnel, underlay_family: int) -> Peer | None:
@@ -154,27 +129,12 @@ def _peer(t: EgressTunnel, underlay_family: int) -> Peer | None:
     if not s.mac or not underlay:
         return None
     tips = {f: ip for f, ip in ((IPV4, s.ipv4), (IPV6, s.ipv6)) if ip}
-    return Peer(t.metadata.name, s.mac.lower(), mark, underlay, tips)
+    return Peer(t.metadata.name, s.mac, mark, underlay, tips)
 
 
-def _gateway_and_eips(p: EgressPolicy, state: ClusterState) -> tuple[str, dict[int, str]]:
-    """status.node/status.eip; falls back to the gateway's nodeList when the policy status lags behind."""
-    node, eips = p.status.node, {IPV4: p.status.eip_ipv4, IPV6: p.status.eip_ipv6}
-    if node:
-        return node, eips
-    for gw in state.gateways:
-        if gw.metadata.name != p.spec.egress_gateway_name:
-            continue
-        for n in gw.status.node_list:
-            for e in n.eips:
-                if any(r.key == policy_key(p) for r in e.policies):
-                    return n.name, {IPV4: e.ipv4, IPV6: e.ipv6}
-    return "", eips
-
-
-def _endpoints(state: ClusterState) -> dict[str, list[tuple[str, tuple[str, ...]]]]:
+def _endpoints(state: ClusterState) -> dict[str, list[tuple[str, tuple[IP, ...]]]]:
     """policy key -> [(node, IPs)] from the controller's endpoint slices."""
-    out: dict[str, list[tuple[str, tuple[str, ...]]]] = defaultdict(list)
+    out: dict[str, list[tuple[str, tuple[IP, ...]]]] = defaultdict(list)
     for s in state.slices:
         name = s.policy_name
         if not name:
@@ -184,9 +144,9 @@ def _endpoints(state: ClusterState) -> dict[str, list[tuple[str, tuple[str, ...]
     return out
 
 
-def _hijack(dest_subnet: Iterable[str], family: int) -> set[str]:
+def _hijack(dest_subnet: Iterable[Cidr], family: int) -> set[str]:
     """Routes the CNI points through the host for underlay pods; no destSubnet means everything."""
-    out = {str(ipaddress.ip_network(e.strip(), strict=False)) for e in dest_subnet if (c := canonical(e)) and c[0] == family}
+    out = {str(c) for c in dest_subnet if c.family == family}
     return out or {"0.0.0.0/0" if family == IPV4 else "::/0"}
 
 
@@ -196,7 +156,7 @@ def _cluster_members(state: ClusterState, family: int) -> frozenset[str]:
         return frozenset()
     st = info.status
     lists = [*st.node_ip.values(), st.cluster_ip, *st.pod_cidr.values()]
-    entries = [ip for lst in lists for ip in (lst.ipv4 + lst.ipv6)] + list(st.extra_cidr) + list(info.spec.extra_cidr)
+    entries = [c for lst in lists for c in (lst.ipv4 + lst.ipv6)] + list(st.extra_cidr) + list(info.spec.extra_cidr)
     return members(entries, family) - frozenset(SPLIT_DEFAULT[family])
 
 
@@ -217,7 +177,7 @@ def desired_dataplane(state: ClusterState, facts: NodeFacts, config: DataplaneCo
         link = VxlanLink(vx, config.vni, config.port, facts.parent, local_ip, own.status.mac.lower(),
                          config.mtu or facts.parent_mtu - overhead)
 
-    policies = sorted(state.policies, key=policy_order)
+    policies = sorted(state.policies, key=semantics.policy_order)
     endpoints = _endpoints(state)
     selection: dict[str, list[str]] = {}
     for ep in state.local_endpoints:
@@ -225,7 +185,7 @@ def desired_dataplane(state: ClusterState, facts: NodeFacts, config: DataplaneCo
         if labels is None:
             continue  # not known yet: no ack until we can tell whether a policy selects it
         chosen = [policy_key(p) for p in policies
-                  if selects(p, ep.namespace, labels, state.namespace_labels.get(ep.namespace, {}))]
+                  if semantics.selects(p, ep.namespace, labels, state.namespace_labels.get(ep.namespace, {}), ep.ipv4 + ep.ipv6)]
         selection[ep.key] = chosen
         for key in chosen:
             endpoints[key].append((me, ep.ipv4 + ep.ipv6))
@@ -249,7 +209,7 @@ def desired_dataplane(state: ClusterState, facts: NodeFacts, config: DataplaneCo
     gateway_of: dict[str, str] = {}
     for p in policies:
         key = policy_key(p)
-        gw, eips = _gateway_and_eips(p, state)
+        gw, eips = semantics.placement(p, state.gateways)
         gw_peer = peers.get(gw)
         gateway_of[key] = gw
         eps = endpoints.get(key, [])
@@ -268,7 +228,9 @@ def desired_dataplane(state: ClusterState, facts: NodeFacts, config: DataplaneCo
             else:
                 dst_match = f"-m set ! --match-set {cluster_set(config, f)} dst"
             match = f"-m set --match-set {src_name} src {dst_match} -m conntrack --ctdir ORIGINAL"
-            subnet = members(p.spec.applied_to.pod_subnet, f)
+            # podSubnet pods in scope come as endpoints (listed by the controller, selected here);
+            # only a subnet whose every pod is in scope is matched as a whole
+            subnet = members(p.spec.applied_to.pod_subnet, f) if semantics.whole_subnet_source(p) else frozenset()
             if gw == me:
                 src = {m for node, ips in eps for m in members(ips, f)} | subnet
                 reply_to.update(node for node, _ in eps if node and node != me)

@@ -7,7 +7,7 @@ golden tests render a node's whole dataplane without root.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from egress_cni.api.model import (
@@ -17,6 +17,7 @@ from egress_cni.api.model import (
     EgressPolicy,
     EgressTunnel,
 )
+from egress_cni.api.net import IP, AddressError, parse_ip
 
 
 @dataclass(frozen=True)
@@ -26,8 +27,22 @@ class LocalEndpoint:
     key: str
     namespace: str
     pod: str
-    ipv4: tuple[str, ...] = ()
-    ipv6: tuple[str, ...] = ()
+    ipv4: tuple[IP, ...] = ()
+    ipv6: tuple[IP, ...] = ()
+
+    @classmethod
+    def of(cls, key: str, namespace: str, pod: str, ipv4: Iterable[str], ipv6: Iterable[str]) -> LocalEndpoint:
+        """From the registry's text. Our plugin validated these addresses before writing them; one
+        that still does not parse cannot be programmed, and must not stop the endpoints next to it."""
+        return cls(key, namespace, pod, tuple(ip for t in ipv4 if (ip := _address(t, 4)) is not None),
+                   tuple(ip for t in ipv6 if (ip := _address(t, 6)) is not None))
+
+
+def _address(text: str, family: int) -> IP | None:
+    try:
+        return parse_ip(text, family)
+    except AddressError:
+        return None
 
 
 @dataclass(frozen=True)

@@ -91,7 +91,7 @@ def test_use_node_ip_and_empty_pools() -> None:
     gw = gateway()
     out = place_gateway(gw, [policy("a", use_node_ip=True), policy("b")], nodes("n1"), {})
     a = out.assignments[PolicyRef("a", "ns")]
-    assert (a.ipv4, a.ipv6, a.node) == ("", "", "n1") and a.ready
+    assert (a.ipv4, a.ipv6, a.node) == (None, None, "n1") and a.ready
     assert out.assignments[PolicyRef("b", "ns")].reason == POOL_EXHAUSTED
     assert out.node_list[0].eips == (EipStatus("", "", (PolicyRef("a", "ns"),)),)
 
@@ -147,7 +147,7 @@ def test_dual_stack_rr_and_default_pair() -> None:
     d, r, v6 = (out.assignments[PolicyRef(n, "ns")] for n in ("d", "r", "v6"))
     assert (d.ipv4, d.ipv6) == ("10.6.1.2", "fd00::3")
     assert (r.ipv4, r.ipv6) == ("10.6.1.1", "fd00::1")  # the default pair is taken, rr walks past it
-    assert (v6.ipv4, v6.ipv6) == ("", "fd00::2") and v6.ready
+    assert (v6.ipv4, v6.ipv6) == (None, "fd00::2") and v6.ready
     assert (out.ip_usage.ipv4_free, out.ip_usage.ipv6_free) == (1, 0)
     assert out.rr_last == "10.6.1.1,fd00::1"
 

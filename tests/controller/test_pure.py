@@ -4,13 +4,24 @@ from __future__ import annotations
 
 import pytest
 
-from egress_cni.api.meta import Condition
-from egress_cni.api.model import AppliedTo, ClusterInfoSpec, Endpoint, IPLists, PolicyStatus, TunnelStatus
+from egress_cni.api import semantics
+from egress_cni.api.meta import Condition, ObjectMeta
+from egress_cni.api.model import (
+    AppliedTo,
+    ClusterInfoSpec,
+    EgressClusterPolicy,
+    EgressPolicy,
+    Endpoint,
+    IPLists,
+    PolicySpec,
+    PolicyStatus,
+    TunnelStatus,
+)
 from egress_cni.api.selectors import LabelSelector
 from egress_cni.controller.clusterinfo import cluster_info_status, service_cidrs
 from egress_cni.controller.placement import Assignment
 from egress_cni.controller.slices import PodView, plan_slices, selected_pods
-from egress_cni.controller.status import effective_gateway, merge_patch, policy_status
+from egress_cni.controller.status import merge_patch, policy_status
 from egress_cni.controller.tunnels import plan_tunnels, tunnel_mac
 
 pytestmark = pytest.mark.unit
@@ -42,14 +53,24 @@ def pods() -> dict[str, dict[str, PodView]]:
     }
 
 
+def _policy(applied: AppliedTo, namespace: str | None) -> EgressPolicy:
+    cls = EgressPolicy if namespace is not None else EgressClusterPolicy
+    return cls(ObjectMeta("p", namespace or ""), PolicySpec(applied_to=applied))
+
+
 def test_selection_by_selector_namespace_and_subnet() -> None:
     x = AppliedTo(pod_selector=LabelSelector.parse({"matchLabels": {"app": "x"}}, "s"))
-    assert [e.pod for e in selected_pods(x, pods(), {}, "a")] == ["p1"]
-    assert [e.pod for e in selected_pods(x, pods(), {"a": {}, "b": {}}, None)] == ["p1", "p3"]
+    assert [e.pod for e in selected_pods(_policy(x, "a"), pods(), {})] == ["p1"]
+    assert [e.pod for e in selected_pods(_policy(x, None), pods(), {"a": {}, "b": {}})] == ["p1", "p3"]
     only_b = AppliedTo(pod_selector=x.pod_selector, namespace_selector=LabelSelector.parse({"matchLabels": {"t": "b"}}, "n"))
-    assert [e.pod for e in selected_pods(only_b, pods(), {"a": {}, "b": {"t": "b"}}, None)] == ["p3"]
+    assert [e.pod for e in selected_pods(_policy(only_b, None), pods(), {"a": {}, "b": {"t": "b"}})] == ["p3"]
     subnet = AppliedTo(pod_subnet=("10.244.1.6/32", "fd40::/64"))
-    assert [e.pod for e in selected_pods(subnet, pods(), {}, None)] == ["p2", "p3"]
+    assert [e.pod for e in selected_pods(_policy(subnet, None), pods(), {})] == ["p2", "p3"]
+    # a namespaced policy's podSubnet selects pods of its own namespace only
+    assert [e.pod for e in selected_pods(_policy(AppliedTo(pod_subnet=("10.244.0.0/16",)), "b"), pods(), {})] == ["p3"]
+    # namespaceSelector + podSubnet: both must hold
+    ns_subnet = AppliedTo(pod_subnet=("10.244.1.0/24",), namespace_selector=only_b.namespace_selector)
+    assert selected_pods(_policy(ns_subnet, None), pods(), {"a": {}, "b": {"t": "b"}}) == []
     assert PodView.from_raw({"metadata": {"name": "x"}, "status": {"phase": "Running"}}) is None
 
 
@@ -79,7 +100,7 @@ def test_cluster_info_status() -> None:
     assert out.node_ip == {"n1": IPLists(("192.168.0.1",))}
     assert out.cluster_ip == IPLists(("10.96.0.0/16",), ("fd41::/108",))
     assert out.pod_cidr == {"k8s": IPLists(("10.244.1.0/24",), ("fd40:1::/64",))} and out.pod_cidr_mode == "k8s"
-    assert out.extra_cidr == ("10.10.10.1", "10.20.0.0/16")
+    assert [c.given for c in out.extra_cidr] == ["10.10.10.1", "10.20.0.0/16"]
     calico = [{"metadata": {"name": "default-ipv4-ippool"}, "spec": {"cidr": "172.40.0.0/16"}}]
     out = cluster_info_status(ClusterInfoSpec("calico", cluster_ip=False, node_ip=False), nodes, cidrs, calico)
     assert out.pod_cidr == {"default-ipv4-ippool": IPLists(("172.40.0.0/16",))} and out.pod_cidr_mode == "calico"
@@ -103,7 +124,17 @@ def test_effective_gateway() -> None:
     def gw(name: str, default: bool) -> EgressGateway:
         return EgressGateway.parse({"metadata": {"name": name}, "spec": {"clusterDefault": default}})
 
-    gws = {"a": gw("a", False), "b": gw("b", True)}
-    assert effective_gateway("x", None, gws) == "x"
-    assert effective_gateway("", {"spidernet.io/egressgateway-default": "a"}, gws) == "a"
-    assert effective_gateway("", {}, gws) == "b" and effective_gateway("", None, {"a": gws["a"]}) == ""
+    def pol(name: str, ns: str = "ns") -> EgressPolicy:
+        return EgressPolicy(ObjectMeta("p", ns), PolicySpec(egress_gateway_name=name))
+
+    gws = [gw("a", False), gw("b", True)]
+    label = {"spidernet.io/egressgateway-default": "a"}
+    assert semantics.effective_gateway(pol("x"), None, gws) == ("x", "spec.egressGatewayName")
+    assert semantics.effective_gateway(pol(""), label, gws)[0] == "a"
+    assert semantics.effective_gateway(pol(""), {}, gws) == ("b", "cluster-default gateway")
+    assert semantics.effective_gateway(pol(""), None, gws[:1]) == ("", "")
+    # the label wins even when it names a missing gateway (the policy waits for it), as the webhook defaults it
+    assert semantics.effective_gateway(pol(""), {"spidernet.io/egressgateway-default": "gone"}, gws)[0] == "gone"
+    # an EgressClusterPolicy ignores namespace labels
+    cluster = EgressClusterPolicy(ObjectMeta("c"), PolicySpec())
+    assert semantics.effective_gateway(cluster, label, gws)[0] == "b"

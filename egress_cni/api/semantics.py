@@ -1,0 +1,103 @@
+"""What the objects mean, decided once (pure): webhook, controller and agent all call these.
+
+- `selects`: whether a policy applies to a pod. An EgressPolicy applies to pods of its own
+  namespace only, whatever its selector; an EgressClusterPolicy to the namespaces its
+  `namespaceSelector` matches (all without one). Within that scope a pod is selected by
+  `podSelector` (its labels) and/or `podSubnet` (one of its IPs inside); with both set (the
+  webhook refuses that) both must hold; with neither the policy selects nothing.
+- `whole_subnet_source`: when a `podSubnet` may be matched as a whole in the dataplane (every pod
+  of the subnet is in scope), rather than pod by pod.
+- `effective_gateway`: the policy's own `egressGatewayName`, else its namespace's default (the
+  `spidernet.io/egressgateway-default` label), else the cluster default (the first by name).
+  A label naming a gateway that does not exist still wins: the policy then waits for that
+  gateway (GatewayNotFound) instead of silently leaving through another one.
+- `allocated_eips`: the EIPs a gateway has handed out (its `status.nodeList`).
+- `placement`: where a policy is served: its `status.node` and `status.eip`, else the gateway's
+  `nodeList` entry that lists it (the policy status may lag behind the gateway's).
+- `policy_order`: which of several matching policies wins a packet.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+
+from egress_cni.api.base import LABEL_NAMESPACE_DEFAULT_GATEWAY
+from egress_cni.api.gateway import EgressGateway
+from egress_cni.api.net import IP
+from egress_cni.api.policy import EgressPolicy
+from egress_cni.api.pools import IPPool, pool_of
+
+Labels = Mapping[str, str]
+NO_PRIORITY = 1 << 63  # an absent priority sorts after every number
+
+
+def in_scope(policy: EgressPolicy, namespace: str, namespace_labels: Labels) -> bool:
+    """Whether pods of `namespace` can be selected by `policy` at all."""
+    if policy.NAMESPACED:
+        return namespace == policy.metadata.namespace
+    selector = policy.spec.applied_to.namespace_selector
+    return selector is None or selector.matches(namespace_labels)
+
+
+def selects(policy: EgressPolicy, namespace: str, labels: Labels, namespace_labels: Labels, ips: Iterable[IP]) -> bool:
+    applied = policy.spec.applied_to
+    if applied.pod_selector is None and not applied.pod_subnet:
+        return False
+    if not in_scope(policy, namespace, namespace_labels):
+        return False
+    if applied.pod_selector is not None and not applied.pod_selector.matches(labels):
+        return False
+    return not applied.pod_subnet or any(c.contains(ip) for ip in ips for c in applied.pod_subnet)
+
+
+def whole_subnet_source(policy: EgressPolicy) -> bool:
+    """A cluster policy that selects by `podSubnet` alone, in every namespace: any address of the
+    subnet is a source, including pods not listed yet (the reference's meaning of podSubnet)."""
+    applied = policy.spec.applied_to
+    return (not policy.NAMESPACED and bool(applied.pod_subnet) and applied.pod_selector is None
+            and applied.namespace_selector is None)
+
+
+def effective_gateway(policy: EgressPolicy, namespace_labels: Labels | None,
+                      gateways: Iterable[EgressGateway]) -> tuple[str, str]:
+    """(gateway name, where the name came from), or ("", "") when nothing applies."""
+    if policy.spec.egress_gateway_name:
+        return policy.spec.egress_gateway_name, "spec.egressGatewayName"
+    if policy.NAMESPACED and namespace_labels:
+        label = namespace_labels.get(LABEL_NAMESPACE_DEFAULT_GATEWAY, "")
+        if label:
+            return label, f"namespace label {LABEL_NAMESPACE_DEFAULT_GATEWAY}"
+    defaults = sorted(g.metadata.name for g in gateways if g.spec.cluster_default)
+    return (defaults[0], "cluster-default gateway") if defaults else ("", "")
+
+
+def allocated_eips(gateway: EgressGateway | None, version: int) -> IPPool:
+    """The EIPs of `version` that the gateway's status places on a node for some policy."""
+    if gateway is None:
+        return IPPool(version)
+    ips = [ip for n in gateway.status.node_list for e in n.eips if (ip := e.ipv4 if version == 4 else e.ipv6)]
+    return pool_of(ips, version)
+
+
+def placement(policy: EgressPolicy, gateways: Sequence[EgressGateway]) -> tuple[str, dict[int, IP | None]]:
+    """(gateway node, EIP per family) serving `policy`; ("", ...) when it is not placed."""
+    status = policy.status
+    eips = {4: status.eip_ipv4, 6: status.eip_ipv6}
+    if status.node:
+        return status.node, eips
+    key = policy.ref
+    for gw in gateways:
+        if gw.metadata.name != policy.spec.egress_gateway_name:
+            continue
+        for n in gw.status.node_list:
+            for e in n.eips:
+                if key in e.policies:
+                    return n.name, {4: e.ipv4, 6: e.ipv6}
+    return "", eips
+
+
+def policy_order(policy: EgressPolicy) -> tuple[int, int, str, str]:
+    """First match wins: lower `priority` first (absent = last), namespaced before cluster-wide,
+    then by namespace and name."""
+    prio = policy.spec.priority if policy.spec.priority is not None else NO_PRIORITY
+    return (prio, 0 if policy.NAMESPACED else 1, policy.metadata.namespace, policy.metadata.name)
