@@ -49,10 +49,9 @@ def fill(ct: object, items: list[tuple[str, str, int]], snat: str | None) -> Non
 
 
 def inner(args: argparse.Namespace) -> None:
-    import ipaddress
-
     from pyroute2 import Conntrack
 
+    from egress_cni.api.net import Cidr
     from egress_cni.dataplane.conntrack import forget_unnatted_flows, unnatted_outbound
 
     unnatted, natted, pods = flows(args.entries)
@@ -62,7 +61,7 @@ def inner(args: argparse.Namespace) -> None:
     fill(ct, unnatted, None)
     fill_s = time.perf_counter() - started
     ours, peer, floor, deleted = [], [], [], []
-    inside = [ipaddress.ip_network(c) for c in CLUSTER]
+    inside = [Cidr(c) for c in CLUSTER]
     for _ in range(args.runs):
         t = time.perf_counter()
         subprocess.run(["conntrack", "-L", "-f", "ipv4"], capture_output=True, check=True)

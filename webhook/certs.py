@@ -28,6 +28,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from egress_cni.api.net import parse_ip
+
 log = logging.getLogger(__name__)
 
 CA_DAYS = 3650
@@ -89,7 +91,7 @@ def issue_serving_cert(ca_pem: bytes, ca_key_pem: bytes, hosts: Sequence[str], n
     sans: list[x509.GeneralName] = []
     for host in hosts:
         try:
-            sans.append(x509.IPAddress(ipaddress.ip_address(host)))
+            sans.append(x509.IPAddress(ipaddress.ip_address(parse_ip(host).packed)))
         except ValueError:
             sans.append(x509.DNSName(host))
     cert = (

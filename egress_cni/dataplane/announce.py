@@ -7,13 +7,14 @@ miss one). Linux updates an existing entry from a gratuitous ARP even with arp_a
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import socket
 import struct
 import threading
 import time
 from collections.abc import Iterable
+
+from egress_cni.api.net import parse_ip
 
 log = logging.getLogger(__name__)
 ETH_P_ARP = 0x0806
@@ -37,7 +38,7 @@ def arp_frame(mac: bytes, ip: str, opcode: int) -> bytes:
 def na_message(mac: bytes, ip: str) -> bytes:
     """ICMPv6 Neighbor Advertisement, Override set, with the target link-layer address option
     (the kernel fills in the checksum for raw ICMPv6 sockets)."""
-    return struct.pack("!BBHI16sBB6s", 136, 0, 0, 0x20000000, ipaddress.IPv6Address(ip).packed, 2, 1, mac)
+    return struct.pack("!BBHI16sBB6s", 136, 0, 0, 0x20000000, parse_ip(ip, 6).packed, 2, 1, mac)
 
 
 def send_once(dev: str, ips: Iterable[str]) -> None:

@@ -8,25 +8,28 @@ reconcile worker.
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 from collections.abc import Iterable
 
+from egress_cni.api.meta import LENIENT
+from egress_cni.api.net import AddressError, Cidr, parse_cidr, parse_ip
 from egress_cni.dataplane import ctnetlink
 from egress_cni.dataplane.ctnetlink import OrigTuple
 from egress_cni.dataplane.xtables import run
 
 log = logging.getLogger(__name__)
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 def unnatted_outbound(orig_src: str | None, orig_dst: str | None, reply_src: str | None, reply_dst: str | None,
-                      sources: frozenset[str], inside: list[Network]) -> bool:
+                      sources: frozenset[str], inside: Iterable[Cidr]) -> bool:
     """A flow from one of `sources`, neither SNATed nor DNATed, to a destination outside `inside`."""
     if not orig_src or orig_src not in sources or not orig_dst or reply_dst != orig_src or reply_src != orig_dst:
         return False
-    dst = ipaddress.ip_address(orig_dst)
-    return not any(dst in net for net in inside if net.version == dst.version)
+    try:
+        dst = parse_ip(orig_dst)
+    except AddressError:
+        return False  # not a flow we can name
+    return not any(net.contains(dst) for net in inside)
 
 
 def parse_flow(line: str) -> tuple[OrigTuple, str, str] | None:
@@ -52,8 +55,9 @@ def parse_flow(line: str) -> tuple[OrigTuple, str, str] | None:
 
 
 def unnatted_tuples(listing: str, sources: frozenset[str], cluster: Iterable[str]) -> list[OrigTuple]:
-    """The original tuples of the un-NATed outbound flows of `sources` (pure)."""
-    inside = [ipaddress.ip_network(c, strict=False) for c in cluster]
+    """The original tuples of the un-NATed outbound flows of `sources` (pure); `cluster` holds the
+    in-cluster set's members (CIDRs and bare addresses)."""
+    inside = [parse_cidr(c, LENIENT) for c in cluster]
     out = []
     for line in listing.splitlines():
         first_src = line.find("src=")

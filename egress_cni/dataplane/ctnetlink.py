@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import _socket
 import errno
-import ipaddress
 import struct
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from egress_cni.api.net import parse_ip
 from egress_cni.lowlevel.netlink import attr
 
 NETLINK_NETFILTER = 12
@@ -58,8 +58,8 @@ def _nested(kind: int, *children: bytes) -> bytes:
 
 def delete_body(t: OrigTuple) -> bytes:
     """nfgenmsg + attributes of one IPCTNL_MSG_CT_DELETE (pure)."""
-    src, dst = ipaddress.ip_address(t.src), ipaddress.ip_address(t.dst)
-    v6 = src.version == 6
+    src, dst = parse_ip(t.src), parse_ip(t.dst)
+    v6 = src.family == 6
     ip = _nested(CTA_TUPLE_IP, attr(CTA_IP_V6_SRC if v6 else CTA_IP_V4_SRC, src.packed),
                  attr(CTA_IP_V6_DST if v6 else CTA_IP_V4_DST, dst.packed))
     proto = [attr(CTA_PROTO_NUM, bytes([t.proto]))]
