@@ -80,7 +80,7 @@ def sh(*cmd: str, input: str | None = None) -> str:  # noqa: A002
 
 def inner(args: argparse.Namespace) -> None:
     from egress_cni.agent.loop import Agent
-    from egress_cni.agent.sources import state_from_objects
+    from egress_cni.agent.sources import MemorySource, state_from_objects
     from egress_cni.dataplane.apply import KernelDataplane
     from egress_cni.dataplane.compute import desired_dataplane
     from egress_cni.dataplane.inputs import DataplaneConfig, NodeFacts
@@ -127,21 +127,9 @@ def inner(args: argparse.Namespace) -> None:
         state_from_objects(synthetic_objects(args.endpoints // 10, args.policies), "node1"), facts, config).dataplane.chains)
 
     # new endpoint: registry file -> ack, with the real loop running
-    class Static:
-        synced = True
-
-        def start(self, on_change: Any) -> None:
-            on_change()
-
-        def stop(self) -> None: ...
-        def objects(self) -> list[dict[str, Any]]:
-            return objects
-
-        def report_tunnel(self, node: str, parent: Any, ready: bool) -> None: ...
-
     # the registry lives on tmpfs in production (/run/egressgateway); /run is plain disk on this machine
     reg = tempfile.mkdtemp(prefix="egwb-reg-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
-    agent = Agent(node="node1", source=Static(), kernel=kernel, facts=lambda held: facts, config=config,  # type: ignore[arg-type]
+    agent = Agent(node="node1", source=MemorySource(objects), kernel=kernel, facts=lambda held: facts, config=config,
                   registry_dir=reg, resync_seconds=30)
     agent.reconcile()
     agent.start()

@@ -22,7 +22,7 @@ import yaml
 
 from egress_cni import registry
 from egress_cni.agent.loop import Agent, Lease
-from egress_cni.agent.sources import Source, YamlSource
+from egress_cni.agent.sources import RecordingReporter, Source, TunnelReporter, YamlSource
 from egress_cni.dataplane.apply import KernelDataplane
 from egress_cni.dataplane.inputs import DataplaneConfig, NodeFacts
 
@@ -90,17 +90,17 @@ def families(args: argparse.Namespace) -> list[int]:
     return [f for f, on in ((4, args.ipv4), (6, args.ipv6)) if on]
 
 
-def source_and_lease(args: argparse.Namespace) -> tuple[Source, Lease | None]:
+def source_and_lease(args: argparse.Namespace) -> tuple[Source, Lease | None, TunnelReporter]:
     if args.source.startswith("yaml:"):
-        return YamlSource(args.source[5:]), None
+        return YamlSource(args.source[5:]), None, RecordingReporter()
     if args.source != "k8s":
         raise SystemExit(f"--source {args.source!r}: accepted k8s or yaml:DIR")
     from egress_cni import k8s
-    from egress_cni.agent.k8s_source import KubernetesSource
+    from egress_cni.agent.k8s_source import KubernetesSource, KubernetesTunnelReporter
 
     client = k8s.Client.from_kubeconfig(args.kubeconfig)
     lease = k8s.LeaseKeeper(client, f"egress-agent-{args.node}", args.namespace, args.node, args.lease_seconds)
-    return KubernetesSource(client, args.node), lease
+    return KubernetesSource(client, args.node), lease, KubernetesTunnelReporter(client)
 
 
 def facts_reader(args: argparse.Namespace, config: DataplaneConfig) -> Callable[[bool], NodeFacts]:
@@ -114,11 +114,11 @@ def facts_reader(args: argparse.Namespace, config: DataplaneConfig) -> Callable[
 
 def make_agent(args: argparse.Namespace) -> Agent:
     config = config_from(args)
-    source, lease = source_and_lease(args)
+    source, lease, reporter = source_and_lease(args)
     facts = facts_reader(args, config)
     kernel = KernelDataplane(config, facts(True).parent, families(args), args.iptables_backend)
     return Agent(node=args.node, source=source, kernel=kernel, facts=facts, config=config, registry_dir=args.registry_dir,
-                 lease=lease, resync_seconds=args.resync_seconds, lease_seconds=args.lease_seconds,
+                 lease=lease, reporter=reporter, resync_seconds=args.resync_seconds, lease_seconds=args.lease_seconds,
                  lease_renew=args.lease_renew_seconds)
 
 

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from egress_cni import k8s, registry
-from egress_cni.agent.k8s_source import KubernetesSource
+from egress_cni.agent.k8s_source import KubernetesSource, KubernetesTunnelReporter
 from egress_cni.agent.loop import Agent
 from egress_cni.dataplane.fake import FakeKernel
 from egress_cni.dataplane.inputs import DataplaneConfig, NodeFacts
@@ -56,6 +56,7 @@ def test_agent_on_informers(control_plane: Any, namespace: str, tmp_path: Path) 
         kernel = FakeKernel()
         reg = str(tmp_path / "registry")
         agent = Agent(node=me, source=source, kernel=kernel, config=DataplaneConfig(), registry_dir=reg, lease=lease,
+                      reporter=KubernetesTunnelReporter(client),
                       facts=lambda held: NodeFacts(me, "eth0", "10.9.0.1", holds_lease=held), resync_seconds=1)
         agent.start()
         try:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -15,7 +14,7 @@ import pytest
 from devtools.scenario import load_scenario
 from egress_cni import registry
 from egress_cni.agent.loop import Agent
-from egress_cni.agent.sources import OnChange, load_yaml_objects
+from egress_cni.agent.sources import MemorySource, RecordingReporter, load_yaml_objects
 from egress_cni.api.meta import ObjectMeta
 from egress_cni.api.model import EgressClusterPolicy, EgressPolicy
 from egress_cni.dataplane.compute import desired_dataplane, set_name
@@ -29,28 +28,6 @@ GOLDEN = Path(__file__).resolve().parent.parent / "golden"
 CONFIG = DataplaneConfig()
 
 
-class FakeSource:
-    def __init__(self, objects: list[dict[str, Any]], synced: bool = True) -> None:
-        self._objects, self._synced = objects, synced
-        self.reported: dict[str, dict[str, str]] = {}
-
-    def start(self, on_change: OnChange) -> None:
-        on_change()
-
-    def stop(self) -> None:
-        return None
-
-    @property
-    def synced(self) -> bool:
-        return self._synced
-
-    def objects(self) -> list[dict[str, Any]]:
-        return self._objects
-
-    def report_tunnel(self, node: str, parent: Mapping[str, str], ready: bool) -> None:
-        self.reported[node] = {**parent, "ready": str(ready)}
-
-
 class FailingLease:
     def try_acquire_or_renew(self) -> bool:
         return False
@@ -59,12 +36,30 @@ class FailingLease:
         return None
 
 
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
 def make_agent(tmp_path: Path, case: str, *, synced: bool = True, kernel: FakeKernel | None = None, **kw: Any) -> Agent:
     _, facts = load_scenario(str(GOLDEN / case))
-    source = FakeSource(load_yaml_objects([str(GOLDEN / case / "input.yaml")]), synced)
+    source = MemorySource(load_yaml_objects([str(GOLDEN / case / "input.yaml")]), synced)
     return Agent(node=facts.name, source=source, kernel=kernel or FakeKernel(),
                  facts=lambda held: replace(facts, holds_lease=held), config=CONFIG,
                  registry_dir=str(tmp_path / "registry"), **kw)
+
+
+def memory(agent: Agent) -> MemorySource:
+    assert isinstance(agent.source, MemorySource)
+    return agent.source
+
+
+def fake(agent: Agent) -> FakeKernel:
+    assert isinstance(agent.kernel, FakeKernel)
+    return agent.kernel
 
 
 def test_apply_twice_gives_an_empty_plan(tmp_path: Path) -> None:
@@ -72,8 +67,10 @@ def test_apply_twice_gives_an_empty_plan(tmp_path: Path) -> None:
     first = agent.reconcile()
     assert first is not None and not first.empty
     second = agent.reconcile()
-    assert second is not None and second.empty, second.summary()
-    assert agent.source.reported == {"node2": {"name": "eth0", "ipv4": "10.100.0.2", "ipv6": "", "ready": "True"}}  # type: ignore[attr-defined]
+    assert second is not None
+    assert second.empty, second.summary()
+    assert isinstance(agent.reporter, RecordingReporter)
+    assert agent.reporter.reported == {"node2": {"name": "eth0", "ipv4": "10.100.0.2", "ipv6": "", "ready": "True"}}
 
 
 def test_nothing_is_removed_before_every_source_has_synced(tmp_path: Path) -> None:
@@ -83,7 +80,7 @@ def test_nothing_is_removed_before_every_source_has_synced(tmp_path: Path) -> No
     agent = make_agent(tmp_path, "worker-basic", synced=False, kernel=kernel)
     plan = agent.reconcile()
     assert plan is not None and not plan.destroy_ipsets and not plan.del_rules and plan.add_rules
-    agent.source._synced = True  # type: ignore[attr-defined]
+    memory(agent).synced = True
     plan = agent.reconcile()
     assert plan is not None and plan.destroy_ipsets == ("egress-s4-0000000000000000",)
 
@@ -93,9 +90,8 @@ def test_existing_chains_are_not_rewritten_from_a_partial_view(tmp_path: Path) -
     agent = make_agent(tmp_path, "worker-basic", kernel=kernel)
     agent.reconcile()
     steering = {c.key: c.rules for c in kernel.state.chains}
-    agent.source._objects = []  # type: ignore[attr-defined]  # restarted: nothing listed yet
-    agent.source._synced = False  # type: ignore[attr-defined]
-    agent._source_changed()
+    memory(agent).replace([])  # restarted: nothing listed yet
+    memory(agent).synced = False
     plan = agent.reconcile()
     assert plan is not None and not plan.write_chains and not plan.del_rules and not plan.del_routes
     assert {c.key: c.rules for c in kernel.state.chains} == steering
@@ -113,7 +109,7 @@ def test_a_lapsed_lease_releases_the_eips(tmp_path: Path) -> None:
         while agent.status.eips and time.monotonic() < deadline:
             time.sleep(0.05)
         assert agent.status.eips == frozenset() and not agent.status.lease_held
-        assert not any(a.eip for a in agent.kernel.state.addresses)  # type: ignore[attr-defined]
+        assert not any(a.eip for a in fake(agent).state.addresses)
     finally:
         agent.stop()
 
@@ -129,13 +125,13 @@ def test_registered_endpoints_are_programmed_and_acked(tmp_path: Path) -> None:
     assert selected is not None and selected.selected and selected.policies == ("ns1/web",)
     assert other is not None and not other.selected
     assert registry.read_ack(reg, "c7_eth0") is None  # labels unknown: the CNI keeps waiting
-    kernel: FakeKernel = agent.kernel  # type: ignore[assignment]
+    kernel = fake(agent)
     src = next(s for s in kernel.state.ipsets if s.name.startswith("egress-s4-"))
     assert "10.244.1.19" in src.members and "10.244.1.18" not in src.members
     assert registry.read_hijack(reg).ipv4 == ("0.0.0.0/0",)
     # a new endpoint takes the fast path: in the set and acked before any full reconcile
     registry.write_endpoint(reg, registry.Endpoint("c6", "eth0", "ns1", "web-9", ipv4=["10.244.1.16"]))
-    agent._fast_path()
+    agent.cni.fast_path()
     assert registry.read_ack(reg, "c6_eth0") is not None
     holding = {s.name for s in kernel.state.ipsets if "10.244.1.16" in s.members}
     assert holding == {src.name, "egress-selected-v4"}  # its policy's set and the guard in front of the rules
@@ -199,14 +195,14 @@ def test_a_reconcile_racing_the_fast_path_keeps_the_new_member(tmp_path: Path) -
 
     def new_pod() -> None:
         registry.write_endpoint(reg, registry.Endpoint("c5", "eth0", "ns1", "web-9", ipv4=["10.244.1.15"]))
-        agent._fast_path()
+        agent.cni.fast_path()
 
     kernel.hook = new_pod
     plan = agent.reconcile()  # computed without c5, reads the kernel after the fast path added it
     assert plan is not None and not plan.del_members
     assert any("10.244.1.15" in s.members for s in kernel.state.ipsets)
     agent.reconcile()  # the next one lists c5 itself
-    assert any("10.244.1.15" in s.members for s in kernel.state.ipsets) and not agent._fresh
+    assert any("10.244.1.15" in s.members for s in kernel.state.ipsets) and not agent.cni.pending
 
 
 class HangingLease:
@@ -240,12 +236,14 @@ def test_a_hung_lease_renewal_still_releases_the_eips(tmp_path: Path) -> None:
 
 
 def test_fencing_removes_eips_even_before_the_sources_have_synced(tmp_path: Path) -> None:
-    kernel = FakeKernel()
-    agent = make_agent(tmp_path, "gateway-basic", kernel=kernel)
+    kernel, clock = FakeKernel(), Clock()
+    agent = make_agent(tmp_path, "gateway-basic", kernel=kernel, lease=FailingLease(), lease_seconds=1.0, clock=clock)
     agent.reconcile()
     assert any(a.eip for a in kernel.state.addresses)
-    agent.source._synced = False  # type: ignore[attr-defined]  # e.g. restarted while the API is down
-    agent._holds_lease = False
+    memory(agent).synced = False  # e.g. restarted while the API is down
+    assert not agent.fencing.renew()
+    clock.now += 1.0  # a whole lease duration without a renewal
+    assert not agent.fencing.check() and not agent.fencing.holds_lease
     agent.reconcile()
     assert not any(a.eip for a in kernel.state.addresses)
 
@@ -255,36 +253,33 @@ def test_the_fast_path_does_not_ack_for_a_policy_newer_than_the_last_reconcile(t
     agent = make_agent(tmp_path, "worker-basic")
     reg = str(tmp_path / "registry")
     agent.reconcile()
-    source: FakeSource = agent.source  # type: ignore[assignment]
+    source = memory(agent)
     web = next(o for o in source.objects() if o["kind"] == "EgressPolicy" and o["metadata"]["name"] == "web")
     newer = {**web, "metadata": {**web["metadata"], "name": "web-newer"}}
-    source._objects = [*source.objects(), newer]
-    agent._source_changed()
+    source.replace([*source.objects(), newer])
     registry.write_endpoint(reg, registry.Endpoint("c6", "eth0", "ns1", "web-9", ipv4=["10.244.1.16"]))
-    agent._fast_path()
+    agent.cni.fast_path()
     assert registry.read_ack(reg, "c6_eth0") is None
     agent.reconcile()
     ack = registry.read_ack(reg, "c6_eth0")
     assert ack is not None and set(ack.policies) == {"ns1/web", "ns1/web-newer"}
-    kernel: FakeKernel = agent.kernel  # type: ignore[assignment]
+    kernel = fake(agent)
     assert kernel.forgotten == [frozenset({"10.244.1.16"})]  # a new policy: its pods' un-NATed flows start over
 
 
 def test_a_gateway_move_forgets_the_unnatted_flows_of_the_policys_pods(tmp_path: Path) -> None:
     """A flow tunnelled before the move has a "no NAT" conntrack entry: it is deleted, not blackholed."""
     agent = make_agent(tmp_path, "worker-basic")
-    kernel: FakeKernel = agent.kernel  # type: ignore[assignment]
+    kernel = fake(agent)
     agent.reconcile()
     agent.reconcile()
     assert kernel.forgotten == []  # nothing moved
-    source: FakeSource = agent.source  # type: ignore[assignment]
+    source = memory(agent)
     web = next(o for o in source.objects() if o["kind"] == "EgressPolicy")
-    source._objects = [({**o, "status": {**o["status"], "node": "node1"}} if o is web else o) for o in source.objects()]
-    agent._source_changed()
+    source.replace([({**o, "status": {**o["status"], "node": "node1"}} if o is web else o) for o in source.objects()])
     agent.reconcile()
     assert kernel.forgotten == [frozenset({"10.244.1.10", "10.244.3.10"})]  # node1 is the gateway now: all of them
-    source._objects = [o for o in source.objects() if o["kind"] != "EgressPolicy"]  # the policy is deleted
-    agent._source_changed()
+    source.replace([o for o in source.objects() if o["kind"] != "EgressPolicy"])  # the policy is deleted
     agent.reconcile()
     assert kernel.forgotten[-1] == frozenset({"10.244.1.10", "10.244.3.10"})  # no longer selected: start over
 
@@ -314,9 +309,9 @@ def test_no_endpoint_is_acked_before_every_source_has_synced(tmp_path: Path) -> 
     registry.write_endpoint(reg, registry.Endpoint("c9", "eth0", "ns1", "web-9", ipv4=["10.244.1.19"]))
     agent.reconcile()
     registry.write_endpoint(reg, registry.Endpoint("c6", "eth0", "ns1", "web-9", ipv4=["10.244.1.16"]))
-    agent._fast_path()
+    agent.cni.fast_path()
     assert registry.list_acks(reg) == []
-    agent.source._synced = True  # type: ignore[attr-defined]
+    memory(agent).synced = True
     agent.reconcile()
     acks = {a.key: a for a in registry.list_acks(reg)}
     assert set(acks) == {"c9_eth0", "c6_eth0"}
@@ -328,13 +323,13 @@ def test_a_policy_has_rules_only_where_it_has_sources_and_its_first_pod_waits_fo
     its empty set; the fast path must not ack the policy's first pod here before its rules exist."""
     agent = make_agent(tmp_path, "worker-basic")
     reg = str(tmp_path / "registry")
-    source: FakeSource = agent.source  # type: ignore[assignment]
+    source = memory(agent)
     web = next(o for o in source.objects() if o["kind"] == "EgressPolicy" and o["metadata"]["name"] == "web")
     api = {**web, "metadata": {**web["metadata"], "name": "api"},
            "spec": {**web["spec"], "appliedTo": {"podSelector": {"matchLabels": {"app": "api"}}}}}
-    source._objects = [*source.objects(), api]
+    source.replace([*source.objects(), api])
     agent.reconcile()
-    kernel: FakeKernel = agent.kernel  # type: ignore[assignment]
+    kernel = fake(agent)
 
     def rules_of(key: str) -> list[str]:
         return [r for c in kernel.state.chains for r in c.rules if f":{key} -j " in r]
@@ -344,10 +339,9 @@ def test_a_policy_has_rules_only_where_it_has_sources_and_its_first_pod_waits_fo
     assert any(s.name == api_set and not s.members for s in kernel.state.ipsets)
     pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "api-1", "namespace": "ns1", "labels": {"app": "api"}},
            "spec": {"nodeName": "node1"}}
-    source._objects = [*source.objects(), pod]
-    agent._source_changed()
+    source.replace([*source.objects(), pod])
     registry.write_endpoint(reg, registry.Endpoint("c5", "eth0", "ns1", "api-1", ipv4=["10.244.1.15"]))
-    agent._fast_path()
+    agent.cni.fast_path()
     assert registry.read_ack(reg, "c5_eth0") is None  # in the set already, but no rule would see it
     agent.reconcile()
     ack = registry.read_ack(reg, "c5_eth0")
