@@ -108,6 +108,6 @@ def test_modes_of_the_parser() -> None:
     assert Cidr("10.6.1.7/24", CidrMode.HOST_BITS).given == "10.6.1.7/24"
     with pytest.raises(ValueError, match="host bits"):
         Cidr("10.6.1.7/24")
-    with pytest.raises(ValueError, match="write 10.6.1.7/32"):
+    with pytest.raises(ValueError, match=r"write 10\.6\.1\.7/32"):
         Cidr("10.6.1.7")
     assert Cidr("10.6.1.7", CidrMode.BARE_IP).member == "10.6.1.7"
