@@ -75,6 +75,9 @@ class AgentCollector:
         lease = GaugeMetricFamily("egress_agent_lease_held", "1 while the liveness lease is renewed in time")
         lease.add_metric([], 1 if st.lease_held else 0)
         yield lease
+        invalid = GaugeMetricFamily("egress_agent_invalid_objects", "Objects skipped because they do not parse")
+        invalid.add_metric([], st.invalid)
+        yield invalid
 
 
 def serve(agent: Agent, collector: AgentCollector, host: str, port: int) -> ThreadingHTTPServer:

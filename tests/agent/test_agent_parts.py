@@ -9,8 +9,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client import CollectorRegistry, generate_latest
 
 from egress_cni.agent.fencing import Fencing
+from egress_cni.agent.health import AgentCollector
 from egress_cni.agent.sources import RecordingReporter
 from egress_cni.backoff import Backoff
 from egress_cni.dataplane.fake import FakeKernel
@@ -56,6 +58,14 @@ def test_an_invalid_policy_is_skipped_and_counted_the_others_are_programmed(tmp_
     kernel = agent.kernel
     assert isinstance(kernel, FakeKernel)
     assert any("steer:ns1/web" in r for c in kernel.state.chains for r in c.rules)
+    text = _metrics(agent)
+    assert "egress_agent_invalid_objects 1.0" in text
+
+
+def _metrics(agent: Any) -> str:
+    registry = CollectorRegistry()
+    registry.register(AgentCollector(agent, dict))
+    return generate_latest(registry).decode()
 
 
 class FlakyLease:

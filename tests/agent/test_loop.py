@@ -293,11 +293,10 @@ def test_a_gateway_move_forgets_the_unnatted_flows_of_the_policys_pods(tmp_path:
 ])
 def test_only_unnatted_outbound_flows_of_the_sources_are_forgotten(orig: tuple[str, str], reply: tuple[str, str],
                                                                    forget: bool) -> None:
-    from ipaddress import ip_network
-
+    from egress_cni.api.net import parse_cidr
     from egress_cni.dataplane.conntrack import unnatted_outbound
 
-    inside = [ip_network("10.244.0.0/16"), ip_network("10.96.0.0/12"), ip_network("fd00::/8")]
+    inside = [parse_cidr("10.244.0.0/16"), parse_cidr("10.96.0.0/12"), parse_cidr("fd00::/8")]
     assert unnatted_outbound(*orig, *reply, frozenset({"10.244.1.10"}), inside) is forget
 
 
