@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
+from egress_cni.backoff import Backoff
+
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
@@ -245,13 +247,17 @@ class Client:
         return self._call("GET", rt.path(namespace, name))  # type: ignore[no-any-return]
 
     def list(self, rt: ResourceType, namespace: str | None = None, label_selector: str | None = None,
-             field_selector: str | None = None) -> tuple[list[dict[str, Any]], str]:
-        """All items (paged 500 at a time) and the list's resourceVersion to watch from."""
+             field_selector: str | None = None, resource_version: str = "") -> tuple[list[dict[str, Any]], str]:
+        """All items (paged 500 at a time) and the list's resourceVersion to watch from.
+
+        `resource_version` "" reads consistently (as of now); "0" accepts the API server's watch
+        cache as it is, which spares etcd but may lag it slightly (see Informer._relist)."""
         items: list[dict[str, Any]] = []
         token = ""
         while True:
             page = self._call("GET", rt.path(namespace), {
                 "labelSelector": label_selector, "fieldSelector": field_selector, "limit": 500, "continue": token,
+                "resourceVersion": "" if token else resource_version,  # a continue token carries its own
             })
             for item in page.get("items") or []:
                 item.setdefault("apiVersion", rt.api_version)
@@ -359,7 +365,14 @@ class Informer:
     `on_change(key, old, new)` is called for every add (old None), update and delete (new None),
     and for every object again each `resync_seconds` (old is new), so level-triggered consumers
     repair anything they missed. A 410 Gone from the watch triggers a fresh list whose differences
-    to the cache are reported like ordinary events.
+    to the cache are reported like ordinary events. Failed lists and watches are retried with
+    exponential backoff and jitter (`backoff`, up to 10 s), reset by the next success.
+
+    The first list is served from the API server's watch cache (resourceVersion "0"): it spares
+    etcd, and `synced` still means what it says, the cache holds a complete list (the watch cache
+    trails etcd by the time an event takes to arrive, and the watch that follows from the list's
+    resourceVersion delivers the rest). The list after a 410 Gone reads consistently from etcd,
+    as the watch cache is what lost our version.
     """
 
     def __init__(self, client: Client, rt: ResourceType, *, namespace: str | None = None,
@@ -375,6 +388,7 @@ class Informer:
         self._synced = threading.Event()
         self._threads: list[threading.Thread] = []
         self.watch_timeout = 300
+        self.backoff = Backoff(base=0.2, cap=10.0)
 
     @property
     def synced(self) -> bool:
@@ -408,8 +422,8 @@ class Informer:
         except Exception:
             log.exception("informer handler failed", extra={"resource": self._rt.plural, "key": key})
 
-    def _relist(self) -> str:
-        items, version = self._client.list(self._rt, self._namespace, self._labels, self._fields)
+    def _relist(self, resource_version: str = "0") -> str:
+        items, version = self._client.list(self._rt, self._namespace, self._labels, self._fields, resource_version)
         fresh = {object_key(o): o for o in items}
         with self._lock:
             old_store, self._store = self._store, fresh
@@ -439,22 +453,33 @@ class Informer:
 
     def _run(self) -> None:
         version = ""
+        consistent = False  # the next list must be as of now, not what the watch cache holds
         while not self._stop.is_set():
+            progressed = False
             try:
                 if not version:
-                    version = self._relist()
+                    version = self._relist("" if consistent else "0")
+                    consistent, progressed = False, True
+                    self.backoff.reset()
                 for kind, obj in self._client.watch(self._rt, self._namespace, version, self.watch_timeout,
                                                     self._labels, self._fields):
                     version = self._apply(kind, obj) or version
+                    if not progressed:
+                        progressed = True
+                        self.backoff.reset()
                     if self._stop.is_set():
                         return
             except Gone:
-                version = ""  # too old: list again
+                version, consistent = "", True  # too old: list again
+                if not progressed:  # Gone at once, again: do not spin on list + watch
+                    self._stop.wait(self.backoff.next())
             except Exception as exc:
-                log.warning("watch failed; retrying", extra={"resource": self._rt.plural, "error": str(exc)})
+                delay = self.backoff.next()
+                log.warning("watch failed; retrying", extra={"resource": self._rt.plural, "error": str(exc),
+                                                             "retry_seconds": round(delay, 2)})
                 if isinstance(exc, APIError) and exc.status == 404:
                     version = ""  # the resource type may appear later (a CRD installed after start)
-                self._stop.wait(1.0)
+                self._stop.wait(delay)
 
     def _resync_loop(self) -> None:
         while not self._stop.wait(self._resync):

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from types import FrameType
 
 from egress_cni import k8s
+from egress_cni.backoff import Backoff
 from egress_cni.controller.config import Config, parse_args
 from egress_cni.controller.events import EventSink
 from egress_cni.controller.metrics import Metrics, serve
@@ -49,6 +50,7 @@ class Controller:
         self.leader = threading.Event()
         self.stopping = threading.Event()
         self._worker_beat = time.monotonic()
+        self.crash_backoff = Backoff(base=0.5, cap=10.0)  # a pass that raised (per-object failures back off in the reconciler)
 
     def healthy(self) -> bool:
         return time.monotonic() - self._worker_beat < max(60.0, 3 * self.config.resync_seconds)
@@ -83,7 +85,7 @@ class Controller:
                     self.dirty.wake.wait(timeout)
             if retry_at is not None and time.time() >= retry_at:
                 retry_at = None
-                self.dirty.mark(everything=True)
+                self.dirty.mark(everything=True, all_slices=True)  # a failed slice write is retried too
             if not self.dirty.depth():
                 continue
             self.stopping.wait(DEBOUNCE_SECONDS)
@@ -93,9 +95,12 @@ class Controller:
                 retry_at = self.reconciler.reconcile(*work)
             except Exception:
                 self.metrics.reconcile_errors.inc()
-                log.exception("reconcile failed; retrying")
+                delay = self.crash_backoff.next()
+                log.exception("reconcile failed; retrying", extra={"retry_seconds": round(delay, 2)})
                 self.dirty.mark(everything=True, all_slices=True)
-                self.stopping.wait(0.5)
+                self.stopping.wait(delay)
+            else:
+                self.crash_backoff.reset()
             finally:
                 took = time.perf_counter() - started
                 self.metrics.reconcile_seconds.observe(took)
