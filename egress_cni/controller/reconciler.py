@@ -4,6 +4,15 @@ differences. Runs on the leader's single worker thread only.
 Order inside a pass: tunnels, placement of every gateway, policy statuses, gateway statuses
 (finalizers, rr cursor), the cluster info, endpoint slices; Events go out from a background thread.
 Policy status first because that is what users and agents wait for.
+
+Objects are read through typed stores (egress_cni/store.py) over the read-your-writes overlays.
+An object that reached the API without the webhook and does not parse never stops a pass: it is
+skipped and reported, a gateway or policy with a `Ready=False` condition of reason `Invalid` that
+names the field, every kind with a Warning Event (once per object and problem) and a log line.
+A policy whose gateway is invalid gets that condition too, not an EIP from a broken pool. A
+malformed *status* is ours to repair: the object is served as if its status were empty, and the
+next status write replaces the bad value (EgressTunnels alike). Any other failure of one object is
+contained to that object and retried with exponential backoff.
 """
 
 from __future__ import annotations
@@ -11,12 +20,14 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from egress_cni import k8s
+from egress_cni.api import semantics
 from egress_cni.api.errors import FieldError
-from egress_cni.api.meta import ObjectMeta
+from egress_cni.api.meta import Condition, ObjectMeta
 from egress_cni.api.model import (
     CLUSTER_INFO_NAME,
     FINALIZER_GATEWAY,
@@ -29,6 +40,7 @@ from egress_cni.api.model import (
     PolicyStatus,
     Resource,
 )
+from egress_cni.backoff import Backoff
 from egress_cni.controller.cache import Overlay
 from egress_cni.controller.clusterinfo import cluster_info_status, service_cidrs
 from egress_cni.controller.config import Config
@@ -36,13 +48,76 @@ from egress_cni.controller.events import EventSink
 from egress_cni.controller.metrics import Metrics
 from egress_cni.controller.placement import ANNOTATION_RR_LAST, Assignment, NodeView, Placement, PolicyView, place_gateway
 from egress_cni.controller.slice_writer import SliceWriter
-from egress_cni.controller.status import effective_gateway, gateway_not_found, gateway_status, merge_patch, policy_status
+from egress_cni.controller.status import (
+    condition,
+    gateway_not_found,
+    gateway_status,
+    merge_patch,
+    policy_status,
+)
 from egress_cni.controller.tunnels import plan_tunnels
 from egress_cni.controller.watchers import Watchers
+from egress_cni.store import Invalid, Store, invalid_of
 
 log = logging.getLogger(__name__)
 
-RETRY_SECONDS = 1.0
+INVALID = "Invalid"  # Ready=False reason (and Event reason) of an object that does not parse
+FAILED = "ReconcileFailed"  # Ready=False reason of an object whose reconcile raised unexpectedly
+RETRY_BASE_SECONDS, RETRY_CAP_SECONDS = 0.25, 10.0  # failed writes: exponential backoff with jitter
+
+M = TypeVar("M", bound=Resource)
+
+
+@dataclass(frozen=True)
+class Parsed(Generic[M]):
+    """A store item: the model, the exact object it was parsed from (for patches and Events), and
+    the error of a malformed status that was left out of `model` (the next write replaces it)."""
+
+    model: M
+    raw: dict[str, Any]
+    status_error: FieldError | None = None
+
+
+def parser(cls: type[M]) -> Callable[[Mapping[str, Any]], Parsed[M]]:
+    def parse(raw: Mapping[str, Any]) -> Parsed[M]:
+        obj = raw if isinstance(raw, dict) else dict(raw)
+        try:
+            return Parsed(cls.parse(obj), obj)  # type: ignore[attr-defined]
+        except FieldError as exc:
+            if not (exc.path == "status" or exc.path.startswith(("status.", "status["))):
+                raise
+            try:
+                return Parsed(cls.parse({k: v for k, v in obj.items() if k != "status"}), obj, exc)  # type: ignore[attr-defined]
+            except FieldError:
+                raise exc from None  # the spec is malformed too: report the first problem found
+    return parse
+
+
+class _OverlayListing:
+    """What a Store reads: the overlay's objects (our own writes included), the informer's `synced`."""
+
+    def __init__(self, overlay: Overlay, informer: k8s.Informer) -> None:
+        self._overlay, self._informer = overlay, informer
+
+    @property
+    def synced(self) -> bool:
+        return self._informer.synced
+
+    def list(self) -> list[dict[str, Any]]:
+        return self._overlay.list()
+
+    def get(self, key: str) -> dict[str, Any] | None:
+        return self._overlay.get(key)
+
+
+@dataclass(frozen=True)
+class Problem:
+    """Why an object is not served: INVALID (with the field) or FAILED."""
+
+    reason: str
+    message: str
+    key: str
+    raw: dict[str, Any]
 
 POLICY_KINDS: tuple[tuple[k8s.ResourceType, type[EgressPolicy]], ...] = (
     (k8s.EGRESS_POLICIES, EgressPolicy), (k8s.EGRESS_CLUSTER_POLICIES, EgressClusterPolicy))
@@ -63,7 +138,12 @@ class Reconciler:
         self.client, self.config, self.watchers, self.metrics, self.events = client, config, watchers, metrics, events
         self.overlays = {plural: Overlay(inf) for plural, inf in watchers.informers.items()}
         self.slices = SliceWriter(client, config.max_endpoints_per_slice, self.overlays)
-        self._parsed: dict[tuple[str, str], tuple[str, Resource | None]] = {}  # (plural, key) -> (rv, parsed)
+        self.stores: dict[str, Store[Parsed[Any]]] = {
+            rt.plural: Store(_OverlayListing(self.overlays[rt.plural], watchers.informers[rt.plural]), parser(cls))
+            for rt, cls in ((k8s.EGRESS_GATEWAYS, EgressGateway), *POLICY_KINDS, (k8s.EGRESS_TUNNELS, EgressTunnel),
+                            (k8s.EGRESS_CLUSTER_INFOS, EgressClusterInfo))
+            if rt.plural in self.overlays}
+        self.backoff = Backoff(RETRY_BASE_SECONDS, RETRY_CAP_SECONDS)
         self._failed = False
         # gateway -> (resourceVersion, policy views, node views, load before it, ...) of its last written decision
         self._placements: dict[str, tuple[str, tuple[PolicyView, ...], tuple[NodeView, ...], dict[str, int], Placement,
@@ -72,6 +152,9 @@ class Reconciler:
         self._status_checked: dict[tuple[str, str], tuple[dict[str, Any], Assignment]] = {}
         self.alive: dict[str, bool] = {}  # agent liveness the last pass placed EIPs by
         self._announced_waits: set[str] = set()  # gateway uids told they wait for their policies
+        # (plural, key) -> (uid, problem) last reported by an Event; a steady problem is reported once
+        self._reported: dict[tuple[str, str], tuple[str, str]] = {}
+        self._reporting: set[tuple[str, str]] = set()  # what this pass found wrong
 
     # --- reading -------------------------------------------------------------------------------
 
@@ -79,27 +162,55 @@ class Reconciler:
         overlay = self.overlays.get(rt.plural)
         return overlay.list() if overlay is not None else []
 
-    def _parse(self, rt: k8s.ResourceType, cls: type[Resource], raw: dict[str, Any]) -> Resource | None:
-        """Parse with a cache keyed by resourceVersion; a malformed object is logged and skipped."""
-        key = (rt.plural, k8s.object_key(raw))
-        rv = str((raw.get("metadata") or {}).get("resourceVersion", ""))
-        hit = self._parsed.get(key)
-        if hit is not None and hit[0] == rv and rv:
-            return hit[1]
-        try:
-            parsed: Resource | None = cls.parse(raw)  # type: ignore[attr-defined]
-        except FieldError as exc:
-            log.warning("skipping malformed object", extra={"kind": rt.kind, "key": key[1], "error": str(exc)})
-            parsed = None
-        self._parsed[key] = (rv, parsed)
-        return parsed
+    def _items(self, rt: k8s.ResourceType) -> tuple[Parsed[Any], ...]:
+        """Valid objects of a kind; the malformed ones are in `_invalid`. A malformed status is
+        reported here (and repaired by the write that follows)."""
+        store = self.stores.get(rt.plural)
+        if store is None:
+            return ()
+        items = store.items()
+        for item in items:
+            if item.status_error is not None:
+                self._report(rt, k8s.object_key(item.raw), item.raw, item.status_error,
+                             "the controller rewrites the status")
+        return items
+
+    def _invalid(self, rt: k8s.ResourceType) -> list[tuple[Invalid, dict[str, Any]]]:
+        """Objects of a kind that do not parse, with their raw object (for the Event), reported."""
+        store = self.stores.get(rt.plural)
+        out: list[tuple[Invalid, dict[str, Any]]] = []
+        for bad in store.invalid() if store is not None else ():
+            raw = self.overlays[rt.plural].get(bad.key)
+            if raw is not None:
+                self._report(rt, bad.key, raw, bad.error, "skipped until it is fixed")
+                out.append((bad, raw))
+        return out
+
+    def _report(self, rt: k8s.ResourceType, key: str, raw: dict[str, Any], error: FieldError | str, what_now: str) -> None:
+        """A Warning Event (reason Invalid) and a log line, once per object and problem."""
+        ident = (rt.plural, key)
+        self._reporting.add(ident)
+        uid = str((raw.get("metadata") or {}).get("uid", ""))
+        text = str(error)
+        if self._reported.get(ident) == (uid, text):
+            return
+        self._reported[ident] = (uid, text)
+        log.warning("invalid object", extra={"kind": rt.kind, "key": key, "error": text,
+                                             **({"field": error.path} if isinstance(error, FieldError) else {})})
+        self.events.emit(raw, INVALID, f"{rt.kind} {key} is invalid: {text}; {what_now}", "Warning")
+
+    def _forget_reports(self, plurals: set[str]) -> None:
+        """Drop reports of objects of these kinds that are fine (or gone) now: a new problem is new."""
+        for ident in [i for i in self._reported if i[0] in plurals and i not in self._reporting]:
+            del self._reported[ident]
 
     # --- the pass ------------------------------------------------------------------------------
 
     def reconcile(self, everything: bool, all_slices: bool, policies: set[tuple[str, str]], namespaces: set[str]) -> float | None:
-        """One pass; returns when to look again without an event: soon after a failed write, else
-        None (agent Lease expiry is watched by the worker)."""
+        """One pass; returns when to look again without an event: after a failed write, with
+        exponential backoff and jitter, else None (agent Lease expiry is watched by the worker)."""
         self._failed = False
+        self._reporting = set()
         synced = self.watchers.synced()
         now = now_rfc3339()
         alive, _ = self.watchers.agent_liveness()
@@ -109,29 +220,29 @@ class Reconciler:
         nodes = [node_view(n, alive.get(str((n.get("metadata") or {}).get("name", "")), False)) for n in raw_nodes]
         gateways: dict[str, EgressGateway] = {}
         raw_gateways: dict[str, dict[str, Any]] = {}
-        for raw in self._objects(k8s.EGRESS_GATEWAYS):
-            gw = self._parse(k8s.EGRESS_GATEWAYS, EgressGateway, raw)
-            if isinstance(gw, EgressGateway):
-                gateways[gw.metadata.name], raw_gateways[gw.metadata.name] = gw, raw
+        for item in self._items(k8s.EGRESS_GATEWAYS):
+            gateways[item.model.metadata.name], raw_gateways[item.model.metadata.name] = item.model, item.raw
         namespaces_labels = {str((n.get("metadata") or {}).get("name", "")): dict((n.get("metadata") or {}).get("labels") or {})
                              for n in self._objects(k8s.NAMESPACES)}
         all_policies: list[tuple[k8s.ResourceType, EgressPolicy, dict[str, Any]]] = []
-        for rt, cls in POLICY_KINDS:
-            for raw in self._objects(rt):
-                p = self._parse(rt, cls, raw)
-                if isinstance(p, EgressPolicy):
-                    all_policies.append((rt, p, raw))
+        invalid_policies: list[tuple[k8s.ResourceType, Invalid, dict[str, Any]]] = []
+        for rt, _ in POLICY_KINDS:
+            all_policies.extend((rt, item.model, item.raw) for item in self._items(rt))
+            invalid_policies.extend((rt, bad, raw) for bad, raw in self._invalid(rt))
 
         if everything:
             if synced:
                 self._guard("tunnels", self._tunnels, [n.name for n in nodes])
+            # gateway name -> why it cannot be placed (malformed, or placement failed on it)
+            broken: dict[str, Problem] = {
+                bad.name: Problem(INVALID, str(bad.error), bad.key, raw) for bad, raw in self._invalid(k8s.EGRESS_GATEWAYS)}
             by_gateway: dict[str, list[PolicyView]] = {}
             target: dict[PolicyRef, str] = {}
             for _, p, _ in all_policies:
                 if p.metadata.deletion_timestamp:
                     continue
                 ns_labels = namespaces_labels.get(p.metadata.namespace) if p.NAMESPACED else None
-                name = effective_gateway(p.spec.egress_gateway_name, ns_labels, gateways)
+                name = semantics.effective_gateway(p, ns_labels, gateways.values())[0]
                 target[p.ref] = name
                 by_gateway.setdefault(name, []).append(PolicyView(
                     p.ref, p.spec.eip, str(p.metadata.extra.get("creationTimestamp", "")), p.status.eip_ipv4, p.status.eip_ipv6))
@@ -149,10 +260,23 @@ class Reconciler:
                     delta = memo[5]
                     load = {n: load.get(n, 0) + delta.get(n, 0) for n in set(load) | set(delta)}
                 else:
-                    placed = place_gateway(gateways[name], views, nodes, load)
+                    try:
+                        placed = place_gateway(gateways[name], views, nodes, load)
+                    except FieldError as exc:  # a pool the model let through (e.g. a reversed range)
+                        bad = invalid_of(k8s.object_key(raw_gw), raw_gw, exc)
+                        self._report(k8s.EGRESS_GATEWAYS, bad.key, raw_gw, exc, "skipped until it is fixed")
+                        broken[name] = Problem(INVALID, str(exc), bad.key, raw_gw)
+                        continue
+                    except Exception as exc:  # a bug must cost this gateway, not every other one
+                        log.exception("placement failed", extra={"gateway": name})
+                        self._failed = True
+                        broken[name] = Problem(FAILED, f"placement failed: {exc!r}", name, raw_gw)
+                        continue
                     to_write.append((name, placed, dict(load)))
                     load = placed.load
                 assignments.update(placed.assignments)
+            for name in broken:
+                gateways.pop(name, None)
             for vanished in set(self._placements) - set(gateways):
                 del self._placements[vanished]
             # Policy statuses first: they are what users and the benchmark wait for. Should the
@@ -162,26 +286,46 @@ class Reconciler:
             for rt, p, raw in all_policies:
                 if p.metadata.deletion_timestamp:
                     continue
-                assignment = assignments.get(p.ref) or gateway_not_found(target.get(p.ref, ""))
+                gw_name = target.get(p.ref, "")
+                problem = broken.get(gw_name)
+                if problem is not None:
+                    assignment = Assignment(reason=problem.reason, message=(
+                        f"EgressGateway {gw_name} is invalid: {problem.message}; fix the gateway"
+                        if problem.reason == INVALID else f"EgressGateway {gw_name}: {problem.message}"))
+                else:
+                    assignment = assignments.get(p.ref) or gateway_not_found(gw_name)
                 ready += assignment.ready
-                self._guard(f"policy {p.metadata.key}", self._write_policy, rt, p, raw, assignment, now)
+                if self._guard(f"policy {p.metadata.key}", self._write_policy, rt, p, raw, assignment, now) is not None:
+                    self._guard(f"policy {p.metadata.key} condition", self._write_problem, rt, Problem(
+                        FAILED, "the controller failed on this policy; see its log", p.metadata.key, raw), now)
+            for rt, bad, raw in invalid_policies:
+                self._guard(f"policy {bad.key}", self._write_problem, rt,
+                            Problem(INVALID, f"{bad.error}; the policy is skipped until it is fixed", bad.key, raw), now)
             live_keys = {(rt.plural, p.metadata.key) for rt, p, _ in all_policies}
             for gone in set(self._status_checked) - live_keys:
                 del self._status_checked[gone]
             for name, placed, load_in in to_write:
                 failed_before, self._failed = self._failed, False
                 raw_gw = raw_gateways[name]
-                self._guard(f"gateway {name}", self._write_gateway, gateways[name], raw_gw, placed, now,
-                            bool(by_gateway.get(name)))
+                if self._guard(f"gateway {name}", self._write_gateway, gateways[name], raw_gw, placed, now,
+                               bool(by_gateway.get(name))) is not None:
+                    self._guard(f"gateway {name} condition", self._write_problem, k8s.EGRESS_GATEWAYS, Problem(
+                        FAILED, "the controller failed on this gateway; see its log", name, raw_gw), now)
                 if not self._failed:
                     delta = {n: placed.load.get(n, 0) - load_in.get(n, 0) for n in set(placed.load) | set(load_in)}
                     written = self.overlays[k8s.EGRESS_GATEWAYS.plural].get(name) or raw_gw
                     version = str((written.get("metadata") or {}).get("resourceVersion", ""))
                     self._placements[name] = (version, tuple(by_gateway.get(name, ())), node_views, load_in, placed, delta)
                 self._failed |= failed_before
+            for name, problem in sorted(broken.items()):
+                text = f"{problem.message}; the gateway is skipped until it is fixed" if problem.reason == INVALID else problem.message
+                self._guard(f"gateway {name}", self._write_problem, k8s.EGRESS_GATEWAYS,
+                            Problem(problem.reason, text, problem.key, problem.raw), now, bool(by_gateway.get(name)))
             self.metrics.policies_ready.labels("true").set(ready)
-            self.metrics.policies_ready.labels("false").set(len(all_policies) - ready)
+            self.metrics.policies_ready.labels("false").set(len(all_policies) + len(invalid_policies) - ready)
             self._guard("cluster info", self._cluster_info, raw_nodes)
+            self._forget_reports({k8s.EGRESS_GATEWAYS.plural, k8s.EGRESS_CLUSTER_INFOS.plural,
+                                  *(rt.plural for rt, _ in POLICY_KINDS), *([k8s.EGRESS_TUNNELS.plural] if synced else [])})
 
         pods = self.watchers.pods_snapshot()
         self.slices.begin_pass()
@@ -191,25 +335,84 @@ class Reconciler:
                     (not p.NAMESPACED and namespaces):
                 self._guard(f"slices of {p.metadata.key}", self.slices.sync, rt, p, pods, namespaces_labels)
         if synced and (everything or all_slices):
-            live = {(rt.plural, p.metadata.key) for rt, p, _ in all_policies}
+            # An invalid policy keeps the slices it has (its pods are not re-listed until it is fixed).
+            live = {(rt.plural, p.metadata.key) for rt, p, _ in all_policies} | \
+                {(rt.plural, bad.key) for rt, bad, _ in invalid_policies}
             self._guard("slice pruning", self.slices.prune, live)
         self.slices.end_pass()
-        return time.time() + RETRY_SECONDS if self._failed else None  # come back for what failed
+        if self._failed:
+            return time.time() + self.backoff.next()  # come back for what failed, later each time
+        if everything or all_slices:
+            self.backoff.reset()
+        return None
 
-    def _guard(self, what: str, write: Callable[..., None], *args: Any) -> None:
-        """One object's failure (a webhook denial, a flaky connection) must not stop the others."""
+    def _guard(self, what: str, write: Callable[..., None], *args: Any) -> Exception | None:
+        """One object's failure (a webhook denial, a flaky connection, a bug) must not stop the
+        others: logged, retried with backoff; returns an unexpected exception for the caller to
+        report on the object."""
         try:
             write(*args)
         except k8s.APIError as exc:
             self._failed = True
             log.warning("write failed; retrying soon", extra={"object": what, "error": str(exc)})
+        except Exception as exc:
+            self._failed = True
+            self.metrics.reconcile_errors.inc()
+            log.exception("reconcile of one object failed; the others go on", extra={"object": what})
+            return exc
+        return None
+
+    # --- objects that are not served -----------------------------------------------------------
+
+    def _write_problem(self, rt: k8s.ResourceType, problem: Problem, now: str, referenced: bool = False) -> None:
+        """Ready=False with the problem on a gateway or policy we cannot serve. A policy loses its
+        EIP and node (nothing serves it); a gateway keeps the rest of its status, so its EIPs
+        return to the same nodes once it is fixed. A deleted gateway nobody uses loses its finalizer."""
+        raw = problem.raw
+        meta = raw.get("metadata") or {}
+        name, namespace = str(meta.get("name", "")), str(meta.get("namespace", "")) or None
+        status, gen = raw.get("status"), meta.get("generation")
+        current: dict[str, Any] = status if isinstance(status, dict) else {}
+        generation = gen if isinstance(gen, int) else 0
+        listed = current.get("conditions")
+        previous = []
+        for i, c in enumerate(listed if isinstance(listed, list) else []):
+            try:
+                previous.append(Condition.parse(c, f"status.conditions[{i}]"))
+            except FieldError:
+                continue
+        ready = condition(previous, "Ready", False, problem.reason, problem.message, generation, now)
+        if rt is k8s.EGRESS_GATEWAYS:
+            finalizers = meta.get("finalizers") or []
+            if meta.get("deletionTimestamp") and not referenced and FINALIZER_GATEWAY in finalizers:
+                try:
+                    self.overlays[rt.plural].wrote(self.client.patch(rt, name, {"metadata": {
+                        "finalizers": [f for f in finalizers if f != FINALIZER_GATEWAY],
+                        "resourceVersion": meta.get("resourceVersion")}}))
+                except (k8s.Conflict, k8s.NotFound):
+                    pass
+                return
+            desired = {**current, "conditions": [ready.to_dict()], "observedGeneration": generation or None}
+            desired = {k: v for k, v in desired.items() if v is not None}
+        else:
+            desired = PolicyStatus(conditions=(ready,), observed_generation=generation).to_dict()
+        patch = merge_patch(current, desired)
+        if not patch:
+            return
+        try:
+            written = self.client.patch_status(rt, name, {"status": patch}, namespace=namespace)
+        except k8s.NotFound:
+            return
+        self.overlays[rt.plural].wrote(written)
 
     # --- tunnels -------------------------------------------------------------------------------
 
     def _tunnels(self, node_names: list[str]) -> None:
+        # An invalid EgressTunnel (reported by _invalid) counts as one without values: the plan
+        # gives its node fresh ones and the patch below overwrites what was malformed.
         existing: dict[str, dict[str, Any]] = {str((t.get("metadata") or {}).get("name", "")): t for t in self._objects(k8s.EGRESS_TUNNELS)}
-        parsed = {name: t.status for name, raw in existing.items()
-                  if isinstance(t := self._parse(k8s.EGRESS_TUNNELS, EgressTunnel, raw), EgressTunnel)}
+        parsed = {item.model.metadata.name: item.model.status for item in self._items(k8s.EGRESS_TUNNELS)}
+        self._invalid(k8s.EGRESS_TUNNELS)
         plan = plan_tunnels(node_names, parsed, self.config.tunnel_ipv4_subnet, self.config.tunnel_ipv6_subnet)
         for name, addr in plan.items():
             raw = existing.get(name)
@@ -321,9 +524,14 @@ class Reconciler:
             except k8s.Conflict:
                 raw = self.client.get(k8s.EGRESS_CLUSTER_INFOS, CLUSTER_INFO_NAME)
             overlay.wrote(raw)
-        info = self._parse(k8s.EGRESS_CLUSTER_INFOS, EgressClusterInfo, raw)
-        if not isinstance(info, EgressClusterInfo):
+        item = self.stores[k8s.EGRESS_CLUSTER_INFOS.plural].get(CLUSTER_INFO_NAME)
+        if item is None:  # a malformed spec: reported, left alone (its status follows from the spec)
+            self._invalid(k8s.EGRESS_CLUSTER_INFOS)
             return
+        if item.status_error is not None:
+            self._report(k8s.EGRESS_CLUSTER_INFOS, CLUSTER_INFO_NAME, item.raw, item.status_error,
+                         "the controller rewrites the status")
+        info, raw = item.model, item.raw
         cidr_informer = self.watchers.get(k8s.SERVICE_CIDRS)
         calico = self.watchers.get(k8s.CALICO_IPPOOLS)
         kubernetes_svc: dict[str, Any] | None = None
