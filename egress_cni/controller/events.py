@@ -29,5 +29,8 @@ class EventSink:
     def _run(self) -> None:
         while True:
             involved, reason, message, type_ = self._queue.get()
-            self._client.emit_event(involved, reason, message, type_)
+            try:  # emit_event logs API failures itself; nothing else may end this thread
+                self._client.emit_event(involved, reason, message, type_)
+            except Exception:
+                log.exception("event not recorded", extra={"reason": reason})
 
