@@ -1,4 +1,9 @@
-"""Installation settings the rules depend on, read from the environment with safe defaults."""
+"""Installation settings the rules depend on: flags > environment > the settings file > defaults.
+
+`egress-webhook` (webhook/main.py) resolves them once, from its flags, its environment and the
+installation's settings file (`egress_cni.settings`, the controller's and agents' reader too), and
+hands the result to its gunicorn workers as EGRESS_ENABLE_IPV4/6, which `from_env` reads there.
+"""
 
 from __future__ import annotations
 
@@ -6,20 +11,19 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from egress_cni import settings
+
 # Gateway annotation that lets policies of different namespaces name the same EIP.
 ANNOTATION_ALLOW_EIP_SHARING = "egressgateway.spidernet.io/allow-eip-sharing"
 
-_TRUE = ("1", "true", "yes", "on")
-_FALSE = ("0", "false", "no", "off")
+IPV4_ENV, IPV6_ENV = "EGRESS_ENABLE_IPV4", "EGRESS_ENABLE_IPV6"
 
 
 def parse_bool(name: str, text: str) -> bool:
-    value = text.strip().lower()
-    if value in _TRUE:
-        return True
-    if value in _FALSE:
-        return False
-    raise ValueError(f"{name}={text!r}: expected true or false")
+    try:
+        return settings.parse_bool(text)
+    except ValueError:
+        raise ValueError(f"{name}={text!r}: expected true or false") from None
 
 
 @dataclass(frozen=True)
@@ -51,7 +55,26 @@ class WebhookConfig:
     def from_env(cls, env: Mapping[str, str] | None = None) -> WebhookConfig:
         env = os.environ if env is None else env
         return cls(
-            enable_ipv4=parse_bool("EGRESS_ENABLE_IPV4", env.get("EGRESS_ENABLE_IPV4", "true")),
-            enable_ipv6=parse_bool("EGRESS_ENABLE_IPV6", env.get("EGRESS_ENABLE_IPV6", "true")),
+            enable_ipv4=parse_bool(IPV4_ENV, env.get(IPV4_ENV, "true")),
+            enable_ipv6=parse_bool(IPV6_ENV, env.get(IPV6_ENV, "true")),
             namespace=env.get("EGRESS_NAMESPACE", "egressgateway-system"),
         )
+
+    @classmethod
+    def layered(cls, installed: settings.Settings, env: Mapping[str, str], *, enable_ipv4: str | None = None,
+                enable_ipv6: str | None = None, namespace: str = "egressgateway-system") -> WebhookConfig:
+        """Each family from its flag (true/false text), else its variable, else the file's
+        enableIPv4/enableIPv6, else on. Raises ValueError naming the flag, variable or key."""
+        def family(flag: str | None, flag_name: str, variable: str, configured: bool | None) -> bool:
+            chosen = None if flag is None else parse_bool(flag_name, flag)
+            return settings.layered(chosen, env, variable, settings.parse_bool, True if configured is None else configured)
+
+        return cls(
+            enable_ipv4=family(enable_ipv4, "--enable-ipv4", IPV4_ENV, installed.families.ipv4),
+            enable_ipv6=family(enable_ipv6, "--enable-ipv6", IPV6_ENV, installed.families.ipv6),
+            namespace=namespace,
+        )
+
+    def to_env(self) -> dict[str, str]:
+        """What `from_env` reads back in a gunicorn worker."""
+        return {IPV4_ENV: str(self.enable_ipv4).lower(), IPV6_ENV: str(self.enable_ipv6).lower(), "EGRESS_NAMESPACE": self.namespace}

@@ -18,7 +18,25 @@ _own_metrics_dir = ""
 if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
     _own_metrics_dir = os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="egress-webhook-metrics-", dir=_shm)
 
+from gunicorn.glogging import Logger  # noqa: E402
+
+from egress_cni import logs  # noqa: E402
 from webhook import metrics, tls  # noqa: E402 (after PROMETHEUS_MULTIPROC_DIR is set)
+
+# One log format for the master, the workers and gunicorn's own lines (egress-webhook exports the
+# resolved LOG_LEVEL/LOG_FORMAT; run directly, gunicorn reads them from the environment too).
+_log_level, _log_format = logs.resolve(None, None)
+logs.setup(_log_level, _log_format)
+
+
+class _Logger(Logger):  # type: ignore[misc]
+    """gunicorn's error and access lines in the daemons' format (gunicorn installs its own handlers)."""
+
+    def setup(self, cfg):  # type: ignore[no-untyped-def]
+        super().setup(cfg)
+        logs.adopt(self.error_log, _log_format)
+        logs.adopt(self.access_log, _log_format)
+
 
 _cert_dir = os.environ.get("EGRESS_WEBHOOK_CERT_DIR", "/etc/tls")
 
@@ -38,7 +56,8 @@ keyfile = os.path.join(_cert_dir, "tls.key")
 ssl_context = tls.context_for
 accesslog = os.environ.get("EGRESS_WEBHOOK_ACCESS_LOG") or None
 errorlog = "-"
-loglevel = os.environ.get("LOG_LEVEL", "info").lower()
+loglevel = _log_level.lower()
+logger_class = _Logger
 proc_name = "egress-webhook"
 control_socket_disable = True
 # The worker heartbeat touches a file from the thread that also accepts connections; on a busy disk

@@ -15,6 +15,7 @@ import os
 import sys
 from pathlib import Path
 
+from egress_cni import logs, settings
 from webhook import certs
 from webhook.config import WebhookConfig
 
@@ -42,11 +43,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--rotation-interval", type=float, default=60.0,
                    help="seconds between certificate checks; each is two GETs unless something must change "
                         "(a renewal, or a configuration created or replaced without our caBundle)")
-    p.add_argument("--enable-ipv4", default=env("EGRESS_ENABLE_IPV4", "true"), help="accept IPv4 configuration (true/false)")
-    p.add_argument("--enable-ipv6", default=env("EGRESS_ENABLE_IPV6", "true"), help="accept IPv6 configuration (true/false)")
+    p.add_argument("--config", default=env(settings.CONFIG_ENV),
+                   help="installation settings YAML (env EGRESS_CONFIG; docs/settings.md); flags and variables win over it")
+    p.add_argument("--enable-ipv4", default=None,
+                   help="accept IPv4 configuration, true/false (env EGRESS_ENABLE_IPV4, file enableIPv4; default true)")
+    p.add_argument("--enable-ipv6", default=None,
+                   help="accept IPv6 configuration, true/false (env EGRESS_ENABLE_IPV6, file enableIPv6; default true)")
     p.add_argument("--kubeconfig", default=env("EGRESS_WEBHOOK_KUBECONFIG") or env("KUBECONFIG"))
     p.add_argument("--cluster-state", default=env("EGRESS_WEBHOOK_CLUSTER_STATE"),
                    help="review against the objects in this YAML file instead of watching the API (offline/bench)")
+    logs.add_arguments(p)
     return p.parse_args(argv)
 
 
@@ -77,16 +83,21 @@ def settle_certificates(args: argparse.Namespace) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=os.environ.get("LOG_LEVEL", "INFO"), format="%(asctime)s %(levelname)s %(name)s %(message)s")
     args = parse_args(argv)
-    os.environ.update({"EGRESS_ENABLE_IPV4": args.enable_ipv4, "EGRESS_ENABLE_IPV6": args.enable_ipv6})
-    try:
-        WebhookConfig.from_env()  # refuse a bad setting before starting workers
-    except ValueError as exc:
+    try:  # refuse a bad setting before starting workers; they get the resolved values through the environment
+        installed = settings.load(args.config)
+        log_level, log_format = logs.resolve(args.log_level, args.log_format)
+        config = WebhookConfig.layered(installed, os.environ, enable_ipv4=args.enable_ipv4, enable_ipv6=args.enable_ipv6,
+                                       namespace=args.namespace)
+    except ValueError as exc:  # SettingsError included: the message names the key, flag or variable
         raise SystemExit(f"egress-webhook: {exc}") from None
+    logs.setup(log_level, log_format)
+    for note in installed.notes:
+        log.warning("setting has no effect", extra={"note": note})
+    os.environ.update({**config.to_env(), logs.LEVEL_ENV: log_level, logs.FORMAT_ENV: log_format})
     cert_dir = settle_certificates(args)
     os.environ.update({
-        "EGRESS_WEBHOOK_PORT": str(args.port), "EGRESS_WEBHOOK_BIND": args.bind, "EGRESS_NAMESPACE": args.namespace,
+        "EGRESS_WEBHOOK_PORT": str(args.port), "EGRESS_WEBHOOK_BIND": args.bind,
         "EGRESS_WEBHOOK_WORKERS": str(args.workers), "EGRESS_WEBHOOK_THREADS": str(args.threads),
         "EGRESS_WEBHOOK_CERT_DIR": str(cert_dir),
     })

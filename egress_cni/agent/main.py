@@ -15,12 +15,9 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Mapping
 
-import yaml
-
-from egress_cni import registry
+from egress_cni import logs, registry, settings
 from egress_cni.agent.loop import Agent, Lease
 from egress_cni.agent.sources import RecordingReporter, Source, TunnelReporter, YamlSource
 from egress_cni.dataplane.apply import KernelDataplane
@@ -29,57 +26,67 @@ from egress_cni.dataplane.inputs import DataplaneConfig, NodeFacts
 log = logging.getLogger("egress_cni.agent")
 
 
-# installation settings (manifests/config.yaml) -> our flag defaults; explicit flags still win
-CONFIG_KEYS = {"enableIPv4": "ipv4", "enableIPv6": "ipv6", "agentLeaseSeconds": "lease_seconds",
-               "vxlan.name": "vxlan_name", "vxlan.vni": "vni", "vxlan.port": "vxlan_port", "vxlan.mtu": "mtu",
-               "iptablesBackend": "iptables_backend", "tunnelParent": "parent"}
-
-
-def config_defaults(path: str) -> dict[str, Any]:
-    with open(path, encoding="utf-8") as f:
-        raw = yaml.safe_load(f) or {}
-    if not isinstance(raw, dict):
-        raise SystemExit(f"--config {path}: expected a YAML mapping, got {type(raw).__name__}")
-    flat = {**{k: v for k, v in raw.items() if k != "vxlan"},
-            **{f"vxlan.{k}": v for k, v in (raw.get("vxlan") or {}).items()}}
-    return {CONFIG_KEYS[k]: v for k, v in flat.items() if k in CONFIG_KEYS}
-
-
-def build_parser(defaults: dict[str, Any] | None = None) -> argparse.ArgumentParser:
+def build_parser(env: Mapping[str, str] | None = None) -> argparse.ArgumentParser:
+    """Flags left unset stay None: `parse_args` fills them from the environment, then the settings file."""
+    env = os.environ if env is None else env
     parser = argparse.ArgumentParser(prog="egress-agent", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     for name in ("run", "once", "uninstall"):
         p = sub.add_parser(name)
-        p.add_argument("--config", default=None, help="installation settings YAML (enableIPv4/6, vxlan, agentLeaseSeconds); flags win")
-        p.add_argument("--node", default=os.environ.get("NODE_NAME", ""), help="this node's name (env NODE_NAME)")
+        p.add_argument("--config", default=env.get(settings.CONFIG_ENV),
+                       help="installation settings YAML (env EGRESS_CONFIG; docs/settings.md); flags and variables win over it")
+        p.add_argument("--node", default=env.get("NODE_NAME", ""), help="this node's name (env NODE_NAME)")
         p.add_argument("--source", default="k8s", help="k8s (informers; $KUBECONFIG or in-cluster) or yaml:DIR")
         p.add_argument("--kubeconfig", default=None)
-        p.add_argument("--parent", default=None, help="underlay link (default: the default route's link)")
+        p.add_argument("--parent", default=None, help="underlay link (file tunnelParent/tunnelDetectMethod; default: the default route's link)")
         p.add_argument("--registry-dir", default=registry.DEFAULT_DIR)
-        p.add_argument("--ipv4", action=argparse.BooleanOptionalAction, default=True)
-        p.add_argument("--ipv6", action=argparse.BooleanOptionalAction, default=False)
-        p.add_argument("--vxlan-name", default="egress.vxlan")
-        p.add_argument("--vni", type=int, default=100)
-        p.add_argument("--vxlan-port", type=int, default=7789)
-        p.add_argument("--mtu", type=int, default=0, help="VXLAN MTU; 0 = parent MTU minus the VXLAN overhead")
-        p.add_argument("--iptables-backend", default="auto", choices=("auto", "nft", "legacy"))
+        p.add_argument("--ipv4", action=argparse.BooleanOptionalAction, default=None, help="file enableIPv4; default on")
+        p.add_argument("--ipv6", action=argparse.BooleanOptionalAction, default=None, help="file enableIPv6; default off")
+        p.add_argument("--vxlan-name", default=None, help=f"file vxlan.name; default {settings.Vxlan.name}")
+        p.add_argument("--vni", type=int, default=None, help=f"file vxlan.vni/vxlan.id; default {settings.Vxlan.vni}")
+        p.add_argument("--vxlan-port", type=int, default=None, help=f"file vxlan.port; default {settings.Vxlan.port}")
+        p.add_argument("--mtu", type=int, default=None, help="VXLAN MTU (file vxlan.mtu); 0 = parent MTU minus the VXLAN overhead")
+        p.add_argument("--iptables-backend", default=None, choices=settings.IPTABLES_BACKENDS,
+                       help="file iptablesBackend/iptables.backendMode; default auto")
         p.add_argument("--resync-seconds", type=float, default=10.0)
-        p.add_argument("--lease-seconds", type=int, default=int(os.environ.get("EGRESS_LEASE_SECONDS", "1")))
-        p.add_argument("--lease-renew-seconds", type=float, default=0.2)
-        p.add_argument("--namespace", default=os.environ.get("EGRESS_NAMESPACE", "egressgateway-system"))
+        p.add_argument("--lease-seconds", type=int, default=None,
+                       help=f"env EGRESS_LEASE_SECONDS, file agentLeaseSeconds; default {settings.Agent.lease_seconds}")
+        p.add_argument("--lease-renew-seconds", type=float, default=None,
+                       help=f"file agentLeaseRenewSeconds; default {settings.Agent.lease_renew_seconds}")
+        p.add_argument("--namespace", default=env.get("EGRESS_NAMESPACE", "egressgateway-system"))
         p.add_argument("--metrics-address", default=":9641", help="host:port for /healthz /readyz /metrics; '' disables")
         p.add_argument("--health-port", type=int, default=None, help="serve /healthz /readyz /metrics on 0.0.0.0:PORT")
         p.add_argument("--metrics-port", type=int, default=None, help="serve the same endpoints on this port too")
-        p.add_argument("--log-level", default="INFO")
-        p.set_defaults(**(defaults or {}))
+        logs.add_arguments(p)
     return parser
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    pre = argparse.ArgumentParser(add_help=False)
-    pre.add_argument("--config")
-    known, _ = pre.parse_known_args(argv)
-    return build_parser(config_defaults(known.config) if known.config else None).parse_args(argv)
+def parse_args(argv: list[str] | None, env: Mapping[str, str] | None = None) -> argparse.Namespace:
+    """The flags, each unset one filled from its variable, else the settings file, else the default."""
+    env = os.environ if env is None else env
+    parser = build_parser(env)
+    args = parser.parse_args(argv)
+    try:
+        installed = settings.load(args.config)
+        args.log_level, args.log_format = logs.resolve(args.log_level, args.log_format, env)
+        args.lease_seconds = settings.layered(args.lease_seconds, env, "EGRESS_LEASE_SECONDS", settings.parse_int,
+                                              installed.agent.lease_seconds)
+    except ValueError as exc:  # SettingsError included: the message names the key or variable
+        parser.error(str(exc))
+    families, vxlan, agent = installed.families, installed.vxlan, installed.agent
+    for attr, configured in (
+        ("ipv4", True if families.ipv4 is None else families.ipv4),
+        ("ipv6", False if families.ipv6 is None else families.ipv6),
+        ("parent", installed.tunnel.parent or None),
+        ("vxlan_name", vxlan.name), ("vni", vxlan.vni), ("vxlan_port", vxlan.port), ("mtu", vxlan.mtu),
+        ("iptables_backend", agent.iptables_backend), ("lease_renew_seconds", agent.lease_renew_seconds),
+    ):
+        if getattr(args, attr) is None:
+            setattr(args, attr, configured)
+    if args.lease_renew_seconds >= args.lease_seconds:
+        parser.error(f"--lease-renew-seconds ({args.lease_renew_seconds}) must be shorter than --lease-seconds ({args.lease_seconds})")
+    args.settings = installed
+    return args
 
 
 def config_from(args: argparse.Namespace) -> DataplaneConfig:
@@ -124,8 +131,9 @@ def make_agent(args: argparse.Namespace) -> Agent:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logs.setup(args.log_level, args.log_format)
+    for note in args.settings.notes:
+        log.warning("setting has no effect", extra={"note": note})
     if args.command == "uninstall":
         config = config_from(args)
         parent = facts_reader(args, config)(True).parent if args.node or args.parent else (args.parent or "")

@@ -1,15 +1,21 @@
-"""Controller settings: flags, with environment variables as defaults (for the Deployment)."""
+"""Controller settings: flags > environment variables > the installation file (--config) > defaults.
+
+The installation file is read by `egress_cni.settings` (the same reader as the agent's and the
+webhook's); this module takes the controller's part of it and layers the flags and variables over it.
+"""
 
 from __future__ import annotations
 
 import argparse
 import os
 import socket
-from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import TypeVar
 
-import yaml
+from egress_cni import logs, settings
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -23,89 +29,89 @@ class Config:
     agent_lease_grace: float = 0.0
     agent_stale_fraction: float = 0.5
     agent_stale_hold: float = 10.0
-    tunnel_ipv4_subnet: str = "172.31.0.0/16"
-    tunnel_ipv6_subnet: str = "fd11::/112"
-    max_endpoints_per_slice: int = 100
+    tunnel_ipv4_subnet: str = settings.Tunnel.ipv4_subnet
+    tunnel_ipv6_subnet: str = settings.Tunnel.ipv6_subnet
+    max_endpoints_per_slice: int = settings.Controller.max_endpoints_per_slice
     service_cidrs: tuple[str, ...] = ()
     resync_seconds: float = 60.0
     health_address: str = "0.0.0.0:8788"
     extra_addresses: tuple[str, ...] = ()  # --metrics-port: the same endpoints on another port
+    log_level: str = "INFO"
+    log_format: str = logs.TEXT
+    notes: tuple[str, ...] = ()  # settings-file keys that change nothing (logged at start)
 
 
-def _env(name: str, default: str) -> str:
-    return os.environ.get(name, default)
-
-
-def _installation_settings(path: str | None) -> dict[str, Any]:
-    """The shared installation ConfigMap (manifests/config.yaml), mapped to this controller's flags."""
-    if not path:
-        return {}
-    with open(path, encoding="utf-8") as handle:
-        raw = yaml.safe_load(handle) or {}
-    if not isinstance(raw, dict):
-        raise SystemExit(f"--config {path}: expected a YAML mapping, got {type(raw).__name__}")
-    out: dict[str, Any] = {}
-    if "tunnelIPv4Subnet" in raw:
-        out["tunnel_ipv4_subnet"] = str(raw["tunnelIPv4Subnet"])
-    if "tunnelIPv6Subnet" in raw:
-        out["tunnel_ipv6_subnet"] = str(raw["tunnelIPv6Subnet"])
-    if raw.get("enableIPv4") is False:
-        out["tunnel_ipv4_subnet"] = ""
-    if raw.get("enableIPv6") is False:
-        out["tunnel_ipv6_subnet"] = ""
-    if "maxEndpointsPerSlice" in raw:
-        out["max_endpoints_per_slice"] = int(raw["maxEndpointsPerSlice"])
-    return out
-
-
-def parse_args(argv: Sequence[str] | None = None) -> Config:
-    pre = argparse.ArgumentParser(add_help=False)
-    pre.add_argument("--config")
-    known, _ = pre.parse_known_args(argv)
-    settings = _installation_settings(known.config)
+def parse_args(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> Config:
+    env = os.environ if env is None else env
     p = argparse.ArgumentParser(prog="egress-controller", description="EgressGateway cluster controller")
-    p.add_argument("--config", help="installation settings YAML (tunnel subnets, maxEndpointsPerSlice); flags win")
+    p.add_argument("--config", default=env.get(settings.CONFIG_ENV),
+                   help="installation settings YAML (env EGRESS_CONFIG; docs/settings.md); flags and variables win over it")
     p.add_argument("--health-port", type=int, help="serve the probes and metrics on 0.0.0.0:PORT (overrides --health-address)")
     p.add_argument("--metrics-port", type=int, help="serve the same endpoints on this port too")
-    p.add_argument("--kubeconfig", default=os.environ.get("KUBECONFIG"), help="default: $KUBECONFIG, else in-cluster")
-    p.add_argument("--namespace", default=_env("EGRESS_NAMESPACE", Config.namespace))
-    p.add_argument("--identity", default=_env("POD_NAME", f"{socket.gethostname()}_{os.getpid()}"),
+    p.add_argument("--kubeconfig", default=env.get("KUBECONFIG"), help="default: $KUBECONFIG, else in-cluster")
+    p.add_argument("--namespace", default=env.get("EGRESS_NAMESPACE", Config.namespace))
+    p.add_argument("--identity", default=env.get("POD_NAME", f"{socket.gethostname()}_{os.getpid()}"),
                    help="leader-election holder identity")
     p.add_argument("--leader-lease", default=Config.leader_lease)
-    p.add_argument("--leader-lease-seconds", type=int, default=int(_env("EGRESS_LEADER_LEASE_SECONDS", "15")))
+    p.add_argument("--leader-lease-seconds", type=int, help="env EGRESS_LEADER_LEASE_SECONDS, default 15")
     p.add_argument("--agent-lease-prefix", default=Config.agent_lease_prefix)
-    p.add_argument("--agent-lease-grace", type=float, default=float(_env("EGRESS_AGENT_LEASE_GRACE", "0")),
-                   help="seconds an agent Lease may be late before its node's EIPs move")
-    p.add_argument("--agent-stale-fraction", type=float, default=float(_env("EGRESS_AGENT_STALE_FRACTION", "0.5")),
+    p.add_argument("--agent-lease-grace", type=float,
+                   help="seconds an agent Lease may be late before its node's EIPs move (env EGRESS_AGENT_LEASE_GRACE, default 0)")
+    p.add_argument("--agent-stale-fraction", type=float,
                    help="when more than this fraction of live agents stop renewing together, hold their EIPs "
-                        "(the control plane is the likely laggard); 1 disables the hold")
-    p.add_argument("--agent-stale-hold", type=float, default=float(_env("EGRESS_AGENT_STALE_HOLD", "10")),
-                   help="seconds such agents are held alive before their EIPs move anyway")
-    p.add_argument("--tunnel-ipv4-subnet", default=_env("EGRESS_TUNNEL_IPV4_SUBNET", settings.get("tunnel_ipv4_subnet", Config.tunnel_ipv4_subnet)))
-    p.add_argument("--tunnel-ipv6-subnet", default=_env("EGRESS_TUNNEL_IPV6_SUBNET", settings.get("tunnel_ipv6_subnet", Config.tunnel_ipv6_subnet)))
+                        "(the control plane is the likely laggard); 1 disables the hold (env EGRESS_AGENT_STALE_FRACTION, default 0.5)")
+    p.add_argument("--agent-stale-hold", type=float,
+                   help="seconds such agents are held alive before their EIPs move anyway (env EGRESS_AGENT_STALE_HOLD, default 10)")
+    p.add_argument("--tunnel-ipv4-subnet", help="env EGRESS_TUNNEL_IPV4_SUBNET, file tunnelIPv4Subnet/tunnelIpv4Subnet")
+    p.add_argument("--tunnel-ipv6-subnet", help="env EGRESS_TUNNEL_IPV6_SUBNET, file tunnelIPv6Subnet/tunnelIpv6Subnet")
     p.add_argument("--max-endpoints-per-slice", type=int,
-                   default=int(_env("EGRESS_MAX_ENDPOINTS_PER_SLICE", str(settings.get("max_endpoints_per_slice", 100)))))
+                   help="env EGRESS_MAX_ENDPOINTS_PER_SLICE, file maxEndpointsPerSlice/maxNumberEndpointPerSlice")
     p.add_argument("--service-cidr", action="append", default=[],
                    help="service CIDR to report when the API has no ServiceCIDR objects (repeatable)")
-    p.add_argument("--resync-seconds", type=float, default=float(_env("EGRESS_RESYNC_SECONDS", "60")))
-    p.add_argument("--health-address", default=_env("EGRESS_HEALTH_ADDRESS", Config.health_address),
+    p.add_argument("--resync-seconds", type=float, help="env EGRESS_RESYNC_SECONDS, default 60")
+    p.add_argument("--health-address", default=env.get("EGRESS_HEALTH_ADDRESS", Config.health_address),
                    help="host:port serving /healthz, /readyz and /metrics")
+    logs.add_arguments(p)
     a = p.parse_args(argv)
-    if a.max_endpoints_per_slice < 1:
-        p.error(f"--max-endpoints-per-slice must be at least 1, got {a.max_endpoints_per_slice}")
-    if not 0 <= a.agent_stale_fraction <= 1:
-        p.error(f"--agent-stale-fraction must be between 0 and 1, got {a.agent_stale_fraction}")
-    if a.agent_stale_hold < 0:
-        p.error(f"--agent-stale-hold must not be negative, got {a.agent_stale_hold}")
-    if a.leader_lease_seconds < 1:
-        p.error(f"--leader-lease-seconds must be at least 1, got {a.leader_lease_seconds}")
+    try:
+        installed = settings.load(a.config)
+        config = _layered(a, env, installed)
+        log_level, log_format = logs.resolve(a.log_level, a.log_format, env)
+    except ValueError as exc:  # SettingsError included: the message names the key or variable
+        p.error(str(exc))
+    if config.max_endpoints_per_slice < 1:
+        p.error(f"--max-endpoints-per-slice must be at least 1, got {config.max_endpoints_per_slice}")
+    if not 0 <= config.agent_stale_fraction <= 1:
+        p.error(f"--agent-stale-fraction must be between 0 and 1, got {config.agent_stale_fraction}")
+    if config.agent_stale_hold < 0:
+        p.error(f"--agent-stale-hold must not be negative, got {config.agent_stale_hold}")
+    if config.leader_lease_seconds < 1:
+        p.error(f"--leader-lease-seconds must be at least 1, got {config.leader_lease_seconds}")
+    return replace(config, log_level=log_level, log_format=log_format, notes=installed.notes)
+
+
+def _layered(a: argparse.Namespace, env: Mapping[str, str], installed: settings.Settings) -> Config:
+    """Each setting from its flag, else its variable, else the file, else the default."""
+    def tier(flag: T | None, variable: str, parse: Callable[[str], T], configured: T) -> T:
+        return settings.layered(flag, env, variable, parse, configured)
+
+    families, tunnel = installed.families, installed.tunnel
+    # A family the installation turns off gets no tunnel addresses (unless a flag or variable says otherwise).
+    v4_subnet = "" if families.ipv4 is False else tunnel.ipv4_subnet
+    v6_subnet = "" if families.ipv6 is False else tunnel.ipv6_subnet
     return Config(
         kubeconfig=a.kubeconfig, namespace=a.namespace, identity=a.identity, leader_lease=a.leader_lease,
-        leader_lease_seconds=a.leader_lease_seconds, agent_lease_prefix=a.agent_lease_prefix,
-        agent_lease_grace=a.agent_lease_grace, agent_stale_fraction=a.agent_stale_fraction,
-        agent_stale_hold=a.agent_stale_hold, tunnel_ipv4_subnet=a.tunnel_ipv4_subnet,
-        tunnel_ipv6_subnet=a.tunnel_ipv6_subnet, max_endpoints_per_slice=a.max_endpoints_per_slice,
-        service_cidrs=tuple(a.service_cidr), resync_seconds=a.resync_seconds,
+        leader_lease_seconds=tier(a.leader_lease_seconds, "EGRESS_LEADER_LEASE_SECONDS", settings.parse_int, Config.leader_lease_seconds),
+        agent_lease_prefix=a.agent_lease_prefix,
+        agent_lease_grace=tier(a.agent_lease_grace, "EGRESS_AGENT_LEASE_GRACE", settings.parse_float, Config.agent_lease_grace),
+        agent_stale_fraction=tier(a.agent_stale_fraction, "EGRESS_AGENT_STALE_FRACTION", settings.parse_float, Config.agent_stale_fraction),
+        agent_stale_hold=tier(a.agent_stale_hold, "EGRESS_AGENT_STALE_HOLD", settings.parse_float, Config.agent_stale_hold),
+        tunnel_ipv4_subnet=tier(a.tunnel_ipv4_subnet, "EGRESS_TUNNEL_IPV4_SUBNET", str, v4_subnet),
+        tunnel_ipv6_subnet=tier(a.tunnel_ipv6_subnet, "EGRESS_TUNNEL_IPV6_SUBNET", str, v6_subnet),
+        max_endpoints_per_slice=tier(a.max_endpoints_per_slice, "EGRESS_MAX_ENDPOINTS_PER_SLICE", settings.parse_int,
+                                     installed.controller.max_endpoints_per_slice),
+        service_cidrs=tuple(a.service_cidr),
+        resync_seconds=tier(a.resync_seconds, "EGRESS_RESYNC_SECONDS", settings.parse_float, Config.resync_seconds),
         health_address=f"0.0.0.0:{a.health_port}" if a.health_port else a.health_address,
         extra_addresses=(f"0.0.0.0:{a.metrics_port}",) if a.metrics_port else (),
     )

@@ -15,7 +15,7 @@ import time
 from collections.abc import Sequence
 from types import FrameType
 
-from egress_cni import k8s
+from egress_cni import k8s, logs
 from egress_cni.backoff import Backoff
 from egress_cni.controller.config import Config, parse_args
 from egress_cni.controller.events import EventSink
@@ -27,17 +27,6 @@ log = logging.getLogger("egress_cni.controller")
 
 SLOW_PASS_SECONDS = 0.5
 DEBOUNCE_SECONDS = 0.005  # gather an event burst (a kubectl apply of many objects) into one pass
-
-
-_STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
-
-
-class FieldsFormatter(logging.Formatter):
-    """Constant message followed by the record's `extra` fields as key=value."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        fields = " ".join(f"{k}={v!r}" for k, v in vars(record).items() if k not in _STANDARD)
-        return f"{super().format(record)} {fields}".rstrip()
 
 
 class Controller:
@@ -144,10 +133,10 @@ class Controller:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(FieldsFormatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
-    logging.basicConfig(level=logging.INFO, handlers=[handler])
     config = parse_args(argv)
+    logs.setup(config.log_level, config.log_format)
+    for note in config.notes:
+        log.warning("setting has no effect", extra={"note": note})
     client = k8s.Client.from_kubeconfig(config.kubeconfig, component="egressgateway-controller")
     controller = Controller(client, config)
 
