@@ -12,6 +12,10 @@ what it parsed before (by identity first, then by resourceVersion), so it needs 
 own and cannot miss an event. `version` counts the changes it has seen; a consumer caches whatever
 it derives from `items()` under that number.
 
+A store can instead be fed by events (`record`, e.g. as an informer's `on_change`): it then follows
+those and never rescans its listing, so a read costs a lookup whatever the number of objects (the
+webhook reads its stores several times per admission review).
+
 A parse function may return None for an object that is valid but of no interest (a finished pod):
 it is then neither an item nor invalid.
 """
@@ -94,6 +98,7 @@ class Store(Generic[R]):
         self._version = 0
         self._items: tuple[R, ...] | None = None
         self._invalid: tuple[Invalid, ...] | None = None
+        self._pushed = False  # fed by record(): the entries are the truth, the listing only says `synced`
 
     @property
     def synced(self) -> bool:
@@ -107,8 +112,28 @@ class Store(Generic[R]):
             self._refresh()
             return self._version
 
+    def record(self, key: str, raw: Mapping[str, Any] | None) -> None:
+        """One event: `raw` added or changed under `key`, or deleted (None). From the first event on,
+        the store follows its events instead of rescanning the listing."""
+        with self._lock:
+            self._pushed = True
+            old = self._entries.get(key)
+            if raw is None:
+                if old is not None:
+                    self._drop(key, old)
+                    self._changed()
+                return
+            entry, changed = self._entry(key, raw, old)
+            self._entries[key] = entry
+            if changed:
+                self._changed()
+
     def get(self, key: str) -> R | None:
         """The valid object under `key`, None if absent, invalid or ignored (O(1))."""
+        if self._pushed:
+            with self._lock:
+                found = self._entries.get(key)
+            return found.value if found is not None else None
         raw = self._informer.get(key)
         with self._lock:
             old = self._entries.get(key)
@@ -163,6 +188,8 @@ class Store(Generic[R]):
         return _Entry(raw, rv, value, None), True
 
     def _refresh(self) -> None:
+        if self._pushed:
+            return
         fresh: dict[str, _Entry[R]] = {}
         by_id: dict[int, tuple[str, _Entry[R]]] = {}
         changed = False

@@ -1,8 +1,9 @@
 """A read-only view of the cluster state the rules need: namespace labels, gateways, policies.
 
 `ClusterView` is the protocol the pure review function reads. `MemoryView` keeps parsed objects
-in memory (tests, the benchmark, `--cluster-state` files); `InformerView` keeps a `MemoryView`
-current from `egress_cni.k8s.Informer` watch events, so a review never waits on the API server.
+in memory (tests, the benchmark, `--cluster-state` files); `InformerView` reads the typed stores
+(`egress_cni/store.py`) that `egress_cni.k8s.Informer` watch events keep current, so a review never
+waits on the API server and nothing is parsed twice.
 """
 
 from __future__ import annotations
@@ -10,12 +11,14 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
 from egress_cni.api import API_VERSION
 from egress_cni.api.errors import FieldError
-from egress_cni.api.model import EgressClusterPolicy, EgressGateway, EgressPolicy, parse_object
+from egress_cni.api.model import EgressClusterPolicy, EgressGateway, EgressPolicy, parse_as, parse_object
+from egress_cni.api.workloads import NamespaceInfo
+from egress_cni.store import Store
 
 log = logging.getLogger(__name__)
 
@@ -130,8 +133,32 @@ class InformerLike(Protocol):
     def synced(self) -> bool: ...
 
 
-class InformerView(MemoryView):
-    """A MemoryView fed by informers (Namespaces, EgressGateways, both policy kinds).
+class _Events:
+    """The listing behind event-fed stores: they follow their events, and are synced with the informers."""
+
+    def __init__(self, view: InformerView) -> None:
+        self._view = view
+
+    @property
+    def synced(self) -> bool:
+        return self._view.synced
+
+    def list(self) -> Sequence[Mapping[str, Any]]:
+        return ()
+
+    def get(self, key: str) -> Mapping[str, Any] | None:
+        return None
+
+
+def _typed(cls: type[EgressPolicy] | type[EgressGateway]) -> Callable[[Mapping[str, Any]], Any]:
+    # list items may omit apiVersion/kind; the informer's resource type says what they are
+    return lambda raw: parse_as(cls, {"apiVersion": API_VERSION, "kind": cls.KIND, **raw})
+
+
+class InformerView:
+    """A ClusterView over typed stores (egress_cni/store.py) fed by informer events (Namespaces,
+    EgressGateways, both policy kinds): each resourceVersion is parsed once, an unparsable object is
+    kept out of the view (and counted by the store), and a read never waits on the API server.
 
     `on_change(kind)` returns the callback to hand to `Informer(..., on_change=...)`. A gateway
     looked up by name that the cache has not seen yet is read once from `fallback_get`: a policy
@@ -139,17 +166,25 @@ class InformerView(MemoryView):
     """
 
     def __init__(self, fallback_get: Any = None) -> None:
-        super().__init__()
         self._informers: list[InformerLike] = []
         self._fallback_get = fallback_get
+        events = _Events(self)
+        self.namespaces: Store[NamespaceInfo] = Store(events, NamespaceInfo.parse)
+        self.gateway_store: Store[EgressGateway] = Store(events, _typed(EgressGateway))
+        self.policy_store: Store[EgressPolicy] = Store(events, _typed(EgressPolicy))
+        self.cluster_policy_store: Store[EgressClusterPolicy] = Store(events, _typed(EgressClusterPolicy))
+        self._stores: dict[str, Store[Any]] = {
+            "Namespace": self.namespaces, EgressGateway.KIND: self.gateway_store,
+            EgressPolicy.KIND: self.policy_store, EgressClusterPolicy.KIND: self.cluster_policy_store,
+        }
+        self._lock = threading.Lock()
+        self._derived: tuple[tuple[int, int], tuple[EgressPolicy, ...], dict[str, tuple[EgressPolicy, ...]]] = ((-1, -1), (), {})
 
     def on_change(self, kind: str) -> Any:
+        store = self._stores[kind]
+
         def handle(key: str, _old: dict[str, Any] | None, new: dict[str, Any] | None) -> None:
-            if new is None:
-                self.remove(kind, key)
-            else:
-                # list items may omit apiVersion/kind; the informer's resource type says what they are
-                self.upsert({"apiVersion": API_VERSION, "kind": kind, **new} if kind != "Namespace" else {**new, "kind": kind})
+            store.record(key, new)
         return handle
 
     def add_informer(self, informer: InformerLike) -> None:
@@ -172,8 +207,14 @@ class InformerView(MemoryView):
     def synced(self) -> bool:
         return all(i.synced for i in self._informers)
 
+    # --- ClusterView ---------------------------------------------------------------------------
+
+    def namespace_labels(self, name: str) -> Mapping[str, str] | None:
+        found = self.namespaces.get(name)
+        return found.labels if found is not None else None
+
     def gateway(self, name: str) -> EgressGateway | None:
-        found = super().gateway(name)
+        found = self.gateway_store.get(name)
         if found is not None or self._fallback_get is None or not name:
             return found
         try:
@@ -181,5 +222,29 @@ class InformerView(MemoryView):
         except Exception:  # NotFound, or the API is unreachable: the cache's answer stands
             return None
         if isinstance(raw, Mapping):
-            self.upsert(raw)
-        return super().gateway(name)
+            self.gateway_store.record(name, raw)
+        return self.gateway_store.get(name)
+
+    def gateways(self) -> Sequence[EgressGateway]:
+        return self.gateway_store.items()
+
+    def policies(self) -> Sequence[EgressPolicy]:
+        return self._policies()[0]
+
+    def policies_in(self, namespace: str) -> Sequence[EgressPolicy]:
+        return self._policies()[1].get(namespace, ())
+
+    def _policies(self) -> tuple[tuple[EgressPolicy, ...], dict[str, tuple[EgressPolicy, ...]]]:
+        """Both kinds in one list (cluster policies first, as `policy_key` sorts) and the index by
+        namespace ("" for cluster policies), rebuilt only when a policy store changed."""
+        versions = (self.policy_store.version, self.cluster_policy_store.version)
+        derived = self._derived
+        if derived[0] != versions:
+            cluster, namespaced = self.cluster_policy_store.items(), self.policy_store.items()
+            index: dict[str, list[EgressPolicy]] = {"": list(cluster)}
+            for policy in namespaced:
+                index.setdefault(policy.metadata.namespace, []).append(policy)
+            derived = (versions, (*cluster, *namespaced), {k: tuple(v) for k, v in index.items()})
+            with self._lock:
+                self._derived = derived
+        return derived[1], derived[2]

@@ -78,3 +78,18 @@ def test_gateway_cache_miss_reads_through_once() -> None:
     assert view.gateway("fresh") is not None and view.gateway("fresh") is not None
     assert view.gateway("missing") is None
     assert calls == ["fresh", "missing"]
+
+
+def test_each_resource_version_is_parsed_once_and_invalid_objects_are_kept_aside() -> None:
+    view = InformerView()
+    first = strip(policy("p", "ns"))
+    first["metadata"]["resourceVersion"] = "7"
+    view.on_change("EgressPolicy")("ns/p", None, first)
+    parsed = view.policies()[0]
+    again = {**first, "metadata": dict(first["metadata"])}  # a relist: a new dict, the same resourceVersion
+    view.on_change("EgressPolicy")("ns/p", first, again)
+    assert view.policies()[0] is parsed
+    bad = strip(gateway(ipv4=["10.0.0.9-10.0.0.1"]))  # reversed range: bypassed the webhook
+    view.on_change("EgressGateway")("default", None, bad)
+    assert view.gateway("default") is None
+    assert [i.error.path for i in view.gateway_store.invalid()] == ["spec.ippools.ipv4[0]"]
