@@ -100,8 +100,10 @@ def parse_ip(text: str, family: int | None = None) -> IP:
         raise AddressError(text, f"is not an IPv{family} address") from None
     if family is not None and fam != family:
         raise AddressError(text, f"is not an IPv{family} address")
-    ip = str.__new__(IP, inet_ntop(_AF[fam], packed))
-    ip._init(family=fam, value=int.from_bytes(packed, "big"))
+    # inet_pton accepts IPv4 only in its canonical dotted-quad form, so its text is already canonical
+    ip = str.__new__(IP, text if fam == 4 else inet_ntop(AF_INET6, packed))
+    attrs = ip.__dict__
+    attrs["family"], attrs["value"] = fam, int.from_bytes(packed, "big")
     return ip
 
 
