@@ -25,7 +25,7 @@ def facts_from(raw: Mapping[str, Any]) -> NodeFacts:
 
 
 def endpoints_from(raw: Mapping[str, Any]) -> tuple[LocalEndpoint, ...]:
-    return tuple(LocalEndpoint(e["key"], e["namespace"], e["pod"], tuple(e.get("ipv4", ())), tuple(e.get("ipv6", ())))
+    return tuple(LocalEndpoint.of(e["key"], e["namespace"], e["pod"], e.get("ipv4", ()), e.get("ipv6", ()))
                  for e in raw.get("endpoints") or ())
 
 
