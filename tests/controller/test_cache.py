@@ -43,6 +43,15 @@ def test_overlay_serves_writes_until_the_informer_catches_up() -> None:
     assert overlay.get("a") is None
 
 
+def test_an_object_deleted_after_our_write_is_not_served_as_a_ghost() -> None:
+    store = Store()
+    store.items["p"] = obj("p", 1)
+    overlay = Overlay(store)
+    overlay.wrote(obj("p", 4, status="ours"))  # a status write; the watch has not delivered it yet
+    del store.items["p"]  # the user deleted the policy: the informer dropped it
+    assert overlay.get("p") is None and overlay.list() == []
+
+
 def test_overlay_entries_expire() -> None:
     store = Store()
     overlay = Overlay(store, ttl=0.0)
