@@ -90,14 +90,11 @@ class IP(_Value):
 @functools.lru_cache(maxsize=1 << 18)
 def parse_ip(text: str, family: int | None = None) -> IP:
     """The address `text`; `family` restricts it to 4 or 6. Raises ValueError naming the text."""
-    if not isinstance(text, str):
-        raise AddressError(text, "is not an IPv4 or IPv6 address")
+    fam = 6 if isinstance(text, str) and ":" in text else 4
     try:
-        fam, packed = _packed(text)
-    except AddressError:
-        if family is None:
-            raise
-        raise AddressError(text, f"is not an IPv{family} address") from None
+        packed = inet_pton(AF_INET6 if fam == 6 else AF_INET, text)
+    except (OSError, ValueError, TypeError):
+        raise AddressError(text, f"is not an IPv{family} address" if family else "is not an IPv4 or IPv6 address") from None
     if family is not None and fam != family:
         raise AddressError(text, f"is not an IPv{family} address")
     # inet_pton accepts IPv4 only in its canonical dotted-quad form, so its text is already canonical

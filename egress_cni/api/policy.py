@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -33,7 +33,7 @@ from egress_cni.api.meta import (
     settle,
     texts,
 )
-from egress_cni.api.net import IP, Cidr, as_cidrs, as_ip, as_ips
+from egress_cni.api.net import IP, AddressError, Cidr, as_cidrs, as_ip, as_ips, parse_ip
 from egress_cni.api.selectors import LabelSelector
 
 
@@ -178,13 +178,24 @@ class Endpoint:
     ipv4: tuple[IP, ...] = ()
     ipv6: tuple[IP, ...] = ()
 
-    def __post_init__(self) -> None:
-        settle(self, ipv4=as_ips(self.ipv4, 4), ipv6=as_ips(self.ipv6, 6))
+    @classmethod
+    def of(cls, ns: str, pod: str, node: str = "", ipv4: Iterable[str] = (), ipv6: Iterable[str] = ()) -> Endpoint:
+        """Built in code from address text (tests, tools)."""
+        return cls(ns, pod, node, as_ips(tuple(ipv4), 4), as_ips(tuple(ipv6), 6))
 
     @classmethod
     def parse(cls, raw: Any, path: str) -> Endpoint:
+        """A slice holds up to 100 of these and a cluster 10,000s: the common, valid shape takes a fast
+        path; anything else goes through the checked readers for their error messages."""
         if not isinstance(raw, Mapping):
             raise FieldError(path, raw, "must be an object")
+        ns, pod, node, v4, v6 = raw.get("ns"), raw.get("pod"), raw.get("node", ""), raw.get("ipv4", ()), raw.get("ipv6", ())
+        if type(ns) is str and type(pod) is str and type(node) is str and type(v4) in (list, tuple) \
+                and type(v6) in (list, tuple):
+            try:
+                return cls(ns, pod, node, tuple(parse_ip(t, 4) for t in v4), tuple(parse_ip(t, 6) for t in v6))
+            except (AddressError, TypeError):
+                pass  # the checked path names the field
         return cls(
             ns=get_str(raw, "ns", path), pod=get_str(raw, "pod", path), node=get_str(raw, "node", path),
             ipv4=get_ip_list(raw, "ipv4", path, 4), ipv6=get_ip_list(raw, "ipv6", path, 6),

@@ -108,7 +108,7 @@ def members(entries: Iterable[IP | Cidr], family: int) -> frozenset[str]:
         if isinstance(e, Cidr):
             out.update(SPLIT_DEFAULT[family] if e.is_default else (e.member,))
         else:
-            out.add(e)
+            out.add(str(e))  # exact str: set lookups against kernel-read members stay on the fast path
     return frozenset(out)
 
 

@@ -75,7 +75,7 @@ def test_selection_by_selector_namespace_and_subnet() -> None:
 
 
 def ep(i: int, ip: str = "") -> Endpoint:
-    return Endpoint("a", f"p{i:03}", "n1", (ip or f"10.0.0.{i}",))
+    return Endpoint.of("a", f"p{i:03}", "n1", (ip or f"10.0.0.{i}",))
 
 
 def test_slice_plan_minimal_churn() -> None:
