@@ -17,8 +17,9 @@ PARSING = re.compile(r"\bimport ipaddress\b|\bfrom ipaddress\b|\binet_pton\b|\bi
 # Where address text is turned into bytes outside the parser, and why that is not a second parser.
 EXCEPTIONS = {
     # The CNI plugin runs once per pod start and keeps its import graph to the standard library's
-    # bare minimum (no enum, no re); it reads prevResult and hijack CIDRs with inet_pton, the same
-    # strict syntax api/net.py accepts (tests/cni checks its errors).
+    # bare minimum: `python3 -I -S -X importtime` puts its whole entry point at 3.5 ms and
+    # egress_cni.api.net alone at 12.8 ms (typing, enum, re). It reads prevResult and hijack CIDRs
+    # with inet_pton, the same strict syntax api/net.py accepts (tests/cni checks its errors).
     "egress_cni/cni/config.py": "the plugin's reader of prevResult addresses",
     "egress_cni/cni/underlay.py": "the plugin packs addresses it has read with cni/config.py",
     # The netlink encoder packs addresses its callers already parsed.
