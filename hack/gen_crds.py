@@ -94,6 +94,7 @@ GATEWAY = obj({
                 "ipv4": string(),
                 "ipv6": string(),
                 "policies": {"type": "array", "items": obj({"name": string(), "namespace": string()})},
+                "standbys": strings(description="Nodes that take this EIP over when its node is lost, first alive first."),
             })},
         }, required=["name"])},
         "ipUsage": obj({k: integer() for k in ("ipv4Total", "ipv4Free", "ipv6Total", "ipv6Free")}),

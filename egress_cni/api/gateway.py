@@ -103,6 +103,9 @@ class EipStatus:
     ipv4: IP | None = None
     ipv6: IP | None = None  # both None: the useNodeIP bucket
     policies: tuple[PolicyRef, ...] = ()
+    # The other eligible nodes of the gateway that take this EIP over, in order (first alive first),
+    # when its node is lost; the controller computes them, agents follow them without the API.
+    standbys: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         settle(self, ipv4=as_ip(self.ipv4, 4), ipv6=as_ip(self.ipv6, 6))
@@ -147,7 +150,8 @@ class GatewayStatus:
                     for p in get_list(e, "policies", epath)
                     if isinstance(p, Mapping)
                 )
-                eips.append(EipStatus(get_ip(e, "ipv4", epath, 4), get_ip(e, "ipv6", epath, 6), refs))
+                eips.append(EipStatus(get_ip(e, "ipv4", epath, 4), get_ip(e, "ipv6", epath, 6), refs,
+                                      get_str_list(e, "standbys", epath)))
             nodes.append(GatewayNodeStatus(get_str(n, "name", npath), get_str(n, "status", npath), tuple(eips)))
         usage = get_map(raw, "ipUsage", path)
         upath = join(path, "ipUsage")
@@ -178,6 +182,7 @@ class GatewayStatus:
                             "ipv4": e.ipv4,
                             "ipv6": e.ipv6,
                             "policies": [compact({"name": p.name, "namespace": p.namespace}) for p in e.policies],
+                            "standbys": list(e.standbys),
                         }) for e in n.eips
                     ],
                 }) for n in self.node_list

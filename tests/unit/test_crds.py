@@ -56,3 +56,9 @@ def test_generated_files_are_current() -> None:
     spec.loader.exec_module(module)
     for name, text in module.render().items():
         assert (CRD_DIR / name).read_text() == text, f"{name} is stale: run python hack/gen_crds.py"
+
+
+def test_gateway_eip_entries_allow_standbys() -> None:
+    status = load()["EgressGateway"]["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["status"]
+    eip = status["properties"]["nodeList"]["items"]["properties"]["eips"]["items"]["properties"]
+    assert eip["standbys"] == {"type": "array", "items": {"type": "string"}, "description": eip["standbys"]["description"]}
