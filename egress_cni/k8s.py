@@ -389,10 +389,16 @@ class Informer:
         self._threads: list[threading.Thread] = []
         self.watch_timeout = 300
         self.backoff = Backoff(base=0.2, cap=10.0)
+        self._failing = False  # the last list or watch failed, and none has succeeded since
 
     @property
     def synced(self) -> bool:
         return self._synced.is_set()
+
+    @property
+    def healthy(self) -> bool:
+        """Synced, and the list/watch is not failing right now (a cache that may be going stale)."""
+        return self._synced.is_set() and not self._failing
 
     def start(self) -> None:
         for target, name in ((self._run, "watch"), (self._resync_loop, "resync")):
@@ -460,20 +466,23 @@ class Informer:
                 if not version:
                     version = self._relist("" if consistent else "0")
                     consistent, progressed = False, True
+                    self._failing = False
                     self.backoff.reset()
                 for kind, obj in self._client.watch(self._rt, self._namespace, version, self.watch_timeout,
                                                     self._labels, self._fields):
                     version = self._apply(kind, obj) or version
                     if not progressed:
-                        progressed = True
+                        progressed, self._failing = True, False
                         self.backoff.reset()
                     if self._stop.is_set():
                         return
+                self._failing = False  # the watch ran to its timeout: the API server answers
             except Gone:
                 version, consistent = "", True  # too old: list again
                 if not progressed:  # Gone at once, again: do not spin on list + watch
                     self._stop.wait(self.backoff.next())
             except Exception as exc:
+                self._failing = True
                 delay = self.backoff.next()
                 log.warning("watch failed; retrying", extra={"resource": self._rt.plural, "error": str(exc),
                                                              "retry_seconds": round(delay, 2)})

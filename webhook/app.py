@@ -127,4 +127,4 @@ def create_app_from_env() -> Flask:
     wait = float(os.environ.get("EGRESS_WEBHOOK_SYNC_WAIT", "20"))
     if not view.wait_synced(wait):
         log.warning("serving before the cluster state cache synced", extra={"waited_seconds": wait})
-    return create_app(view, config, ready=lambda: view.synced)
+    return create_app(view, config, ready=lambda: view.healthy)

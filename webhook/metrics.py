@@ -22,10 +22,16 @@ LATENCY = Histogram(
 )
 
 
+# Label values come from a closed set: the kind is the request's, so anything else is "other"
+# (a client sending random kinds must not grow the series without bound); reasons are rule ids.
+KINDS = frozenset({"EgressGateway", "EgressPolicy", "EgressClusterPolicy", "EgressClusterInfo"})
+
+
 def observe(action: str, kind: str, result: str, reason: str) -> None:
-    REQUESTS.labels(action, kind or "unknown", result).inc()
+    label = kind if kind in KINDS else ("unknown" if not kind else "other")
+    REQUESTS.labels(action, label, result).inc()
     if result in ("denied", "bad-request", "error"):
-        DENIALS.labels(kind or "unknown", reason or result).inc()
+        DENIALS.labels(label, reason or result).inc()
 
 
 @contextmanager

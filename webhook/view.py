@@ -132,6 +132,9 @@ class InformerLike(Protocol):
     @property
     def synced(self) -> bool: ...
 
+    @property
+    def healthy(self) -> bool: ...
+
 
 class _Events:
     """The listing behind event-fed stores: they follow their events, and are synced with the informers."""
@@ -206,6 +209,12 @@ class InformerView:
     @property
     def synced(self) -> bool:
         return all(i.synced for i in self._informers)
+
+    @property
+    def healthy(self) -> bool:
+        """Ready to answer: every cache synced and no watch failing now (readiness drops while the
+        API server cannot be watched, so the Service routes reviews to a replica that can)."""
+        return all(i.healthy for i in self._informers)
 
     # --- ClusterView ---------------------------------------------------------------------------
 

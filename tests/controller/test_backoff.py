@@ -120,3 +120,33 @@ def test_informer_relists_consistently_after_gone() -> None:
     finally:
         client.release.set()
         inf.stop()
+
+
+class BrokenWatchClient(FailingClient):
+    """Lists work; the watch fails until `release` is set (the API server went away after the sync)."""
+
+    def watch(self, rt: Any, *args: Any) -> Iterator[tuple[str, dict[str, Any]]]:
+        if not self.release.is_set():
+            raise k8s.APIError(0, "Unreachable", "connection refused")
+        return super().watch(rt, *args)
+
+
+def test_informer_is_unhealthy_while_its_watch_fails() -> None:
+    client = BrokenWatchClient(failures=0)
+    inf = k8s.Informer(client, k8s.NODES, resync_seconds=3600)  # type: ignore[arg-type]
+    inf.backoff = Backoff(base=0.05, cap=0.1, jitter=0.0)
+    inf.start()
+    try:
+        assert inf.wait_synced(10)
+        deadline = time.monotonic() + 5
+        while inf.healthy and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert inf.synced and not inf.healthy  # the cache stays, readiness may not
+        client.release.set()
+        deadline = time.monotonic() + 5
+        while not inf.healthy and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert inf.healthy
+    finally:
+        client.release.set()
+        inf.stop()

@@ -12,7 +12,6 @@ import yaml
 pytestmark = pytest.mark.unit
 
 REPO = Path(__file__).resolve().parents[2]
-SYSTEM_NAMESPACES = {"kube-system", "kube-node-lease", "egressgateway-system"}
 
 
 def docs() -> dict[str, dict[str, Any]]:
@@ -20,7 +19,7 @@ def docs() -> dict[str, dict[str, Any]]:
     return {f"{d['kind']}/{d['metadata']['name']}": d for d in objects}
 
 
-def test_webhook_configurations_fail_closed_and_spare_system_namespaces() -> None:
+def test_webhook_configurations_fail_closed_review_only_our_kinds_and_leave_deletes_alone() -> None:
     objects = docs()
     configs = [objects["MutatingWebhookConfiguration/egressgateway-mutating"],
                objects["ValidatingWebhookConfiguration/egressgateway-validating"]]
@@ -28,11 +27,13 @@ def test_webhook_configurations_fail_closed_and_spare_system_namespaces() -> Non
         for hook in config["webhooks"]:
             assert hook["failurePolicy"] == "Fail" and hook["sideEffects"] == "None"
             assert hook["admissionReviewVersions"] == ["v1"] and 1 <= hook["timeoutSeconds"] <= 10
-            (expr,) = hook["namespaceSelector"]["matchExpressions"]
-            assert expr["key"] == "kubernetes.io/metadata.name" and expr["operator"] == "NotIn"
-            assert set(expr["values"]) == SYSTEM_NAMESPACES
-    validating = configs[1]["webhooks"][0]["rules"][0]
-    assert "egressclusterinfos" in validating["resources"] and "DELETE" in validating["operations"]
+            assert "namespaceSelector" not in hook  # kube-system (upstream's install namespace) is validated too
+            for rule in hook["rules"]:
+                assert rule["apiGroups"] == ["egressgateway.spidernet.io"]  # never pods or system objects
+                if "DELETE" in rule["operations"]:  # only where a rule refuses a delete
+                    assert rule["operations"] == ["DELETE"] and rule["resources"] == ["egressclusterinfos"]
+    creates, deletes = configs[1]["webhooks"][0]["rules"]
+    assert "egressclusterinfos" in creates["resources"] and deletes["operations"] == ["DELETE"]
 
 
 def test_two_replicas_with_a_disruption_budget() -> None:

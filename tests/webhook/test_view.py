@@ -29,6 +29,12 @@ class FakeInformer:
     def synced(self) -> bool:
         return self.started
 
+    failing = False
+
+    @property
+    def healthy(self) -> bool:
+        return self.started and not self.failing
+
 
 def strip(obj: dict[str, Any]) -> dict[str, Any]:
     """List items may come without apiVersion/kind."""
@@ -39,9 +45,12 @@ def test_events_update_the_view() -> None:
     view = InformerView()
     informer = FakeInformer()
     view.add_informer(informer)
-    assert not view.synced
+    assert not view.synced and not view.healthy
     view.start()
-    assert view.synced and view.wait_synced(1)
+    assert view.synced and view.wait_synced(1) and view.healthy
+    informer.failing = True  # the watch broke: readiness drops, the cache keeps serving
+    assert view.synced and not view.healthy
+    informer.failing = False
     view.on_change("EgressGateway")("default", None, strip(gateway(ipv4=["10.0.0.1"])))
     view.on_change("EgressPolicy")("ns/p", None, strip(policy("p", "ns")))
     view.on_change("EgressClusterPolicy")("cp", None, strip(policy("cp", cluster=True)))
