@@ -64,6 +64,7 @@ class Denial:
     path: str
     value: Any
     message: str
+    warning: bool = False  # admitted, and the user is told (AdmissionResponse.warnings)
 
     def text(self) -> str:
         shown = "" if self.value is None else f" (got {_render(self.value)})"

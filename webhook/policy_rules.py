@@ -32,7 +32,9 @@ def validate_policy(request: AdmissionRequest, view: ClusterView, config: Webhoo
     except FieldError as exc:
         return [schema_denial("policy-schema", exc)]
 
-    denials = _own_fields(policy, config)
+    found = _own_fields(policy, config)
+    warnings = [d for d in found if d.warning]
+    denials = [d for d in found if not d.warning]
     if denials:
         return denials
     if old is not None:
@@ -41,7 +43,7 @@ def validate_policy(request: AdmissionRequest, view: ClusterView, config: Webhoo
         denials = _against_gateway(policy, view, config)
     if denials:
         return denials
-    return check_eip_sharing(policy, view) + check_conflicts(policy, view)
+    return warnings + check_eip_sharing(policy, view) + check_conflicts(policy, view)
 
 
 def _parse(cls: type[EgressPolicy], raw: object, namespace: str) -> EgressPolicy:

@@ -98,7 +98,8 @@ def _decide(request: AdmissionRequest, view: ClusterView, config: WebhookConfig,
     if metadata_only_update(request):
         return Outcome(admission.allowed(request.uid), request.kind, "allowed")
     validator = VALIDATORS.get(request.kind)
-    denials = validator(request, view, config) if validator else []
+    found = validator(request, view, config) if validator else []
+    denials = [d for d in found if not d.warning]
     if denials:
         return Outcome(admission.denied(request.uid, denials), request.kind, "denied", denials[0].rule)
-    return Outcome(admission.allowed(request.uid), request.kind, "allowed")
+    return Outcome(admission.allowed(request.uid, [w.text() for w in found if w.warning]), request.kind, "allowed")

@@ -35,9 +35,10 @@ def schema_denial(default_rule: str, exc: FieldError) -> Denial:
 
 
 def check_subnets(cidrs: Sequence[Cidr], path: str, rule: str, config: WebhookConfig, *, allow_bare_ip: bool) -> list[Denial]:
-    """Host bits set is an error whose message carries the corrected CIDR. A bare IP is a host route
-    (/32 or /128) where `allow_bare_ip`, else the message suggests the CIDR to write. A family the
-    installation has not enabled is refused."""
+    """Host bits set is accepted with a warning naming the CIDR that is used (upstream's own YAML
+    writes `192.168.1.1/24`, and every component reads the normalised network). A bare IP is a host
+    route (/32 or /128) where `allow_bare_ip`, else the message suggests the CIDR to write. A family
+    the installation has not enabled is refused."""
     denials: list[Denial] = []
     for i, cidr in enumerate(cidrs):
         where = join(path, i)
@@ -45,12 +46,18 @@ def check_subnets(cidrs: Sequence[Cidr], path: str, rule: str, config: WebhookCo
             denials.append(Denial(rule, where, cidr.given,
                                   f"is an address, not a CIDR; write {cidr.network}/{BITS[cidr.family]} for a single host"))
         elif cidr.normalised:
-            denials.append(Denial(rule, where, cidr.given, f"has host bits set; did you mean {cidr}?"))
+            denials.append(Denial(rule, where, cidr.given, f"has host bits set; it is used as {cidr}", warning=True))
+            if not config.family_enabled(cidr.family):
+                denials.append(_family_denial(where, cidr))
         elif not config.family_enabled(cidr.family):
-            denials.append(Denial("family-not-enabled", where, cidr.given,
-                                  f"is IPv{cidr.family}, which this installation has not enabled (EGRESS_ENABLE_IPV{cidr.family}=false); "
-                                  f"use IPv{10 - cidr.family} subnets"))
+            denials.append(_family_denial(where, cidr))
     return denials
+
+
+def _family_denial(where: str, cidr: Cidr) -> Denial:
+    return Denial("family-not-enabled", where, cidr.given,
+                  f"is IPv{cidr.family}, which this installation has not enabled (EGRESS_ENABLE_IPV{cidr.family}=false); "
+                  f"use IPv{10 - cidr.family} subnets")
 
 
 def cached_pool(entries: tuple[str, ...], version: int) -> IPPool | None:

@@ -45,11 +45,11 @@ def test_mutate_over_https_returns_a_json_patch(hook: Webhook) -> None:
 
 
 def test_validate_over_https_denies_with_the_message(hook: Webhook) -> None:
-    req = request(policy(dest=["10.6.1.7/24"]))
+    req = request(policy(dest=["10.6.1.7"]))
     response = post(hook, "/validate", {"request": req}).json()["response"]
     assert response["allowed"] is False and response["uid"] == req["uid"]
     assert response["status"]["code"] == 403
-    assert response["status"]["message"].startswith("spec.destSubnet[0]: has host bits set; did you mean 10.6.1.0/24?")
+    assert response["status"]["message"].startswith("spec.destSubnet[0]: is an address, not a CIDR; write 10.6.1.7/32")
 
 
 def test_garbage_gets_a_well_formed_400(hook: Webhook) -> None:

@@ -96,7 +96,6 @@ def test_applied_to_must_select_something(cluster: bool) -> None:
 
 
 @pytest.mark.parametrize(("entry", "expected"), [
-    ("10.244.1.0/16", "has host bits set; did you mean 10.244.0.0/16?"),
     ("10.244.1.5", "is an address, not a CIDR; write 10.244.1.5/32 for a single host"),
     ("pods", "is not a CIDR"),
 ])
@@ -105,9 +104,19 @@ def test_pod_subnet_syntax(entry: str, expected: str) -> None:
     assert msg.startswith(f"spec.appliedTo.podSubnet[1]: {expected}") and entry in msg
 
 
+@pytest.mark.parametrize(("field", "entry", "used"), [
+    ("destSubnet", "10.6.1.7/24", "10.6.1.0/24"), ("destSubnet", "fd00::1/64", "fd00::/64"),
+    ("destSubnet", "10.0.6.1/16", "10.0.0.0/16"), ("podSubnet", "10.244.1.0/16", "10.244.0.0/16"),
+])
+def test_host_bits_are_accepted_with_a_warning_naming_the_cidr_used(field: str, entry: str, used: str) -> None:
+    """Upstream's own valid cases (192.168.1.1/24, 10.0.6.1/16, fd00::21/112) apply unchanged."""
+    p = policy(dest=[entry], egress_ip=EIP) if field == "destSubnet" else policy(pod_subnet=[entry], egress_ip=EIP)
+    response = validate(p, GW)
+    path = "spec.destSubnet[0]" if field == "destSubnet" else "spec.appliedTo.podSubnet[0]"
+    assert response["allowed"] and response["warnings"] == [f'{path}: has host bits set; it is used as {used} (got "{entry}")']
+
+
 @pytest.mark.parametrize(("entry", "expected"), [
-    ("10.6.1.7/24", "has host bits set; did you mean 10.6.1.0/24?"),
-    ("fd00::1/64", "has host bits set; did you mean fd00::/64?"),
     ("10.6.1.7", "is an address, not a CIDR; write 10.6.1.7/32"),
     ("10.6.1.0/40", "is not a CIDR"),
 ])

@@ -25,9 +25,10 @@ def test_default_cluster_info_cannot_be_deleted() -> None:
     assert validate(None, operation="DELETE", old=info(name="scratch"), name="scratch")["allowed"]
 
 
-def test_extra_cidr_accepts_bare_ips_and_rejects_host_bits() -> None:
+def test_extra_cidr_accepts_bare_ips_and_warns_about_host_bits() -> None:
     assert validate(info(["10.10.0.0/16", "192.168.1.7", "fd00::9"]))["allowed"]
-    assert denial(validate(info(["10.10.1.0/16"]))).startswith("spec.extraCidr[0]: has host bits set; did you mean 10.10.0.0/16?")
+    response = validate(info(["10.10.1.0/16"]))
+    assert response["allowed"] and response["warnings"][0].startswith("spec.extraCidr[0]: has host bits set; it is used as 10.10.0.0/16")
     assert "spec.extraCidr[0]: is not a CIDR" in denial(validate(info(["ten"])))
 
 
