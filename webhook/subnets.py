@@ -83,9 +83,19 @@ def spans(cidrs: Sequence[Cidr]) -> tuple[Span, ...]:
 
 
 def any_overlap(a: Sequence[Span], b: Sequence[Span]) -> tuple[Span, Span] | None:
-    """The first overlapping pair (same family) of two span lists, if any."""
-    for x in a:
-        for y in b:
-            if x.version == y.version and x.first <= y.last and y.first <= x.last:
-                return x, y
+    """An overlapping pair (same family) of two span lists, if any: one sweep over both lists sorted
+    by start, O((n + m) log(n + m)) rather than comparing every pair (lists may hold thousands)."""
+    events = sorted([(x.version, x.first, 0, x) for x in a] + [(y.version, y.first, 1, y) for y in b],
+                    key=lambda e: (e[0], e[1], e[2]))
+    reach: list[Span | None] = [None, None]  # per side: the span reaching furthest so far (this family)
+    family = -1
+    for version, first, side, span in events:
+        if version != family:
+            family, reach = version, [None, None]
+        other = reach[1 - side]
+        if other is not None and other.last >= first:
+            return (span, other) if side == 0 else (other, span)
+        mine = reach[side]
+        if mine is None or span.last > mine.last:
+            reach[side] = span
     return None

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from egress_cni.api.selectors import LabelSelector
 from tests.webhook.builders import denial, gateway, namespace, policy, validate
 from webhook.config import ANNOTATION_ALLOW_EIP_SHARING
 from webhook.conflicts import selectors_may_overlap
+from webhook.subnets import Span, any_overlap
 
 pytestmark = pytest.mark.unit
 
@@ -125,3 +128,24 @@ def test_eip_named_in_another_namespace_needs_sharing() -> None:
 def test_eip_allocated_in_status_counts_as_used() -> None:
     theirs = policy("theirs", namespace="team-a", egress_ip={"allocatorPolicy": "rr"}, status_eip={"ipv4": "10.6.168.204"})
     assert "team-a/theirs" in denial(validate(policy("mine", namespace="team-b", egress_ip={**EIP, "ipv4": "10.6.168.204"}), GW, theirs))
+
+
+_spans = st.lists(st.builds(lambda v, f, w: Span(v, f, f + w, ""), st.sampled_from([4, 6]), st.integers(0, 60), st.integers(0, 12)),
+                  max_size=8)
+
+
+@settings(max_examples=500, deadline=None)
+@given(a=_spans, b=_spans)
+def test_overlap_sweep_agrees_with_comparing_every_pair(a: list[Span], b: list[Span]) -> None:
+    brute = any(x.version == y.version and x.first <= y.last and y.first <= x.last for x in a for y in b)
+    found = any_overlap(a, b)
+    assert (found is not None) == brute
+    if found is not None:
+        x, y = found
+        assert x in a and y in b and x.version == y.version and x.first <= y.last and y.first <= x.last
+
+
+def test_overlap_of_thousands_of_cidrs_is_a_sweep_not_a_product() -> None:
+    a = [Span(4, i * 4, i * 4 + 1, "") for i in range(20000)]
+    b = [Span(4, i * 4 + 2, i * 4 + 3, "") for i in range(20000)]
+    assert any_overlap(a, b) is None  # 4e8 pairs compared one by one would take minutes
