@@ -3,14 +3,23 @@ external server saw. Every wait polls with a deadline (the machine is a loaded 2
 
 from __future__ import annotations
 
+import ctypes
 import json
+import os
+import select
+import signal
+import socket
+import subprocess
+import threading
 import time
 import uuid
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TypeVar
 
-from devtools.sandbox import nodeops
+from devtools.sandbox import netns, nodeops, procs
 from devtools.sandbox.cluster import Sandbox
 
 T = TypeVar("T")
@@ -155,3 +164,282 @@ def namespaces(cluster: Cluster) -> Generator[str, None, None]:
         yield name
     finally:
         cluster.delete("namespace", name)
+
+
+# --- high availability (e2e/test_ha.py): everything here works while the API server is frozen ------------
+
+def process_record(sb: Sandbox, name: str) -> procs.ProcessRecord:
+    for record in sb.state.processes:
+        if record.name == name:
+            return record
+    raise KeyError(f"no process {name!r} in the sandbox state")
+
+
+@contextmanager
+def apiserver_frozen(sb: Sandbox) -> Iterator[float]:
+    """kube-apiserver SIGSTOPped (by its recorded PID) for the block, SIGCONTed whatever happens;
+    yields the moment it stopped (time.time())."""
+    record = process_record(sb, "kube-apiserver")
+    if not procs.alive(record):
+        raise AssertionError("kube-apiserver is not running")
+    os.kill(record.pid, signal.SIGSTOP)
+    try:
+        yield time.time()
+    finally:
+        os.kill(record.pid, signal.SIGCONT)
+
+
+def agent_record(sb: Sandbox, node: str) -> procs.ProcessRecord:
+    return process_record(sb, f"egress-agent-{node}")
+
+
+def kill_agent(sb: Sandbox, node: str, signum: int = signal.SIGKILL, timeout: float = 10.0) -> float:
+    """Send `signum` to the node's agent and wait until it is gone; returns when the signal was sent."""
+    record = agent_record(sb, node)
+    sent = time.time()
+    os.kill(record.pid, signum)
+    deadline = time.monotonic() + timeout
+    while procs.alive(record):
+        try:
+            os.waitpid(record.pid, os.WNOHANG)
+        except ChildProcessError:
+            pass
+        if time.monotonic() > deadline:
+            raise AssertionError(f"agent on {node} still alive {timeout:.0f}s after signal {signum}")
+        time.sleep(0.01)
+    return sent
+
+
+def start_agent(sb: Sandbox, node: str) -> procs.ProcessRecord:
+    """Start the node's agent again with its recorded argv (as a DaemonSet restarts the pod)."""
+    for index, record in enumerate(sb.state.processes):
+        if record.name == f"egress-agent-{node}":
+            if procs.alive(record):
+                return record
+            fresh = procs.launch(record.name, record.argv, Path(record.log_path).parent,
+                                 netns=record.netns or sb.plan.node(node).netns)
+            sb.state.processes[index] = fresh
+            sb.state.save()
+            return fresh
+    raise KeyError(f"no agent recorded for {node}")
+
+
+def agent_ready(sb: Sandbox, node: str) -> bool:
+    """The agent's own /readyz, read inside the node's netns (no API involved)."""
+    result = subprocess.run(netns.in_netns_argv(sb.plan.node(node).netns, [
+        "curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "1", "http://127.0.0.1:9641/readyz"]),
+        capture_output=True, text=True)
+    return result.stdout.strip() == "200"
+
+
+def node_addresses(sb: Sandbox, node: str) -> set[str]:
+    """Every address on every link of the node's netns (`ip -o addr`), without prefix lengths."""
+    out = netns.run(["ip", "-n", sb.plan.node(node).netns, "-o", "addr", "show"], check=False).stdout
+    found = set()
+    for line in out.splitlines():
+        words = line.split()
+        if len(words) > 3 and words[2] in ("inet", "inet6"):
+            found.add(words[3].split("/")[0])
+    return found
+
+
+def pod_netns_path(cluster: Cluster, namespace: str, pod: str) -> str:
+    """/proc/<pid>/ns/net of the pod's container, found through its node's containerd (ctr task ls)."""
+    obj = cluster.get("pod", pod, "-n", namespace) or {}
+    node = obj.get("spec", {}).get("nodeName", "")
+    ids = [str(s.get("containerID", "")).removeprefix("containerd://") for s in obj.get("status", {}).get("containerStatuses", [])]
+    socket_path = cluster.sb.node_paths(node).socket
+    out = subprocess.run(["ctr", "--address", str(socket_path), "-n", "k8s.io", "task", "ls"],
+                         capture_output=True, text=True, check=True).stdout
+    for line in out.splitlines()[1:]:
+        words = line.split()
+        if len(words) >= 3 and words[0] in ids and words[2] == "RUNNING":
+            return f"/proc/{words[1]}/ns/net"
+    raise AssertionError(f"no running task of {namespace}/{pod} on {node} (containers {ids}; ctr: {out!r})")
+
+
+def peer_path_blocked(sb: Sandbox, a: str, b: str, port: int = 7790, block: bool = True) -> list[int]:
+    """Drop UDP `port` between nodes a and b (iptables INPUT and OUTPUT in both netns; their underlay
+    stays up) or remove those rules again; returns the packets the rules have dropped so far."""
+    dropped = []
+    for node, peer in ((a, b), (b, a)):
+        peer_ip = sb.plan.node(peer).endpoint.ipv4
+        ns = sb.plan.node(node).netns
+        for chain, match in (("INPUT", ["-s", peer_ip]), ("OUTPUT", ["-d", peer_ip])):
+            rule = [chain, *match, "-p", "udp", "--dport", str(port), "-j", "DROP"]
+            if block:
+                netns.run(netns.in_netns_argv(ns, ["iptables", "-w", "-I", *rule]))
+            else:
+                dropped.append(_dropped(ns, chain, peer_ip, port))
+                netns.run(netns.in_netns_argv(ns, ["iptables", "-w", "-D", *rule]), check=False)
+    return dropped
+
+
+def _dropped(ns: str, chain: str, peer_ip: str, port: int) -> int:
+    out = netns.run(netns.in_netns_argv(ns, ["iptables", "-w", "-nvxL", chain]), check=False).stdout
+    for line in out.splitlines():
+        if "DROP" in line and peer_ip in line and f"dpt:{port}" in line:
+            return int(line.split()[0])
+    return 0
+
+
+def _enter_path(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        if netns._libc.setns(fd, netns.CLONE_NEWNET) != 0:
+            raise OSError(ctypes.get_errno(), f"setns({path})")
+    finally:
+        os.close(fd)
+
+
+@dataclass
+class Probe:
+    sent: float
+    replied: float | None = None
+    source: str = ""
+
+    def ok(self, eip: str) -> bool:
+        return self.replied is not None and self.source == eip
+
+
+class Prober:
+    """UDP probes to the external echo server from inside a pod's netns (no kubectl, no API): one new
+    socket per probe (a new conntrack entry each time), sent every `interval`, each waiting up to
+    `timeout` for the echo, which names the source address the server saw."""
+
+    def __init__(self, netns_path: str, dst: str = EXTERNAL, port: int = 8082, interval: float = 0.2,
+                 timeout: float = 1.0) -> None:
+        self.netns_path, self.dst, self.port = netns_path, dst, port
+        self.interval, self.timeout = interval, timeout
+        self.probes: list[Probe] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="prober", daemon=True)
+
+    def __enter__(self) -> Prober:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    def snapshot(self, since: float = 0.0) -> list[Probe]:
+        now = time.time()
+        with self._lock:  # only probes whose outcome is decided
+            return [p for p in self.probes if p.sent >= since and (p.replied is not None or now - p.sent > self.timeout)]
+
+    def _run(self) -> None:
+        _enter_path(self.netns_path)
+        pending: dict[socket.socket, Probe] = {}
+        next_at = time.monotonic()
+        while not self._stop.is_set() or pending:
+            now = time.monotonic()
+            if now >= next_at and not self._stop.is_set():
+                sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                sock.setblocking(False)
+                probe = Probe(sent=time.time())
+                try:
+                    sock.sendto(f"ha-{uuid.uuid4().hex[:8]}\n".encode(), (self.dst, self.port))
+                except OSError:
+                    sock.close()
+                else:
+                    pending[sock] = probe
+                with self._lock:
+                    self.probes.append(probe)
+                next_at += self.interval
+                if next_at < now:  # the machine stalled: do not burst to catch up
+                    next_at = now + self.interval
+            wait = max(0.0, min(next_at - time.monotonic(), 0.05))
+            readable, _, _ = select.select(list(pending), [], [], wait) if pending else ([], [], [])
+            if not pending:
+                time.sleep(wait)
+            for sock in readable:
+                try:
+                    data = sock.recv(512)
+                except OSError:
+                    continue
+                probe = pending.pop(sock)
+                probe.source, probe.replied = data.split(b"\n", 1)[0].decode(errors="replace"), time.time()
+                sock.close()
+            for sock, probe in list(pending.items()):
+                if time.time() - probe.sent > self.timeout:
+                    del pending[sock]
+                    sock.close()
+
+
+class HolderSampler:
+    """Which nodes hold `eip` (any link, `ip -o addr` in each node's netns), every `interval`."""
+
+    def __init__(self, sb: Sandbox, eip: str, nodes: list[str], interval: float = 0.1) -> None:
+        self.sb, self.eip, self.nodes, self.interval = sb, eip, nodes, interval
+        self.samples: list[tuple[float, frozenset[str]]] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="holders", daemon=True)
+
+    def __enter__(self) -> HolderSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            started = time.monotonic()
+            holders = frozenset(n for n in self.nodes if self.eip in node_addresses(self.sb, n))
+            with self._lock:
+                self.samples.append((time.time(), holders))
+            self._stop.wait(max(0.0, self.interval - (time.monotonic() - started)))
+
+    def snapshot(self, since: float = 0.0) -> list[tuple[float, frozenset[str]]]:
+        with self._lock:
+            return [s for s in self.samples if s[0] >= since]
+
+    def current(self) -> frozenset[str] | None:
+        with self._lock:
+            return self.samples[-1][1] if self.samples else None
+
+
+def moves(samples: list[tuple[float, frozenset[str]]]) -> int:
+    """How often the EIP's single holder changed to another node."""
+    count, last = 0, None
+    for _, holders in samples:
+        if len(holders) == 1:
+            (node,) = holders
+            if last is not None and node != last:
+                count += 1
+            last = node
+    return count
+
+
+def longest_double(samples: list[tuple[float, frozenset[str]]]) -> float:
+    """The longest time two or more nodes held the EIP together (first sample seen to first sample without)."""
+    longest, since = 0.0, None
+    for at, holders in samples:
+        if len(holders) > 1 and since is None:
+            since = at
+        elif len(holders) <= 1 and since is not None:
+            longest, since = max(longest, at - since), None
+    if since is not None and samples:
+        longest = max(longest, samples[-1][0] - since)
+    return longest
+
+
+def longest_outage(probes: list[Probe], eip: str) -> float:
+    """The longest time without egress: between the sends of two good probes that have only failed
+    ones (no reply, or another source) between them; 0 when none failed. A single lost probe at an
+    interval of 0.2 s reads as 0.4 s (the resolution is one interval)."""
+    longest, last_good, failed = 0.0, None, False
+    for probe in probes:
+        if not probe.ok(eip):
+            failed = True
+            continue
+        if failed and last_good is not None:
+            longest = max(longest, probe.sent - last_good)
+        last_good, failed = probe.sent, False
+    if failed:  # never recovered within the window
+        return float("inf")
+    return longest
