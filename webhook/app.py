@@ -104,7 +104,7 @@ def informer_view(kubeconfig: str | None) -> InformerView:
 
     client = k8s.Client.from_kubeconfig(kubeconfig, component="egress-webhook")
     view = InformerView(fallback_get=lambda name: client.get(k8s.EGRESS_GATEWAYS, name))
-    for rt in (k8s.NAMESPACES, k8s.EGRESS_GATEWAYS, k8s.EGRESS_POLICIES, k8s.EGRESS_CLUSTER_POLICIES):
+    for rt in (k8s.NAMESPACES, k8s.EGRESS_GATEWAYS, k8s.EGRESS_POLICIES, k8s.EGRESS_CLUSTER_POLICIES, k8s.EGRESS_CLUSTER_INFOS):
         view.add_informer(k8s.Informer(client, rt, on_change=view.on_change(rt.kind)))
     return view
 

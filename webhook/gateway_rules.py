@@ -3,12 +3,13 @@ the controller's finalizer holds a referenced gateway until its policies are gon
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 from egress_cni.api import semantics
 from egress_cni.api.errors import FieldError
-from egress_cni.api.model import EgressGateway, parse_as
-from egress_cni.api.pools import IPPool, pool_of
+from egress_cni.api.model import EgressClusterInfo, EgressGateway, parse_as
+from egress_cni.api.net import Cidr
+from egress_cni.api.pools import IPPool, IPRange, pool_of
 from webhook.admission import AdmissionRequest, Denial
 from webhook.config import WebhookConfig
 from webhook.subnets import cached_pool, schema_denial
@@ -42,6 +43,7 @@ def validate_gateway(request: AdmissionRequest, view: ClusterView, config: Webho
     denials += _pairing(pools, config)
     denials += _default_eips(gateway, pools)
     denials += _duplicates(gateway, pools, view)
+    denials += _cluster_addresses(pools, view.cluster_info())
     if old is not None:
         denials += _update(old, pools, view)
     return denials
@@ -122,6 +124,36 @@ def _duplicates(gateway: EgressGateway, pools: dict[int, IPPool], view: ClusterV
                 denials.append(Denial("gateway-pool-duplicate", f"{POOLS}.ipv{version}", list(_entries(gateway, version)),
                                       f"{shared} already belongs to EgressGateway {other.metadata.name}; an EIP can belong to one gateway only"))
     return denials
+
+
+def _span_pool(cidrs: Iterable[Cidr], version: int) -> IPPool:
+    return IPPool.of(version, (IPRange(c.first, c.last, version) for c in cidrs if c.family == version))
+
+
+def _cluster_addresses(pools: dict[int, IPPool], info: EgressClusterInfo | None) -> list[Denial]:
+    """An EIP must not be an address the cluster already uses: a node's IP is refused (claiming it
+    would take the node's own address off it); a service or pod CIDR is a warning (the detection in
+    EgressClusterInfo may include ranges that are not routed here)."""
+    if info is None:
+        return []
+    status = info.status
+    node_ips = [c for lists in status.node_ip.values() for c in lists.ipv4 + lists.ipv6]
+    ranges = [*status.cluster_ip.ipv4, *status.cluster_ip.ipv6,
+              *(c for lists in status.pod_cidr.values() for c in lists.ipv4 + lists.ipv6)]
+    out = []
+    for version in (4, 6):
+        path = f"{POOLS}.ipv{version}"
+        taken = pools[version].intersection(_span_pool(node_ips, version))
+        if taken:
+            out.append(Denial("gateway-pool-cluster", path, pools[version].to_strings(),
+                              f"{taken} is a node address (EgressClusterInfo default status.nodeIP); an EIP the gateway "
+                              "claims would be taken off that node; use addresses no node, pod or service has"))
+        inside = pools[version].intersection(_span_pool(ranges, version))
+        if inside:
+            out.append(Denial("gateway-pool-cluster", path, pools[version].to_strings(),
+                              f"{inside} lies inside the cluster's service or pod CIDRs (EgressClusterInfo default); "
+                              "traffic to it is in-cluster traffic, so it will not work as an EIP", warning=True))
+    return out
 
 
 def _entries(gateway: EgressGateway, version: int) -> Sequence[str]:

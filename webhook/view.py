@@ -16,7 +16,15 @@ from typing import Any, Protocol
 
 from egress_cni.api import API_VERSION
 from egress_cni.api.errors import FieldError
-from egress_cni.api.model import EgressClusterPolicy, EgressGateway, EgressPolicy, parse_as, parse_object
+from egress_cni.api.model import (
+    CLUSTER_INFO_NAME,
+    EgressClusterInfo,
+    EgressClusterPolicy,
+    EgressGateway,
+    EgressPolicy,
+    parse_as,
+    parse_object,
+)
 from egress_cni.api.workloads import NamespaceInfo
 from egress_cni.store import Store
 
@@ -37,6 +45,9 @@ class ClusterView(Protocol):
     def policies_in(self, namespace: str) -> Sequence[EgressPolicy]:
         """EgressPolicies of one namespace, or with "" the EgressClusterPolicies (an index for the conflict rules)."""
 
+    def cluster_info(self) -> EgressClusterInfo | None:
+        """EgressClusterInfo `default`: the cluster's own node, service and pod addresses."""
+
 
 def policy_key(policy: EgressPolicy) -> tuple[str, str]:
     """Identity across both policy kinds: (kind, ns/name)."""
@@ -54,6 +65,7 @@ class MemoryView:
         self._gateway_list: tuple[EgressGateway, ...] = ()
         self._policy_list: tuple[EgressPolicy, ...] = ()
         self._by_namespace: dict[str, tuple[EgressPolicy, ...]] = {}
+        self._cluster_info: EgressClusterInfo | None = None
 
     @classmethod
     def of(cls, objects: Iterable[Mapping[str, Any]]) -> MemoryView:
@@ -79,6 +91,9 @@ class MemoryView:
     def policies_in(self, namespace: str) -> Sequence[EgressPolicy]:
         return self._by_namespace.get(namespace, ())
 
+    def cluster_info(self) -> EgressClusterInfo | None:
+        return self._cluster_info
+
     # --- updates -------------------------------------------------------------------------------
 
     def upsert(self, raw: Mapping[str, Any]) -> None:
@@ -98,6 +113,8 @@ class MemoryView:
                 self._gateways = {**self._gateways, obj.metadata.name: obj}
             elif isinstance(obj, EgressPolicy):
                 self._policies = {**self._policies, policy_key(obj): obj}
+            elif isinstance(obj, EgressClusterInfo) and obj.metadata.name == CLUSTER_INFO_NAME:
+                self._cluster_info = obj
             self._refresh()
 
     def remove(self, kind: str, key: str) -> None:
@@ -153,7 +170,7 @@ class _Events:
         return None
 
 
-def _typed(cls: type[EgressPolicy] | type[EgressGateway]) -> Callable[[Mapping[str, Any]], Any]:
+def _typed(cls: type[EgressPolicy] | type[EgressGateway] | type[EgressClusterInfo]) -> Callable[[Mapping[str, Any]], Any]:
     # list items may omit apiVersion/kind; the informer's resource type says what they are
     return lambda raw: parse_as(cls, {"apiVersion": API_VERSION, "kind": cls.KIND, **raw})
 
@@ -176,9 +193,11 @@ class InformerView:
         self.gateway_store: Store[EgressGateway] = Store(events, _typed(EgressGateway))
         self.policy_store: Store[EgressPolicy] = Store(events, _typed(EgressPolicy))
         self.cluster_policy_store: Store[EgressClusterPolicy] = Store(events, _typed(EgressClusterPolicy))
+        self.cluster_info_store: Store[EgressClusterInfo] = Store(events, _typed(EgressClusterInfo))
         self._stores: dict[str, Store[Any]] = {
             "Namespace": self.namespaces, EgressGateway.KIND: self.gateway_store,
             EgressPolicy.KIND: self.policy_store, EgressClusterPolicy.KIND: self.cluster_policy_store,
+            EgressClusterInfo.KIND: self.cluster_info_store,
         }
         self._lock = threading.Lock()
         self._derived: tuple[tuple[int, int], tuple[EgressPolicy, ...], dict[str, tuple[EgressPolicy, ...]]] = ((-1, -1), (), {})
@@ -236,6 +255,9 @@ class InformerView:
 
     def gateways(self) -> Sequence[EgressGateway]:
         return self.gateway_store.items()
+
+    def cluster_info(self) -> EgressClusterInfo | None:
+        return self.cluster_info_store.get(CLUSTER_INFO_NAME)
 
     def policies(self) -> Sequence[EgressPolicy]:
         return self._policies()[0]

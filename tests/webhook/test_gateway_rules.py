@@ -105,3 +105,21 @@ def test_schema_errors_name_the_field() -> None:
     gw = gateway(ipv4=["10.6.1.1"])
     gw["spec"]["clusterDefault"] = "yes"
     assert denial(validate(gw)).startswith("spec.clusterDefault: must be true or false")
+
+
+def _cluster_info() -> dict:
+    return {"apiVersion": "egressgateway.spidernet.io/v1beta1", "kind": "EgressClusterInfo", "metadata": {"name": "default"},
+            "status": {"nodeIP": {"node1": {"ipv4": ["10.6.168.11"]}}, "clusterIP": {"ipv4": ["10.96.0.0/12"]},
+                       "podCIDR": {"k8s": {"ipv4": ["10.244.0.0/16"]}}}}
+
+
+def test_a_pool_holding_a_node_address_is_refused() -> None:
+    msg = denial(validate(gateway(ipv4=["10.6.168.10-10.6.168.12"]), _cluster_info()))
+    assert msg.startswith("spec.ippools.ipv4: 10.6.168.11 is a node address (EgressClusterInfo default status.nodeIP)")
+
+
+def test_a_pool_inside_service_or_pod_cidrs_is_admitted_with_a_warning() -> None:
+    response = validate(gateway(ipv4=["10.244.9.1-10.244.9.2", "10.6.168.201"]), _cluster_info())
+    assert response["allowed"]
+    assert response["warnings"][0].startswith("spec.ippools.ipv4: 10.244.9.1-10.244.9.2 lies inside the cluster's service or pod CIDRs")
+    assert "warnings" not in validate(gateway(ipv4=["10.6.168.201-10.6.168.205"]), _cluster_info())
