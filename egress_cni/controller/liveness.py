@@ -11,6 +11,11 @@ passes a monotonic clock).
   likely laggard, not the nodes. Moving their EIPs would only make them flap, so the stale ones count
   as alive until they have been stale for `hold` seconds; an agent stale for longer is dead whatever
   the others do. A single node lost among several still fails over at once.
+- Vouched for: gateway agents watch each other on the segment and list the peers they see alive in
+  their Lease annotation `ANNOTATION_PEERS`. A node whose own Lease ran out while a fresh Lease of a
+  peer lists it is alive (its agent lost the API, not the node; docs/ha.md point 10). A stale
+  voucher vouches for nobody, so the stale-together hold above still decides an API freeze.
+- Reports: `ANNOTATION_EIPS` lists the EIPs an agent holds; only fresh Leases' reports count.
 """
 
 from __future__ import annotations
@@ -19,6 +24,13 @@ from dataclasses import dataclass
 from typing import Any
 
 LATE = 0.5  # an agent whose last renewal is older than this part of its duration is late
+ANNOTATION_EIPS = "egressgateway.spidernet.io/eips"  # comma-separated EIPs the agent holds now
+ANNOTATION_PEERS = "egressgateway.spidernet.io/peers"  # comma-separated nodes the agent sees alive
+
+
+def _listed(annotations: dict[str, Any], key: str) -> tuple[str, ...]:
+    text = annotations.get(key)
+    return tuple(sorted({x.strip() for x in text.split(",") if x.strip()})) if isinstance(text, str) else ()
 
 
 @dataclass(frozen=True)
@@ -26,6 +38,8 @@ class Verdict:
     alive: dict[str, bool]  # lease name -> alive
     held: frozenset[str]  # stale, but counted alive because most agents went stale together
     next_change: float | None  # monotonic time at which a verdict may change without a new event
+    vouched: frozenset[str] = frozenset()  # stale, but a fresh peer Lease lists the node alive
+    reports: dict[str, tuple[str, ...]] | None = None  # lease name -> EIPs, fresh Leases only
 
 
 @dataclass
@@ -33,15 +47,25 @@ class _Seen:
     renewal: tuple[str, str]  # (holderIdentity, renewTime) as last seen
     at: float  # our monotonic clock when that renewal was first seen
     duration: float
+    eips: tuple[str, ...] = ()
+    peers: tuple[str, ...] = ()  # lease names (prefix + node) of the peers it sees alive
 
 
 class AgentLiveness:
-    def __init__(self, grace: float = 0.0, stale_fraction: float = 0.5, hold: float = 10.0) -> None:
-        self.grace, self.stale_fraction, self.hold = grace, stale_fraction, hold
+    def __init__(self, grace: float = 0.0, stale_fraction: float = 0.5, hold: float = 10.0, prefix: str = "") -> None:
+        self.grace, self.stale_fraction, self.hold, self.prefix = grace, stale_fraction, hold, prefix
         self._seen: dict[str, _Seen] = {}
         self._released: set[str] = set()  # deleted, or no holder: dead at once, never held
 
-    def observe(self, name: str, lease: dict[str, Any] | None, now: float) -> None:
+    def observe(self, name: str, lease: dict[str, Any] | None, now: float) -> bool:
+        """Record a Lease event; True when its reports (EIPs held, peers seen) changed."""
+        before = self._seen.get(name)
+        was = (before.eips, before.peers) if before is not None else ((), ())
+        self._observe(name, lease, now)
+        after = self._seen.get(name)
+        return was != ((after.eips, after.peers) if after is not None else ((), ()))
+
+    def _observe(self, name: str, lease: dict[str, Any] | None, now: float) -> None:
         spec = (lease or {}).get("spec") or {}
         holder, renewed = str(spec.get("holderIdentity") or ""), str(spec.get("renewTime") or "")
         if lease is None or not holder or not renewed:
@@ -54,11 +78,14 @@ class AgentLiveness:
         self._released.discard(name)
         renewal = (holder, renewed)
         duration = float(spec.get("leaseDurationSeconds") or 0)
+        annotations = ((lease or {}).get("metadata") or {}).get("annotations") or {}
+        eips = _listed(annotations, ANNOTATION_EIPS)
+        peers = tuple(self.prefix + p for p in _listed(annotations, ANNOTATION_PEERS) if self.prefix + p != name)
         seen = self._seen.get(name)
         if seen is None or seen.renewal != renewal:
-            self._seen[name] = _Seen(renewal, now, duration)
+            self._seen[name] = _Seen(renewal, now, duration, eips, peers)
         else:
-            seen.duration = duration
+            seen.duration, seen.eips, seen.peers = duration, eips, peers
 
     def fresh(self, name: str, now: float) -> bool:
         """This one Lease renewed within its duration (O(1): called on every renewal event; holds are
@@ -69,8 +96,11 @@ class AgentLiveness:
     def evaluate(self, now: float) -> Verdict:
         expiry = {name: s.at + s.duration + self.grace for name, s in self._seen.items()}
         alive = {name: now < t for name, t in expiry.items()}
+        fresh = {name for name, up in alive.items() if up}
+        vouched = frozenset(p for name in fresh for p in self._seen[name].peers if p in expiry and not alive[p])
+        alive.update({name: True for name in vouched})
         alive.update({name: False for name in self._released})
-        recent = {name for name, t in expiry.items() if t <= now < t + self.hold}
+        recent = {name for name, t in expiry.items() if t <= now < t + self.hold and name not in vouched}
         considered = [name for name, t in expiry.items() if now < t + self.hold]  # alive or recently stale
         late = [name for name in considered if now - self._seen[name].at > LATE * self._seen[name].duration]
         held: frozenset[str] = frozenset()
@@ -78,4 +108,5 @@ class AgentLiveness:
             held = frozenset(recent)
             alive.update({name: True for name in held})
         upcoming = [t for t in expiry.values() if t > now] + [expiry[name] + self.hold for name in recent]
-        return Verdict(alive, held, min(upcoming, default=None))
+        reports = {name: self._seen[name].eips for name in fresh if self._seen[name].eips}
+        return Verdict(alive, held, min(upcoming, default=None), vouched, reports)

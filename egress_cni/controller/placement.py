@@ -9,6 +9,14 @@ keeps everything that is still valid where it is, and only then decides what mus
 - a new policy gets its EIP (`useNodeIP`, explicit `egressIP`, `rr` or `default`) and, if the EIP
   is not placed yet, the least-loaded eligible node (fewest EIPs over all gateways, ties by name).
 
+- an EIP a gateway agent reports holding (its Lease annotation, `reported`) while the record puts
+  it on another node was taken over on the segment (docs/ha.md): the record follows the segment,
+  unless the recorded node reports it too (no move on an ambiguous report);
+- every EIP entry lists its `standbys`: the other eligible nodes of its gateway in the order in
+  which they take it over. The order of the previous pass is kept for the nodes that stay eligible
+  (agents follow it between themselves, so it must not churn); newly eligible nodes are appended,
+  least loaded first, ties by name. A node that is not eligible is never a standby.
+
 `rr` is a real round robin: the next free pool address after the last one handed out (remembered
 in the gateway annotation `ANNOTATION_RR_LAST`), so a released address is reused only after the
 whole pool has been walked.
@@ -111,12 +119,16 @@ class Placement:
     uses_load: bool = True  # whether the incoming load chose any node (a new EIP or a move)
 
 
+TAKEN_OVER = "TakenOver"  # Move.why of an EIP that a standby reported holding (point 8 of docs/ha.md)
+
+
 @dataclass
 class _Entry:
     ipv4: IP | None
     ipv6: IP | None
     node: str
     policies: list[PolicyRef]
+    standbys: tuple[str, ...] = ()  # as recorded: the order to keep
 
     @property
     def node_ip_bucket(self) -> bool:
@@ -140,9 +152,10 @@ def _least_loaded(eligible: Sequence[str], load: Mapping[str, int]) -> str:
 
 
 def place_gateway(gw: EgressGateway, policies: Sequence[PolicyView], nodes: Sequence[NodeView],
-                  load: Mapping[str, int]) -> Placement:
+                  load: Mapping[str, int], reported: Mapping[IP, frozenset[str]] | None = None) -> Placement:
     """Decide the gateway's nodeList and every policy's EIP and node. `load` counts EIP entries of
-    the gateways placed before this one (plus this one's current entries is added here)."""
+    the gateways placed before this one (plus this one's current entries is added here); `reported`
+    maps an EIP to the nodes whose fresh agent Lease says they hold it."""
     v4_pool, v6_pool = gateway_pools(gw)
     selector = gw.spec.node_selector.selector
     members = {n.name: n for n in nodes if selector is not None and selector.matches(n.labels)}
@@ -157,7 +170,7 @@ def place_gateway(gw: EgressGateway, policies: Sequence[PolicyView], nodes: Sequ
             refs = [r for r in rec.policies if r in wanted]
             if not refs or (rec.ipv4 and not _in_pool(v4_pool, rec.ipv4)) or (rec.ipv6 and not _in_pool(v6_pool, rec.ipv6)):
                 continue
-            entries.append(_Entry(rec.ipv4, rec.ipv6, node_status.name, refs))
+            entries.append(_Entry(rec.ipv4, rec.ipv6, node_status.name, refs, rec.standbys))
     seen: set[PolicyRef] = set()
     for e in entries:  # a policy listed twice (hand-edited status) keeps its first entry
         unique = []
@@ -171,8 +184,17 @@ def place_gateway(gw: EgressGateway, policies: Sequence[PolicyView], nodes: Sequ
         if e.node in eligible:
             load_after[e.node] = load_after.get(e.node, 0) + 1
 
-    # 2. Move entries off nodes that cannot carry them, one at a time onto the least loaded.
+    # 2. Follow takeovers the segment made (a standby reports the EIP), then move entries off nodes
+    #    that cannot carry them, one at a time onto the least loaded.
     moves: list[Move] = []
+    for e in sorted(entries, key=lambda e: (e.node, *_sort_ips(e))):
+        holder = _reported_holder(e, reported or {}, eligible)
+        if holder:
+            if e.node in eligible:
+                load_after[e.node] -= 1
+            load_after[holder] = load_after.get(holder, 0) + 1
+            moves.append(Move(e.ipv4, e.ipv6, e.node, holder, TAKEN_OVER, tuple(e.policies)))
+            e.node = holder
     for e in sorted(entries, key=lambda e: (e.node, *_sort_ips(e))):
         if e.node in eligible:
             continue
@@ -225,7 +247,8 @@ def place_gateway(gw: EgressGateway, policies: Sequence[PolicyView], nodes: Sequ
                                               "Ready, uncordoned and has a live agent")
     node_list = tuple(
         GatewayNodeStatus(name, members[name].status, tuple(
-            EipStatus(e.ipv4, e.ipv6, tuple(sorted(e.policies, key=lambda r: (r.namespace, r.name))))
+            EipStatus(e.ipv4, e.ipv6, tuple(sorted(e.policies, key=lambda r: (r.namespace, r.name))),
+                      _standbys(e, eligible, load_after))
             for e in sorted(entries, key=_sort_ips) if e.node == name
         ))
         for name in sorted(members)
@@ -235,6 +258,29 @@ def place_gateway(gw: EgressGateway, policies: Sequence[PolicyView], nodes: Sequ
     usage = IPUsage(v4_pool.count, v4_pool.difference(used4).count, v6_pool.count, v6_pool.difference(used6).count)
     rr_last = f"{rr_v4},{rr_v6}" if (rr_v4 or rr_v6) else ""
     return Placement(node_list, assignments, tuple(moves), usage, rr_last, load_after, uses_load=bool(moves) or placed_new)
+
+
+def _reported_holder(e: _Entry, reported: Mapping[IP, frozenset[str]], eligible: Sequence[str]) -> str:
+    """The node the segment says serves this entry now, if that is news: one eligible node other
+    than the recorded one reports every address of the entry, and the recorded node reports none."""
+    if e.node_ip_bucket:
+        return ""
+    holders = [reported.get(ip, frozenset()) for ip in (e.ipv4, e.ipv6) if ip]
+    if any(e.node in h for h in holders):
+        return ""
+    common = frozenset.intersection(*holders) if holders else frozenset()
+    candidates = sorted(n for n in common if n != e.node and n in eligible)
+    return candidates[0] if len(candidates) == 1 else ""
+
+
+def _standbys(e: _Entry, eligible: Sequence[str], load: Mapping[str, int]) -> tuple[str, ...]:
+    """The other eligible nodes in takeover order: the recorded order kept, newcomers appended."""
+    if not e.node:
+        return ()
+    others = set(eligible) - {e.node}
+    kept = [n for n in e.standbys if n in others]
+    new = sorted(others - set(kept), key=lambda n: (load.get(n, 0), n))
+    return (*kept, *new)
 
 
 def _find_entry(entries: list[_Entry], by_ip: Mapping[IP, _Entry], ipv4: IP | None, ipv6: IP | None, eligible: Sequence[str],

@@ -13,6 +13,12 @@ A policy whose gateway is invalid gets that condition too, not an EIP from a bro
 malformed *status* is ours to repair: the object is served as if its status were empty, and the
 next status write replaces the bad value (EgressTunnels alike). Any other failure of one object is
 contained to that object and retried with exponential backoff.
+
+Every status write carries the resourceVersion it was computed from (a precondition): a write that
+raced another writer gets 409 and is redone from fresh state. With `may_write` (the leader's own
+verdict that its leadership is current) checked before each write, a leader that was paused past
+its lease and wakes up mid-pass writes nothing: its successor's writes changed the versions, and
+its own check fails first.
 """
 
 from __future__ import annotations
@@ -40,6 +46,7 @@ from egress_cni.api.model import (
     PolicyStatus,
     Resource,
 )
+from egress_cni.api.net import IP, AddressError, parse_ip
 from egress_cni.backoff import Backoff
 from egress_cni.controller.cache import Overlay
 from egress_cni.controller.clusterinfo import cluster_info_status, service_cidrs
@@ -55,7 +62,7 @@ from egress_cni.controller.status import (
     merge_patch,
     policy_status,
 )
-from egress_cni.controller.tunnels import plan_tunnels
+from egress_cni.controller.tunnels import HEARTBEAT_REFRESH_SECONDS, plan_tunnels, tunnel_phase
 from egress_cni.controller.watchers import Watchers
 from egress_cni.store import Invalid, Store, invalid_of
 
@@ -134,8 +141,11 @@ def node_view(node: Mapping[str, Any], agent_alive: bool) -> NodeView:
 
 
 class Reconciler:
-    def __init__(self, client: k8s.Client, config: Config, watchers: Watchers, metrics: Metrics, events: EventSink) -> None:
+    def __init__(self, client: k8s.Client, config: Config, watchers: Watchers, metrics: Metrics, events: EventSink,
+                 may_write: Callable[[], bool] = lambda: True) -> None:
         self.client, self.config, self.watchers, self.metrics, self.events = client, config, watchers, metrics, events
+        self.may_write = may_write
+        self.refused_writes = 0  # writes skipped because leadership was no longer current
         self.overlays = {plural: Overlay(inf) for plural, inf in watchers.informers.items()}
         self.slices = SliceWriter(client, config.max_endpoints_per_slice, self.overlays)
         self.stores: dict[str, Store[Parsed[Any]]] = {
@@ -146,7 +156,7 @@ class Reconciler:
         self.backoff = Backoff(RETRY_BASE_SECONDS, RETRY_CAP_SECONDS)
         self._failed = False
         # gateway -> (resourceVersion, policy views, node views, load before it, ...) of its last written decision
-        self._placements: dict[str, tuple[str, tuple[PolicyView, ...], tuple[NodeView, ...], dict[str, int], Placement,
+        self._placements: dict[str, tuple[str, tuple[PolicyView, ...], tuple[Any, ...], dict[str, int], Placement,
                                           dict[str, int]]] = {}  # ..., placement, what it added to the load
         # (plural, key) -> (the object, the assignment) last found needing no status write
         self._status_checked: dict[tuple[str, str], tuple[dict[str, Any], Assignment]] = {}
@@ -232,7 +242,7 @@ class Reconciler:
 
         if everything:
             if synced:
-                self._guard("tunnels", self._tunnels, [n.name for n in nodes])
+                self._guard("tunnels", self._tunnels, nodes, alive)
             # gateway name -> why it cannot be placed (malformed, or placement failed on it)
             broken: dict[str, Problem] = {
                 bad.name: Problem(INVALID, str(bad.error), bad.key, raw) for bad, raw in self._invalid(k8s.EGRESS_GATEWAYS)}
@@ -248,7 +258,9 @@ class Reconciler:
                     p.ref, p.spec.eip, str(p.metadata.extra.get("creationTimestamp", "")), p.status.eip_ipv4, p.status.eip_ipv6))
             assignments: dict[PolicyRef, Assignment] = {}
             load: Mapping[str, int] = {}
-            node_views = tuple(nodes)
+            reports = dict(self.watchers.agent_reports)
+            reported = _reported_eips(reports)
+            node_views = (*nodes, tuple(sorted(reports.items())))  # the memo: nodes and what agents report
             to_write: list[tuple[str, Placement, dict[str, int]]] = []
             for name in sorted(gateways):
                 raw_gw, views = raw_gateways[name], tuple(by_gateway.get(name, ()))
@@ -261,7 +273,7 @@ class Reconciler:
                     load = {n: load.get(n, 0) + delta.get(n, 0) for n in set(load) | set(delta)}
                 else:
                     try:
-                        placed = place_gateway(gateways[name], views, nodes, load)
+                        placed = place_gateway(gateways[name], views, nodes, load, reported)
                     except FieldError as exc:  # a pool the model let through (e.g. a reversed range)
                         bad = invalid_of(k8s.object_key(raw_gw), raw_gw, exc)
                         self._report(k8s.EGRESS_GATEWAYS, bad.key, raw_gw, exc, "skipped until it is fixed")
@@ -349,9 +361,18 @@ class Reconciler:
     def _guard(self, what: str, write: Callable[..., None], *args: Any) -> Exception | None:
         """One object's failure (a webhook denial, a flaky connection, a bug) must not stop the
         others: logged, retried with backoff; returns an unexpected exception for the caller to
-        report on the object."""
+        report on the object. Nothing is written once leadership is no longer current."""
+        if not self.may_write():
+            self.refused_writes += 1
+            self._failed = True
+            log.warning("not the current leader: write refused", extra={"object": what})
+            return None
         try:
             write(*args)
+        except k8s.Conflict as exc:
+            self._failed = True
+            log.info("write raced another writer (resourceVersion precondition); redone from fresh state",
+                     extra={"object": what, "error": str(exc)})
         except k8s.APIError as exc:
             self._failed = True
             log.warning("write failed; retrying soon", extra={"object": what, "error": str(exc)})
@@ -400,14 +421,16 @@ class Reconciler:
         if not patch:
             return
         try:
-            written = self.client.patch_status(rt, name, {"status": patch}, namespace=namespace)
+            written = self.client.patch_status(rt, name, _versioned(patch, raw), namespace=namespace)
         except k8s.NotFound:
             return
         self.overlays[rt.plural].wrote(written)
 
     # --- tunnels -------------------------------------------------------------------------------
 
-    def _tunnels(self, node_names: list[str]) -> None:
+    def _tunnels(self, nodes: list[NodeView], alive: Mapping[str, bool]) -> None:
+        node_names = [n.name for n in nodes]
+        by_name = {n.name: n for n in nodes}
         # An invalid EgressTunnel (reported by _invalid) counts as one without values: the plan
         # gives its node fresh ones and the patch below overwrites what was malformed.
         existing: dict[str, dict[str, Any]] = {str((t.get("metadata") or {}).get("name", "")): t for t in self._objects(k8s.EGRESS_TUNNELS)}
@@ -426,11 +449,18 @@ class Reconciler:
             current = raw.get("status") or {}
             desired = {**current, "tunnel": {**(current.get("tunnel") or {}), **{k: v for k, v in (
                 ("ipv4", addr.ipv4), ("ipv6", addr.ipv6), ("mac", addr.mac)) if v}}, "mark": addr.mark}
-            desired["phase"] = current.get("phase") or "Init"
+            view = by_name[name]
+            reported = bool((current.get("tunnel") or {}).get("parent")) if isinstance(current.get("tunnel"), dict) else False
+            # alive has an entry for every agent Lease seen: only gateway agents hold one
+            desired["phase"] = tunnel_phase(str(current.get("phase") or ""), reported, view.ready, name in alive,
+                                            alive.get(name, False))
+            renewed = self.watchers.agent_renewed.get(name, "")
+            if renewed and (desired["phase"] != current.get("phase") or _older(current.get("lastHeartbeatTime"), renewed)):
+                desired["lastHeartbeatTime"] = renewed
             patch = merge_patch(current, desired)
             if patch:
                 self.overlays[k8s.EGRESS_TUNNELS.plural].wrote(
-                    self.client.patch_status(k8s.EGRESS_TUNNELS, name, {"status": patch}))
+                    self.client.patch_status(k8s.EGRESS_TUNNELS, name, _versioned(patch, raw)))
         for name in set(existing) - set(plan):
             try:
                 self.client.delete(k8s.EGRESS_TUNNELS, name)
@@ -471,7 +501,7 @@ class Reconciler:
         patch = merge_patch(raw.get("status") or {}, desired)
         if patch:
             try:
-                overlay.wrote(self.client.patch_status(k8s.EGRESS_GATEWAYS, name, {"status": patch}))
+                overlay.wrote(self.client.patch_status(k8s.EGRESS_GATEWAYS, name, _versioned(patch, raw)))
             except k8s.NotFound:
                 return
         for move in placed.moves:
@@ -492,7 +522,7 @@ class Reconciler:
             self._status_checked[key] = (raw, assignment)
             return
         try:
-            written = self.client.patch_status(rt, p.metadata.name, {"status": patch}, namespace=p.metadata.namespace or None)
+            written = self.client.patch_status(rt, p.metadata.name, _versioned(patch, raw), namespace=p.metadata.namespace or None)
         except k8s.NotFound:
             return
         self.overlays[rt.plural].wrote(written)
@@ -541,7 +571,7 @@ class Reconciler:
         status = cluster_info_status(info.spec, raw_nodes, cluster_ip, calico.list() if calico else None)
         patch = merge_patch(raw.get("status") or {}, status.to_dict())
         if patch:
-            overlay.wrote(self.client.patch_status(k8s.EGRESS_CLUSTER_INFOS, CLUSTER_INFO_NAME, {"status": patch}))
+            overlay.wrote(self.client.patch_status(k8s.EGRESS_CLUSTER_INFOS, CLUSTER_INFO_NAME, _versioned(patch, raw)))
 
     def _kubernetes_service(self) -> dict[str, Any] | None:
         try:
@@ -549,3 +579,27 @@ class Reconciler:
         except k8s.APIError:
             return None
 
+
+
+def _versioned(status_patch: dict[str, Any], raw: Mapping[str, Any]) -> dict[str, Any]:
+    """A status merge patch that applies only to the version it was computed from (409 otherwise)."""
+    version = (raw.get("metadata") or {}).get("resourceVersion")
+    return {"status": status_patch, **({"metadata": {"resourceVersion": version}} if version else {})}
+
+
+def _older(recorded: Any, renewed: str) -> bool:
+    """Whether the recorded lastHeartbeatTime lags the Lease's renewTime by more than the refresh period."""
+    was, now = k8s.parse_time(str(recorded or "")), k8s.parse_time(renewed)
+    return was is None or (now is not None and now - was >= HEARTBEAT_REFRESH_SECONDS)
+
+
+def _reported_eips(reports: Mapping[str, tuple[str, ...]]) -> dict[IP, frozenset[str]]:
+    """EIP -> the nodes whose fresh agent Lease reports holding it (unparsable entries are left out)."""
+    out: dict[IP, set[str]] = {}
+    for node, eips in reports.items():
+        for text in eips:
+            try:
+                out.setdefault(parse_ip(text), set()).add(node)
+            except (AddressError, ValueError):
+                continue
+    return {ip: frozenset(nodes) for ip, nodes in out.items()}

@@ -100,3 +100,21 @@ def _member(pool: IPPool, ip: str) -> bool:
         return pool.contains(ip)
     except ValueError:
         return False
+
+
+READY, INIT, HEARTBEAT_TIMEOUT, NODE_NOT_READY = "Ready", "Init", "HeartbeatTimeout", "NodeNotReady"
+HEARTBEAT_REFRESH_SECONDS = 30.0  # lastHeartbeatTime is rewritten at most this often while the phase holds
+
+
+def tunnel_phase(current: str, agent_reported: bool, node_ready: bool, gateway_agent: bool, agent_alive: bool) -> str:
+    """EgressTunnel `status.phase` from node health (upstream's words): NodeNotReady for a NotReady
+    node, HeartbeatTimeout for a gateway node whose agent neither renews its Lease nor is seen alive
+    by a peer, else Ready once the agent reported its tunnel (Init before that). Only gateway agents
+    hold a Lease: a worker's phase follows its Node."""
+    if not node_ready:
+        return NODE_NOT_READY
+    if gateway_agent and not agent_alive:
+        return HEARTBEAT_TIMEOUT
+    if current in (NODE_NOT_READY, HEARTBEAT_TIMEOUT, ""):
+        return READY if agent_reported else INIT
+    return current

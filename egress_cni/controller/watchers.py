@@ -96,10 +96,14 @@ class Watchers:
         self._pods_version = 0
         self._namespaces_version = 0  # count of namespace label changes
         self._pods_lock = threading.Lock()
-        self.liveness = AgentLiveness(config.agent_lease_grace, config.agent_stale_fraction, config.agent_stale_hold)
+        self.liveness = AgentLiveness(config.agent_lease_grace, config.agent_stale_fraction, config.agent_stale_hold,
+                                      config.agent_lease_prefix)
         self._liveness_lock = threading.Lock()
         self._agent_alive: dict[str, bool] = {}
         self.held_agents: frozenset[str] = frozenset()
+        self.vouched_agents: frozenset[str] = frozenset()  # node names: stale Lease, a fresh peer sees them alive
+        self.agent_reports: dict[str, tuple[str, ...]] = {}  # node -> EIPs its fresh Lease says it holds
+        self.agent_renewed: dict[str, str] = {}  # node -> renewTime of its agent Lease (EgressTunnel lastHeartbeatTime)
         handlers: dict[str, Callable[[str, dict[str, Any] | None, dict[str, Any] | None], None]] = {
             k8s.EGRESS_POLICIES.plural: self._on_policy, k8s.EGRESS_CLUSTER_POLICIES.plural: self._on_policy,
             k8s.EGRESS_ENDPOINT_SLICES.plural: self._on_slice, k8s.EGRESS_CLUSTER_ENDPOINT_SLICES.plural: self._on_slice,
@@ -200,10 +204,16 @@ class Watchers:
             return
         with self._liveness_lock:
             now = time.monotonic()
-            self.liveness.observe(name, new, now)
+            reports_changed = self.liveness.observe(name, new, now)
             alive = self.liveness.fresh(name, now) or name in self.held_agents
-            flipped = self._agent_alive.get(name) != alive
+            flipped = self._agent_alive.get(name) != alive or reports_changed
             self._agent_alive[name] = alive
+            node = name[len(self.config.agent_lease_prefix):]
+            renewed = str(((new or {}).get("spec") or {}).get("renewTime") or "")
+            if renewed:
+                self.agent_renewed[node] = renewed
+            else:
+                self.agent_renewed.pop(node, None)
         if flipped:
             self.dirty.mark(everything=True)
 
@@ -227,5 +237,12 @@ class Watchers:
                             extra={"agents": sorted(verdict.held), "hold_seconds": self.config.agent_stale_hold})
             self.held_agents = verdict.held
         prefix = len(self.config.agent_lease_prefix)
+        vouched = frozenset(name[prefix:] for name in verdict.vouched)
+        if vouched != self.vouched_agents:
+            if vouched - self.vouched_agents:
+                log.info("agent Leases expired but peers see the nodes alive: no move",
+                         extra={"nodes": sorted(vouched - self.vouched_agents)})
+            self.vouched_agents = vouched
+        self.agent_reports = {name[prefix:]: eips for name, eips in (verdict.reports or {}).items()}
         alive = {name[prefix:]: up for name, up in verdict.alive.items()}
         return alive, None if verdict.next_change is None else max(0.0, verdict.next_change - now)

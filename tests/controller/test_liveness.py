@@ -103,3 +103,30 @@ def test_fresh_is_the_one_lease_view_used_on_every_renewal_event() -> None:
     assert not live.fresh("a", 0.0)
     live.observe("a", lease("t1"), 0.0)
     assert live.fresh("a", 1.4) and not live.fresh("a", 1.5)
+
+
+def _reporting(renew: str, eips: str = "", peers: str = "", duration: int = 20) -> dict[str, Any]:
+    out = lease(renew, duration=duration)
+    out["metadata"] = {"annotations": {"egressgateway.spidernet.io/eips": eips, "egressgateway.spidernet.io/peers": peers}}
+    return out
+
+
+def test_a_stale_agent_that_a_fresh_peer_sees_alive_stays_alive() -> None:
+    live = AgentLiveness(stale_fraction=1.0, prefix="egress-agent-")
+    live.observe("egress-agent-a", _reporting("t1", eips="10.6.1.1"), 0.0)
+    assert live.observe("egress-agent-b", _reporting("t1", peers="a"), 0.0)  # its reports changed
+    live.observe("egress-agent-b", _reporting("t2", peers="a"), 15.0)
+    v = live.evaluate(21.0)  # a's Lease ran out on our clock; b, fresh, sees a alive
+    assert v.alive == {"egress-agent-a": True, "egress-agent-b": True} and v.vouched == {"egress-agent-a"}
+    assert v.reports == {}  # a stale Lease's EIPs do not count
+    live.observe("egress-agent-b", _reporting("t3", peers=""), 21.5)  # b no longer sees a
+    assert live.evaluate(21.5).alive == {"egress-agent-a": False, "egress-agent-b": True}
+    # a stale voucher vouches for nobody
+    live.observe("egress-agent-b", _reporting("t4", peers="a"), 22.0)
+    assert live.evaluate(42.5).alive == {"egress-agent-a": False, "egress-agent-b": False}
+
+
+def test_fresh_leases_report_the_eips_they_hold() -> None:
+    live = AgentLiveness(prefix="egress-agent-")
+    live.observe("egress-agent-a", _reporting("t1", eips="10.6.1.2,10.6.1.1"), 0.0)
+    assert live.evaluate(1.0).reports == {"egress-agent-a": ("10.6.1.1", "10.6.1.2")}

@@ -156,3 +156,37 @@ def test_default_eip_outside_the_pool_is_reported() -> None:
     gw = gateway(["10.6.1.1-10.6.1.3"], default4="10.9.9.9")
     out = place_gateway(gw, [policy("d")], nodes("n1"), {})
     assert out.assignments[PolicyRef("d", "ns")].reason == INVALID_EIP and "ipv4DefaultEIP" in out.assignments[PolicyRef("d", "ns")].message
+
+
+def _entry(placed: Placement, ip: str) -> tuple[str, EipStatus]:
+    return next((n.name, e) for n in placed.node_list for e in n.eips if e.ipv4 == ip)
+
+
+def test_standbys_are_the_other_eligible_nodes_least_loaded_first_and_stay_put() -> None:
+    gw = gateway(["10.6.1.1-10.6.1.9"])
+    first = place_gateway(gw, [policy("a", allocator_policy="rr")], nodes("n1", "n2", "n3", "n4"), {"n3": 2, "n2": 1})
+    node, eip = _entry(first, "10.6.1.1")
+    assert node == "n1" and eip.standbys == ("n4", "n2", "n3")
+    # more load on n4 later: the recorded order stays (agents follow it); an ineligible node drops out
+    later = place_gateway(again(gw, first), [policy("a", allocator_policy="rr")],
+                          nodes("n1", "n2", "n3", "n4", "n5", n2={"ready": False}), {"n4": 5})
+    assert _entry(later, "10.6.1.1")[1].standbys == ("n4", "n3", "n5")
+    assert not later.moves
+
+
+def test_a_reported_takeover_becomes_the_record() -> None:
+    gw = gateway(["10.6.1.1-10.6.1.9"])
+    first = place_gateway(gw, [policy("a", allocator_policy="rr")], nodes("n1", "n2", "n3"), {})
+    assert _entry(first, "10.6.1.1")[0] == "n1"
+    took = place_gateway(again(gw, first), [policy("a", allocator_policy="rr")], nodes("n1", "n2", "n3"), {},
+                         {"10.6.1.1": frozenset({"n2"})})
+    node, eip = _entry(took, "10.6.1.1")
+    assert node == "n2" and eip.standbys == ("n3", "n1")
+    assert [(m.source, m.target, m.why) for m in took.moves] == [("n1", "n2", "TakenOver")]
+    assert took.assignments[PolicyRef("a", "ns")].node == "n2"
+    # the recorded node still reports it too, or two others do, or the reporter is not eligible: no move
+    for reported, overrides in (({"10.6.1.1": frozenset({"n1", "n2"})}, {}), ({"10.6.1.1": frozenset({"n2", "n3"})}, {}),
+                                ({"10.6.1.1": frozenset({"n2"})}, {"n2": {"unschedulable": True}})):
+        same = place_gateway(again(gw, first), [policy("a", allocator_policy="rr")], nodes("n1", "n2", "n3", **overrides),
+                             {}, reported)
+        assert _entry(same, "10.6.1.1")[0] == "n1" and not same.moves

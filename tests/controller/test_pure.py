@@ -138,3 +138,13 @@ def test_effective_gateway() -> None:
     # an EgressClusterPolicy ignores namespace labels
     cluster = EgressClusterPolicy(ObjectMeta("c"), PolicySpec())
     assert semantics.effective_gateway(cluster, label, gws)[0] == "b"
+
+
+def test_tunnel_phase_follows_node_health() -> None:
+    from egress_cni.controller.tunnels import tunnel_phase
+
+    assert tunnel_phase("Ready", True, node_ready=False, gateway_agent=True, agent_alive=True) == "NodeNotReady"
+    assert tunnel_phase("Ready", True, node_ready=True, gateway_agent=True, agent_alive=False) == "HeartbeatTimeout"
+    assert tunnel_phase("Ready", True, node_ready=True, gateway_agent=False, agent_alive=False) == "Ready"  # a worker: no Lease
+    assert tunnel_phase("HeartbeatTimeout", True, node_ready=True, gateway_agent=True, agent_alive=True) == "Ready"
+    assert tunnel_phase("", False, node_ready=True, gateway_agent=False, agent_alive=False) == "Init"
