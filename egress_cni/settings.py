@@ -69,6 +69,12 @@ class Agent:
 
 
 @dataclass(frozen=True)
+class Peers:
+    port: int = 7790  # UDP heartbeats and takeover notices between agents (agent/peers.py)
+    key_file: str = ""  # HMAC-SHA256 key; "": messages are sent and accepted unauthenticated
+
+
+@dataclass(frozen=True)
 class Controller:
     max_endpoints_per_slice: int = 100
 
@@ -79,6 +85,7 @@ class Settings:
     tunnel: Tunnel = field(default_factory=Tunnel)
     vxlan: Vxlan = field(default_factory=Vxlan)
     agent: Agent = field(default_factory=Agent)
+    peers: Peers = field(default_factory=Peers)
     controller: Controller = field(default_factory=Controller)
     source: str = ""  # the file these came from; "" when only defaults apply
     notes: tuple[str, ...] = ()  # known keys that change nothing here (each daemon logs them)
@@ -162,6 +169,8 @@ KEYS: tuple[_Key, ...] = (
     _Key("agent.lease_seconds", int, "agentLeaseSeconds", ("gatewayFailover.eipEvictionTimeout",), _range(1)),
     _Key("agent.lease_renew_seconds", float, "agentLeaseRenewSeconds", ("gatewayFailover.tunnelUpdatePeriod",), _positive),
     _Key("agent.iptables_backend", str, "iptablesBackend", ("iptables.backendMode",), _one_of(*IPTABLES_BACKENDS)),
+    _Key("peers.port", int, "peers.port", check=_range(1, 65535)),
+    _Key("peers.key_file", str, "peers.keyFile"),
     _Key("controller.max_endpoints_per_slice", int, "maxEndpointsPerSlice", ("maxNumberEndpointPerSlice",), _range(1)),
 )
 _CUSTOM_CHECKS: Mapping[str, Check] = {"tunnelDetectMethod": _detect_method}

@@ -24,6 +24,7 @@ from typing import Protocol
 from egress_cni import registry
 from egress_cni.agent.cni_bridge import CniBridge, SetWriter
 from egress_cni.agent.fencing import Fencing, Lease, NoLease
+from egress_cni.agent.peers import PeerService
 from egress_cni.agent.reconcile import Conntrack, Counters, DataplanePort, Reconciler, Status
 from egress_cni.agent.sources import RecordingReporter, Source, TunnelReporter
 from egress_cni.agent.state import StateView
@@ -45,7 +46,8 @@ class Agent:
                  config: DataplaneConfig, registry_dir: str, lease: Lease | None = None,
                  reporter: TunnelReporter | None = None, resync_seconds: float = 10.0, lease_seconds: float = 1.0,
                  lease_renew: float = 0.2, heartbeat_seconds: float = 0.25, min_interval: float = 0.1,
-                 retry: Backoff | None = None, clock: Callable[[], float] = time.monotonic) -> None:
+                 retry: Backoff | None = None, clock: Callable[[], float] = time.monotonic,
+                 peers: PeerService | None = None) -> None:
         self.node, self.source, self.kernel, self.config = node, source, kernel, config
         self.registry_dir = registry_dir
         self.reporter: TunnelReporter = reporter or RecordingReporter()
@@ -57,7 +59,11 @@ class Agent:
         self._urgent = threading.Event()  # cuts the worker's wait short (a Lease verdict changed, stop)
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
-        self._view = StateView(source.stores, node)
+        self.peers = peers  # gateway peers' heartbeats and takeovers (agent/peers.py); None: none
+        self._view = StateView(source.stores, node, overrides=peers.monitor if peers else None)
+        if peers is not None:
+            peers.state = self._view.base
+            peers.monitor.on_change = self._peers_changed
         self.fencing = Fencing(lease or NoLease(), lease_seconds=lease_seconds, on_change=self._lease_changed,
                                clock=clock)
         self.cni = CniBridge(node=node, registry_dir=registry_dir, sets=kernel, state=self.state,
@@ -80,6 +86,11 @@ class Agent:
         self.mark_dirty()
         self._urgent.set()
 
+    def _peers_changed(self) -> None:
+        """A takeover (ours or a peer's) must not queue behind the coalescing interval either."""
+        self.mark_dirty()
+        self._urgent.set()
+
     def state(self) -> ClusterState:
         """The cluster as the stores have it now (reassembled only when a store changed)."""
         return self._view.state()
@@ -90,11 +101,15 @@ class Agent:
         os.makedirs(self.registry_dir, exist_ok=True)
         registry.write_heartbeat(self.registry_dir, self.node)
         self.source.start(self.mark_dirty)
-        for target, name in ((self._worker, "reconcile"),
-                             (lambda: self.cni.watch(self._stop, self.mark_dirty), "registry"),
-                             (lambda: self.fencing.heartbeat(self._stop, self.heartbeat_seconds, self.registry_dir,
-                                                             self.node), "heartbeat"),
-                             (lambda: self.fencing.keep(self._stop, self.lease_renew), "lease")):
+        bodies: list[tuple[Callable[[], None], str]] = [
+            (self._worker, "reconcile"),
+            (lambda: self.cni.watch(self._stop, self.mark_dirty), "registry"),
+            (lambda: self.fencing.heartbeat(self._stop, self.heartbeat_seconds, self.registry_dir, self.node), "heartbeat"),
+            (lambda: self.fencing.keep(self._stop, self.lease_renew), "lease")]
+        if self.peers is not None:
+            peers = self.peers
+            bodies.append((lambda: peers.run(self._stop), "peers"))
+        for target, name in bodies:
             t = threading.Thread(target=target, name=name, daemon=True)
             t.start()
             self._threads.append(t)

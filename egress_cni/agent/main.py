@@ -19,6 +19,7 @@ from collections.abc import Callable, Mapping
 
 from egress_cni import logs, registry, settings
 from egress_cni.agent.loop import Agent, Lease
+from egress_cni.agent.peers import PeerMonitor, PeerService, kernel_eips, read_key
 from egress_cni.agent.sources import RecordingReporter, Source, TunnelReporter, YamlSource
 from egress_cni.dataplane.apply import KernelDataplane
 from egress_cni.dataplane.inputs import DataplaneConfig, NodeFacts
@@ -53,6 +54,9 @@ def build_parser(env: Mapping[str, str] | None = None) -> argparse.ArgumentParse
                        help=f"env EGRESS_LEASE_SECONDS, file agentLeaseSeconds; default {settings.Agent.lease_seconds}")
         p.add_argument("--lease-renew-seconds", type=float, default=None,
                        help=f"file agentLeaseRenewSeconds; default {settings.Agent.lease_renew_seconds}")
+        p.add_argument("--peer-port", type=int, default=None,
+                       help=f"UDP port of the gateway peers (file peers.port); default {settings.Peers.port}")
+        p.add_argument("--peer-key-file", default=None, help="HMAC key file for peer messages (file peers.keyFile)")
         p.add_argument("--namespace", default=env.get("EGRESS_NAMESPACE", "egressgateway-system"))
         p.add_argument("--metrics-address", default=":9641", help="host:port for /healthz /readyz /metrics; '' disables")
         p.add_argument("--health-port", type=int, default=None, help="serve /healthz /readyz /metrics on 0.0.0.0:PORT")
@@ -80,6 +84,7 @@ def parse_args(argv: list[str] | None, env: Mapping[str, str] | None = None) -> 
         ("parent", installed.tunnel.parent or None),
         ("vxlan_name", vxlan.name), ("vni", vxlan.vni), ("vxlan_port", vxlan.port), ("mtu", vxlan.mtu),
         ("iptables_backend", agent.iptables_backend), ("lease_renew_seconds", agent.lease_renew_seconds),
+        ("peer_port", installed.peers.port), ("peer_key_file", installed.peers.key_file),
     ):
         if getattr(args, attr) is None:
             setattr(args, attr, configured)
@@ -123,10 +128,23 @@ def make_agent(args: argparse.Namespace) -> Agent:
     config = config_from(args)
     source, lease, reporter = source_and_lease(args)
     facts = facts_reader(args, config)
-    kernel = KernelDataplane(config, facts(True).parent, families(args), args.iptables_backend)
+    node_facts = facts(True)
+    kernel = KernelDataplane(config, node_facts.parent, families(args), args.iptables_backend)
     return Agent(node=args.node, source=source, kernel=kernel, facts=facts, config=config, registry_dir=args.registry_dir,
                  lease=lease, reporter=reporter, resync_seconds=args.resync_seconds, lease_seconds=args.lease_seconds,
-                 lease_renew=args.lease_renew_seconds)
+                 lease_renew=args.lease_renew_seconds, peers=peer_service(args, config, node_facts))
+
+
+def peer_service(args: argparse.Namespace, config: DataplaneConfig, node: NodeFacts) -> PeerService:
+    """Heartbeats and takeovers between gateway peers on the underlay address (agent/peers.py)."""
+    try:
+        key = read_key(args.peer_key_file)
+    except (OSError, ValueError) as exc:
+        raise SystemExit(f"--peer-key-file: {exc}") from None
+    failover = getattr(args.settings, "failover_enabled", True)
+    monitor = PeerMonitor(args.node, key=key, takeover=bool(failover))
+    return PeerService(monitor, address=node.parent_ipv4 or node.parent_ipv6, port=args.peer_port,
+                       held=lambda: kernel_eips(node.parent, config.eip_proto))
 
 
 def main(argv: list[str] | None = None) -> int:

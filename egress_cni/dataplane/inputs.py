@@ -55,6 +55,8 @@ class ClusterState:
     local_endpoints: tuple[LocalEndpoint, ...] = ()
     pod_labels: Mapping[str, Mapping[str, str]] = field(default_factory=dict)  # "ns/pod" of local pods
     namespace_labels: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+    # policy key -> node serving it by a peer takeover the API has not caught up with (agent/peers.py)
+    overrides: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
