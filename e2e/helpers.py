@@ -443,3 +443,57 @@ def longest_outage(probes: list[Probe], eip: str) -> float:
     if failed:  # never recovered within the window
         return float("inf")
     return longest
+
+
+def link_mac(netns_name: str, device: str = "eth0") -> bytes:
+    """The link's MAC as `ip` reports it (sysfs would show the host's links under nsenter --net)."""
+    words = netns.run(["ip", "-n", netns_name, "-o", "link", "show", "dev", device]).stdout.split()
+    return bytes.fromhex(words[words.index("link/ether") + 1].replace(":", ""))
+
+
+class ArpSampler:
+    """Who answers ARP for `ip` on the underlay, asked from the external server's netns every
+    `interval`: the set of node names whose MAC sent a reply within `window`."""
+
+    def __init__(self, sb: Sandbox, ip: str, interval: float = 0.1, window: float = 0.08) -> None:
+        self.ip, self.interval, self.window = ip, interval, window
+        self.ext = sb.plan.external
+        self.mac = link_mac(self.ext.netns, self.ext.device)
+        self.nodes = {link_mac(n.netns, n.endpoint.device): n.name for n in sb.plan.nodes}
+        self.samples: list[tuple[float, frozenset[str]]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="arp", daemon=True)
+
+    def __enter__(self) -> ArpSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    def _run(self) -> None:
+        from egress_cni.dataplane.announce import ARP_REQUEST, ETH_P_ARP, arp_frame
+
+        _enter_path(str(netns.netns_path(self.ext.netns)))
+        target = socket.inet_aton(self.ip)
+        request = arp_frame(self.mac, socket.inet_aton(self.ext.ipv4), target, ARP_REQUEST)
+        with socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ARP)) as s:
+            s.bind((self.ext.device, ETH_P_ARP))
+            while not self._stop.is_set():
+                sent = time.time()
+                s.send(request)
+                answered: set[str] = set()
+                deadline = time.monotonic() + self.window
+                while (left := deadline - time.monotonic()) > 0:
+                    if not select.select([s], [], [], left)[0]:
+                        break
+                    data = s.recv(2048)
+                    arp = data[14:42]
+                    if len(arp) == 28 and arp[6:8] == b"\x00\x02" and arp[14:18] == target:
+                        answered.add(self.nodes.get(arp[8:14], arp[8:14].hex(":")))
+                self.samples.append((sent, frozenset(answered)))
+                self._stop.wait(max(0.0, self.interval - (time.time() - sent)))
+
+    def snapshot(self, since: float = 0.0) -> list[tuple[float, frozenset[str]]]:
+        return [s for s in list(self.samples) if s[0] >= since]

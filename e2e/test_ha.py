@@ -24,6 +24,7 @@ import pytest
 
 from devtools.sandbox import procs
 from e2e.helpers import (
+    ArpSampler,
     Cluster,
     HolderSampler,
     Probe,
@@ -197,13 +198,15 @@ def test_apiserver_frozen_moves_nothing_and_drops_nothing(ha: Setup) -> None:
     lost_after, other_after = counts(after)
     moved, moved_after = moves(samples_during), moves([*samples_during[-1:], *samples_after])
     placed_after = ha.placed()
+    empty, empty_after = sum(not h for _, h in samples_during), sum(not h for _, h in samples_after)
     record(ha.cluster, f"[freeze] kube-apiserver SIGSTOPped {thawed_at - frozen_at:.1f} s, probes at 5/s from the pod: "
                        f"{len(during)} sent, {lost} failed, {other} with another source; EIP moves {moved} "
-                       f"({len(samples_during)} holder samples, holder {owner}); after the thaw (20 s): "
-                       f"{len(after)} probes, {lost_after} failed, {other_after} other source, moves {moved_after}, "
+                       f"({len(samples_during)} holder samples, {empty} without a holder, holder {owner}); after the thaw "
+                       f"(20 s): {len(after)} probes, {lost_after} failed, {other_after} other source, moves "
+                       f"{moved_after}, {empty_after} of {len(samples_after)} samples without a holder, "
                        f"policy node {placed_before} -> {placed_after}")
-    assert (lost, other, moved) == (0, 0, 0)
-    assert (lost_after, other_after, moved_after) == (0, 0, 0)
+    assert (lost, other, moved, empty) == (0, 0, 0, 0)
+    assert (lost_after, other_after, moved_after, empty_after) == (0, 0, 0, 0)
     assert placed_after == placed_before
 
 
@@ -251,28 +254,35 @@ def test_power_off_while_apiserver_frozen_fails_over(ha: Setup) -> None:
 
 def test_sigkilled_agent_is_fenced_by_the_kernel(ha: Setup) -> None:
     released: list[float] = []
+    silent: list[float] = []
     doubles: list[float] = []
     resumed: list[float] = []
     for run in range(runs(5)):
         owner = settled(ha)
-        with Prober(ha.pod_netns, interval=FAST) as prober:
+        with Prober(ha.pod_netns, interval=FAST) as prober, ArpSampler(ha.cluster.sb, EIP) as arp:
             flowing(prober)
             t0 = kill_agent(ha.cluster.sb, owner, signal.SIGKILL)
             gone = released_at(ha, owner, t0)
             took, outage, probes = recovery(prober, t0)
+            answers = arp.snapshot(since=t0)
+        quiet = next((at for at, who in answers if owner not in who), float("inf"))
+        again = sum(owner in who for at, who in answers if at > quiet)
         samples = ha.holders.snapshot(since=t0 - 1)
         released.append(gone - t0)
+        silent.append(quiet - t0)
         doubles.append(longest_double(samples))
         resumed.append(took)
         lost, other = counts([p for p in probes if p.sent >= t0])
         record(ha.cluster, f"[sigkill] run {run + 1}: agent on {owner} SIGKILLed (link up): the node drops {EIP} after "
-                           f"{gone - t0:.3f} s; two holders at once for {doubles[-1]:.3f} s; same-EIP traffic again "
+                           f"{gone - t0:.3f} s and stops answering ARP for it after {quiet - t0:.3f} s (answers again in {again} of "
+                           f"{sum(at > quiet for at, _ in answers)} later ARP samples); two holders at once for {doubles[-1]:.3f} s; same-EIP traffic again "
                            f"after {took:.3f} s (longest gap {outage:.3f} s, {lost} lost, {other} other source)")
         start_agent(ha.cluster.sb, owner)
-    record(ha.cluster, f"[sigkill] node stops holding its EIP: {summary(released)}; two holders at once: max "
+    record(ha.cluster, f"[sigkill] node stops holding its EIP: {summary(released)}; stops answering ARP: "
+                       f"{summary(silent)}; two holders at once: max "
                        f"{max(doubles):.3f} s; traffic resumes: {summary(resumed)}")
     settled(ha)
-    assert max(released) <= 1.0
+    assert max(released) <= 1.0 and max(silent) <= 1.0
     assert max(doubles) <= 0.2
     assert statistics.median(resumed) <= 2.0
 
