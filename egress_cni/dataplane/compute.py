@@ -112,9 +112,17 @@ def members(entries: Iterable[IP | Cidr], family: int) -> frozenset[str]:
     return frozenset(out)
 
 
+COMMENT_MAX = 255  # xt_comment's limit, in bytes
+
+
 def tagged(spec: str, tag: str) -> str:
-    """A rule with its ownership comment: egw:<hash of the rule>:<what it is for> (also the metric label)."""
+    """A rule with its ownership comment: egw:<hash of the rule>:<what it is for> (also the metric label).
+    A policy key can be 317 characters (namespace 63, name 253): a tag too long for the comment keeps
+    its head and gets a hash of the whole, so every legal name renders and stays unique."""
     digest = hashlib.sha1(f"{spec}|{tag}".encode()).hexdigest()[:10]
+    if len(tag.encode()) > COMMENT_MAX - 15:  # "egw:" + digest + ":"
+        tail = "~" + hashlib.sha256(tag.encode()).hexdigest()[:12]
+        tag = tag.encode()[:COMMENT_MAX - 15 - len(tail)].decode(errors="ignore") + tail
     match, _, target = spec.rpartition(" -j ")
     return f"{match} -m comment --comment egw:{digest}:{tag} -j {target}".lstrip()
 
