@@ -504,12 +504,26 @@ class LeaseKeeper:
 
     Updates use the Lease's resourceVersion (optimistic concurrency): of two contenders only one
     write succeeds, the other gets 409 and reports that it does not hold the Lease. A Lease held by
-    someone else is taken over only after its renewTime + leaseDurationSeconds has passed.
+    someone else is judged on *our* clock, as client-go's leader election does: it is taken over only
+    once `leaseDurationSeconds` have passed on our monotonic clock since we saw its holder or
+    renewTime change. The other side's renewTime is never compared with our wall clock, so a
+    contender whose clock runs ahead does not take over early (nor one whose clock lags, late).
+
+    `renewed_at` is our monotonic time just before the last successful acquire or renewal: the
+    holder counts itself the holder only while that is within its renew deadline (controller/main.py).
+    `annotations`, when given, is called before each write and its result merged into the Lease's
+    annotations (agents report what they hold and whom they see there).
     """
 
-    def __init__(self, client: Client, name: str, namespace: str, holder: str, duration_seconds: int) -> None:
+    def __init__(self, client: Client, name: str, namespace: str, holder: str, duration_seconds: int,
+                 annotations: Callable[[], dict[str, str]] | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self._client, self.name, self.namespace = client, name, namespace
         self.holder, self.duration = holder, duration_seconds
+        self._annotations, self._clock = annotations, clock
+        self._observed: tuple[str, str] | None = None  # (holderIdentity, renewTime) as last seen
+        self._observed_at = 0.0  # our monotonic time when it was first seen
+        self.renewed_at: float | None = None
 
     def _spec(self, transitions: int, acquired: str) -> dict[str, Any]:
         return {
@@ -517,34 +531,54 @@ class LeaseKeeper:
             "acquireTime": acquired, "renewTime": now_micro(), "leaseTransitions": transitions,
         }
 
+    def _meta(self, meta: dict[str, Any]) -> dict[str, Any]:
+        if self._annotations is None:
+            return meta
+        return {**meta, "annotations": {**(meta.get("annotations") or {}), **self._annotations()}}
+
+    def observed_expiry(self, lease: dict[str, Any], now: float) -> float:
+        """Our monotonic time at which the Lease, as last seen, runs out (records what changed)."""
+        spec = lease.get("spec") or {}
+        seen = (str(spec.get("holderIdentity") or ""), str(spec.get("renewTime") or ""))
+        if seen != self._observed:
+            self._observed, self._observed_at = seen, now
+        return self._observed_at + float(spec.get("leaseDurationSeconds") or 0)
+
     def try_acquire_or_renew(self) -> bool:
+        started = self._clock()
         try:
             lease = self._client.get(LEASES, self.name, self.namespace)
         except NotFound:
             body = {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
-                    "metadata": {"name": self.name, "namespace": self.namespace}, "spec": self._spec(0, now_micro())}
+                    "metadata": self._meta({"name": self.name, "namespace": self.namespace}), "spec": self._spec(0, now_micro())}
             try:
                 self._client.create(LEASES, body, namespace=self.namespace)
-                return True
             except Conflict:
                 return False
+            self.renewed_at = started
+            return True
         spec = lease.get("spec") or {}
         holder = spec.get("holderIdentity") or ""
         transitions = int(spec.get("leaseTransitions") or 0)
+        expiry = self.observed_expiry(lease, self._clock())
         if holder == self.holder:
             lease["spec"] = self._spec(transitions, spec.get("acquireTime") or now_micro())
-        elif holder and lease_fresh(lease, time.time()):
+        elif holder and self._clock() < expiry:
+            self.renewed_at = None  # someone else holds it
             return False
         else:
             lease["spec"] = self._spec(transitions + 1, now_micro())
+        lease["metadata"] = self._meta(lease.get("metadata") or {})
         try:
             self._client.replace(LEASES, lease)
-            return True
         except Conflict:
             return False
+        self.renewed_at = started
+        return True
 
     def release(self) -> None:
         """Give the Lease up at once so a successor need not wait for it to expire."""
+        self.renewed_at = None
         try:
             lease = self._client.get(LEASES, self.name, self.namespace)
             if (lease.get("spec") or {}).get("holderIdentity") != self.holder:

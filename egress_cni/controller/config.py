@@ -25,6 +25,7 @@ class Config:
     identity: str = ""
     leader_lease: str = "egressgateway-controller"
     leader_lease_seconds: int = 15
+    leader_renew_deadline: float = 0.0  # 0: two thirds of the lease (client-go's 10 s of 15)
     agent_lease_prefix: str = "egress-agent-"
     agent_lease_grace: float = 0.0
     agent_stale_fraction: float = 0.5
@@ -54,6 +55,9 @@ def parse_args(argv: Sequence[str] | None = None, env: Mapping[str, str] | None 
                    help="leader-election holder identity")
     p.add_argument("--leader-lease", default=Config.leader_lease)
     p.add_argument("--leader-lease-seconds", type=int, help="env EGRESS_LEADER_LEASE_SECONDS, default 15")
+    p.add_argument("--leader-renew-deadline", type=float,
+                   help="seconds the leader may go without renewing before it stops acting as leader; shorter than "
+                        "the lease (env EGRESS_LEADER_RENEW_DEADLINE, default two thirds of the lease)")
     p.add_argument("--agent-lease-prefix", default=Config.agent_lease_prefix)
     p.add_argument("--agent-lease-grace", type=float,
                    help="seconds an agent Lease may be late before its node's EIPs move (env EGRESS_AGENT_LEASE_GRACE, default 0)")
@@ -87,6 +91,11 @@ def parse_args(argv: Sequence[str] | None = None, env: Mapping[str, str] | None 
         p.error(f"--agent-stale-hold must not be negative, got {config.agent_stale_hold}")
     if config.leader_lease_seconds < 1:
         p.error(f"--leader-lease-seconds must be at least 1, got {config.leader_lease_seconds}")
+    if not config.leader_renew_deadline:
+        config = replace(config, leader_renew_deadline=config.leader_lease_seconds * 2 / 3)
+    if not 0 < config.leader_renew_deadline < config.leader_lease_seconds:
+        p.error(f"--leader-renew-deadline ({config.leader_renew_deadline}) must be positive and shorter than "
+                f"--leader-lease-seconds ({config.leader_lease_seconds})")
     return replace(config, log_level=log_level, log_format=log_format, notes=installed.notes)
 
 
@@ -102,6 +111,8 @@ def _layered(a: argparse.Namespace, env: Mapping[str, str], installed: settings.
     return Config(
         kubeconfig=a.kubeconfig, namespace=a.namespace, identity=a.identity, leader_lease=a.leader_lease,
         leader_lease_seconds=tier(a.leader_lease_seconds, "EGRESS_LEADER_LEASE_SECONDS", settings.parse_int, Config.leader_lease_seconds),
+        leader_renew_deadline=tier(a.leader_renew_deadline, "EGRESS_LEADER_RENEW_DEADLINE", settings.parse_float,
+                                   Config.leader_renew_deadline),
         agent_lease_prefix=a.agent_lease_prefix,
         agent_lease_grace=tier(a.agent_lease_grace, "EGRESS_AGENT_LEASE_GRACE", settings.parse_float, Config.agent_lease_grace),
         agent_stale_fraction=tier(a.agent_stale_fraction, "EGRESS_AGENT_STALE_FRACTION", settings.parse_float, Config.agent_stale_fraction),

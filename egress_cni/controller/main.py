@@ -3,6 +3,13 @@
 Two replicas share the Lease `egressgateway-controller`; the standby keeps its caches warm and
 takes over once the leader stops renewing (at most one lease duration after a crash; at once
 after a clean shutdown, which releases the Lease).
+
+Leader election as client-go does it: the standby judges the leader's Lease on its own monotonic
+clock (a lease duration after it saw holder or renewTime change, never renewTime against its wall
+clock, so a skewed clock neither hastens nor delays a takeover); the leader acts only while its last
+successful renewal is within `--leader-renew-deadline` (shorter than the lease), checked before
+every pass and every write, so a leader paused past its lease (SIGSTOP, a long GC, a stalled VM)
+writes nothing when it wakes; what it already sent is refused by resourceVersion preconditions.
 """
 
 from __future__ import annotations
@@ -35,11 +42,19 @@ class Controller:
         self.metrics = Metrics()
         self.dirty = Dirty()
         self.watchers = Watchers(client, config, self.dirty)
-        self.reconciler = Reconciler(client, config, self.watchers, self.metrics, EventSink(client))
+        self.keeper = k8s.LeaseKeeper(client, config.leader_lease, config.namespace, config.identity,
+                                      config.leader_lease_seconds)
+        self.reconciler = Reconciler(client, config, self.watchers, self.metrics, EventSink(client), self.is_leader)
         self.leader = threading.Event()
         self.stopping = threading.Event()
         self._worker_beat = time.monotonic()
         self.crash_backoff = Backoff(base=0.5, cap=10.0)  # a pass that raised (per-object failures back off in the reconciler)
+
+    def is_leader(self) -> bool:
+        """Leading, and the last renewal is within the renew deadline on our monotonic clock."""
+        renewed = self.keeper.renewed_at
+        return self.leader.is_set() and renewed is not None and \
+            time.monotonic() - renewed < self.config.leader_renew_deadline
 
     def healthy(self) -> bool:
         return time.monotonic() - self._worker_beat < max(60.0, 3 * self.config.resync_seconds)
@@ -53,7 +68,7 @@ class Controller:
         while not self.stopping.is_set():
             self._worker_beat = time.monotonic()
             self.metrics.queue_depth.set(self.dirty.depth())
-            if not self.leader.is_set() or not self.watchers.synced():
+            if not self.is_leader() or not self.watchers.synced():
                 self.stopping.wait(0.1)  # the standby only keeps its caches warm
                 continue
             if time.monotonic() - last_resync > self.config.resync_seconds:
@@ -98,18 +113,19 @@ class Controller:
                                                            "all_slices": work[1], "policies": len(work[2]), "namespaces": len(work[3])})
 
     def run_election(self) -> None:
-        keeper = k8s.LeaseKeeper(self.client, self.config.leader_lease, self.config.namespace,
-                                 self.config.identity, self.config.leader_lease_seconds)
-        period = max(0.2, self.config.leader_lease_seconds / 3)
-        last_renewed = 0.0
+        keeper = self.keeper
+        # retry well within the renew deadline (client-go: 2 s against 10 s of a 15 s lease)
+        period = max(0.1, min(2.0, self.config.leader_renew_deadline / 5))
         while not self.stopping.is_set():
             try:
-                held = keeper.try_acquire_or_renew()
+                keeper.try_acquire_or_renew()
             except k8s.APIError as exc:
                 log.warning("leader lease call failed", extra={"error": str(exc)})
-                held = self.leader.is_set() and time.monotonic() - last_renewed < self.config.leader_lease_seconds
-            else:
-                last_renewed = time.monotonic() if held else last_renewed
+            renewed = keeper.renewed_at
+            held = renewed is not None and time.monotonic() - renewed < self.config.leader_renew_deadline
+            if not held and self.leader.is_set() and renewed is not None:
+                log.warning("leader lease not renewed within the renew deadline: no longer acting as leader",
+                            extra={"renew_deadline": self.config.leader_renew_deadline})
             if held and not self.leader.is_set():
                 log.info("became leader", extra={"identity": self.config.identity})
                 self.dirty.mark(everything=True, all_slices=True)

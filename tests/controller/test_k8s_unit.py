@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import threading
 import time
 from collections.abc import Iterator
@@ -105,3 +106,65 @@ def test_informer_lists_watches_and_relists_on_gone() -> None:
     assert ("ns/a", None, "1") in seen and ("ns/a", "1", "2") in seen
     assert ("ns/b", "1", None) in seen and ("ns/c", None, "5") in seen and ("ns/a", "2", "5") in seen
     assert inf.get("ns/c") is not None and inf.get("ns/b") is None
+
+
+class _LeaseStore:
+    """get/create/replace of one Lease, with resourceVersion checks (what LeaseKeeper calls)."""
+
+    def __init__(self) -> None:
+        self.lease: dict[str, Any] | None = None
+        self.version = 0
+
+    def get(self, rt: Any, name: str, namespace: str | None = None) -> dict[str, Any]:
+        if self.lease is None:
+            raise k8s.NotFound(404, "NotFound", name)
+        return copy.deepcopy(self.lease)
+
+    def create(self, rt: Any, body: dict[str, Any], namespace: str | None = None) -> dict[str, Any]:
+        if self.lease is not None:
+            raise k8s.Conflict(409, "AlreadyExists", "lease")
+        return self._store(body)
+
+    def replace(self, rt: Any, body: dict[str, Any]) -> dict[str, Any]:
+        assert self.lease is not None
+        if body["metadata"].get("resourceVersion") != self.lease["metadata"]["resourceVersion"]:
+            raise k8s.Conflict(409, "Conflict", "stale")
+        return self._store(body)
+
+    def _store(self, body: dict[str, Any]) -> dict[str, Any]:
+        self.version += 1
+        self.lease = copy.deepcopy(body)
+        self.lease["metadata"]["resourceVersion"] = str(self.version)
+        return copy.deepcopy(self.lease)
+
+
+def test_lease_keeper_judges_another_holder_on_its_own_clock() -> None:
+    store, now = _LeaseStore(), [100.0]
+    a = k8s.LeaseKeeper(store, "l", "ns", "a", 2, clock=lambda: now[0])  # type: ignore[arg-type]
+    b = k8s.LeaseKeeper(store, "l", "ns", "b", 2, clock=lambda: now[0])  # type: ignore[arg-type]
+    assert a.try_acquire_or_renew() and a.renewed_at == 100.0
+    assert store.lease is not None
+    store.lease["spec"]["renewTime"] = "2000-01-01T00:00:00.000000Z"  # a's clock far behind: changes nothing
+    assert not b.try_acquire_or_renew() and b.renewed_at is None
+    now[0] = 101.9
+    assert not b.try_acquire_or_renew()  # 1.9 s of b's clock since it saw that renewal
+    now[0] = 102.0
+    assert b.try_acquire_or_renew() and store.lease["spec"]["holderIdentity"] == "b"
+    assert store.lease["spec"]["leaseTransitions"] == 1
+    # a renewal seen later restarts the count: b renews, a (now the contender) waits a full duration
+    assert not a.try_acquire_or_renew() and a.renewed_at is None
+    now[0] = 103.5
+    assert b.try_acquire_or_renew()
+    now[0] = 105.4
+    assert not a.try_acquire_or_renew()  # first sight of b's new renewal: 2 s from now on a's clock
+    now[0] = 107.3
+    assert not a.try_acquire_or_renew()
+    now[0] = 107.5
+    assert a.try_acquire_or_renew()
+
+
+def test_lease_keeper_writes_its_annotations() -> None:
+    store = _LeaseStore()
+    keeper = k8s.LeaseKeeper(store, "l", "ns", "n1", 20, annotations=lambda: {"x/eips": "10.6.1.1"})  # type: ignore[arg-type]
+    assert keeper.try_acquire_or_renew() and keeper.try_acquire_or_renew()
+    assert store.lease is not None and store.lease["metadata"]["annotations"] == {"x/eips": "10.6.1.1"}
