@@ -63,9 +63,12 @@ class Vxlan:
 
 @dataclass(frozen=True)
 class Agent:
-    lease_seconds: int = 1  # an agent that misses its Lease this long loses its EIPs
-    lease_renew_seconds: float = 0.2
+    # Only gateway-eligible agents hold a Lease (the controller's fallback liveness and their reports
+    # of EIPs held and peers seen; docs/ha.md); the fast failover is the peers' heartbeats.
+    lease_seconds: int = 20
+    lease_renew_seconds: float = 2.0
     iptables_backend: str = "auto"
+    failover_enabled: bool = True  # upstream's gatewayFailover.enable: false = no peer takeover
 
 
 @dataclass(frozen=True)
@@ -89,6 +92,11 @@ class Settings:
     controller: Controller = field(default_factory=Controller)
     source: str = ""  # the file these came from; "" when only defaults apply
     notes: tuple[str, ...] = ()  # known keys that change nothing here (each daemon logs them)
+
+    @property
+    def failover_enabled(self) -> bool:
+        """`gatewayFailover.enable`: whether gateway peers take EIPs over without the API."""
+        return self.agent.failover_enabled
 
 
 # --- the keys -------------------------------------------------------------------------------------
@@ -168,6 +176,7 @@ KEYS: tuple[_Key, ...] = (
     # upstream's failover timings mean ours only while its failover is on (see _failover_off)
     _Key("agent.lease_seconds", int, "agentLeaseSeconds", ("gatewayFailover.eipEvictionTimeout",), _range(1)),
     _Key("agent.lease_renew_seconds", float, "agentLeaseRenewSeconds", ("gatewayFailover.tunnelUpdatePeriod",), _positive),
+    _Key("agent.failover_enabled", bool, "gatewayFailover.enable"),
     _Key("agent.iptables_backend", str, "iptablesBackend", ("iptables.backendMode",), _one_of(*IPTABLES_BACKENDS)),
     _Key("peers.port", int, "peers.port", check=_range(1, 65535)),
     _Key("peers.key_file", str, "peers.keyFile"),
@@ -190,7 +199,6 @@ INERT: tuple[_Inert, ...] = (
     _Inert("clusterCIDR.extraCidr", list, _CLUSTER_INFO, ([],)),
     _Inert("announcedInterfacesToExclude", list, "EIPs are announced on the tunnel parent only"),
     _Inert("mark", str, f"the mark base is fixed at {MARK_BASE:#x}", (f"{MARK_BASE:#x}", f"{MARK_BASE:#X}")),
-    _Inert("gatewayFailover.enable", bool, "failover is always on (agent Leases), and the gatewayFailover timings are ignored", (True,)),
     _Inert("gatewayFailover.tunnelMonitorPeriod", int, "the controller watches the agents' Leases instead of polling"),
     _Inert("iptables.refreshIntervalSecond", int, _UPSTREAM_ONLY),
     _Inert("iptables.postWriteIntervalSecond", int, _UPSTREAM_ONLY),

@@ -97,10 +97,13 @@ def test_upstream_default_configmap_is_accepted_with_notes_for_what_we_do_not_do
            "maxNumberEndpointPerSlice": 100, "announcedInterfacesToExclude": ["^cali.*", "br-*"],
            "gatewayFailover": {"enable": False, "tunnelMonitorPeriod": 5, "tunnelUpdatePeriod": 5, "eipEvictionTimeout": 15}}
     s = parse(raw)
-    assert s.tunnel.parent == "" and s.vxlan.vni == 100 and s.agent == settings.Agent()  # failover timings off with enable: false
+    # enable: false turns the peer takeover off, and upstream's failover timings with it
+    assert s.tunnel.parent == "" and s.vxlan.vni == 100 and s.agent == settings.Agent(failover_enabled=False)
+    assert settings.Agent().failover_enabled  # on by default here
     noted = {note.split(":")[0] for note in s.notes}
-    assert {"gatewayReplyRouteTable", "clusterCIDR.autoDetect.clusterIP", "announcedInterfacesToExclude", "gatewayFailover.enable",
+    assert {"gatewayReplyRouteTable", "clusterCIDR.autoDetect.clusterIP", "announcedInterfacesToExclude",
             "gatewayFailover.eipEvictionTimeout", "gatewayFailover.tunnelUpdatePeriod"} <= noted
+    assert "gatewayFailover.enable" not in noted
     assert not noted & {"datapathMode", "vxlan.disableChecksumOffload", "enableGatewayReplyRoute", "clusterCIDR.extraCidr"}  # our behaviour anyway
 
 
@@ -148,7 +151,7 @@ def test_every_problem_is_reported_at_once() -> None:
     ({"tunnelParent": {"name": "eth0"}}, "tunnelParent: expected a string, got a mapping"),
     ({"clusterCIDR": {"extraCidr": "10.0.0.0/8"}}, "clusterCIDR.extraCidr: expected a list"),
     ({"enableIPv4": False, "enableIPv6": False}, "at least one family must be enabled"),
-    ({"gatewayFailover": {"tunnelUpdatePeriod": 5}}, "gatewayFailover.tunnelUpdatePeriod (5.0) must be shorter than agentLeaseSeconds (1)"),
+    ({"gatewayFailover": {"tunnelUpdatePeriod": 25}}, "gatewayFailover.tunnelUpdatePeriod (25.0) must be shorter than agentLeaseSeconds (20)"),
     ({"tunnelIPv4Subnet": "10.1.0.0/16", "tunnelIpv4Subnet": "10.2.0.0/16"},
      "tunnelIPv4Subnet ('10.1.0.0/16') and tunnelIpv4Subnet ('10.2.0.0/16') set the same setting differently"),
     ({"agentLeaseSeconds": 2, "gatewayFailover": {"eipEvictionTimeout": 3}}, "agentLeaseSeconds (2) and gatewayFailover.eipEvictionTimeout (3)"),
@@ -204,8 +207,8 @@ def test_controller_refuses_bad_files_and_variables(tmp_path: Path, capsys: pyte
 
 
 def test_controller_carries_the_notes_to_log(tmp_path: Path) -> None:
-    c = controller_args([f"--config={write(tmp_path, 'gatewayFailover: {enable: false}')}"], env={})
-    assert c.notes and c.notes[0].startswith("gatewayFailover.enable: false has no effect here")
+    c = controller_args([f"--config={write(tmp_path, 'gatewayFailover: {enable: false, tunnelUpdatePeriod: 5}')}"], env={})
+    assert c.notes and c.notes[0].startswith("gatewayFailover.tunnelUpdatePeriod: 5 has no effect here")
 
 
 def test_agent_precedence(tmp_path: Path) -> None:
@@ -220,7 +223,7 @@ def test_agent_precedence(tmp_path: Path) -> None:
                        env={"EGRESS_LEASE_SECONDS": "20"})
     assert (flags.lease_seconds, families(flags), config_from(flags).vni, flags.parent) == (30, [4, 6], 9, "eth2")
     default = agent_args(["run"], env={})
-    assert (families(default), default.parent, default.lease_seconds, default.lease_renew_seconds) == ([4], None, 1, 0.2)
+    assert (families(default), default.parent, default.lease_seconds, default.lease_renew_seconds) == ([4], None, 20, 2.0)
 
 
 def test_the_file_path_comes_from_the_flag_else_egress_config(tmp_path: Path) -> None:

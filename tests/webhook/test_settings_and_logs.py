@@ -18,7 +18,7 @@ pytestmark = pytest.mark.process
 
 def test_settings_file_reaches_the_workers_and_every_line_is_json(tmp_path: Path) -> None:
     config = tmp_path / "config.yaml"
-    config.write_text("enableIPv6: false\ngatewayFailover: {enable: false}\nvxlan: {id: 100}\n")  # upstream's spelling
+    config.write_text("enableIPv6: false\ngatewayFailover: {enable: false, tunnelMonitorPeriod: 5}\nvxlan: {id: 100}\n")  # upstream's spelling
     env = {"EGRESS_CONFIG": str(config), "LOG_FORMAT": "json", "EGRESS_WEBHOOK_ACCESS_LOG": "-"}
     with running_webhook(tmp_path / "hook", state=[gateway(ipv4=["10.6.168.201"])], workers=1, env=env) as hook:
         body = {"request": request(gateway("v6", ipv6=["fd00::1"]))}
@@ -27,7 +27,7 @@ def test_settings_file_reaches_the_workers_and_every_line_is_json(tmp_path: Path
     assert "IPv6 is not enabled in this installation" in answer["response"]["status"]["message"]
     lines = [json.loads(line) for line in hook.log.read_text().splitlines() if line.strip()]  # fails on any non-JSON line
     by_message = {(line["logger"], line["message"]): line for line in lines}
-    assert by_message["webhook.main", "setting has no effect"]["note"].startswith("gatewayFailover.enable: false")
+    assert by_message["webhook.main", "setting has no effect"]["note"].startswith("gatewayFailover.tunnelMonitorPeriod: 5")
     assert by_message["webhook.main", "serving mounted certificate"]["dir"].endswith("certs")
     assert any(logger == "gunicorn.error" and message.startswith("Booting worker") for logger, message in by_message)
     assert any(line["logger"] == "gunicorn.access" and "POST /validate" in line["message"] for line in lines)
