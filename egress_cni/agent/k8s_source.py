@@ -8,11 +8,17 @@ whether a CNI-registered endpoint is selected; namespaces for EgressClusterPolic
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from egress_cni import k8s
 from egress_cni.agent.sources import KINDS, ClusterStores, OnChange
+from egress_cni.api.model import EgressGateway
+
+# The controller reads these (controller/liveness.py): what this agent holds and whom it sees alive.
+ANNOTATION_EIPS = "egressgateway.spidernet.io/eips"
+ANNOTATION_PEERS = "egressgateway.spidernet.io/peers"
+LEASE_PREFIX = "egress-agent-"
 
 log = logging.getLogger(__name__)
 
@@ -70,3 +76,63 @@ class KubernetesTunnelReporter:
         except k8s.NotFound:
             log.info("egresstunnel not created yet", extra={"node": node})
             raise
+
+
+def gateway_eligible(gateways: Iterable[EgressGateway], node: str) -> bool:
+    """Whether `node` is in some gateway's `status.nodeList` (it may carry EIPs)."""
+    return any(n.name == node for gw in gateways for n in gw.status.node_list)
+
+
+class GatewayLease:
+    """The agent's Lease `egress-agent-<node>`, held only while the node is gateway-eligible.
+
+    Only nodes that can carry EIPs need liveness in the API: the others renew nothing (0 writes).
+    A gateway agent renews every `agentLeaseRenewSeconds` (2 s) with a 20 s duration and writes,
+    with every renewal, the EIPs it holds (`ANNOTATION_EIPS`) and the gateway peers it sees alive
+    (`ANNOTATION_PEERS`): the controller records takeovers from the first and moves nothing for a
+    node a fresh peer vouches for. A node that stops being eligible releases its Lease once.
+    Losing the Lease costs the agent nothing (no self-fencing: docs/ha.md).
+    """
+
+    def __init__(self, client: k8s.Client, node: str, namespace: str, duration_seconds: int, *,
+                 gateways: Callable[[], Iterable[EgressGateway]], synced: Callable[[], bool] = lambda: True,
+                 keeper: k8s.LeaseKeeper | None = None) -> None:
+        self.node, self._gateways, self._synced = node, gateways, synced
+        self.keeper = keeper or k8s.LeaseKeeper(client, f"{LEASE_PREFIX}{node}", namespace, node, duration_seconds,
+                                                annotations=self.annotations)
+        self._eips: Callable[[], Iterable[str]] = lambda: ()
+        self._peers: Callable[[], Iterable[str]] = lambda: ()
+        self._holding = False  # renewed by this process and not released since
+        self.writes = 0  # Lease writes attempted (the bench and tests count them)
+
+    def report(self, *, eips: Callable[[], Iterable[str]] | None = None,
+               peers: Callable[[], Iterable[str]] | None = None) -> None:
+        """Where the annotations come from: the EIPs held now, the peers seen alive now."""
+        if eips is not None:
+            self._eips = eips
+        if peers is not None:
+            self._peers = peers
+
+    def annotations(self) -> dict[str, str]:
+        return {ANNOTATION_EIPS: ",".join(sorted(set(self._eips()))),
+                ANNOTATION_PEERS: ",".join(sorted(set(self._peers()) - {self.node}))}
+
+    @property
+    def eligible(self) -> bool:
+        return gateway_eligible(self._gateways(), self.node)
+
+    def try_acquire_or_renew(self) -> bool:
+        if not self.eligible:
+            if self._holding and self._synced():
+                self.release()  # no longer a gateway node: one write, then none
+            return True  # nothing to hold; the agent's work never depended on it
+        self.writes += 1
+        ok = self.keeper.try_acquire_or_renew()
+        self._holding = self._holding or ok
+        return ok
+
+    def release(self) -> None:
+        if self._holding:
+            self._holding = False
+            self.writes += 1
+            self.keeper.release()

@@ -108,11 +108,14 @@ def source_and_lease(args: argparse.Namespace) -> tuple[Source, Lease | None, Tu
     if args.source != "k8s":
         raise SystemExit(f"--source {args.source!r}: accepted k8s or yaml:DIR")
     from egress_cni import k8s
-    from egress_cni.agent.k8s_source import KubernetesSource, KubernetesTunnelReporter
+    from egress_cni.agent.k8s_source import GatewayLease, KubernetesSource, KubernetesTunnelReporter
 
     client = k8s.Client.from_kubeconfig(args.kubeconfig)
-    lease = k8s.LeaseKeeper(client, f"egress-agent-{args.node}", args.namespace, args.node, args.lease_seconds)
-    return KubernetesSource(client, args.node), lease, KubernetesTunnelReporter(client)
+    source = KubernetesSource(client, args.node)
+    # held only while this node is in some gateway's nodeList: other agents write no Lease at all
+    lease = GatewayLease(client, args.node, args.namespace, args.lease_seconds,
+                         gateways=source.stores.gateways.items, synced=lambda: source.synced)
+    return source, lease, KubernetesTunnelReporter(client)
 
 
 def facts_reader(args: argparse.Namespace, config: DataplaneConfig) -> Callable[[bool], NodeFacts]:
