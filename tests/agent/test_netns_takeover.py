@@ -1,0 +1,100 @@
+"""Takeover without the API server: the gateway peers' heartbeats decide (agent/peers.py).
+
+Three nodes read a YAML source that never changes (no controller, no API server): the gateway `gw` places
+the EIP on node2 with node3 as its standby; node1 is a worker with a selected pod.
+- node2's agent killed and its link down: node3 takes the EIP within 1 s of the loss being detectable
+  (3 missed 100 ms heartbeats), node1 steers to node3 on its takeover notice, and the pod's traffic leaves
+  with the EIP again (probed from the pod's netns).
+- the heartbeat path between node2 and node3 cut (UDP 7790 dropped in their netns) while both keep their
+  underlay: node3 never holds the EIP (sampled every 100 ms), because node2 still answers for it.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pytest
+
+from tests.agent.topology import API, EIP4, EXT4, Topology, sh
+
+pytestmark = [pytest.mark.netns, pytest.mark.timeout(300)]
+
+DETECT = 0.3  # three missed heartbeat intervals
+
+
+def gateway() -> dict[str, Any]:
+    return {"apiVersion": API, "kind": "EgressGateway", "metadata": {"name": "gw"},
+            "spec": {"ippools": {"ipv4": [EIP4]}, "nodeSelector": {"selector": {"matchLabels": {"egress": "true"}}}},
+            "status": {"nodeList": [
+                {"name": "node2", "status": "Ready",
+                 "eips": [{"ipv4": EIP4, "policies": [{"name": "web", "namespace": "default"}], "standbys": ["node3"]}]},
+                {"name": "node3", "status": "Ready"}]}}
+
+
+def holds(t: Topology, n: int) -> bool:
+    out = t.exec_in(t.node(n), "ip", "-4", "-o", "addr", "show", "dev", "eth0", check=False).stdout
+    return f" {EIP4}/" in out
+
+
+def wait_for(what: Any, timeout: float, every: float = 0.05) -> float | None:
+    """The monotonic time `what()` first held, or None by the deadline."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if what():
+            return time.monotonic()
+        time.sleep(every)
+    return None
+
+
+def start(t: Topology) -> None:
+    t.build()
+    t.set_policies("node2", extra=[gateway()], web_pods=[(1, "a")])
+    for n in (1, 2, 3):
+        t.start_agent(n)
+    assert t.wait_probe(1, "a", EIP4) == EIP4, t.agent_log(1) + t.agent_log(2)
+    assert holds(t, 2) and not holds(t, 3)
+
+
+def test_the_standby_takes_over_a_dead_gateway_without_any_api_server() -> None:
+    t = Topology(pods={1: ["a"]})
+    try:
+        start(t)
+        t0 = time.monotonic()
+        sh("ip", "-n", t.node(2), "link", "set", "eth0", "down")
+        t.stop_agent(2)
+        held = wait_for(lambda: holds(t, 3), timeout=10)
+        assert held is not None, f"node3 never took the EIP\n{t.agent_log(3)}"
+        after_detection = held - t0 - DETECT
+        print(f"takeover: node3 holds {EIP4} {held - t0:.3f} s after the loss, {after_detection:.3f} s after detection")
+        assert after_detection <= 1.0, t.agent_log(3)
+        until = t.start_until(1, "a", EIP4, EXT4, deadline=20)
+        out, err = until.communicate(timeout=60)
+        assert until.returncode == 0, f"no reply with the EIP after the takeover: {out} {err}\n{t.agent_log(1)}"
+        assert t.probe(1, "a") == EIP4
+        # node1 steers to node3 on the notice alone: the source still places the policy on node2
+        rules = t.exec_in(t.node(1), "iptables-save", "-t", "mangle").stdout
+        assert "--set-xmark 0x26000003/0xffffffff" in rules, rules
+    finally:
+        t.close()
+
+
+def test_a_cut_heartbeat_path_never_makes_the_standby_claim() -> None:
+    pytest.importorskip("egress_cni.dataplane.probe", reason="the standby's probe before claiming (HA1) is what decides")
+    t = Topology(pods={1: ["a"]})
+    try:
+        start(t)
+        for me, other in ((2, 3), (3, 2)):
+            t.exec_in(t.node(me), "iptables", "-I", "INPUT", "-s", f"10.100.0.{other}", "-p", "udp",
+                      "--dport", "7790", "-j", "DROP")
+        deadline = time.monotonic() + 6.0  # past the standby's claim window (3 s) and its retries
+        samples = 0
+        while time.monotonic() < deadline:
+            assert not holds(t, 3), f"node3 claimed the EIP node2 still answers for\n{t.agent_log(3)}"
+            assert holds(t, 2), t.agent_log(2)
+            samples += 1
+            time.sleep(0.1)
+        print(f"partition: {samples} samples, node3 never held {EIP4}")
+        assert t.probe(1, "a") == EIP4
+    finally:
+        t.close()
