@@ -98,3 +98,35 @@ def test_a_cut_heartbeat_path_never_makes_the_standby_claim() -> None:
         assert t.probe(1, "a") == EIP4
     finally:
         t.close()
+
+
+def test_a_killed_agent_with_its_link_up_is_taken_over_once_the_kernel_dropped_its_eip() -> None:
+    """The owner's address outlives its agent by its lifetime (HA1's fencing): the standby decides at
+    once, its probe finds the address answered until the kernel removed it, then it claims."""
+    pytest.importorskip("egress_cni.dataplane.probe", reason="the standby's probe before claiming (HA1) is what decides")
+    t = Topology(pods={1: ["a"]})
+    try:
+        start(t)
+        t0 = time.monotonic()
+        t.stop_agent(2)
+        both = 0.0
+        gone = taken = None
+        while time.monotonic() < t0 + 10 and taken is None:
+            on2, on3 = holds(t, 2), holds(t, 3)
+            now = time.monotonic()
+            if on2 and on3:
+                both += 0.05
+            if not on2 and gone is None:
+                gone = now
+            if on3:
+                taken = now
+            time.sleep(0.05)
+        assert taken is not None, f"node3 never took the EIP\n{t.agent_log(3)}"
+        print(f"kill with link up: node2 released after {(gone or taken) - t0:.3f} s, node3 holds after "
+              f"{taken - t0:.3f} s, both held for {both:.2f} s")
+        assert both <= 0.2
+        until = t.start_until(1, "a", EIP4, EXT4, deadline=20)
+        out, err = until.communicate(timeout=60)
+        assert until.returncode == 0, f"no reply with the EIP after the takeover: {out} {err}\n{t.agent_log(1)}"
+    finally:
+        t.close()
