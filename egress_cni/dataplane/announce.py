@@ -14,10 +14,12 @@ import threading
 import time
 from collections.abc import Iterable
 
-from egress_cni.api.net import parse_ip
+from egress_cni.api.net import IP, parse_ip
 
 log = logging.getLogger(__name__)
 ETH_P_ARP = 0x0806
+ARP_REQUEST, ARP_REPLY = 1, 2
+ND_SOLICIT, ND_ADVERT = 135, 136
 BROADCAST = b"\xff" * 6
 ALL_NODES = "ff02::1"
 SO_BINDTODEVICE = 25
@@ -28,24 +30,31 @@ def mac_of(dev: str) -> bytes:
         return bytes.fromhex(f.read().strip().replace(":", ""))
 
 
-def arp_frame(mac: bytes, ip: str, opcode: int) -> bytes:
-    addr = socket.inet_aton(ip)
-    target_mac = BROADCAST if opcode == 2 else b"\x00" * 6
-    arp = struct.pack("!HHBBH6s4s6s4s", 1, 0x0800, 6, 4, opcode, mac, addr, target_mac, addr)
-    return BROADCAST + mac + struct.pack("!H", ETH_P_ARP) + arp
+def arp_frame(mac: bytes, sender: bytes, target: bytes, opcode: int, dst: bytes = BROADCAST) -> bytes:
+    """An Ethernet frame carrying one ARP packet (IPv4 over Ethernet); addresses are packed bytes.
+    A reply's target MAC is `dst`; a request leaves it zero."""
+    target_mac = dst if opcode == ARP_REPLY else b"\x00" * 6
+    arp = struct.pack("!HHBBH6s4s6s4s", 1, 0x0800, 6, 4, opcode, mac, sender, target_mac, target)
+    return dst + mac + struct.pack("!H", ETH_P_ARP) + arp
 
 
-def na_message(mac: bytes, ip: str) -> bytes:
-    """ICMPv6 Neighbor Advertisement, Override set, with the target link-layer address option
+def nd_message(kind: int, flags: int, target: IP, options: bytes = b"") -> bytes:
+    """An ICMPv6 neighbour solicitation or advertisement for `target`, checksum left zero."""
+    return struct.pack("!BBHI16s", kind, 0, 0, flags, target.packed) + options
+
+
+def na_message(mac: bytes, ip: IP) -> bytes:
+    """Neighbor Advertisement, Override set, with the target link-layer address option
     (the kernel fills in the checksum for raw ICMPv6 sockets)."""
-    return struct.pack("!BBHI16sBB6s", 136, 0, 0, 0x20000000, parse_ip(ip, 6).packed, 2, 1, mac)
+    return nd_message(ND_ADVERT, 0x20000000, ip, struct.pack("!BB6s", 2, 1, mac))
 
 
 def send_once(dev: str, ips: Iterable[str]) -> None:
     mac = mac_of(dev)
-    for ip in ips:
+    for text in ips:
+        ip = parse_ip(text)
         try:
-            if ":" in ip:
+            if ip.family == 6:
                 with socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6) as s:
                     s.setsockopt(socket.SOL_SOCKET, SO_BINDTODEVICE, dev.encode())
                     s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_HOPS, 255)
@@ -54,10 +63,10 @@ def send_once(dev: str, ips: Iterable[str]) -> None:
             else:
                 with socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ARP)) as s:
                     s.bind((dev, ETH_P_ARP))
-                    s.send(arp_frame(mac, ip, 1))
-                    s.send(arp_frame(mac, ip, 2))
+                    s.send(arp_frame(mac, ip.packed, ip.packed, ARP_REQUEST))
+                    s.send(arp_frame(mac, ip.packed, ip.packed, ARP_REPLY))
         except OSError as exc:
-            log.warning("cannot announce eip", extra={"dev": dev, "eip": ip, "error": str(exc)})
+            log.warning("cannot announce eip", extra={"dev": dev, "eip": text, "error": str(exc)})
 
 
 def announce(dev: str, ips: list[str], repeats: tuple[float, ...] = (0.0, 0.2, 0.5, 1.0, 2.0)) -> threading.Thread:
