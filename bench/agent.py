@@ -145,7 +145,7 @@ def inner(args: argparse.Namespace) -> None:
     # new endpoint: registry file -> ack, with the real loop running
     # the registry lives on tmpfs in production (/run/egressgateway); /run is plain disk on this machine
     reg = tempfile.mkdtemp(prefix="egwb-reg-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
-    agent = Agent(node="node1", source=MemorySource(objects), kernel=kernel, facts=lambda held: facts, config=config,
+    agent = Agent(node="node1", source=MemorySource(objects), kernel=kernel, facts=lambda: facts, config=config,
                   registry_dir=reg, resync_seconds=30)
     agent.reconcile()
     agent.start()

@@ -14,7 +14,7 @@ import yaml
 from egress_cni.agent.sources import load_yaml_objects, state_from_objects
 from egress_cni.dataplane.inputs import ClusterState, LocalEndpoint, NodeFacts
 
-FACT_FIELDS = ("name", "parent", "parent_ipv4", "parent_ipv6", "parent_mtu", "ipv4", "ipv6", "holds_lease")
+FACT_FIELDS = ("name", "parent", "parent_ipv4", "parent_ipv6", "parent_mtu", "ipv4", "ipv6", "carrier")
 
 
 def facts_from(raw: Mapping[str, Any]) -> NodeFacts:

@@ -1,4 +1,4 @@
-"""This node's facts from the kernel: the parent (underlay) link, its first global IPs and MTU.
+"""This node's facts from the kernel: the parent (underlay) link, its first global IPs, MTU, carrier.
 
 The parent is `--parent` when given, else the link of the default route (IPv4 first). Our own EIPs
 (IFA_PROTO = ours) and host prefixes are never taken as the node's underlay address.
@@ -11,6 +11,7 @@ import socket
 from pyroute2 import IPRoute
 
 from egress_cni.dataplane.inputs import DataplaneConfig, NodeFacts
+from egress_cni.dataplane.netlink import link_has_carrier
 
 
 def default_route_link(ipr: IPRoute) -> str | None:
@@ -21,8 +22,8 @@ def default_route_link(ipr: IPRoute) -> str | None:
     return None
 
 
-def read_facts(name: str, parent: str | None, config: DataplaneConfig, *, ipv4: bool = True, ipv6: bool = False,
-               holds_lease: bool = True) -> NodeFacts:
+def read_facts(name: str, parent: str | None, config: DataplaneConfig, *, ipv4: bool = True,
+               ipv6: bool = False) -> NodeFacts:
     with IPRoute() as ipr:
         link = parent or default_route_link(ipr)
         if not link:
@@ -31,7 +32,8 @@ def read_facts(name: str, parent: str | None, config: DataplaneConfig, *, ipv4: 
         if not found:
             raise RuntimeError(f"parent link {link!r} does not exist")
         idx = found[0]
-        mtu = int(ipr.get_links(idx)[0].get_attr("IFLA_MTU"))
+        msg = ipr.get_links(idx)[0]
+        mtu, carrier = int(msg.get_attr("IFLA_MTU")), link_has_carrier(msg)
         first: dict[int, str] = {}
         for a in ipr.get_addr(index=idx):
             if a.get_attr("IFA_PROTO") == config.eip_proto or a["scope"] != 0:
@@ -40,4 +42,4 @@ def read_facts(name: str, parent: str | None, config: DataplaneConfig, *, ipv4: 
             if a["prefixlen"] in (32, 128):
                 continue
             first.setdefault(fam, a.get_attr("IFA_ADDRESS"))
-    return NodeFacts(name, link, first.get(4, ""), first.get(6, ""), mtu, ipv4, ipv6, holds_lease)
+    return NodeFacts(name, link, first.get(4, ""), first.get(6, ""), mtu, ipv4, ipv6, carrier)

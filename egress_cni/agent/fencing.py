@@ -1,8 +1,17 @@
-"""Fencing: a node answers for its EIPs only while its liveness Lease is fresh.
+"""Fencing by the kernel: EIP addresses carry a valid lifetime that a dedicated thread renews.
 
-The Lease is renewed every `renew_seconds`; when it has not been renewed for its whole duration
-the node stops claiming EIPs, because the controller may already have moved them. The verdict is
-also checked from the heartbeat thread, so a renewal stuck in a hung API call cannot keep the EIPs.
+- `EipRefresher` renews, every 250 ms, the lifetime of the EIP addresses the last reconcile desired
+  (its own thread and netlink socket: never queued behind a full apply). An agent that is SIGKILLed
+  or hangs stops renewing, and the kernel removes the addresses (and with them the ARP/NDP answers)
+  once their lifetime (`DataplaneConfig.eip_lifetime`) runs out. A restarted agent adopts the EIPs
+  it finds: until a reconcile from a synced view has said which EIPs are ours, every EIP present is
+  renewed, so a restart never lets one lapse. SIGTERM releases them all at once (`release`).
+- A parent link without carrier (the node lost its uplink) claims no EIP: the refresher notices the
+  flip within one interval, stops renewing and asks for a reconcile, which removes them.
+- EIPs the apply did not claim because someone on the segment answers for them (`contested`) are
+  retried by asking for another reconcile, with backoff.
+- The liveness Lease is still renewed (`Fencing`, for the controller), but losing it no longer
+  withdraws EIPs: an API outage must not take egress down.
 The heartbeat file tells the CNI plugin that an agent is running on this node.
 """
 
@@ -11,14 +20,16 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import replace
 from typing import Protocol
 
 from egress_cni import registry
-from egress_cni.dataplane.plan import Dataplane, Plan
+from egress_cni.backoff import Backoff
+from egress_cni.dataplane.plan import Address, Dataplane, Plan
 
 log = logging.getLogger(__name__)
+REFRESH_SECONDS = 0.25
 
 
 class Lease(Protocol):
@@ -34,6 +45,23 @@ class NoLease:
 
     def release(self) -> None:
         return None
+
+
+class EipPort(Protocol):
+    """The kernel as the fencing thread reaches it (dataplane.apply.KernelDataplane, the fake)."""
+
+    @property
+    def contested(self) -> frozenset[str]:
+        """EIPs the last apply left unclaimed because another node answers for them."""
+
+    def refresh_eips(self, addresses: Iterable[Address] | None) -> int:
+        """Renew those EIP addresses (None: every EIP we own) that are present; never add one."""
+
+    def release_eips(self) -> list[str]:
+        """Remove every EIP address we own; the EIPs removed."""
+
+    def carrier(self) -> bool:
+        """Whether the parent link has carrier."""
 
 
 class Fencing:
@@ -88,8 +116,73 @@ class Fencing:
                 log.warning("cannot write heartbeat", extra={"error": str(exc)})
 
 
+class EipRefresher:
+    """The fast path of fencing: renews the EIPs' kernel lifetime; `wake` asks for a reconcile."""
+
+    def __init__(self, kernel: EipPort, *, wake: Callable[[], None], interval: float = REFRESH_SECONDS,
+                 retry: Backoff | None = None, clock: Callable[[], float] = time.monotonic) -> None:
+        self.kernel, self.interval, self._wake, self._clock = kernel, interval, wake, clock
+        self._retry = retry or Backoff(base=0.25, cap=5.0)
+        self._retry_at = 0.0
+        self._lock = threading.Lock()
+        self._want: frozenset[Address] | None = None  # None: adopt every EIP present (no synced reconcile yet)
+        self._carrier = True
+        self._released = False
+
+    @property
+    def carrier(self) -> bool:
+        """The parent link's carrier as the last tick saw it."""
+        return self._carrier
+
+    def desired(self, dataplane: Dataplane, *, complete: bool) -> None:
+        """After a reconcile: its desired EIPs become the ones renewed once its view was complete
+        (before that, EIPs found in the kernel are adopted and renewed too)."""
+        eips = frozenset(a for a in dataplane.addresses if a.eip)
+        with self._lock:
+            if complete or self._want is not None:
+                self._want = eips
+
+    def tick(self) -> None:
+        """One round: carrier check, renewal, contested retry."""
+        carrier = self.kernel.carrier()
+        if carrier != self._carrier:
+            log.warning("parent link carrier changed", extra={"carrier": carrier})
+            self._carrier = carrier
+            self._wake()
+        with self._lock:
+            want, released = self._want, self._released
+        if carrier and not released:
+            self.kernel.refresh_eips(want)
+        if self.kernel.contested:
+            if self._clock() >= self._retry_at:
+                self._retry_at = self._clock() + self._retry.next()
+                self._wake()
+        else:
+            self._retry.reset()
+            self._retry_at = 0.0
+
+    def run(self, stop: threading.Event) -> None:
+        """Thread body: a tick every `interval` until `stop`; a failed tick is logged and retried."""
+        while True:
+            try:
+                self.tick()
+            except Exception as exc:
+                log.warning("cannot renew eips", extra={"error": str(exc)})
+            if stop.wait(self.interval):
+                return
+
+    def release(self) -> list[str]:
+        """SIGTERM: stop renewing and remove every EIP now."""
+        with self._lock:
+            self._released = True
+        released = self.kernel.release_eips()
+        if released:
+            log.info("released eips", extra={"eips": released})
+        return released
+
+
 def release_stale_eips(plan: Plan, actual: Dataplane, desired: Dataplane) -> Plan:
-    """A node without its Lease gives up the EIPs it holds even while the plan may not prune
+    """A node without carrier gives up the EIPs it holds even while the plan may not prune
     (sources not synced): fencing does not wait for a complete view."""
     if plan.prune:
         return plan

@@ -3,12 +3,12 @@
 Parts (each its own module):
 - sources.py / state.py: the typed stores in, compute's `ClusterState` assembled from them;
 - reconcile.py: compute -> diff -> apply behind narrow kernel ports, then acks and tunnel report;
-- fencing.py: Lease renewal, heartbeat, giving up EIPs when the Lease lapses;
+- fencing.py: the EIPs' kernel lifetime renewed by its own thread (released on SIGTERM), Lease renewal, heartbeat;
 - cni_bridge.py: the registry watch, the fast path for new endpoints, the acks.
 
 The worker coalesces events (at most one reconcile per `min_interval`), repeats the reconcile every
 `resync_seconds` to repair drift, and after a failure retries with exponential backoff and jitter
-(reset by a success). A change of the Lease verdict cuts any wait short: fencing must not queue.
+(reset by a success). A carrier flip or a contested EIP's retry cuts any wait short: fencing must not queue.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from typing import Protocol
 
 from egress_cni import registry
 from egress_cni.agent.cni_bridge import CniBridge, SetWriter
-from egress_cni.agent.fencing import Fencing, Lease, NoLease
+from egress_cni.agent.fencing import EipPort, EipRefresher, Fencing, Lease, NoLease
 from egress_cni.agent.peers import PeerService
 from egress_cni.agent.reconcile import Conntrack, Counters, DataplanePort, Reconciler, Status
 from egress_cni.agent.sources import RecordingReporter, Source, TunnelReporter
@@ -37,12 +37,12 @@ log = logging.getLogger(__name__)
 __all__ = ["Agent", "Kernel", "Lease", "NoLease", "Status"]
 
 
-class Kernel(DataplanePort, Conntrack, SetWriter, Counters, Protocol):
+class Kernel(DataplanePort, Conntrack, SetWriter, Counters, EipPort, Protocol):
     """Every kernel port at once: what `dataplane.apply.KernelDataplane` (and the fake) provide."""
 
 
 class Agent:
-    def __init__(self, *, node: str, source: Source, kernel: Kernel, facts: Callable[[bool], NodeFacts],
+    def __init__(self, *, node: str, source: Source, kernel: Kernel, facts: Callable[[], NodeFacts],
                  config: DataplaneConfig, registry_dir: str, lease: Lease | None = None,
                  reporter: TunnelReporter | None = None, resync_seconds: float = 10.0, lease_seconds: float = 1.0,
                  lease_renew: float = 0.2, heartbeat_seconds: float = 0.25, min_interval: float = 0.1,
@@ -66,6 +66,7 @@ class Agent:
             peers.monitor.on_change = self._peers_changed
         self.fencing = Fencing(lease or NoLease(), lease_seconds=lease_seconds, on_change=self._lease_changed,
                                clock=clock)
+        self.refresher = EipRefresher(kernel, wake=self._wake)
         self.cni = CniBridge(node=node, registry_dir=registry_dir, sets=kernel, state=self.state,
                              synced=lambda: self.source.synced, last=lambda: self.reconciler.status.desired)
         self.reconciler = Reconciler(node=node, config=config, facts=facts, state=self.state,
@@ -86,6 +87,11 @@ class Agent:
         self.mark_dirty()
         self._urgent.set()
 
+    def _wake(self) -> None:
+        """A reconcile now: the parent link's carrier flipped, or a contested EIP is due a new probe."""
+        self.mark_dirty()
+        self._urgent.set()
+
     def _peers_changed(self) -> None:
         """A takeover (ours or a peer's) must not queue behind the coalescing interval either."""
         self.mark_dirty()
@@ -99,6 +105,10 @@ class Agent:
 
     def start(self) -> None:
         os.makedirs(self.registry_dir, exist_ok=True)
+        # first: EIPs a previous run left are renewed from now on, before any source has synced
+        fence = threading.Thread(target=lambda: self.refresher.run(self._stop), name="fencing", daemon=True)
+        fence.start()
+        self._threads.append(fence)
         registry.write_heartbeat(self.registry_dir, self.node)
         self.source.start(self.mark_dirty)
         bodies: list[tuple[Callable[[], None], str]] = [
@@ -114,13 +124,19 @@ class Agent:
             t.start()
             self._threads.append(t)
 
-    def stop(self) -> None:
+    def stop(self, *, release_eips: bool = False) -> None:
+        """Stop every thread; with `release_eips` (SIGTERM) the EIPs go at once, and once more after the
+        worker has stopped (a reconcile in flight may have added one)."""
         self._stop.set()
         self._urgent.set()
         self._dirty.set()
+        if release_eips:
+            self.refresher.release()
         self.source.stop()
         for t in self._threads:
             t.join(timeout=5)
+        if release_eips:
+            self.refresher.release()
 
     def alive(self) -> bool:
         return all(t.is_alive() for t in self._threads) and not self._stop.is_set()
@@ -157,7 +173,11 @@ class Agent:
 
     def reconcile(self) -> Plan | None:
         """One full reconcile now (the worker's, or a caller's own: `once`, tests, benches)."""
-        return self.reconciler.reconcile()
+        complete = self.source.synced
+        plan = self.reconciler.reconcile()
+        if plan is not None and self.status.desired is not None:
+            self.refresher.desired(self.status.desired.dataplane, complete=complete)
+        return plan
 
     def _reconciled(self, status: Status) -> None:
         status.invalid = len(self.source.stores.invalid())

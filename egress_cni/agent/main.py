@@ -57,6 +57,9 @@ def build_parser(env: Mapping[str, str] | None = None) -> argparse.ArgumentParse
         p.add_argument("--peer-port", type=int, default=None,
                        help=f"UDP port of the gateway peers (file peers.port); default {settings.Peers.port}")
         p.add_argument("--peer-key-file", default=None, help="HMAC key file for peer messages (file peers.keyFile)")
+        p.add_argument("--eip-lifetime-seconds", type=int, default=None,
+                       help="valid lifetime of EIP addresses, renewed every 250 ms: a dead agent's EIPs are gone "
+                            "after it (env EGRESS_EIP_LIFETIME_SECONDS); default 2")
         p.add_argument("--namespace", default=env.get("EGRESS_NAMESPACE", "egressgateway-system"))
         p.add_argument("--metrics-address", default=":9641", help="host:port for /healthz /readyz /metrics; '' disables")
         p.add_argument("--health-port", type=int, default=None, help="serve /healthz /readyz /metrics on 0.0.0.0:PORT")
@@ -88,6 +91,13 @@ def parse_args(argv: list[str] | None, env: Mapping[str, str] | None = None) -> 
     ):
         if getattr(args, attr) is None:
             setattr(args, attr, configured)
+    if args.eip_lifetime_seconds is None:
+        try:
+            args.eip_lifetime_seconds = int(env.get("EGRESS_EIP_LIFETIME_SECONDS", "2"))
+        except ValueError:
+            parser.error("EGRESS_EIP_LIFETIME_SECONDS: not a whole number of seconds")
+    if args.eip_lifetime_seconds < 1:
+        parser.error("--eip-lifetime-seconds must be at least 1")
     if args.lease_renew_seconds >= args.lease_seconds:
         parser.error(f"--lease-renew-seconds ({args.lease_renew_seconds}) must be shorter than --lease-seconds ({args.lease_seconds})")
     args.settings = installed
@@ -95,7 +105,8 @@ def parse_args(argv: list[str] | None, env: Mapping[str, str] | None = None) -> 
 
 
 def config_from(args: argparse.Namespace) -> DataplaneConfig:
-    return DataplaneConfig(vxlan_name=args.vxlan_name, vni=args.vni, port=args.vxlan_port, mtu=args.mtu)
+    return DataplaneConfig(vxlan_name=args.vxlan_name, vni=args.vni, port=args.vxlan_port, mtu=args.mtu,
+                           eip_lifetime=args.eip_lifetime_seconds)
 
 
 def families(args: argparse.Namespace) -> list[int]:
@@ -118,11 +129,11 @@ def source_and_lease(args: argparse.Namespace) -> tuple[Source, Lease | None, Tu
     return source, lease, KubernetesTunnelReporter(client)
 
 
-def facts_reader(args: argparse.Namespace, config: DataplaneConfig) -> Callable[[bool], NodeFacts]:
+def facts_reader(args: argparse.Namespace, config: DataplaneConfig) -> Callable[[], NodeFacts]:
     from egress_cni.agent.facts import read_facts
 
-    def read(holds_lease: bool) -> NodeFacts:
-        return read_facts(args.node, args.parent, config, ipv4=args.ipv4, ipv6=args.ipv6, holds_lease=holds_lease)
+    def read() -> NodeFacts:
+        return read_facts(args.node, args.parent, config, ipv4=args.ipv4, ipv6=args.ipv6)
 
     return read
 
@@ -131,11 +142,22 @@ def make_agent(args: argparse.Namespace) -> Agent:
     config = config_from(args)
     source, lease, reporter = source_and_lease(args)
     facts = facts_reader(args, config)
-    node_facts = facts(True)
+    node_facts = facts()
     kernel = KernelDataplane(config, node_facts.parent, families(args), args.iptables_backend)
+    peers = peer_service(args, config, node_facts)
+    report_in_lease(lease, peers, node_facts, config)
     return Agent(node=args.node, source=source, kernel=kernel, facts=facts, config=config, registry_dir=args.registry_dir,
                  lease=lease, reporter=reporter, resync_seconds=args.resync_seconds, lease_seconds=args.lease_seconds,
-                 lease_renew=args.lease_renew_seconds, peers=peer_service(args, config, node_facts))
+                 lease_renew=args.lease_renew_seconds, peers=peers)
+
+
+def report_in_lease(lease: Lease | None, peers: PeerService, node: NodeFacts, config: DataplaneConfig) -> None:
+    """A gateway agent's Lease carries the EIPs it holds and the peers it sees alive (the controller
+    follows takeovers and holds moves by them; controller/liveness.py)."""
+    from egress_cni.agent.k8s_source import GatewayLease
+
+    if isinstance(lease, GatewayLease):
+        lease.report(eips=kernel_eips(node.parent, config.eip_proto), peers=peers.monitor.peers_alive)
 
 
 def peer_service(args: argparse.Namespace, config: DataplaneConfig, node: NodeFacts) -> PeerService:
@@ -157,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
         log.warning("setting has no effect", extra={"note": note})
     if args.command == "uninstall":
         config = config_from(args)
-        parent = facts_reader(args, config)(True).parent if args.node or args.parent else (args.parent or "")
+        parent = facts_reader(args, config)().parent if args.node or args.parent else (args.parent or "")
         KernelDataplane(config, parent, families(args), args.iptables_backend).uninstall()
         print("uninstalled")
         return 0
@@ -190,12 +212,20 @@ def run(agent: Agent, args: argparse.Namespace) -> int:
         host, _, port = address.rpartition(":")
         serve(agent, collector, host or "0.0.0.0", int(port))
     done = threading.Event()
+    got: list[int] = []
+
+    def stop_on(signum: int, _frame: object) -> None:
+        got.append(signum)
+        done.set()
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: done.set())
+        signal.signal(sig, stop_on)
     agent.start()
     log.info("agent started", extra={"node": agent.node})
     done.wait()
-    agent.stop()  # state stays in place: a restart must not interrupt established flows
+    # SIGTERM gives the EIPs up at once (a standby may claim them); the rest stays in place: a
+    # restart must not interrupt established flows. SIGINT (a developer's ^C) keeps the EIPs too.
+    agent.stop(release_eips=signal.SIGTERM in got)
     return 0
 
 

@@ -1,8 +1,9 @@
 """One full reconcile: compute the node's desired dataplane, diff it against the kernel, apply.
 
 - Until every source has synced nothing is removed (diff(prune=False)), so a restart never tears
-  down live state from a partial view; add-before-remove comes from the apply order. A node that
-  lost its Lease still gives up its EIPs (fencing.release_stale_eips).
+  down live state from a partial view; add-before-remove comes from the apply order. A node whose
+  parent link lost its carrier still gives up its EIPs (fencing.release_stale_eips); losing the
+  Lease does not withdraw them (an API outage must not take egress down).
 - The kernel is reached through narrow ports: the dataplane (read and apply), conntrack (forget
   the un-NATed flows of pods whose steering changed). Counters are the metrics' port (health.py).
 - After the apply: the CNI acks (only from a synced view: a partial one could ack a selected pod as
@@ -80,7 +81,7 @@ def moved_sources(before: Desired, now: Desired) -> frozenset[str]:
 
 
 class Reconciler:
-    def __init__(self, *, node: str, config: DataplaneConfig, facts: Callable[[bool], NodeFacts],
+    def __init__(self, *, node: str, config: DataplaneConfig, facts: Callable[[], NodeFacts],
                  state: Callable[[], ClusterState], synced: Callable[[], bool], holds_lease: Callable[[], bool],
                  dataplane: DataplanePort, conntrack: Conntrack, reporter: TunnelReporter, cni: CniBridge,
                  report_backoff: Backoff | None = None, clock: Callable[[], float] = time.monotonic,
@@ -96,7 +97,7 @@ class Reconciler:
         self.on_reconciled = on_reconciled
 
     def compute(self) -> tuple[Desired, NodeFacts]:
-        facts = self.facts(self._holds_lease())
+        facts = self.facts()
         state = replace(self._state(), local_endpoints=self.cni.local_endpoints())
         return desired_dataplane(state, facts, self.config), facts
 
@@ -127,7 +128,7 @@ class Reconciler:
         self.dataplane.hint_tables({r.table for r in dp.routes})
         actual = self.dataplane.read_actual(dp.sysctls)
         plan = diff(dp, actual, prune=synced)
-        if not self._holds_lease():
+        if not facts.carrier:
             plan = release_stale_eips(plan, actual, dp)
         plan = self.cni.protect(plan, listed)
         self.dataplane.apply(plan)

@@ -5,13 +5,17 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import threading
+from collections.abc import Callable, Iterable
 from dataclasses import replace
 from typing import Any
 
+from egress_cni.api.net import IP, parse_cidr
 from egress_cni.dataplane import announce, conntrack
 from egress_cni.dataplane.inputs import DataplaneConfig
 from egress_cni.dataplane.netlink import Netlink
-from egress_cni.dataplane.plan import Chain, Dataplane, Plan, Sysctl, diff, rule_tag
+from egress_cni.dataplane.plan import Address, Chain, Dataplane, Plan, Sysctl, diff, rule_tag
+from egress_cni.dataplane.probe import address_in_use
 from egress_cni.dataplane.render import ipset_script, restore_text
 from egress_cni.dataplane.xtables import SavedTable, Xtables, detect_backend, ipset_restore, read_ipsets
 
@@ -22,11 +26,18 @@ IPSET_ERR_EXIST = 4103
 class KernelDataplane:
     """Reads and writes the state of the network namespace this process runs in."""
 
-    def __init__(self, config: DataplaneConfig, parent: str, families: list[int], backend: str = "auto") -> None:
+    def __init__(self, config: DataplaneConfig, parent: str, families: list[int], backend: str = "auto",
+                 probe: Callable[[str, IP], bool] = address_in_use) -> None:
         self.config = config
         self.parent = parent
         self.families = families
         self.netlink = Netlink(config)
+        # the fencing thread's own socket: renewals never wait for the reconcile's netlink traffic,
+        # only for the EIP add/delete they must not race (the shared lock)
+        self._fast: Netlink | None = None
+        self._fast_lock = threading.Lock()
+        self._probe = probe
+        self.contested: frozenset[str] = frozenset()  # EIPs the last apply did not claim: someone answers
         self.xtables = Xtables(detect_backend(backend), config.chain_prefix)
         self.saved: dict[tuple[int, str], SavedTable] = {}
         self._tables_hint: set[int] = set()
@@ -34,6 +45,47 @@ class KernelDataplane:
 
     def close(self) -> None:
         self.netlink.close()
+        if self._fast is not None:
+            self._fast.close()
+
+    def _fast_netlink(self) -> Netlink:
+        with self._fast_lock:
+            if self._fast is None:
+                self._fast = Netlink(self.config, self.netlink.eip_lock)
+            return self._fast
+
+    def refresh_eips(self, addresses: Iterable[Address] | None) -> int:
+        """Renew the lifetime of these EIP addresses (None: all of ours) where the kernel still has
+        them; never adds one."""
+        return self._fast_netlink().refresh_eips(self.parent, addresses)
+
+    def carrier(self) -> bool:
+        return self._fast_netlink().carrier(self.parent)
+
+    def release_eips(self) -> list[str]:
+        """Remove every EIP address we own at once (SIGTERM)."""
+        return self._fast_netlink().release_eips(self.parent)
+
+    def _claimable(self, plan: Plan) -> Plan:
+        """Probe before claim: an EIP address we do not hold yet is added only when nobody on the
+        segment answers for it; the others stay out of this apply (`contested`) and are probed again
+        by a later reconcile."""
+        contested = set()
+        for a in plan.add_addresses:
+            if a.eip:
+                ip = parse_cidr(a.cidr).network
+                try:
+                    in_use = self._probe(a.dev, ip)
+                except OSError as exc:  # cannot probe: do not claim blind
+                    log.warning("cannot probe eip", extra={"dev": a.dev, "eip": ip, "error": str(exc)})
+                    in_use = True
+                if in_use:
+                    log.warning("eip held by another node", extra={"dev": a.dev, "eip": ip})
+                    contested.add(a)
+        self.contested = frozenset(a.cidr.split("/")[0] for a in contested)
+        if not contested:
+            return plan
+        return replace(plan, add_addresses=tuple(a for a in plan.add_addresses if a not in contested))
 
     def read_actual(self, sysctls: frozenset[Sysctl] = frozenset()) -> Dataplane:
         nl = self.netlink
@@ -85,6 +137,7 @@ class KernelDataplane:
         return conntrack.forget_unnatted_flows(sources, cluster)
 
     def apply(self, plan: Plan) -> None:
+        plan = self._claimable(plan)
         if plan.empty:
             return
         nl = self.netlink

@@ -243,7 +243,7 @@ def desired_dataplane(state: ClusterState, facts: NodeFacts, config: DataplaneCo
             if gw == me:
                 src = {m for node, ips in eps for m in members(ips, f)} | subnet
                 reply_to.update(node for node, _ in eps if node and node != me)
-                if eips[f] and not use_node_ip and facts.holds_lease:
+                if eips[f] and not use_node_ip and facts.carrier:
                     addresses.add(Address(facts.parent, f"{eips[f]}/{32 if f == IPV4 else 128}", eip=True))
             else:
                 src = {m for node, ips in eps if node == me for m in members(ips, f)} | subnet

@@ -3,9 +3,10 @@ way the real apply would, so tests assert on the resulting state, not on calls."
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import replace
 
-from egress_cni.dataplane.plan import Dataplane, IPSet, Plan, Sysctl
+from egress_cni.dataplane.plan import Address, Dataplane, IPSet, Plan, Sysctl
 
 
 def apply_plan(dp: Dataplane, plan: Plan) -> Dataplane:
@@ -43,6 +44,9 @@ class FakeKernel:
         self.state = state or Dataplane()
         self.applied: list[Plan] = []
         self.forgotten: list[frozenset[str]] = []  # sources of forget_unnatted_flows calls
+        self.contested: frozenset[str] = frozenset()
+        self.has_carrier = True
+        self.refreshed: list[frozenset[Address] | None] = []  # arguments of refresh_eips calls
 
     def read_actual(self, sysctls: frozenset[Sysctl] = frozenset()) -> Dataplane:
         return self.state
@@ -53,6 +57,18 @@ class FakeKernel:
 
     def hint_tables(self, tables: set[int]) -> None:
         return None
+
+    def refresh_eips(self, addresses: Iterable[Address] | None) -> int:
+        self.refreshed.append(None if addresses is None else frozenset(addresses))
+        return sum(1 for a in self.state.addresses if a.eip and (addresses is None or a in addresses))
+
+    def release_eips(self) -> list[str]:
+        held = sorted(a for a in self.state.addresses if a.eip)
+        self.state = replace(self.state, addresses=self.state.addresses - set(held))
+        return [a.cidr.split("/")[0] for a in held]
+
+    def carrier(self) -> bool:
+        return self.has_carrier
 
     def counters(self) -> dict[str, tuple[int, int]]:
         return {}

@@ -68,7 +68,7 @@ class NodeFacts:
     parent_mtu: int = 1500
     ipv4: bool = True
     ipv6: bool = False
-    holds_lease: bool = True  # False: our liveness lease lapsed, so we must not answer for any EIP
+    carrier: bool = True  # False: the parent link lost its carrier (uplink down), so we answer for no EIP
 
 
 @dataclass(frozen=True)
@@ -81,6 +81,7 @@ class DataplaneConfig:
     mark_base: int = 0x26000000  # every mark we set has these bits under mark_mask
     mark_mask: int = 0xFF000000
     eip_proto: int = 0x45  # IFA_PROTO on EIP addresses: how we find ours after a restart
+    eip_lifetime: int = 2  # seconds: valid lifetime of EIP addresses, renewed by the agent's fencing thread
     chain_prefix: str = "EGRESS"
     ipset_prefix: str = "egress"
 

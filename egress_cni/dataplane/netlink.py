@@ -2,6 +2,11 @@
 
 What we own is found in the kernel, not in memory: the VXLAN link by name; rules whose fwmark has our
 mark bits; routes in the tables those marks name; EIPs by IFA_PROTO on the parent link.
+
+EIP addresses carry a valid lifetime (`DataplaneConfig.eip_lifetime`): the agent's fencing thread
+renews it (`refresh_eips`), so the kernel itself removes the EIPs of an agent that died or hangs.
+Every EIP add, delete and renewal holds `eip_lock`: a renewal never resurrects an EIP that the
+reconcile (or SIGTERM) just removed, since it only renews what it finds present under the lock.
 """
 
 from __future__ import annotations
@@ -9,6 +14,8 @@ from __future__ import annotations
 import errno
 import logging
 import socket
+import threading
+from collections.abc import Iterable
 from typing import Any
 
 from pyroute2 import IPRoute
@@ -24,6 +31,12 @@ NTF_SELF = 0x02
 IFA_F_NODAD = 0x02
 IFA_F_NOPREFIXROUTE = 0x200
 RTNH_F_ONLINK = 0x04
+IFF_UP = 0x1
+
+
+def link_has_carrier(msg: Any) -> bool:
+    """An RTM_NEWLINK message's link is administratively up and has carrier."""
+    return bool(msg["flags"] & IFF_UP) and bool(msg.get_attr("IFLA_CARRIER"))
 
 
 def _family_of(ip: str) -> int:
@@ -31,9 +44,10 @@ def _family_of(ip: str) -> int:
 
 
 class Netlink:
-    def __init__(self, config: DataplaneConfig) -> None:
+    def __init__(self, config: DataplaneConfig, eip_lock: threading.Lock | None = None) -> None:
         self.config = config
         self.ipr = IPRoute()
+        self.eip_lock = eip_lock or threading.Lock()
 
     def close(self) -> None:
         self.ipr.close()
@@ -153,15 +167,69 @@ class Netlink:
         ip, plen = a.cidr.split("/")
         extra: dict[str, Any] = {}
         if a.eip:
-            extra = {"proto": self.config.eip_proto, "flags": IFA_F_NOPREFIXROUTE | (IFA_F_NODAD if ":" in ip else 0)}
-            if ":" in ip and cmd == "add":
-                # deprecated: answers NDP and receives, but source selection (longest match) never
-                # picks it for the node's own traffic
-                extra |= {"preferred_lft": 0, "valid_lft": 0xFFFFFFFF}
-        elif ":" in ip:
+            extra = self._eip_attrs(ip) if cmd != "del" else {}
+            with self.eip_lock:
+                self._quiet({errno.EEXIST, errno.EADDRNOTAVAIL, errno.ENOENT}, self.ipr.addr, cmd, index=idx,
+                            address=ip, prefixlen=int(plen), **extra)
+            return
+        if ":" in ip:
             extra = {"flags": IFA_F_NODAD}
         self._quiet({errno.EEXIST, errno.EADDRNOTAVAIL, errno.ENOENT}, self.ipr.addr, cmd, index=idx, address=ip,
                     prefixlen=int(plen), **extra)
+
+    def _eip_attrs(self, ip: str) -> dict[str, Any]:
+        lifetime = self.config.eip_lifetime
+        extra: dict[str, Any] = {"proto": self.config.eip_proto, "valid_lft": lifetime, "preferred_lft": lifetime,
+                                 "flags": IFA_F_NOPREFIXROUTE | (IFA_F_NODAD if ":" in ip else 0)}
+        if ":" in ip:
+            # deprecated: answers NDP and receives, but source selection (longest match) never
+            # picks it for the node's own traffic
+            extra["preferred_lft"] = 0
+        return extra
+
+    def _held_eips(self, parent: str) -> list[tuple[int, str, int, int]]:
+        """(index, ip, prefixlen, seconds of lifetime left) of the EIP addresses on `parent` now."""
+        idx = self.index(parent)
+        if idx is None:
+            return []
+        out = []
+        for a in self.ipr.get_addr(index=idx):
+            if a.get_attr("IFA_PROTO") == self.config.eip_proto:
+                info = a.get_attr("IFA_CACHEINFO")
+                left = info["ifa_valid"] if info is not None else 0xFFFFFFFF
+                out.append((idx, a.get_attr("IFA_ADDRESS"), a["prefixlen"], left))
+        return out
+
+    def refresh_eips(self, parent: str, addresses: Iterable[Address] | None) -> int:
+        """Renew the lifetime of those of `addresses` (EIPs on `parent`; None: every EIP of ours) the
+        kernel still holds; one dump, then one request per EIP. An EIP already at the end of its
+        lifetime is let go (the next reconcile probes before it claims it again). How many renewed."""
+        want = None if addresses is None else {a.cidr for a in addresses if a.eip and a.dev == parent}
+        renewed = 0
+        with self.eip_lock:
+            for idx, ip, plen, left in self._held_eips(parent):
+                if (want is not None and f"{ip}/{plen}" not in want) or left == 0:
+                    continue
+                self._quiet({errno.EADDRNOTAVAIL, errno.ENOENT}, self.ipr.addr, "replace", index=idx, address=ip,
+                            prefixlen=plen, **self._eip_attrs(ip))
+                renewed += 1
+        return renewed
+
+    def carrier(self, name: str) -> bool:
+        """Whether link `name` is up with carrier (a missing link has none)."""
+        idx = self.index(name)
+        if idx is None:
+            return False
+        return link_has_carrier(self.ipr.get_links(idx)[0])
+
+    def release_eips(self, parent: str) -> list[str]:
+        """Remove every EIP address on `parent` at once; the EIPs removed."""
+        with self.eip_lock:
+            held = self._held_eips(parent)
+            for idx, ip, plen, _ in held:
+                self._quiet({errno.EADDRNOTAVAIL, errno.ENOENT}, self.ipr.addr, "del", index=idx, address=ip,
+                            prefixlen=plen)
+        return [ip for _, ip, _, _ in held]
 
     def route(self, cmd: str, r: Route) -> None:
         idx = self.index(r.dev)

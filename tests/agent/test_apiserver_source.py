@@ -57,7 +57,7 @@ def test_agent_on_informers(control_plane: Any, namespace: str, tmp_path: Path) 
         reg = str(tmp_path / "registry")
         agent = Agent(node=me, source=source, kernel=kernel, config=DataplaneConfig(), registry_dir=reg, lease=lease,
                       reporter=KubernetesTunnelReporter(client),
-                      facts=lambda held: NodeFacts(me, "eth0", "10.9.0.1", holds_lease=held), resync_seconds=1)
+                      facts=lambda: NodeFacts(me, "eth0", "10.9.0.1"), resync_seconds=1)
         agent.start()
         try:
             eventually(lambda: source.synced)

@@ -1,5 +1,6 @@
 """The reconcile loop against a stateful in-memory kernel: idempotence, no pruning before sync,
-fencing on lease loss, registry acks, deterministic ordering, ipset naming."""
+fencing (the EIPs' kernel lifetime renewed, released on SIGTERM and on carrier loss, kept on
+lease loss), registry acks, deterministic ordering, ipset naming."""
 
 from __future__ import annotations
 
@@ -13,10 +14,12 @@ import pytest
 
 from devtools.scenario import load_scenario
 from egress_cni import registry
+from egress_cni.agent.fencing import EipRefresher
 from egress_cni.agent.loop import Agent
 from egress_cni.agent.sources import MemorySource, RecordingReporter, load_yaml_objects
 from egress_cni.api.meta import ObjectMeta
 from egress_cni.api.model import EgressClusterPolicy, EgressPolicy
+from egress_cni.backoff import Backoff
 from egress_cni.dataplane.compute import desired_dataplane, set_name
 from egress_cni.dataplane.fake import FakeKernel
 from egress_cni.dataplane.inputs import DataplaneConfig, NodeFacts
@@ -47,8 +50,8 @@ class Clock:
 def make_agent(tmp_path: Path, case: str, *, synced: bool = True, kernel: FakeKernel | None = None, **kw: Any) -> Agent:
     _, facts = load_scenario(str(GOLDEN / case))
     source = MemorySource(load_yaml_objects([str(GOLDEN / case / "input.yaml")]), synced)
-    return Agent(node=facts.name, source=source, kernel=kernel or FakeKernel(),
-                 facts=lambda held: replace(facts, holds_lease=held), config=CONFIG,
+    k = kernel or FakeKernel()
+    return Agent(node=facts.name, source=source, kernel=k, facts=lambda: replace(facts, carrier=k.has_carrier), config=CONFIG,
                  registry_dir=str(tmp_path / "registry"), **kw)
 
 
@@ -98,7 +101,9 @@ def test_existing_chains_are_not_rewritten_from_a_partial_view(tmp_path: Path) -
     assert Rule(4, 99, 0x26000009, 0x26000009) not in kernel.state.rules
 
 
-def test_a_lapsed_lease_releases_the_eips(tmp_path: Path) -> None:
+def test_a_lapsed_lease_keeps_the_eips(tmp_path: Path) -> None:
+    # No self-fencing on API loss (issue 13): a node that cannot renew its Lease keeps answering for
+    # its EIPs; a dead agent is fenced by the kernel (the EIPs' lifetime), a lost uplink by carrier.
     agent = make_agent(tmp_path, "gateway-basic", lease=FailingLease(), lease_seconds=0.3, lease_renew=0.05,
                        resync_seconds=0.1)
     agent.reconcile()
@@ -106,12 +111,80 @@ def test_a_lapsed_lease_releases_the_eips(tmp_path: Path) -> None:
     agent.start()
     try:
         deadline = time.monotonic() + 10
-        while agent.status.eips and time.monotonic() < deadline:
+        while agent.status.lease_held and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert agent.status.eips == frozenset() and not agent.status.lease_held
-        assert not any(a.eip for a in fake(agent).state.addresses)
+        reconciles = agent.status.reconciles
+        while agent.status.reconciles < reconciles + 3 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not agent.status.lease_held and agent.status.reconciles >= reconciles + 3
+        assert agent.status.eips == {"10.100.0.200"}
+        assert any(a.eip for a in fake(agent).state.addresses)
     finally:
         agent.stop()
+
+
+def test_a_lost_carrier_releases_the_eips_without_waiting_for_a_resync(tmp_path: Path) -> None:
+    agent = make_agent(tmp_path, "gateway-basic", resync_seconds=30)
+    agent.reconcile()
+    agent.start()
+    try:
+        fake(agent).has_carrier = False  # the refresher notices within an interval and wakes the worker
+        deadline = time.monotonic() + 5
+        while (any(a.eip for a in fake(agent).state.addresses) or agent.status.eips) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert not any(a.eip for a in fake(agent).state.addresses) and agent.status.eips == frozenset()
+        while agent.refresher.carrier and time.monotonic() < deadline:
+            time.sleep(0.02)  # (the first reconcile may have seen the loss before the refresher did)
+        fake(agent).has_carrier = True  # back: the refresher wakes the worker again
+        while not any(a.eip for a in fake(agent).state.addresses) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert any(a.eip for a in fake(agent).state.addresses)
+    finally:
+        agent.stop()
+
+
+def test_the_refresher_adopts_found_eips_until_a_synced_reconcile_names_ours(tmp_path: Path) -> None:
+    kernel = FakeKernel()
+    agent = make_agent(tmp_path, "gateway-basic", kernel=kernel, synced=False)
+    agent.refresher.tick()
+    assert kernel.refreshed == [None]  # restarted: every EIP found is renewed, before any source synced
+    agent.reconcile()  # from a partial view: still adopting
+    agent.refresher.tick()
+    assert kernel.refreshed[-1] is None
+    memory(agent).synced = True
+    agent.reconcile()
+    agent.refresher.tick()
+    eips = kernel.refreshed[-1]
+    assert eips is not None and {a.cidr for a in eips} == {"10.100.0.200/32"}
+
+
+def test_sigterm_releases_the_eips_at_once_and_a_plain_stop_keeps_them(tmp_path: Path) -> None:
+    kernel = FakeKernel()
+    agent = make_agent(tmp_path, "gateway-basic", kernel=kernel)
+    agent.reconcile()
+    agent.start()
+    agent.stop()
+    assert any(a.eip for a in kernel.state.addresses)
+    agent = make_agent(tmp_path, "gateway-basic", kernel=kernel)
+    agent.start()
+    agent.stop(release_eips=True)
+    assert not any(a.eip for a in kernel.state.addresses)
+
+
+def test_a_contested_eip_asks_for_reconciles_with_backoff(tmp_path: Path) -> None:
+    kernel, clock, woken = FakeKernel(), Clock(), []
+    refresher = EipRefresher(kernel, wake=lambda: woken.append(clock.now), clock=clock,
+                             retry=Backoff(base=0.25, cap=1.0, jitter=0))
+    kernel.contested = frozenset({"10.100.0.200"})
+    for _ in range(20):
+        refresher.tick()
+        clock.now += 0.25
+    assert [round(t - 1000.0, 2) for t in woken] == [0.0, 0.25, 0.75, 1.75, 2.75, 3.75, 4.75]
+    kernel.contested = frozenset()
+    refresher.tick()
+    kernel.contested = frozenset({"10.100.0.200"})
+    refresher.tick()
+    assert len(woken) == 8  # a new contest starts from the shortest delay again
 
 
 def test_registered_endpoints_are_programmed_and_acked(tmp_path: Path) -> None:
@@ -167,10 +240,10 @@ def test_chains_compare_by_ownership_comments_not_by_spelling() -> None:
     assert diff(want, replace(want, chains=tampered)).write_chains
 
 
-def test_lease_flag_is_the_only_difference_when_the_lease_lapses() -> None:
+def test_carrier_flag_is_the_only_difference_when_the_uplink_is_lost() -> None:
     state, facts = load_scenario(str(GOLDEN / "gateway-basic"))
     held = desired_dataplane(state, facts, CONFIG).dataplane
-    lapsed = desired_dataplane(state, NodeFacts(**{**facts.__dict__, "holds_lease": False}), CONFIG).dataplane
+    lapsed = desired_dataplane(state, NodeFacts(**{**facts.__dict__, "carrier": False}), CONFIG).dataplane
     plan = diff(lapsed, held)
     assert [a.cidr for a in plan.del_addresses] == ["10.100.0.200/32"] and not plan.write_chains
 
@@ -205,45 +278,15 @@ def test_a_reconcile_racing_the_fast_path_keeps_the_new_member(tmp_path: Path) -
     assert any("10.244.1.15" in s.members for s in kernel.state.ipsets) and not agent.cni.pending
 
 
-class HangingLease:
-    """The API call never returns (a hung connection): fencing must not depend on it returning."""
-
-    def __init__(self) -> None:
-        self.release_hang = __import__("threading").Event()
-
-    def try_acquire_or_renew(self) -> bool:
-        self.release_hang.wait(30)
-        return True
-
-    def release(self) -> None:
-        return None
-
-
-def test_a_hung_lease_renewal_still_releases_the_eips(tmp_path: Path) -> None:
-    lease = HangingLease()
-    agent = make_agent(tmp_path, "gateway-basic", lease=lease, lease_seconds=0.3, lease_renew=0.05,
-                       resync_seconds=0.1, heartbeat_seconds=0.05)
-    agent.reconcile()
-    agent.start()
-    try:
-        deadline = time.monotonic() + 10
-        while agent.status.eips and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert agent.status.eips == frozenset()
-    finally:
-        lease.release_hang.set()
-        agent.stop()
-
-
-def test_fencing_removes_eips_even_before_the_sources_have_synced(tmp_path: Path) -> None:
-    kernel, clock = FakeKernel(), Clock()
-    agent = make_agent(tmp_path, "gateway-basic", kernel=kernel, lease=FailingLease(), lease_seconds=1.0, clock=clock)
+def test_a_lost_carrier_removes_eips_even_before_the_sources_have_synced(tmp_path: Path) -> None:
+    kernel = FakeKernel()
+    agent = make_agent(tmp_path, "gateway-basic", kernel=kernel, lease=FailingLease(), lease_seconds=1.0)
     agent.reconcile()
     assert any(a.eip for a in kernel.state.addresses)
     memory(agent).synced = False  # e.g. restarted while the API is down
-    assert not agent.fencing.renew()
-    clock.now += 1.0  # a whole lease duration without a renewal
-    assert not agent.fencing.check() and not agent.fencing.holds_lease
+    agent.reconcile()
+    assert any(a.eip for a in kernel.state.addresses)  # a lapsed Lease alone keeps them
+    kernel.has_carrier = False
     agent.reconcile()
     assert not any(a.eip for a in kernel.state.addresses)
 

@@ -1,0 +1,180 @@
+"""Kernel fencing and probe before claim (issue 13), in namespaces the tests create.
+
+The agent adds its EIP addresses with a valid lifetime and renews it every 250 ms from a thread of
+its own: SIGKILLed, it stops renewing and the kernel removes the address (and with it the ARP
+answers); SIGTERM releases at once; a restarted agent adopts and renews what it finds; a parent
+link without carrier releases. `address_in_use` sees an EIP that another namespace holds.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import threading
+import time
+import uuid
+
+import pytest
+
+from tests.agent.topology import EIP4, PYTHON, ROOT, Topology, sh
+
+pytestmark = [pytest.mark.netns, pytest.mark.timeout(300)]
+
+# Probes the EIP on the segment from another node until nobody answers; prints that epoch time.
+UNANSWERED = """
+import sys, time
+from egress_cni.api.net import parse_ip
+from egress_cni.dataplane.probe import address_in_use
+ip, deadline = parse_ip(sys.argv[1]), time.time() + float(sys.argv[2])
+print("ready", flush=True)
+while time.time() < deadline:
+    if not address_in_use("eth0", ip, attempts=1, interval=0.02):
+        print(time.time(), flush=True)
+        sys.exit(0)
+sys.exit(1)
+"""
+
+
+def start_agent(t: Topology, n: int, *extra: str) -> subprocess.Popen[str]:
+    log = open(t.dir / f"agent-node{n}.log", "a")  # noqa: SIM115 - owned by the process
+    proc = subprocess.Popen(t.agent_args(n) + list(extra), stdout=log, stderr=log, text=True, cwd=ROOT)
+    t.agents[n] = proc
+    t.procs.append(proc)
+    return proc
+
+
+def holds(t: Topology, n: int, ip: str = EIP4) -> bool:
+    out = t.exec_in(t.node(n), "ip", "-o", "addr", "show", "dev", "eth0").stdout
+    return f" {ip}/" in out
+
+
+def wait_for(cond: object, timeout: float, every: float = 0.02) -> float | None:
+    """Poll `cond` until true; the monotonic time it first was, or None at the deadline."""
+    assert callable(cond)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return time.monotonic()
+        time.sleep(every)
+    return None
+
+
+def gateway(t: Topology, *extra: str) -> subprocess.Popen[str]:
+    """node2 serves policy web (pods p1a, p2a): its agent runs until it holds the EIP."""
+    t.build()
+    proc = start_agent(t, 2, *extra)
+    assert wait_for(lambda: holds(t, 2), 60) is not None, t.agent_log(2)
+    return proc
+
+
+def test_a_sigkilled_agent_is_fenced_by_the_kernel_within_about_a_second() -> None:
+    # valid_lft counts whole seconds and the kernel's lifetime worker may run up to 250 ms late:
+    # with the default of 2 s, 1 s is out of reach; with 1 s the EIP goes 0.75-1.25 s after the kill
+    t = Topology(pods={1: ["a"]})
+    try:
+        proc = gateway(t, "--eip-lifetime-seconds", "1")
+        start_agent(t, 1)  # steers pod p1a to node2
+        assert t.wait_probe(1, "a", EIP4) == EIP4, t.agent_log(2)
+        prober = subprocess.Popen(["ip", "netns", "exec", t.node(3), PYTHON, "-c", UNANSWERED, EIP4, "10"],
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+        t.procs.append(prober)
+        assert prober.stdout is not None and prober.stdout.readline().strip() == "ready"
+        t0, m0 = time.time(), time.monotonic()
+        proc.send_signal(signal.SIGKILL)
+        gone = wait_for(lambda: not holds(t, 2), 5)
+        out, err = prober.communicate(timeout=30)
+        assert gone is not None, "the kernel kept the EIP of a dead agent"
+        assert prober.returncode == 0, f"ARP for the EIP still answered: {err}"
+        removed, unanswered = gone - m0, float(out.strip()) - t0
+        print(f"SIGKILL fencing (valid_lft 1 s): address gone after {removed:.3f} s, ARP unanswered after "
+              f"{unanswered:.3f} s")
+        assert removed <= 1.5 and unanswered <= 1.5
+    finally:
+        t.close()
+
+
+@pytest.mark.parametrize("family", [4, 6])
+def test_probe_sees_an_address_another_namespace_holds(family: int) -> None:
+    ns = [f"egwt-{uuid.uuid4().hex[:6]}-{s}" for s in ("a", "b")]
+    held, free = ("10.77.0.200", "10.77.0.201") if family == 4 else ("fd77::200", "fd77::201")
+    try:
+        for name in ns:
+            sh("ip", "netns", "add", name)
+        sh("ip", "-n", ns[0], "link", "add", "eth0", "type", "veth", "peer", "name", "eth0", "netns", ns[1])
+        for name, own in zip(ns, ("10.77.0.1/24", "10.77.0.2/24"), strict=True):
+            sh("ip", "-n", name, "addr", "add", own, "dev", "eth0")
+            sh("ip", "-n", name, "link", "set", "eth0", "up")
+        sh("ip", "-n", ns[1], "addr", "add", f"{held}/{32 if family == 4 else 128}", "dev", "eth0", "nodad")
+        script = ("import sys\nfrom egress_cni.api.net import parse_ip\nfrom egress_cni.dataplane.probe import address_in_use\n"
+                  "print(*(address_in_use('eth0', parse_ip(a)) for a in sys.argv[1:]))")
+        deadline = time.monotonic() + 10  # the veth's link-local address (IPv6 multicast) settles first
+        got = ""
+        while time.monotonic() < deadline:
+            got = sh("ip", "netns", "exec", ns[0], PYTHON, "-c", script, held, free).stdout.strip()
+            if got == "True False":
+                break
+            time.sleep(0.2)
+        assert got == "True False", f"probe of {held} (held) and {free} (free): {got}"
+    finally:
+        for name in ns:
+            sh("ip", "netns", "del", name, check=False)
+
+
+def test_sigterm_releases_the_eip_at_once() -> None:
+    t = Topology(pods={1: ["a"]})
+    try:
+        proc = gateway(t)
+        m0 = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        gone = wait_for(lambda: not holds(t, 2), 5, every=0.01)
+        assert gone is not None, t.agent_log(2)
+        print(f"SIGTERM: EIP released {gone - m0:.3f} s after the signal (lifetime 2 s)")
+        assert gone - m0 < 1.0  # well within the lifetime: released, not expired
+        assert proc.wait(timeout=10) == 0
+    finally:
+        t.close()
+
+
+def test_a_restarted_agent_keeps_the_eip_throughout() -> None:
+    t = Topology(pods={1: ["a"]})
+    samples: list[bool] = []
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.wait(0.05):
+            samples.append(holds(t, 2))
+
+    try:
+        proc = gateway(t)
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        proc.send_signal(signal.SIGKILL)  # a crash: the kernel keeps the EIP for its lifetime
+        proc.wait(timeout=10)
+        start_agent(t, 2)
+        # the new agent renews from its first moment: sampled over three lifetimes after the restart
+        until = time.monotonic() + 6
+        while time.monotonic() < until:
+            time.sleep(0.05)
+        stop.set()
+        sampler.join(timeout=5)
+        print(f"restart: {len(samples)} samples every 50 ms, {samples.count(False)} without the EIP")
+        assert samples and all(samples), t.agent_log(2)
+    finally:
+        stop.set()
+        t.close()
+
+
+def test_a_parent_link_without_carrier_releases_the_eip() -> None:
+    t = Topology(pods={1: ["a"]})
+    try:
+        gateway(t)
+        m0 = time.monotonic()
+        sh("ip", "-n", t.ns("ul"), "link", "set", "u-n2", "down")  # the switch port: node2's eth0 stays up
+        gone = wait_for(lambda: not holds(t, 2), 5)
+        assert gone is not None, t.agent_log(2)
+        print(f"no carrier: EIP released {gone - m0:.3f} s after the uplink went down")
+        assert gone - m0 < 1.0
+        sh("ip", "-n", t.ns("ul"), "link", "set", "u-n2", "up")
+        assert wait_for(lambda: holds(t, 2), 10) is not None, t.agent_log(2)
+    finally:
+        t.close()
