@@ -19,7 +19,7 @@ from collections.abc import Callable, Mapping
 
 from egress_cni import logs, registry, settings
 from egress_cni.agent.loop import Agent, Lease
-from egress_cni.agent.peers import PeerMonitor, PeerService, kernel_eips, read_key
+from egress_cni.agent.peers import PeerMonitor, PeerService, held_now, kernel_eips, read_key
 from egress_cni.agent.sources import RecordingReporter, Source, TunnelReporter, YamlSource
 from egress_cni.dataplane.apply import KernelDataplane
 from egress_cni.dataplane.inputs import DataplaneConfig, NodeFacts
@@ -166,8 +166,8 @@ def peer_service(args: argparse.Namespace, config: DataplaneConfig, node: NodeFa
         key = read_key(args.peer_key_file)
     except (OSError, ValueError) as exc:
         raise SystemExit(f"--peer-key-file: {exc}") from None
-    failover = getattr(args.settings, "failover_enabled", True)
-    monitor = PeerMonitor(args.node, key=key, takeover=bool(failover))
+    monitor = PeerMonitor(args.node, key=key, takeover=args.settings.failover_enabled)  # gatewayFailover.enable
+    monitor.adopt(held_now(node.parent, config.eip_proto))  # before the first reconcile could drop them
     return PeerService(monitor, address=node.parent_ipv4 or node.parent_ipv6, port=args.peer_port,
                        held=lambda: kernel_eips(node.parent, config.eip_proto))
 

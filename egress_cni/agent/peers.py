@@ -309,10 +309,22 @@ class PeerMonitor:
         self._mine: dict[str, _Claim] = {}
         self._seen: dict[str, Takeover] = {}
         self._suppressed: dict[str, float] = {}
+        self._adopt: frozenset[str] = frozenset()  # EIPs found held at start, until the first view places them
         self.version = 0
         self.rejected = 0  # datagrams dropped (malformed, unauthenticated, bad MAC, replayed)
 
     # --- inputs ---------------------------------------------------------------------------------
+
+    def adopt(self, held: Iterable[str]) -> None:
+        """The EIP addresses this node holds at start (before the first reconcile): one the API places
+        elsewhere was ours by a takeover before a restart, and we keep serving it (the probe let us claim
+        it once; nobody else can hold it)."""
+        with self._lock:
+            self._adopt = frozenset(held)
+
+    def _adopted(self, view: _View) -> list[Entry]:
+        return [e for e in view.entries if e.owner != self.node and e.eips and set(e.eips) <= self._adopt
+                and e.id not in self._mine and e.id not in self._seen]
 
     def update(self, state: ClusterState, held: frozenset[str]) -> None:
         view = _View(entries(state.gateways), gateway_peers(state.gateways, self.node), underlay_addresses(state),
@@ -321,6 +333,14 @@ class PeerMonitor:
             self._view = view
             self.liveness.watch(view.peers)
             changed = self._prune()
+            if self._adopt and view.entries:
+                now = self._clock()
+                for e in self._adopted(view):
+                    self._mine[e.id] = _Claim(Takeover(e.id, self.node, e.owner, e.owner, e.policies), e.eips, now,
+                                              announced_at=now)
+                    log.warning("eip kept across a restart", extra={"entry": e.id, "placed_on": e.owner})
+                    changed = True
+                self._adopt = frozenset()
         if changed:
             self._changed()
 
@@ -444,6 +464,9 @@ class PeerMonitor:
         api = placements(state)
         with self._lock:
             takeovers = [*self._seen.values(), *(c.takeover for c in self._mine.values())]
+            if self._adopt:  # the first reconcile may come before our first update: keep them from the start
+                view = _View(entries(state.gateways))
+                takeovers += [Takeover(e.id, self.node, e.owner, e.owner, e.policies) for e in self._adopted(view)]
         return {k: t.node for t in takeovers for k in t.policies if api.get(k) == t.origin}
 
     def serving(self) -> dict[str, str]:
@@ -458,20 +481,31 @@ class PeerMonitor:
 
 # --- the socket (thin) ----------------------------------------------------------------------------
 
+def _eips(ipr: Any, parent: str, proto: int) -> frozenset[str]:
+    found = ipr.link_lookup(ifname=parent)
+    if not found:
+        return frozenset()
+    return frozenset(a.get_attr("IFA_ADDRESS") for a in ipr.get_addr(index=found[0]) if a.get_attr("IFA_PROTO") == proto)
+
+
 def kernel_eips(parent: str, proto: int) -> Callable[[], frozenset[str]]:
     """A reader of the EIP addresses (IFA_PROTO `proto`) on `parent`, for the peer thread only."""
     from pyroute2 import IPRoute
 
     ipr = IPRoute()
+    return lambda: _eips(ipr, parent, proto)
 
-    def read() -> frozenset[str]:
-        found = ipr.link_lookup(ifname=parent)
-        if not found:
-            return frozenset()
-        return frozenset(a.get_attr("IFA_ADDRESS") for a in ipr.get_addr(index=found[0])
-                         if a.get_attr("IFA_PROTO") == proto)
 
-    return read
+def held_now(parent: str, proto: int) -> frozenset[str]:
+    """The EIP addresses on `parent` now (one read; for `PeerMonitor.adopt` at start)."""
+    from pyroute2 import IPRoute
+
+    try:
+        with IPRoute() as ipr:
+            return _eips(ipr, parent, proto)
+    except OSError as exc:
+        log.warning("cannot read the eips held", extra={"error": str(exc)})
+        return frozenset()
 
 
 class PeerService:

@@ -302,6 +302,25 @@ def test_takeover_switched_off_decides_nothing() -> None:
     assert m.overrides(state()) == {}
 
 
+def test_a_restarted_new_owner_keeps_serving_the_eip_it_holds() -> None:
+    """node3 took the EIP over and restarted: the address is still on its link (refreshed lifetime)
+    and the API still places it on node2; it is ours from the first reconcile on, and announced."""
+    clock = Clock()
+    m = PeerMonitor("node3", clock=clock, incarnation=2.0)
+    m.adopt({EIP})
+    s = state()
+    assert m.overrides(s) == {"default/web": "node3"}  # before any update: the first reconcile keeps it
+    m.update(s, frozenset({EIP}))
+    assert m.serving() == {f"gw|{EIP}": "node3"}
+    sent = m.tick()
+    assert {a for a, _ in sent} == {"10.100.0.1", "10.100.0.2"}  # the notice goes to every node
+    assert decode(sent[0][1]).takeovers[0].replaced == "node2"
+    fresh = PeerMonitor("node3", clock=clock)
+    fresh.adopt({"10.9.9.9"})  # not an EIP of any entry: nothing
+    fresh.update(s, frozenset())
+    assert fresh.overrides(s) == {}
+
+
 # --- compute and the state view -------------------------------------------------------------------
 
 def test_compute_steers_to_the_override_and_keeps_the_status_eip() -> None:
