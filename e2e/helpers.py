@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from devtools.sandbox import netns, nodeops, procs
+from devtools.sandbox import components, netns, nodeops, procs
 from devtools.sandbox.cluster import Sandbox
 
 T = TypeVar("T")
@@ -227,7 +227,7 @@ def start_agent(sb: Sandbox, node: str) -> procs.ProcessRecord:
 def agent_ready(sb: Sandbox, node: str) -> bool:
     """The agent's own /readyz, read inside the node's netns (no API involved)."""
     result = subprocess.run(netns.in_netns_argv(sb.plan.node(node).netns, [
-        "curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "1", "http://127.0.0.1:9641/readyz"]),
+        "curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "1", f"http://{components.AGENT_METRICS}/readyz"]),
         capture_output=True, text=True)
     return result.stdout.strip() == "200"
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from devtools.sandbox import cgroups, components, containerd, images, kubelet, netns, procs
-from devtools.sandbox.plan import SandboxPlan
+from devtools.sandbox.plan import NodePlan, SandboxPlan
 from devtools.sandbox.state import SandboxState
 
 LOG_ROOT = Path(os.environ.get("LOGDIR", "/tmp/egressgateway-logs"))
@@ -190,7 +190,8 @@ class Sandbox:
             argv = components.agent_argv(node, self.node_paths(node.name), agent_kubeconfig)
             agents.append(self.state.add_process(procs.launch(f"egress-agent-{node.name}", argv, log_dir, netns=node.netns)))
         for node, agent in zip(self.plan.nodes, agents, strict=True):
-            self._wait(lambda n=node.name: self._agent_lease_exists(n), f"agent {node.name} holds its Lease", agent)  # type: ignore[misc]
+            # Not its Lease: only gateway-eligible agents hold one (docs/ha.md); its own /readyz instead.
+            self._wait(lambda n=node: self._agent_ready(n), f"agent {node.name} ready", agent)  # type: ignore[misc]
         self._wait(lambda: procs.alive(controller) and self.get_or_none("lease", "-n", components.NAMESPACE,
                                                                         "egressgateway-controller") is not None,
                    "controller holds the leader Lease", controller)
@@ -205,8 +206,12 @@ class Sandbox:
         result = self.kubectl("apply", "--dry-run=server", "-f", "-", input=json.dumps(probe), check=False)
         return "failed calling webhook" not in result.stderr
 
-    def _agent_lease_exists(self, node: str) -> bool:
-        return self.get_or_none("lease", "-n", components.NAMESPACE, f"egress-agent-{node}") is not None
+    def _agent_ready(self, node: NodePlan) -> bool:
+        """The agent's /readyz, asked inside its node's netns (it listens on the node's loopback)."""
+        result = subprocess.run(netns.in_netns_argv(node.netns, [
+            "curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "2", f"http://{components.AGENT_METRICS}/readyz"]),
+            capture_output=True, text=True)
+        return result.stdout.strip() == "200"
 
     def _wait(self, probe: Callable[[], bool], what: str, record: procs.ProcessRecord, timeout: float = 180.0) -> None:
         deadline = time.monotonic() + timeout

@@ -25,6 +25,7 @@ NAMESPACE = "egressgateway-system"
 WEBHOOK_PORT = 9443
 CONTROLLER_SA, AGENT_SA = "egressgateway-controller", "egressgateway-agent"
 WEBHOOK_SA = "egress-webhook"
+AGENT_METRICS = "127.0.0.1:9641"  # in each node's netns: /healthz /readyz /metrics
 # What a process-based install needs from the manifests (workloads and Services are replaced by processes).
 SETUP_KINDS = ("Namespace", "ConfigMap", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding")
 WEBHOOK_KINDS = ("MutatingWebhookConfiguration", "ValidatingWebhookConfiguration")
@@ -78,4 +79,4 @@ def webhook_argv(kubeconfig: Path, address: str, work_dir: Path) -> list[str]:
 def agent_argv(node: NodePlan, paths: NodePaths, kubeconfig: Path) -> list[str]:
     return [_script("egress-agent"), "run", f"--node={node.name}", f"--kubeconfig={kubeconfig}",
             f"--registry-dir={paths.registry_dir}", f"--parent={node.endpoint.device}", "--ipv6",
-            f"--namespace={NAMESPACE}", "--metrics-address=127.0.0.1:9641"]
+            f"--namespace={NAMESPACE}", f"--metrics-address={AGENT_METRICS}"]
