@@ -67,16 +67,19 @@ def delete_quietly(client: k8s.Client, rt: k8s.ResourceType, name: str, namespac
 
 
 class Agents:
-    """Renews `egress-agent-<node>` Leases like the node agents do, until told to stop per node."""
+    """Renews `egress-agent-<node>` Leases like the node agents do, until told to stop per node;
+    `annotations[node]` is written with every renewal (the EIPs it holds, the peers it sees)."""
 
     def __init__(self, client: k8s.Client, duration: int = 1) -> None:
         self.client, self.duration = client, duration
         self._stops: dict[str, threading.Event] = {}
+        self.annotations: dict[str, dict[str, str]] = {}
 
     def start(self, node: str) -> None:
         stop = threading.Event()
         self._stops[node] = stop
-        keeper = k8s.LeaseKeeper(self.client, f"egress-agent-{node}", NAMESPACE, node, self.duration)
+        keeper = k8s.LeaseKeeper(self.client, f"egress-agent-{node}", NAMESPACE, node, self.duration,
+                                 annotations=lambda: dict(self.annotations.get(node, {})))
 
         def renew() -> None:
             while not stop.is_set():
@@ -145,12 +148,12 @@ def ready_reason(status: dict[str, Any]) -> str:
 class ControllerProcess:
     """`python -m egress_cni.controller.main` against the test API server, stopped by PID."""
 
-    def __init__(self, kubeconfig: str, log_dir: Path, identity: str, *extra: str) -> None:
+    def __init__(self, kubeconfig: str, log_dir: Path, identity: str, *extra: str, env: dict[str, str] | None = None) -> None:
         self.identity = identity
         self.log_path = log_dir / f"controller-{identity}.log"
-        env = {**os.environ, "PYTHONWARNINGS": "ignore", "KUBECONFIG": kubeconfig}
+        env = {**os.environ, "PYTHONWARNINGS": "ignore", "KUBECONFIG": kubeconfig, **(env or {})}
         with self.log_path.open("ab") as log:
-            self.proc = subprocess.Popen(
+            self.proc = subprocess.Popen(  # the controller itself, never a wrapper: stop() signals this PID
                 [sys.executable, "-m", "egress_cni.controller.main", "--kubeconfig", kubeconfig, "--identity", identity,
                  "--health-address", "127.0.0.1:0", "--leader-lease-seconds", "2", "--resync-seconds", "30", *extra],
                 stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env=env)
@@ -166,6 +169,12 @@ class ControllerProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(timeout=5)
+
+    def log_since(self, offset: int) -> str:
+        return self.log_path.read_bytes()[offset:].decode(errors="replace")
+
+    def log_size(self) -> int:
+        return self.log_path.stat().st_size if self.log_path.exists() else 0
 
     def log_tail(self) -> str:
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-30:])

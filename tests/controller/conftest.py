@@ -43,9 +43,9 @@ class Env:
         self.created.append((rt, meta["name"], meta.get("namespace")))
         return obj
 
-    def controller(self, identity: str = "a", *extra: str, lease: str = "") -> ControllerProcess:
+    def controller(self, identity: str = "a", *extra: str, lease: str = "", env: dict[str, str] | None = None) -> ControllerProcess:
         proc = ControllerProcess(str(self.plane.kubeconfig), self.log_dir, f"{identity}-{self.suffix}",
-                                 "--leader-lease", lease or self.name("egressgateway-controller"), *extra)
+                                 "--leader-lease", lease or self.name("egressgateway-controller"), *extra, env=env)
         self.controllers.append(proc)
         return proc
 
