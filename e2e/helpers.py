@@ -497,3 +497,10 @@ class ArpSampler:
 
     def snapshot(self, since: float = 0.0) -> list[tuple[float, frozenset[str]]]:
         return [s for s in list(self.samples) if s[0] >= since]
+
+
+def neighbour_of(sb: Sandbox, ip: str) -> str:
+    """The external server's neighbour entry for `ip`: the MAC it sends to, and the entry's state."""
+    words = netns.run(["ip", "-n", sb.plan.external.netns, "neigh", "show", ip], check=False).stdout.split()
+    mac = words[words.index("lladdr") + 1] if "lladdr" in words else "none"
+    return f"{mac} {words[-1] if words else ''}".strip()

@@ -33,9 +33,11 @@ from e2e.helpers import (
     agent_record,
     apiserver_frozen,
     kill_agent,
+    link_mac,
     longest_double,
     longest_outage,
     moves,
+    neighbour_of,
     peer_path_blocked,
     pod_netns_path,
     start_agent,
@@ -231,12 +233,16 @@ def _power_off_runs(ha: Setup, count: int, frozen: bool, label: str) -> list[flo
                 took, outage, probes = recovery(prober, t0)
         samples = ha.holders.snapshot(since=t0)
         new = {n for _, h in samples for n in h if n != owner}
+        claimed = next((at - t0 for at, h in samples if h - {owner}), float("inf"))
+        macs = {n: link_mac(ha.cluster.sb.plan.node(n).netns).hex(":") for n in new}
         times.append(took)
         outages.append(outage)
         lost, other = counts([p for p in probes if p.sent >= t0])
         record(ha.cluster, f"[{label}] run {run + 1}: {owner} off -> EIP serves again after {took:.3f} s "
                            f"(longest gap {outage:.3f} s, {lost} probes lost, {other} other source; new holder "
-                           f"{sorted(new) or 'none'}; two holders at once for {longest_double(samples):.3f} s)")
+                           f"{sorted(new) or 'none'} from {claimed:.3f} s; two holders at once for "
+                           f"{longest_double(samples):.3f} s; the external server's ARP entry for the EIP "
+                           f"{neighbour_of(ha.cluster.sb, EIP)}, the holder's MAC {macs})")
         ha.cluster.power_on(owner)
     record(ha.cluster, f"[{label}] EIP serves again after power-off: {summary(times)}; "
                        f"longest gap {summary(outages)}")
