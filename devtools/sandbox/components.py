@@ -76,7 +76,14 @@ def webhook_argv(kubeconfig: Path, address: str, work_dir: Path) -> list[str]:
             f"--namespace={NAMESPACE}", "--workers=1"]
 
 
+# As in a DaemonSet pod (hostNetwork): the agent sees its node's links in /sys/class/net. Under
+# `nsenter --net` alone sysfs still shows the machine's own links (the agent then announced EIPs with
+# the host's MAC); a mount namespace of its own (slave: later mounts still propagate in) with sysfs
+# mounted inside the node's netns gives it the node's.
+NODE_SYSFS = ["unshare", "-m", "--propagation", "slave", "sh", "-c", 'mount -t sysfs sysfs /sys && exec "$0" "$@"']
+
+
 def agent_argv(node: NodePlan, paths: NodePaths, kubeconfig: Path) -> list[str]:
-    return [_script("egress-agent"), "run", f"--node={node.name}", f"--kubeconfig={kubeconfig}",
+    return [*NODE_SYSFS, _script("egress-agent"), "run", f"--node={node.name}", f"--kubeconfig={kubeconfig}",
             f"--registry-dir={paths.registry_dir}", f"--parent={node.endpoint.device}", "--ipv6",
             f"--namespace={NAMESPACE}", f"--metrics-address={AGENT_METRICS}"]
