@@ -6,12 +6,17 @@ The parent is `--parent` when given, else the link of the default route (IPv4 fi
 
 from __future__ import annotations
 
+import logging
 import socket
+from collections.abc import Callable
+from typing import Any
 
 from pyroute2 import IPRoute
 
 from egress_cni.dataplane.inputs import DataplaneConfig, NodeFacts
 from egress_cni.dataplane.netlink import link_has_carrier
+
+log = logging.getLogger(__name__)
 
 
 def default_route_link(ipr: IPRoute) -> str | None:
@@ -43,3 +48,26 @@ def read_facts(name: str, parent: str | None, config: DataplaneConfig, *, ipv4: 
                 continue
             first.setdefault(fam, a.get_attr("IFA_ADDRESS"))
     return NodeFacts(name, link, first.get(4, ""), first.get(6, ""), mtu, ipv4, ipv6, carrier)
+
+
+def _eips(ipr: Any, parent: str, proto: int) -> frozenset[str]:
+    found = ipr.link_lookup(ifname=parent)
+    if not found:
+        return frozenset()
+    return frozenset(a.get_attr("IFA_ADDRESS") for a in ipr.get_addr(index=found[0]) if a.get_attr("IFA_PROTO") == proto)
+
+
+def kernel_eips(parent: str, proto: int) -> Callable[[], frozenset[str]]:
+    """A reader of the EIP addresses (IFA_PROTO `proto`) on `parent`, for the peer thread only."""
+    ipr = IPRoute()
+    return lambda: _eips(ipr, parent, proto)
+
+
+def held_now(parent: str, proto: int) -> frozenset[str]:
+    """The EIP addresses on `parent` now (one read; for `PeerMonitor.adopt` at start)."""
+    try:
+        with IPRoute() as ipr:
+            return _eips(ipr, parent, proto)
+    except OSError as exc:
+        log.warning("cannot read the eips held", extra={"error": str(exc)})
+        return frozenset()

@@ -481,33 +481,6 @@ class PeerMonitor:
 
 # --- the socket (thin) ----------------------------------------------------------------------------
 
-def _eips(ipr: Any, parent: str, proto: int) -> frozenset[str]:
-    found = ipr.link_lookup(ifname=parent)
-    if not found:
-        return frozenset()
-    return frozenset(a.get_attr("IFA_ADDRESS") for a in ipr.get_addr(index=found[0]) if a.get_attr("IFA_PROTO") == proto)
-
-
-def kernel_eips(parent: str, proto: int) -> Callable[[], frozenset[str]]:
-    """A reader of the EIP addresses (IFA_PROTO `proto`) on `parent`, for the peer thread only."""
-    from pyroute2 import IPRoute
-
-    ipr = IPRoute()
-    return lambda: _eips(ipr, parent, proto)
-
-
-def held_now(parent: str, proto: int) -> frozenset[str]:
-    """The EIP addresses on `parent` now (one read; for `PeerMonitor.adopt` at start)."""
-    from pyroute2 import IPRoute
-
-    try:
-        with IPRoute() as ipr:
-            return _eips(ipr, parent, proto)
-    except OSError as exc:
-        log.warning("cannot read the eips held", extra={"error": str(exc)})
-        return frozenset()
-
-
 class PeerService:
     """The monitor's thread: a UDP socket on the underlay address; update, tick, send, receive."""
 
