@@ -131,6 +131,8 @@ class Agent:
         self._urgent.set()
         self._dirty.set()
         if release_eips:
+            if self.peers is not None:
+                self.peers.farewell()  # a rollout restart: peers hold off RESTART_GRACE, nothing moves
             self.refresher.release()
         self.source.stop()
         for t in self._threads:

@@ -46,6 +46,10 @@ log = logging.getLogger(__name__)
 PORT = 7790
 INTERVAL = 0.1
 MISSED = 3
+# An agent stopped by SIGTERM (a DaemonSet rollout, most of the time) tells its peers it will be back:
+# they hold off a takeover this long, so a restart moves nothing. A node that stays down fails over
+# RESTART_GRACE later than a node that vanished without a word.
+RESTART_GRACE = 5.0
 STANDBY_STEP = 0.2
 CLAIM_SECONDS = 3.0  # longer than a dead owner's address lives in its kernel (EIP lifetime 2 s) plus probes
 HOLD_OFF = 10.0
@@ -95,11 +99,15 @@ class Message:
     seq: int
     eips: tuple[str, ...] = ()
     takeovers: tuple[Takeover, ...] = ()
+    grace: float = 0.0  # > 0: "I am restarting; count me alive this much longer"
 
 
 def encode(msg: Message, key: bytes | None = None) -> bytes:
-    body = json.dumps({"n": msg.node, "i": msg.incarnation, "s": msg.seq, "e": list(msg.eips),
-                       "t": [t.to_dict() for t in msg.takeovers]}, separators=(",", ":"), sort_keys=True).encode()
+    fields: dict[str, Any] = {"n": msg.node, "i": msg.incarnation, "s": msg.seq, "e": list(msg.eips),
+                              "t": [t.to_dict() for t in msg.takeovers]}
+    if msg.grace:
+        fields["g"] = msg.grace
+    body = json.dumps(fields, separators=(",", ":"), sort_keys=True).encode()
     if key is None:
         return _PLAIN + body
     return _SIGNED + hmac.new(key, _SIGNED + body, hashlib.sha256).digest() + body
@@ -130,7 +138,10 @@ def decode(data: bytes, key: bytes | None = None) -> Message:
             or not isinstance(seq, int) or isinstance(seq, bool) or not isinstance(eips, list) \
             or not all(isinstance(e, str) for e in eips) or not isinstance(takeovers, list):
         raise MessageError("bad fields")
-    return Message(node, float(inc), seq, tuple(eips), tuple(Takeover.parse(t) for t in takeovers))
+    grace = raw.get("g", 0.0)
+    if not isinstance(grace, (int, float)) or isinstance(grace, bool) or not 0 <= grace <= 60:
+        raise MessageError("bad grace")
+    return Message(node, float(inc), seq, tuple(eips), tuple(Takeover.parse(t) for t in takeovers), float(grace))
 
 
 def read_key(path: str) -> bytes | None:
@@ -216,12 +227,13 @@ class Liveness:
         for n in self._watched:
             self._heard.setdefault(n, _Heard(float("-inf"), -1, now))
 
-    def heard(self, node: str, incarnation: float, seq: int) -> bool:
-        """Record a message; False for a replayed or reordered one (not newer than the last)."""
+    def heard(self, node: str, incarnation: float, seq: int, grace: float = 0.0) -> bool:
+        """Record a message; False for a replayed or reordered one (not newer than the last). A
+        restarting peer's farewell (`grace`) keeps it alive that much longer."""
         last = self._heard.get(node)
         if last is not None and (incarnation, seq) <= (last.incarnation, last.seq):
             return False
-        self._heard[node] = _Heard(incarnation, seq, self._clock())
+        self._heard[node] = _Heard(incarnation, seq, self._clock() + grace)
         return True
 
     def alive(self, node: str) -> bool:
@@ -354,7 +366,7 @@ class PeerMonitor:
         if msg.node == self.node:
             return False
         with self._lock:
-            if not self.liveness.heard(msg.node, msg.incarnation, msg.seq):
+            if not self.liveness.heard(msg.node, msg.incarnation, msg.seq, msg.grace):
                 self.rejected += 1
                 return False
             changed = any([self._accept(t) for t in msg.takeovers if t.node == msg.node])
@@ -438,6 +450,14 @@ class PeerMonitor:
         data = encode(msg, self.key)
         return [(view.addresses[n], data) for n in sorted(targets) if n in view.addresses]
 
+    def farewell(self, grace: float = RESTART_GRACE) -> list[tuple[str, bytes]]:
+        """The datagrams that tell every peer this agent is restarting (SIGTERM): hold off for `grace`."""
+        with self._lock:
+            view = self._view
+            self._seq += 1
+            data = encode(Message(self.node, self.incarnation, self._seq, (), (), grace), self.key)
+            return [(view.addresses[n], data) for n in sorted(view.peers) if n in view.addresses]
+
     def _prune(self) -> bool:
         """Drop the takeovers the API has caught up with (it no longer places them on their origin)."""
         api = self._view.placements
@@ -504,6 +524,18 @@ class PeerService:
         sock.setblocking(False)
         self.sock = sock
         return sock
+
+    def farewell(self) -> None:
+        """Tell the peers we are restarting (SIGTERM), before the EIPs are released."""
+        sock = self.sock
+        if sock is None:
+            return
+        for address, data in self.monitor.farewell():
+            for _ in range(2):  # UDP: twice, as the loss of one would cost a takeover
+                try:
+                    sock.sendto(data, (address, self.port))
+                except OSError:
+                    pass
 
     def run(self, stop: threading.Event) -> None:
         sock = self.sock or self.bind()

@@ -351,3 +351,18 @@ def test_the_state_view_merges_overrides_and_rebuilds_when_they_change() -> None
     ov.version = 1
     assert view.state().overrides == {"default/web": "node3"}
     assert view.base().overrides == {}
+
+
+def test_a_restarting_peer_is_held_alive_for_its_grace() -> None:
+    from egress_cni.agent.peers import Liveness, Message, decode, encode
+
+    now = [100.0]
+    live = Liveness(0.3, lambda: now[0])
+    live.watch(["node2"])
+    assert live.heard("node2", 1.0, 1)
+    farewell = decode(encode(Message("node2", 1.0, 2, grace=5.0), b"k"), b"k")
+    assert farewell.grace == 5.0 and live.heard("node2", 1.0, 2, farewell.grace)
+    now[0] += 4.0
+    assert live.alive("node2")  # restarting: no takeover yet
+    now[0] += 1.5
+    assert not live.alive("node2") and live.lost_for("node2") > 0  # never came back: fail over
