@@ -60,7 +60,7 @@ def build_parser(env: Mapping[str, str] | None = None) -> argparse.ArgumentParse
         p.add_argument("--peer-key-file", default=None, help="HMAC key file for peer messages (file peers.keyFile)")
         p.add_argument("--eip-lifetime-seconds", type=int, default=None,
                        help="valid lifetime of EIP addresses, renewed every 250 ms: a dead agent's EIPs are gone "
-                            "after it (env EGRESS_EIP_LIFETIME_SECONDS); default 2")
+                            "after it (env EGRESS_EIP_LIFETIME_SECONDS); default 1")
         p.add_argument("--namespace", default=env.get("EGRESS_NAMESPACE", "egressgateway-system"))
         p.add_argument("--metrics-address", default=":9641", help="host:port for /healthz /readyz /metrics; '' disables")
         p.add_argument("--health-port", type=int, default=None, help="serve /healthz /readyz /metrics on 0.0.0.0:PORT")
@@ -94,7 +94,7 @@ def parse_args(argv: list[str] | None, env: Mapping[str, str] | None = None) -> 
             setattr(args, attr, configured)
     if args.eip_lifetime_seconds is None:
         try:
-            args.eip_lifetime_seconds = int(env.get("EGRESS_EIP_LIFETIME_SECONDS", "2"))
+            args.eip_lifetime_seconds = int(env.get("EGRESS_EIP_LIFETIME_SECONDS", "1"))
         except ValueError:
             parser.error("EGRESS_EIP_LIFETIME_SECONDS: not a whole number of seconds")
     if args.eip_lifetime_seconds < 1:

@@ -81,7 +81,7 @@ class DataplaneConfig:
     mark_base: int = 0x26000000  # every mark we set has these bits under mark_mask
     mark_mask: int = 0xFF000000
     eip_proto: int = 0x45  # IFA_PROTO on EIP addresses: how we find ours after a restart
-    eip_lifetime: int = 2  # seconds: valid lifetime of EIP addresses, renewed by the agent's fencing thread
+    eip_lifetime: int = 1  # seconds: valid lifetime of EIP addresses, renewed by the agent's fencing thread
     chain_prefix: str = "EGRESS"
     ipset_prefix: str = "egress"
 
