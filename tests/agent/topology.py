@@ -208,7 +208,10 @@ class Topology:
                 "--node", f"node{n}", "--source", f"yaml:{self.inputs}", "--parent", "eth0",
                 "--registry-dir", str(self.dir / f"registry-node{n}"), "--metrics-address", "",
                 "--resync-seconds", "1", "--log-level", "WARNING"]
-        return args + (["--ipv6"] if self.dual else [])
+        # `once` leaves no agent behind to renew the EIPs' kernel lifetime: give them long enough to
+        # outlive the test's next look (a running agent renews them with its own, 1 s by default)
+        once = ["--eip-lifetime-seconds", "60"] if command == "once" else []
+        return args + once + (["--ipv6"] if self.dual else [])
 
     def once(self, n: int) -> str:
         proc = subprocess.run(self.agent_args(n, "once"), capture_output=True, text=True, timeout=120, cwd=ROOT)
