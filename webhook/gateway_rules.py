@@ -12,7 +12,7 @@ from egress_cni.api.net import Cidr
 from egress_cni.api.pools import IPPool, IPRange, pool_of
 from webhook.admission import AdmissionRequest, Denial
 from webhook.config import WebhookConfig
-from webhook.subnets import cached_pool, schema_denial
+from webhook.subnets import schema_denial
 from webhook.view import ClusterView
 
 POOLS = "spec.ippools"
@@ -115,10 +115,8 @@ def _duplicates(gateway: EgressGateway, pools: dict[int, IPPool], view: ClusterV
     for other in view.gateways():
         if other.metadata.name == gateway.metadata.name:
             continue
-        for version, entries in ((4, other.spec.ippools.ipv4), (6, other.spec.ippools.ipv6)):
-            theirs = cached_pool(entries, version)
-            if theirs is None:
-                continue
+        for version in (4, 6):
+            theirs = other.spec.ippools.pool(version)  # parsed once, with the object
             shared = pools[version].intersection(theirs)
             if shared:
                 denials.append(Denial("gateway-pool-duplicate", f"{POOLS}.ipv{version}", list(_entries(gateway, version)),

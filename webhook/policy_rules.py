@@ -16,7 +16,7 @@ from egress_cni.api.pools import IPPool
 from webhook.admission import AdmissionRequest, Denial
 from webhook.config import WebhookConfig
 from webhook.conflicts import check_conflicts, check_eip_sharing
-from webhook.subnets import cached_pool, check_subnets, schema_denial
+from webhook.subnets import check_subnets, schema_denial
 from webhook.view import ClusterView
 
 EIP = "spec.egressIP"
@@ -125,11 +125,7 @@ def _against_gateway(policy: EgressPolicy, view: ClusterView, config: WebhookCon
 
 
 def _gateway_pools(gateway: EgressGateway, config: WebhookConfig) -> dict[int, IPPool]:
-    pools = {}
-    for version, entries in ((4, gateway.spec.ippools.ipv4), (6, gateway.spec.ippools.ipv6)):
-        pool = cached_pool(entries, version) if config.family_enabled(version) else None
-        pools[version] = pool if pool is not None else IPPool(version)
-    return pools
+    return {v: gateway.spec.ippools.pool(v) if config.family_enabled(v) else IPPool(v) for v in (4, 6)}
 
 
 def _pairing(policy: EgressPolicy, gateway: EgressGateway) -> list[Denial]:

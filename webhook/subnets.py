@@ -12,7 +12,6 @@ from dataclasses import dataclass
 
 from egress_cni.api.errors import FieldError, join
 from egress_cni.api.net import BITS, Cidr
-from egress_cni.api.pools import IPPool, parsed_pool
 from webhook.admission import Denial
 from webhook.config import WebhookConfig
 
@@ -58,14 +57,6 @@ def _family_denial(where: str, cidr: Cidr) -> Denial:
     return Denial("family-not-enabled", where, cidr.given,
                   f"is IPv{cidr.family}, which this installation has not enabled (EGRESS_ENABLE_IPV{cidr.family}=false); "
                   f"use IPv{10 - cidr.family} subnets")
-
-
-def cached_pool(entries: tuple[str, ...], version: int) -> IPPool | None:
-    """A gateway pool parsed once per distinct spec rather than once per review (None: unparsable)."""
-    try:
-        return parsed_pool(entries, version, "")
-    except FieldError:
-        return None
 
 
 @dataclass(frozen=True)

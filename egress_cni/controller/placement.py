@@ -139,10 +139,6 @@ def gateway_pools(gw: EgressGateway) -> tuple[IPPool, IPPool]:
     return gw.spec.ippools.pool(4), gw.spec.ippools.pool(6)
 
 
-def _in_pool(pool: IPPool, ip: IP) -> bool:
-    return pool.contains(ip)
-
-
 def _sort_ips(e: _Entry) -> tuple[str, str]:
     return e.ipv4 or "", e.ipv6 or ""
 
@@ -168,7 +164,7 @@ def place_gateway(gw: EgressGateway, policies: Sequence[PolicyView], nodes: Sequ
     for node_status in gw.status.node_list:
         for rec in node_status.eips:
             refs = [r for r in rec.policies if r in wanted]
-            if not refs or (rec.ipv4 and not _in_pool(v4_pool, rec.ipv4)) or (rec.ipv6 and not _in_pool(v6_pool, rec.ipv6)):
+            if not refs or (rec.ipv4 and not v4_pool.contains(rec.ipv4)) or (rec.ipv6 and not v6_pool.contains(rec.ipv6)):
                 continue
             entries.append(_Entry(rec.ipv4, rec.ipv6, node_status.name, refs, rec.standbys))
     seen: set[PolicyRef] = set()
@@ -301,7 +297,7 @@ def _choose_eip(gw: EgressGateway, policy: PolicyView, v4_pool: IPPool, v6_pool:
         return (None, None), None
     if spec.ipv4 or spec.ipv6:
         for ip, pool, field_name in ((spec.ipv4, v4_pool, "ipv4"), (spec.ipv6, v6_pool, "ipv6")):
-            if ip and not _in_pool(pool, ip):
+            if ip and not pool.contains(ip):
                 return (None, None), Assignment(reason=INVALID_EIP, message=(
                     f"spec.egressIP.{field_name} {ip} is not in the {field_name} pool of EgressGateway {name} "
                     f"({pool}); use an address from the pool"))
@@ -327,7 +323,7 @@ def _choose_eip(gw: EgressGateway, policy: PolicyView, v4_pool: IPPool, v6_pool:
     ipv4 = gw.spec.ippools.ipv4_default_eip or (v4_pool.nth(0) if v4_pool else None)
     ipv6 = gw.spec.ippools.ipv6_default_eip or (v6_pool.nth(0) if v6_pool else None)
     for ip, pool, field_name in ((ipv4, v4_pool, "ipv4DefaultEIP"), (ipv6, v6_pool, "ipv6DefaultEIP")):
-        if ip and not _in_pool(pool, ip):
+        if ip and not pool.contains(ip):
             return (None, None), Assignment(reason=INVALID_EIP, message=(
                 f"spec.ippools.{field_name} {ip} of EgressGateway {name} is not in its pool ({pool}); "
                 "fix the gateway or use allocatorPolicy rr"))
@@ -349,7 +345,7 @@ def _reservation_usable(policy: PolicyView, v4_pool: IPPool, v6_pool: IPPool, us
     if not any(ip for ip, _, _ in reserved):
         return False
     for ip, pool, used in reserved:
-        if ip and (not _in_pool(pool, ip) or (policy.egress_ip.allocator_policy == ALLOCATOR_RR and used.contains(ip))):
+        if ip and (not pool.contains(ip) or (policy.egress_ip.allocator_policy == ALLOCATOR_RR and used.contains(ip))):
             return False
     return True
 
