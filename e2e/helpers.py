@@ -17,7 +17,7 @@ from collections.abc import Callable, Generator, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Self, TypeVar
 
 from devtools.sandbox import components, netns, nodeops, procs
 from devtools.sandbox.cluster import Sandbox
@@ -302,27 +302,41 @@ class Probe:
         return self.replied is not None and self.source == eip
 
 
-class Prober:
-    """UDP probes to the external echo server from inside a pod's netns (no kubectl, no API): one new
-    socket per probe (a new conntrack entry each time), sent every `interval`, each waiting up to
-    `timeout` for the echo, which names the source address the server saw."""
+class _Background:
+    """A sampling thread run for the length of a `with` block; subclasses fill `_run`."""
 
-    def __init__(self, netns_path: str, dst: str = EXTERNAL, port: int = 8082, interval: float = 0.2,
-                 timeout: float = 1.0) -> None:
-        self.netns_path, self.dst, self.port = netns_path, dst, port
-        self.interval, self.timeout = interval, timeout
-        self.probes: list[Probe] = []
+    name = "sampler"
+
+    def __init__(self) -> None:
         self._lock = threading.Lock()
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="prober", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
 
-    def __enter__(self) -> Prober:
+    def __enter__(self) -> Self:
         self._thread.start()
         return self
 
     def __exit__(self, *_: object) -> None:
         self._stop.set()
         self._thread.join(timeout=10)
+
+    def _run(self) -> None:
+        raise NotImplementedError
+
+
+class Prober(_Background):
+    """UDP probes to the external echo server from inside a pod's netns (no kubectl, no API): one new
+    socket per probe (a new conntrack entry each time), sent every `interval`, each waiting up to
+    `timeout` for the echo, which names the source address the server saw."""
+
+    name = "prober"
+
+    def __init__(self, netns_path: str, dst: str = EXTERNAL, port: int = 8082, interval: float = 0.2,
+                 timeout: float = 1.0) -> None:
+        super().__init__()
+        self.netns_path, self.dst, self.port = netns_path, dst, port
+        self.interval, self.timeout = interval, timeout
+        self.probes: list[Probe] = []
 
     def snapshot(self, since: float = 0.0) -> list[Probe]:
         now = time.time()
@@ -368,23 +382,15 @@ class Prober:
                     sock.close()
 
 
-class HolderSampler:
+class HolderSampler(_Background):
     """Which nodes hold `eip` (any link, `ip -o addr` in each node's netns), every `interval`."""
 
+    name = "holders"
+
     def __init__(self, sb: Sandbox, eip: str, nodes: list[str], interval: float = 0.1) -> None:
+        super().__init__()
         self.sb, self.eip, self.nodes, self.interval = sb, eip, nodes, interval
         self.samples: list[tuple[float, frozenset[str]]] = []
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="holders", daemon=True)
-
-    def __enter__(self) -> HolderSampler:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=10)
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -451,9 +457,11 @@ def link_mac(netns_name: str, device: str = "eth0") -> bytes:
     return bytes.fromhex(words[words.index("link/ether") + 1].replace(":", ""))
 
 
-class ArpSampler:
+class ArpSampler(_Background):
     """Who answers ARP for `ip` on the underlay, asked from the external server's netns every
     `interval`: the set of node names whose MAC sent a reply within `window`."""
+
+    name = "arp"
 
     def __init__(self, sb: Sandbox, ip: str, interval: float = 0.1, window: float = 0.08) -> None:
         self.ip, self.interval, self.window = ip, interval, window
@@ -461,16 +469,7 @@ class ArpSampler:
         self.mac = link_mac(self.ext.netns, self.ext.device)
         self.nodes = {link_mac(n.netns, n.endpoint.device): n.name for n in sb.plan.nodes}
         self.samples: list[tuple[float, frozenset[str]]] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="arp", daemon=True)
-
-    def __enter__(self) -> ArpSampler:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=10)
+        super().__init__()
 
     def _run(self) -> None:
         from egress_cni.dataplane.announce import ARP_REQUEST, ETH_P_ARP, arp_frame
