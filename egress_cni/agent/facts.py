@@ -28,7 +28,7 @@ def default_route_link(ipr: IPRoute) -> str | None:
 
 
 def read_facts(name: str, parent: str | None, config: DataplaneConfig, *, ipv4: bool = True,
-               ipv6: bool = False) -> NodeFacts:
+               ipv6: bool = False, eip_dev: str = "") -> NodeFacts:
     with IPRoute() as ipr:
         link = parent or default_route_link(ipr)
         if not link:
@@ -47,27 +47,26 @@ def read_facts(name: str, parent: str | None, config: DataplaneConfig, *, ipv4: 
             if a["prefixlen"] in (32, 128):
                 continue
             first.setdefault(fam, a.get_attr("IFA_ADDRESS"))
-    return NodeFacts(name, link, first.get(4, ""), first.get(6, ""), mtu, ipv4, ipv6, carrier)
+    return NodeFacts(name, link, first.get(4, ""), first.get(6, ""), mtu, ipv4, ipv6, carrier, eip_dev)
 
 
-def _eips(ipr: Any, parent: str, proto: int) -> frozenset[str]:
-    found = ipr.link_lookup(ifname=parent)
-    if not found:
-        return frozenset()
-    return frozenset(a.get_attr("IFA_ADDRESS") for a in ipr.get_addr(index=found[0]) if a.get_attr("IFA_PROTO") == proto)
+def _eips(ipr: Any, links: tuple[str, ...], proto: int) -> frozenset[str]:
+    return frozenset(a.get_attr("IFA_ADDRESS") for link in links for idx in ipr.link_lookup(ifname=link)
+                     for a in ipr.get_addr(index=idx) if a.get_attr("IFA_PROTO") == proto)
 
 
-def kernel_eips(parent: str, proto: int) -> Callable[[], frozenset[str]]:
-    """A reader of the EIP addresses (IFA_PROTO `proto`) on `parent`, for the peer thread only."""
+def kernel_eips(links: tuple[str, ...], proto: int) -> Callable[[], frozenset[str]]:
+    """A reader of the EIP addresses (IFA_PROTO `proto`) on `links` (the parent and the EIP holder),
+    for the peer thread only."""
     ipr = IPRoute()
-    return lambda: _eips(ipr, parent, proto)
+    return lambda: _eips(ipr, links, proto)
 
 
-def held_now(parent: str, proto: int) -> frozenset[str]:
-    """The EIP addresses on `parent` now (one read; for `PeerMonitor.adopt` at start)."""
+def held_now(links: tuple[str, ...], proto: int) -> frozenset[str]:
+    """The EIP addresses on `links` now (one read; for `PeerMonitor.adopt` at start)."""
     try:
         with IPRoute() as ipr:
-            return _eips(ipr, parent, proto)
+            return _eips(ipr, links, proto)
     except OSError as exc:
         log.warning("cannot read the eips held", extra={"error": str(exc)})
         return frozenset()

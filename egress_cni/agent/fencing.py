@@ -1,11 +1,15 @@
 """Fencing by the kernel: EIP addresses carry a valid lifetime that a dedicated thread renews.
 
-- `EipRefresher` renews, every 250 ms, the lifetime of the EIP addresses the last reconcile desired
-  (its own thread and netlink socket: never queued behind a full apply). An agent that is SIGKILLed
-  or hangs stops renewing, and the kernel removes the addresses (and with them the ARP/NDP answers)
-  once their lifetime (`DataplaneConfig.eip_lifetime`) runs out. A restarted agent adopts the EIPs
-  it finds: until a reconcile from a synced view has said which EIPs are ours, every EIP present is
-  renewed, so a restart never lets one lapse. SIGTERM releases them all at once (`release`).
+- IPv4 EIPs live on the EIP holder, a TUN device this process holds open (dataplane/eipdev.py): when
+  the agent dies (SIGKILL, a crash) the kernel deletes it, and the addresses and ARP answers with it,
+  at once.
+- `EipRefresher` renews, every 100 ms, the lifetime of the EIP addresses the last reconcile desired
+  (its own thread and netlink socket: never queued behind a full apply). An agent that hangs with its
+  descriptors open (SIGSTOP), or dies holding IPv6 EIPs (which stay on the parent: NDP answers only
+  for on-link addresses), stops renewing, and the kernel removes the addresses (and with them the
+  ARP/NDP answers) once their lifetime (`DataplaneConfig.eip_lifetime`) runs out. A restarted agent
+  adopts the EIPs it finds: until a reconcile from a synced view has said which EIPs are ours, every
+  EIP present is renewed, so a restart never lets one lapse. SIGTERM releases them all at once (`release`).
 - A parent link without carrier (the node lost its uplink) claims no EIP: the refresher notices the
   flip within one interval, stops renewing and asks for a reconcile, which removes them.
 - EIPs the apply did not claim because someone on the segment answers for them (`contested`) are

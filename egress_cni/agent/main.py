@@ -130,11 +130,11 @@ def source_and_lease(args: argparse.Namespace) -> tuple[Source, Lease | None, Tu
     return source, lease, KubernetesTunnelReporter(client)
 
 
-def facts_reader(args: argparse.Namespace, config: DataplaneConfig) -> Callable[[], NodeFacts]:
+def facts_reader(args: argparse.Namespace, config: DataplaneConfig, eip_dev: str = "") -> Callable[[], NodeFacts]:
     from egress_cni.agent.facts import read_facts
 
     def read() -> NodeFacts:
-        return read_facts(args.node, args.parent, config, ipv4=args.ipv4, ipv6=args.ipv6)
+        return read_facts(args.node, args.parent, config, ipv4=args.ipv4, ipv6=args.ipv6, eip_dev=eip_dev)
 
     return read
 
@@ -142,9 +142,11 @@ def facts_reader(args: argparse.Namespace, config: DataplaneConfig) -> Callable[
 def make_agent(args: argparse.Namespace) -> Agent:
     config = config_from(args)
     source, lease, reporter = source_and_lease(args)
-    facts = facts_reader(args, config)
+    parent = facts_reader(args, config)().parent
+    kernel = KernelDataplane(config, parent, families(args), args.iptables_backend)
+    # the EIP holder dies with this process (SIGKILL fences at once); a one-shot run leaves it in place
+    facts = facts_reader(args, config, kernel.hold_eips(persist=args.command == "once"))
     node_facts = facts()
-    kernel = KernelDataplane(config, node_facts.parent, families(args), args.iptables_backend)
     peers = peer_service(args, config, node_facts)
     report_in_lease(lease, peers, node_facts, config)
     return Agent(node=args.node, source=source, kernel=kernel, facts=facts, config=config, registry_dir=args.registry_dir,
@@ -158,7 +160,11 @@ def report_in_lease(lease: Lease | None, peers: PeerService, node: NodeFacts, co
     from egress_cni.agent.k8s_source import GatewayLease
 
     if isinstance(lease, GatewayLease):
-        lease.report(eips=kernel_eips(node.parent, config.eip_proto), peers=peers.monitor.peers_alive)
+        lease.report(eips=kernel_eips(eip_links(node), config.eip_proto), peers=peers.monitor.peers_alive)
+
+
+def eip_links(node: NodeFacts) -> tuple[str, ...]:
+    return (node.parent, node.eip_dev) if node.eip_dev else (node.parent,)
 
 
 def peer_service(args: argparse.Namespace, config: DataplaneConfig, node: NodeFacts) -> PeerService:
@@ -168,9 +174,9 @@ def peer_service(args: argparse.Namespace, config: DataplaneConfig, node: NodeFa
     except (OSError, ValueError) as exc:
         raise SystemExit(f"--peer-key-file: {exc}") from None
     monitor = PeerMonitor(args.node, key=key, takeover=args.settings.failover_enabled)  # gatewayFailover.enable
-    monitor.adopt(held_now(node.parent, config.eip_proto))  # before the first reconcile could drop them
+    monitor.adopt(held_now(eip_links(node), config.eip_proto))  # before the first reconcile could drop them
     return PeerService(monitor, address=node.parent_ipv4 or node.parent_ipv6, port=args.peer_port,
-                       held=lambda: kernel_eips(node.parent, config.eip_proto))
+                       held=lambda: kernel_eips(eip_links(node), config.eip_proto))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -225,7 +231,8 @@ def run(agent: Agent, args: argparse.Namespace) -> int:
     log.info("agent started", extra={"node": agent.node})
     done.wait()
     # SIGTERM gives the EIPs up at once (a standby may claim them); the rest stays in place: a
-    # restart must not interrupt established flows. SIGINT (a developer's ^C) keeps the EIPs too.
+    # restart must not interrupt established flows. SIGINT (a developer's ^C) keeps the IPv6 EIPs on
+    # the parent for their lifetime; IPv4 EIPs go with the EIP holder whenever this process ends.
     agent.stop(release_eips=signal.SIGTERM in got)
     return 0
 

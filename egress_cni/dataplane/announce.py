@@ -7,6 +7,7 @@ miss one). Linux updates an existing entry from a gratuitous ARP even with arp_a
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import socket
 import struct
@@ -23,11 +24,14 @@ ND_SOLICIT, ND_ADVERT = 135, 136
 BROADCAST = b"\xff" * 6
 ALL_NODES = "ff02::1"
 SO_BINDTODEVICE = 25
+SIOCGIFHWADDR = 0x8927
 
 
 def mac_of(dev: str) -> bytes:
-    with open(f"/sys/class/net/{dev}/address", encoding="ascii") as f:
-        return bytes.fromhex(f.read().strip().replace(":", ""))
+    """The link's MAC in this process's network namespace (SIOCGIFHWADDR; sysfs may be another netns's)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        ifreq = fcntl.ioctl(s.fileno(), SIOCGIFHWADDR, struct.pack("16s16x", dev.encode()))
+    return ifreq[18:24]
 
 
 def arp_frame(mac: bytes, sender: bytes, target: bytes, opcode: int, dst: bytes = BROADCAST) -> bytes:

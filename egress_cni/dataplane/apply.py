@@ -12,6 +12,7 @@ from typing import Any
 
 from egress_cni.api.net import IP, parse_cidr
 from egress_cni.dataplane import announce, conntrack
+from egress_cni.dataplane.eipdev import EipHolder
 from egress_cni.dataplane.inputs import DataplaneConfig
 from egress_cni.dataplane.netlink import Netlink
 from egress_cni.dataplane.plan import Address, Chain, Dataplane, Plan, Sysctl, diff, rule_tag
@@ -42,6 +43,16 @@ class KernelDataplane:
         self.saved: dict[tuple[int, str], SavedTable] = {}
         self._tables_hint: set[int] = set()
         self._ipset: Any = None  # tables of desired routes: a route whose rule vanished is still seen
+        self._holder: EipHolder | None = None
+
+    def hold_eips(self, *, persist: bool = False) -> str:
+        """Open the EIP holder (dataplane/eipdev.py) for the life of this process; the link IPv4 EIPs
+        go on ("" when it cannot be held: they stay on the parent, fenced by their lifetime only)."""
+        if self._holder is None:
+            self._holder = EipHolder(self.config.eip_dev, self.parent, persist=persist)
+            if self._holder.name:
+                self.netlink.link_up(self._holder.name)
+        return self._holder.name
 
     def close(self) -> None:
         self.netlink.close()
@@ -75,12 +86,12 @@ class KernelDataplane:
             if a.eip:
                 ip = parse_cidr(a.cidr).network
                 try:
-                    in_use = self._probe(a.dev, ip)
+                    in_use = self._probe(self.parent, ip)  # on the segment, wherever the address will live
                 except OSError as exc:  # cannot probe: do not claim blind
-                    log.warning("cannot probe eip", extra={"dev": a.dev, "eip": ip, "error": str(exc)})
+                    log.warning("cannot probe eip", extra={"dev": self.parent, "eip": ip, "error": str(exc)})
                     in_use = True
                 if in_use:
-                    log.warning("eip held by another node", extra={"dev": a.dev, "eip": ip})
+                    log.warning("eip held by another node", extra={"dev": self.parent, "eip": ip})
                     contested.add(a)
         self.contested = frozenset(a.cidr.split("/")[0] for a in contested)
         if not contested:
@@ -199,8 +210,10 @@ class KernelDataplane:
                     st.hooks[c.hook] = [f"-m comment --comment egw:jump -j {c.name}", *rules]
 
     def uninstall(self) -> None:
-        """Remove everything we own: chains and jumps, sets, rules, routes, EIPs, the VXLAN link."""
+        """Remove everything we own: chains and jumps, sets, rules, routes, EIPs, the VXLAN link, the
+        EIP holder."""
         self.apply(diff(Dataplane(), self.read_actual()))
+        self.netlink.delete_eip_holder()
 
 
 def _sysctl_path(path: str) -> str:

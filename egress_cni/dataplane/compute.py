@@ -244,7 +244,8 @@ def desired_dataplane(state: ClusterState, facts: NodeFacts, config: DataplaneCo
                 src = {m for node, ips in eps for m in members(ips, f)} | subnet
                 reply_to.update(node for node, _ in eps if node and node != me)
                 if eips[f] and not use_node_ip and facts.carrier:
-                    addresses.add(Address(facts.parent, f"{eips[f]}/{32 if f == IPV4 else 128}", eip=True))
+                    dev = facts.eip_dev or facts.parent if f == IPV4 else facts.parent  # IPv6: NDP answers on-link only
+                    addresses.add(Address(dev, f"{eips[f]}/{32 if f == IPV4 else 128}", eip=True))
             else:
                 src = {m for node, ips in eps if node == me for m in members(ips, f)} | subnet
             ipsets.add(IPSet(src_name, f, frozenset(src)))

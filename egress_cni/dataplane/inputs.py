@@ -69,6 +69,7 @@ class NodeFacts:
     ipv4: bool = True
     ipv6: bool = False
     carrier: bool = True  # False: the parent link lost its carrier (uplink down), so we answer for no EIP
+    eip_dev: str = ""  # the link IPv4 EIPs live on: the agent's EIP holder (dataplane/eipdev.py); "": the parent
 
 
 @dataclass(frozen=True)
@@ -82,6 +83,7 @@ class DataplaneConfig:
     mark_mask: int = 0xFF000000
     eip_proto: int = 0x45  # IFA_PROTO on EIP addresses: how we find ours after a restart
     eip_lifetime: int = 1  # seconds: valid lifetime of EIP addresses, renewed by the agent's fencing thread
+    eip_dev: str = "egress.eip"  # the EIP holder: a TUN device that dies with the agent (dataplane/eipdev.py)
     chain_prefix: str = "EGRESS"
     ipset_prefix: str = "egress"
 

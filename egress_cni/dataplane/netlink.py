@@ -1,7 +1,8 @@
 """Links, addresses, routes, rules, neighbours and FDB entries through pyroute2 (the netlink half of apply).
 
 What we own is found in the kernel, not in memory: the VXLAN link by name; rules whose fwmark has our
-mark bits; routes in the tables those marks name; EIPs by IFA_PROTO on the parent link.
+mark bits; routes in the tables those marks name; EIPs by IFA_PROTO on the parent link and on the EIP
+holder (`DataplaneConfig.eip_dev`, dataplane/eipdev.py), where IPv4 EIPs live while an agent holds it.
 
 EIP addresses carry a valid lifetime (`DataplaneConfig.eip_lifetime`): the agent's fencing thread
 renews it (`refresh_eips`), so the kernel itself removes the EIPs of an agent that died or hangs.
@@ -74,17 +75,13 @@ class Netlink:
                          parent, local, msg.get_attr("IFLA_ADDRESS"), msg.get_attr("IFLA_MTU"))
 
     def read_addresses(self, parent: str) -> set[Address]:
-        out: set[Address] = set()
-        vx, par = self.index(self.config.vxlan_name), self.index(parent)
-        for dev, idx in ((self.config.vxlan_name, vx), (parent, par)):
-            if idx is None:
-                continue
-            for a in self.ipr.get_addr(index=idx):
+        out = {Address(dev, f"{ip}/{plen}", eip=True) for _, dev, ip, plen, _ in self._held_eips(parent)}
+        vx = self.index(self.config.vxlan_name)
+        if vx is not None:
+            for a in self.ipr.get_addr(index=vx):
                 ip = a.get_attr("IFA_ADDRESS")
-                if idx == vx and not ip.startswith("fe80"):
-                    out.add(Address(dev, f"{ip}/{a['prefixlen']}"))
-                elif idx == par and a.get_attr("IFA_PROTO") == self.config.eip_proto:
-                    out.add(Address(dev, f"{ip}/{a['prefixlen']}", eip=True))
+                if not ip.startswith("fe80"):
+                    out.add(Address(self.config.vxlan_name, f"{ip}/{a['prefixlen']}"))
         return out
 
     def read_rules(self) -> set[Rule]:
@@ -187,28 +184,31 @@ class Netlink:
             extra["preferred_lft"] = 0
         return extra
 
-    def _held_eips(self, parent: str) -> list[tuple[int, str, int, int]]:
-        """(index, ip, prefixlen, seconds of lifetime left) of the EIP addresses on `parent` now."""
-        idx = self.index(parent)
-        if idx is None:
-            return []
+    def _held_eips(self, parent: str) -> list[tuple[int, str, str, int, int]]:
+        """(index, link, ip, prefixlen, seconds of lifetime left) of the EIP addresses on `parent`
+        and on the EIP holder now."""
         out = []
-        for a in self.ipr.get_addr(index=idx):
-            if a.get_attr("IFA_PROTO") == self.config.eip_proto:
-                info = a.get_attr("IFA_CACHEINFO")
-                left = info["ifa_valid"] if info is not None else 0xFFFFFFFF
-                out.append((idx, a.get_attr("IFA_ADDRESS"), a["prefixlen"], left))
+        for dev in dict.fromkeys((parent, self.config.eip_dev)):
+            idx = self.index(dev) if dev else None
+            if idx is None:
+                continue
+            for a in self.ipr.get_addr(index=idx):
+                if a.get_attr("IFA_PROTO") == self.config.eip_proto:
+                    info = a.get_attr("IFA_CACHEINFO")
+                    left = info["ifa_valid"] if info is not None else 0xFFFFFFFF
+                    out.append((idx, dev, a.get_attr("IFA_ADDRESS"), a["prefixlen"], left))
         return out
 
     def refresh_eips(self, parent: str, addresses: Iterable[Address] | None) -> int:
-        """Renew the lifetime of those of `addresses` (EIPs on `parent`; None: every EIP of ours) the
-        kernel still holds; one dump, then one request per EIP. An EIP already at the end of its
-        lifetime is let go (the next reconcile probes before it claims it again). How many renewed."""
-        want = None if addresses is None else {a.cidr for a in addresses if a.eip and a.dev == parent}
+        """Renew the lifetime of those of `addresses` (None: every EIP of ours, on `parent` or the
+        holder) the kernel still holds; one dump per link, then one request per EIP. An EIP already at
+        the end of its lifetime is let go (the next reconcile probes before it claims it again). How
+        many renewed."""
+        want = None if addresses is None else {(a.dev, a.cidr) for a in addresses if a.eip}
         renewed = 0
         with self.eip_lock:
-            for idx, ip, plen, left in self._held_eips(parent):
-                if (want is not None and f"{ip}/{plen}" not in want) or left == 0:
+            for idx, dev, ip, plen, left in self._held_eips(parent):
+                if (want is not None and (dev, f"{ip}/{plen}") not in want) or left == 0:
                     continue
                 self._quiet({errno.EADDRNOTAVAIL, errno.ENOENT}, self.ipr.addr, "replace", index=idx, address=ip,
                             prefixlen=plen, **self._eip_attrs(ip))
@@ -223,13 +223,23 @@ class Netlink:
         return link_has_carrier(self.ipr.get_links(idx)[0])
 
     def release_eips(self, parent: str) -> list[str]:
-        """Remove every EIP address on `parent` at once; the EIPs removed."""
+        """Remove every EIP address on `parent` and the holder at once; the EIPs removed."""
         with self.eip_lock:
             held = self._held_eips(parent)
-            for idx, ip, plen, _ in held:
+            for idx, _, ip, plen, _ in held:
                 self._quiet({errno.EADDRNOTAVAIL, errno.ENOENT}, self.ipr.addr, "del", index=idx, address=ip,
                             prefixlen=plen)
-        return [ip for _, ip, _, _ in held]
+        return [ip for _, _, ip, _, _ in held]
+
+    def link_up(self, name: str) -> None:
+        idx = self.index(name)
+        if idx is not None:
+            self.ipr.link("set", index=idx, state="up")
+
+    def delete_eip_holder(self) -> None:
+        idx = self.index(self.config.eip_dev) if self.config.eip_dev else None
+        if idx is not None:
+            self._quiet({errno.ENODEV}, self.ipr.link, "del", index=idx)
 
     def route(self, cmd: str, r: Route) -> None:
         idx = self.index(r.dev)

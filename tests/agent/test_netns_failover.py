@@ -25,7 +25,7 @@ def test_gateway_loss_moves_the_eip_to_the_other_gateway_node() -> None:
         seconds = float(out.strip()) - t0
         print(f"failover: first reply with {EIP4} {seconds:.3f} s after the gateway loss")
         assert t.probe(1, "a") == EIP4
-        assert "10.100.0.200" in t.exec_in(t.node(3), "ip", "-4", "addr", "show", "dev", "eth0").stdout
+        assert "10.100.0.200" in t.exec_in(t.node(3), "ip", "-4", "addr", "show", "dev", "egress.eip").stdout
     finally:
         t.close()
 

@@ -1,16 +1,17 @@
 """Kernel fencing and probe before claim (issue 13), in namespaces the tests create.
 
-The agent adds its EIP addresses with a valid lifetime and renews it every 250 ms from a thread of
-its own: SIGKILLed, it stops renewing and the kernel removes the address (and with it the ARP
-answers); SIGTERM releases at once; a restarted agent adopts and renews what it finds; a parent
-link without carrier releases. `address_in_use` sees an EIP that another namespace holds.
+IPv4 EIPs live on the EIP holder, a TUN device the agent holds open: SIGKILLed, the agent's
+descriptor closes and the kernel deletes the device with its addresses (and the ARP answers) at
+once. They also carry a valid lifetime renewed every 100 ms from a thread of its own: a frozen
+(SIGSTOPped) agent stops renewing and the kernel removes them when it runs out. SIGTERM releases at
+once; a restarted agent adopts and renews what it finds; a parent link without carrier releases.
+`address_in_use` sees an EIP that another namespace holds.
 """
 
 from __future__ import annotations
 
 import signal
 import subprocess
-import threading
 import time
 import uuid
 
@@ -44,7 +45,7 @@ def start_agent(t: Topology, n: int, *extra: str) -> subprocess.Popen[str]:
 
 
 def holds(t: Topology, n: int, ip: str = EIP4) -> bool:
-    out = t.exec_in(t.node(n), "ip", "-o", "addr", "show", "dev", "eth0").stdout
+    out = t.exec_in(t.node(n), "ip", "-o", "addr", "show").stdout  # any link: the parent or the holder
     return f" {ip}/" in out
 
 
@@ -67,32 +68,35 @@ def gateway(t: Topology, *extra: str) -> subprocess.Popen[str]:
     return proc
 
 
-@pytest.mark.parametrize("lifetime", [1, 2])
-def test_a_sigkilled_agent_is_fenced_by_the_kernel(lifetime: int) -> None:
-    # valid_lft counts whole seconds and the kernel's lifetime worker may run up to 250 ms late, and
-    # the last renewal was up to 250 ms before the kill: the EIP goes lifetime -0.25/+0.25 s after
-    # it. The issue's 1 s is thus out of reach with the default of 2 s; with 1 s it is met about
-    # half the time (measured 0.85-1.05 s), so the bound asserted is lifetime + 0.5 s.
+@pytest.mark.parametrize(("sig", "lifetime", "bound"), [
+    (signal.SIGKILL, 1, 0.5),  # the holder dies with the process: at once (0.5 s: a loaded machine's polling)
+    (signal.SIGSTOP, 1, 1.6),  # descriptors stay open: the lifetime, counted in whole seconds, up to a tick late
+    (signal.SIGSTOP, 2, 2.6),
+])
+def test_a_dead_or_frozen_agent_is_fenced_by_the_kernel(sig: signal.Signals, lifetime: int, bound: float) -> None:
     t = Topology(pods={1: ["a"]})
     try:
         proc = gateway(t, "--eip-lifetime-seconds", str(lifetime))
         start_agent(t, 1)  # steers pod p1a to node2
         assert t.wait_probe(1, "a", EIP4) == EIP4, t.agent_log(2)
+        assert "egress.eip" in t.exec_in(t.node(2), "ip", "-o", "addr", "show", "dev", "egress.eip").stdout
         prober = subprocess.Popen(["ip", "netns", "exec", t.node(3), PYTHON, "-c", UNANSWERED, EIP4, "10"],
                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
         t.procs.append(prober)
         assert prober.stdout is not None and prober.stdout.readline().strip() == "ready"
         t0, m0 = time.time(), time.monotonic()
-        proc.send_signal(signal.SIGKILL)
+        proc.send_signal(sig)
         gone = wait_for(lambda: not holds(t, 2), 5)
         out, err = prober.communicate(timeout=30)
-        assert gone is not None, "the kernel kept the EIP of a dead agent"
+        assert gone is not None, f"the kernel kept the EIP of an agent stopped by {sig.name}"
         assert prober.returncode == 0, f"ARP for the EIP still answered: {err}"
         removed, unanswered = gone - m0, float(out.strip()) - t0
-        print(f"SIGKILL fencing (valid_lft {lifetime} s): address gone after {removed:.3f} s, ARP unanswered "
+        print(f"{sig.name} fencing (valid_lft {lifetime} s): address gone after {removed:.3f} s, ARP unanswered "
               f"after {unanswered:.3f} s")
-        assert removed <= lifetime + 0.5 and unanswered <= lifetime + 0.5
+        assert removed <= bound and unanswered <= bound
     finally:
+        if sig == signal.SIGSTOP:
+            proc.send_signal(signal.SIGCONT)
         t.close()
 
 
@@ -138,32 +142,27 @@ def test_sigterm_releases_the_eip_at_once() -> None:
         t.close()
 
 
-def test_a_restarted_agent_keeps_the_eip_throughout() -> None:
+def test_a_restarted_agent_claims_the_eip_again_and_keeps_it() -> None:
     t = Topology(pods={1: ["a"]})
-    samples: list[bool] = []
-    stop = threading.Event()
-
-    def sample() -> None:
-        while not stop.wait(0.05):
-            samples.append(holds(t, 2))
-
     try:
         proc = gateway(t)
-        sampler = threading.Thread(target=sample, daemon=True)
-        sampler.start()
-        proc.send_signal(signal.SIGKILL)  # a crash: the kernel keeps the EIP for its lifetime
+        proc.send_signal(signal.SIGKILL)  # a crash: the holder, and the IPv4 EIP on it, go at once
         proc.wait(timeout=10)
+        assert wait_for(lambda: not holds(t, 2), 2) is not None, "a crashed agent's EIP outlived it"
+        m0 = time.monotonic()
         start_agent(t, 2)
-        # the new agent renews from its first moment: sampled over three lifetimes after the restart
-        until = time.monotonic() + 6
+        back = wait_for(lambda: holds(t, 2), 30)
+        assert back is not None, t.agent_log(2)
+        # renewed from then on: sampled every 50 ms over three lifetimes
+        samples = []
+        until = time.monotonic() + 3
         while time.monotonic() < until:
+            samples.append(holds(t, 2))
             time.sleep(0.05)
-        stop.set()
-        sampler.join(timeout=5)
-        print(f"restart: {len(samples)} samples every 50 ms, {samples.count(False)} without the EIP")
+        print(f"restart: EIP held again {back - m0:.3f} s after the start; {len(samples)} samples, "
+              f"{samples.count(False)} without it")
         assert samples and all(samples), t.agent_log(2)
     finally:
-        stop.set()
         t.close()
 
 
