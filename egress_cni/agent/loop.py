@@ -24,7 +24,7 @@ from typing import Protocol
 from egress_cni import registry
 from egress_cni.agent.cni_bridge import CniBridge, SetWriter
 from egress_cni.agent.fencing import EipPort, EipRefresher, Fencing, Lease, NoLease
-from egress_cni.agent.peers import PeerService
+from egress_cni.agent.peer_socket import PeerService
 from egress_cni.agent.reconcile import Conntrack, Counters, DataplanePort, Reconciler, Status
 from egress_cni.agent.sources import RecordingReporter, Source, TunnelReporter
 from egress_cni.agent.state import StateView

@@ -20,7 +20,9 @@ from collections.abc import Callable, Mapping
 from egress_cni import logs, registry, settings
 from egress_cni.agent.facts import held_now, kernel_eips
 from egress_cni.agent.loop import Agent, Lease
-from egress_cni.agent.peers import PeerMonitor, PeerService, read_key
+from egress_cni.agent.peer_socket import PeerService
+from egress_cni.agent.peer_wire import read_key
+from egress_cni.agent.peers import PeerMonitor
 from egress_cni.agent.sources import RecordingReporter, Source, TunnelReporter, YamlSource
 from egress_cni.dataplane.apply import KernelDataplane
 from egress_cni.dataplane.inputs import DataplaneConfig, NodeFacts

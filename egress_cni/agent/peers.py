@@ -19,24 +19,19 @@ Design points 5-7 of issue 13 (docs/ha.md):
 - With a key file, every datagram carries HMAC-SHA256 and datagrams without a valid one are dropped;
   without, messages are accepted unauthenticated (documented in docs/ha.md).
 
-Pure parts (message encoding, `Liveness`, `decide`, `PeerMonitor` on an injected clock) are tested
-without sockets; `PeerService` is the thin thread around a UDP socket.
+Everything here is pure (`Liveness`, `decide`, `PeerMonitor` on an injected clock), tested without
+sockets; the datagrams are agent/peer_wire.py, the socket thread agent/peer_socket.py.
 """
 
 from __future__ import annotations
 
-import hashlib
-import hmac
-import json
 import logging
-import select
-import socket
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
+from egress_cni.agent.peer_wire import Message, MessageError, Takeover, decode, encode
 from egress_cni.api import semantics
 from egress_cni.api.gateway import EgressGateway
 from egress_cni.dataplane.inputs import ClusterState
@@ -51,108 +46,11 @@ MISSED = 3
 # RESTART_GRACE later than a node that vanished without a word.
 RESTART_GRACE = 5.0
 STANDBY_STEP = 0.2
-CLAIM_SECONDS = 3.0  # longer than a dead owner's address lives in its kernel (EIP lifetime 2 s) plus probes
+CLAIM_SECONDS = 3.0  # longer than a hung owner's address lives in its kernel (EIP lifetime 1 s) plus probes
 HOLD_OFF = 10.0
 NOTICE_EVERY = 1.0  # takeover notices to every node, repeated while the override stands
 RETRY_CLAIM = 0.2  # while a takeover is not held yet, the reconcile is asked again this often
 
-_PLAIN, _SIGNED = b"EGP1", b"EGS1"
-_MAC_LEN = hashlib.sha256().digest_size
-
-
-class MessageError(ValueError):
-    """A datagram we drop: malformed, unauthenticated while a key is configured, or a bad MAC."""
-
-
-# --- messages -------------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class Takeover:
-    """EIP entry `entry` is served by `node`, which took it from `replaced`; the chain of takeovers
-    began while the API placed the entry on `origin` (it holds while the API still says so)."""
-
-    entry: str
-    node: str
-    replaced: str
-    origin: str
-    policies: tuple[str, ...] = ()
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"e": self.entry, "n": self.node, "r": self.replaced, "o": self.origin, "p": list(self.policies)}
-
-    @classmethod
-    def parse(cls, raw: Any) -> Takeover:
-        if not isinstance(raw, dict):
-            raise MessageError("takeover: not an object")
-        text = [raw.get(k) for k in ("e", "n", "r", "o")]
-        policies = raw.get("p", [])
-        if not all(isinstance(t, str) and t for t in text) or not isinstance(policies, list) \
-                or not all(isinstance(p, str) for p in policies):
-            raise MessageError("takeover: bad fields")
-        return cls(text[0], text[1], text[2], text[3], tuple(policies))  # type: ignore[arg-type]
-
-
-@dataclass(frozen=True)
-class Message:
-    node: str
-    incarnation: float
-    seq: int
-    eips: tuple[str, ...] = ()
-    takeovers: tuple[Takeover, ...] = ()
-    grace: float = 0.0  # > 0: "I am restarting; count me alive this much longer"
-
-
-def encode(msg: Message, key: bytes | None = None) -> bytes:
-    fields: dict[str, Any] = {"n": msg.node, "i": msg.incarnation, "s": msg.seq, "e": list(msg.eips),
-                              "t": [t.to_dict() for t in msg.takeovers]}
-    if msg.grace:
-        fields["g"] = msg.grace
-    body = json.dumps(fields, separators=(",", ":"), sort_keys=True).encode()
-    if key is None:
-        return _PLAIN + body
-    return _SIGNED + hmac.new(key, _SIGNED + body, hashlib.sha256).digest() + body
-
-
-def decode(data: bytes, key: bytes | None = None) -> Message:
-    """The message in `data`; MessageError when it is malformed, or when `key` is set and the datagram
-    is unsigned or its MAC is wrong. Without a key, signed datagrams are accepted unverified."""
-    magic = data[:4]
-    if magic == _SIGNED:
-        mac, body = data[4:4 + _MAC_LEN], data[4 + _MAC_LEN:]
-        if key is not None and not hmac.compare_digest(mac, hmac.new(key, _SIGNED + body, hashlib.sha256).digest()):
-            raise MessageError("bad MAC")
-    elif magic == _PLAIN:
-        if key is not None:
-            raise MessageError("unauthenticated while a key is configured")
-        body = data[4:]
-    else:
-        raise MessageError("not a peer message")
-    try:
-        raw = json.loads(body)
-    except ValueError as exc:
-        raise MessageError(f"not JSON: {exc}") from None
-    if not isinstance(raw, dict):
-        raise MessageError("not an object")
-    node, inc, seq, eips, takeovers = (raw.get(k) for k in ("n", "i", "s", "e", "t"))
-    if not isinstance(node, str) or not node or not isinstance(inc, (int, float)) or isinstance(inc, bool) \
-            or not isinstance(seq, int) or isinstance(seq, bool) or not isinstance(eips, list) \
-            or not all(isinstance(e, str) for e in eips) or not isinstance(takeovers, list):
-        raise MessageError("bad fields")
-    grace = raw.get("g", 0.0)
-    if not isinstance(grace, (int, float)) or isinstance(grace, bool) or not 0 <= grace <= 60:
-        raise MessageError("bad grace")
-    return Message(node, float(inc), seq, tuple(eips), tuple(Takeover.parse(t) for t in takeovers), float(grace))
-
-
-def read_key(path: str) -> bytes | None:
-    """The HMAC key in the file at `path` (surrounding whitespace stripped); None for no path."""
-    if not path:
-        return None
-    with open(path, "rb") as f:
-        key = f.read().strip()
-    if not key:
-        raise ValueError(f"{path}: the peer key file is empty")
-    return key
 
 
 # --- what the status says -------------------------------------------------------------------------
@@ -497,71 +395,3 @@ class PeerMonitor:
     def peers_alive(self) -> frozenset[str]:
         with self._lock:
             return self.liveness.seen_alive()
-
-
-# --- the socket (thin) ----------------------------------------------------------------------------
-
-class PeerService:
-    """The monitor's thread: a UDP socket on the underlay address; update, tick, send, receive."""
-
-    def __init__(self, monitor: PeerMonitor, *, address: str, port: int = PORT,
-                 held: Callable[[], Callable[[], frozenset[str]]] | None = None) -> None:
-        self.monitor, self.address, self.port = monitor, address, port
-        self._held_factory = held  # built inside the thread (netlink sockets stay in one thread)
-        self.state: Callable[[], ClusterState] = ClusterState
-        self.sock: socket.socket | None = None
-
-    def bind(self) -> socket.socket:
-        family = socket.AF_INET6 if ":" in self.address else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_DGRAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((self.address, self.port))
-        except OSError as exc:  # the underlay address is not there (yet): listen on every address
-            log.warning("peer socket: cannot bind the underlay address", extra={"address": self.address,
-                                                                                "error": str(exc)})
-            sock.bind(("::" if family == socket.AF_INET6 else "0.0.0.0", self.port))
-        sock.setblocking(False)
-        self.sock = sock
-        return sock
-
-    def farewell(self) -> None:
-        """Tell the peers we are restarting (SIGTERM), before the EIPs are released."""
-        sock = self.sock
-        if sock is None:
-            return
-        for address, data in self.monitor.farewell():
-            for _ in range(2):  # UDP: twice, as the loss of one would cost a takeover
-                try:
-                    sock.sendto(data, (address, self.port))
-                except OSError:
-                    pass
-
-    def run(self, stop: threading.Event) -> None:
-        sock = self.sock or self.bind()
-        held = self._held_factory() if self._held_factory is not None else (lambda: frozenset())
-        interval = self.monitor.interval
-        next_tick = time.monotonic()
-        while not stop.is_set():
-            now = time.monotonic()
-            if now >= next_tick:
-                try:
-                    self.monitor.update(self.state(), held())
-                    for address, data in self.monitor.tick():
-                        try:
-                            sock.sendto(data, (address, self.port))
-                        except OSError:
-                            pass  # unreachable peer (link down): it will count as lost
-                except Exception:
-                    log.exception("peer tick failed")
-                next_tick = max(next_tick + interval, now)
-            ready, _, _ = select.select([sock], [], [], max(0.0, next_tick - time.monotonic()))
-            while ready:
-                try:
-                    data = sock.recv(65535)
-                except (BlockingIOError, InterruptedError):
-                    break
-                except OSError:
-                    break
-                self.monitor.receive(data)
-        sock.close()

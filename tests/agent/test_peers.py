@@ -8,8 +8,9 @@ from typing import Any
 
 import pytest
 
-from egress_cni.agent import peers
-from egress_cni.agent.peers import Entry, Liveness, Message, MessageError, PeerMonitor, Takeover, decide, decode, encode
+from egress_cni.agent import peer_wire, peers
+from egress_cni.agent.peer_wire import Message, MessageError, Takeover, decode, encode
+from egress_cni.agent.peers import Entry, Liveness, PeerMonitor, decide
 from egress_cni.agent.sources import MemorySource
 from egress_cni.agent.state import StateView
 from egress_cni.dataplane.compute import desired_dataplane
@@ -66,11 +67,11 @@ def test_malformed_datagrams_are_rejected(data: bytes) -> None:
 def test_the_key_file_is_read_stripped(tmp_path: Any) -> None:
     path = tmp_path / "key"
     path.write_bytes(b"abc\n")
-    assert peers.read_key(str(path)) == b"abc"
-    assert peers.read_key("") is None
+    assert peer_wire.read_key(str(path)) == b"abc"
+    assert peer_wire.read_key("") is None
     path.write_bytes(b"\n")
     with pytest.raises(ValueError, match="empty"):
-        peers.read_key(str(path))
+        peer_wire.read_key(str(path))
 
 
 # --- loss detector --------------------------------------------------------------------------------
@@ -354,7 +355,8 @@ def test_the_state_view_merges_overrides_and_rebuilds_when_they_change() -> None
 
 
 def test_a_restarting_peer_is_held_alive_for_its_grace() -> None:
-    from egress_cni.agent.peers import Liveness, Message, decode, encode
+    from egress_cni.agent.peer_wire import Message, decode, encode
+    from egress_cni.agent.peers import Liveness
 
     now = [100.0]
     live = Liveness(0.3, lambda: now[0])
