@@ -94,3 +94,11 @@ def test_when_the_owner_goes_the_next_in_line_gets_the_eip() -> None:
     first = place_gateway(GW, [a, b], nodes("n1"), {})
     out = place_gateway(again(GW, first), [b], nodes("n1"), {})
     assert (out.assignments[b.ref].reason, out.assignments[b.ref].ipv4) == (ASSIGNED, "10.6.1.5")
+
+
+def test_a_status_holder_the_nodelist_lost_comes_before_an_older_newcomer() -> None:
+    """After a total outage (nobody in the nodeList) the policy whose status shows the EIP keeps it."""
+    holder = PolicyView(PolicyRef("p", "a"), EgressIP(ipv4="10.6.1.5"), created="t9", reserved_ipv4="10.6.1.5")
+    older = view("b", "p", "t1", ipv4="10.6.1.5")
+    out = place_gateway(GW, [older, holder], nodes("n1"), {})
+    assert out.assignments[holder.ref].reason == ASSIGNED and out.assignments[older.ref].reason == EIP_CONFLICT
