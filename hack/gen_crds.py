@@ -85,6 +85,9 @@ GATEWAY = obj({
             "ipv6DefaultEIP": string(),
         }),
         "nodeSelector": obj({"policy": string(), "selector": LABEL_SELECTOR}),
+        "namespaceSelector": {**LABEL_SELECTOR, "description": (
+            "The namespaces whose EgressPolicies may use this gateway; absent: every namespace. "
+            "EgressClusterPolicies may always use it.")},
     }),
     "status": obj({
         "nodeList": {"type": "array", "items": obj({

@@ -13,9 +13,6 @@ from dataclasses import dataclass
 
 from egress_cni import settings
 
-# Gateway annotation that lets policies of different namespaces name the same EIP.
-ANNOTATION_ALLOW_EIP_SHARING = "egressgateway.spidernet.io/allow-eip-sharing"
-
 IPV4_ENV, IPV6_ENV = "EGRESS_ENABLE_IPV4", "EGRESS_ENABLE_IPV6"
 
 

@@ -12,10 +12,10 @@ from __future__ import annotations
 import functools
 from collections.abc import Iterable, Sequence
 
-from egress_cni.api.model import ALLOCATOR_RR, EgressClusterPolicy, EgressPolicy
+from egress_cni.api import semantics
+from egress_cni.api.model import ALLOCATOR_RR, ANNOTATION_ALLOW_EIP_SHARING, EgressClusterPolicy, EgressPolicy
 from egress_cni.api.selectors import LabelSelector, Requirement
 from webhook.admission import Denial
-from webhook.config import ANNOTATION_ALLOW_EIP_SHARING
 from webhook.subnets import Span, any_overlap, spans
 from webhook.view import ClusterView, policy_key
 
@@ -142,11 +142,11 @@ def check_conflicts(policy: EgressPolicy, view: ClusterView) -> list[Denial]:
 
 
 def check_eip_sharing(policy: EgressPolicy, view: ClusterView) -> list[Denial]:
-    """A namespaced policy naming an EIP used by a policy of another namespace needs the gateway's consent."""
+    """A namespaced policy naming an EIP used by a policy of another namespace needs the gateway's consent.
+    Checked on this replica's cache only: the controller's placement holds the rule (`eip_owner`)."""
     if isinstance(policy, EgressClusterPolicy):
         return []
-    gateway = view.gateway(policy.spec.egress_gateway_name)
-    if gateway is not None and gateway.metadata.annotations.get(ANNOTATION_ALLOW_EIP_SHARING, "").lower() == "true":
+    if semantics.eip_sharing_allowed(view.gateway(policy.spec.egress_gateway_name)):
         return []
     for family, named in (("ipv4", policy.spec.eip.ipv4), ("ipv6", policy.spec.eip.ipv6)):
         if not named:

@@ -44,6 +44,7 @@ def validate_gateway(request: AdmissionRequest, view: ClusterView, config: Webho
     denials += _default_eips(gateway, pools)
     denials += _duplicates(gateway, pools, view)
     denials += _cluster_addresses(pools, view.cluster_info())
+    denials += _excluded_policies(gateway, view)
     if old is not None:
         denials += _update(old, pools, view)
     return denials
@@ -122,6 +123,25 @@ def _duplicates(gateway: EgressGateway, pools: dict[int, IPPool], view: ClusterV
                 denials.append(Denial("gateway-pool-duplicate", f"{POOLS}.ipv{version}", list(_entries(gateway, version)),
                                       f"{shared} already belongs to EgressGateway {other.metadata.name}; an EIP can belong to one gateway only"))
     return denials
+
+
+def _excluded_policies(gateway: EgressGateway, view: ClusterView) -> list[Denial]:
+    """A warning, not a denial, when spec.namespaceSelector leaves out namespaces whose EgressPolicies
+    use the gateway: narrowing who may use a gateway is the admin's call; the controller takes those
+    policies' EIPs away (Ready=False NamespaceNotAllowed) and their traffic is dropped, not leaked."""
+    selector = gateway.spec.namespace_selector
+    if selector is None:
+        return []
+    name = gateway.metadata.name
+    refused = sorted(p.metadata.key for p in view.policies()
+                     if p.NAMESPACED and p.spec.egress_gateway_name == name
+                     and not semantics.gateway_admits(gateway, p, view.namespace_labels(p.metadata.namespace)))
+    if not refused:
+        return []
+    shown = ", ".join(refused[:5]) + (f" and {len(refused) - 5} more" if len(refused) > 5 else "")
+    return [Denial("gateway-namespace-excludes", "spec.namespaceSelector", selector.to_dict(),
+                   f"leaves out the namespaces of {len(refused)} EgressPolicies that use EgressGateway {name} ({shown}); "
+                   "they lose their EIPs (Ready=False NamespaceNotAllowed) and their traffic is dropped", warning=True)]
 
 
 def _span_pool(cidrs: Iterable[Cidr], version: int) -> IPPool:

@@ -3,6 +3,7 @@ rules between policies in `webhook.conflicts`). DELETE is always allowed."""
 
 from __future__ import annotations
 
+from egress_cni.api import semantics
 from egress_cni.api.errors import FieldError
 from egress_cni.api.model import (
     ALLOCATORS,
@@ -112,6 +113,10 @@ def _against_gateway(policy: EgressPolicy, view: ClusterView, config: WebhookCon
         known = ", ".join(g.metadata.name for g in view.gateways()) or "none yet"
         return [Denial("policy-gateway-missing", "spec.egressGatewayName", name,
                        f"no EgressGateway of that name exists (existing: {known}); create the gateway first")]
+    refusal = semantics.gateway_refusal(gateway, policy, view.namespace_labels(policy.metadata.namespace))
+    if refusal:
+        return [Denial("policy-namespace-not-allowed", "spec.egressGatewayName", name,
+                       f"{refusal}; use a gateway that admits this namespace, or ask the cluster admin to widen the selector")]
     pools = _gateway_pools(gateway, config)
     if not eip.use_node_ip and not any(pools.values()):
         return [Denial("policy-gateway-empty", "spec.egressGatewayName", name,

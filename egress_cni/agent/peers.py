@@ -98,7 +98,7 @@ def underlay_addresses(state: ClusterState) -> dict[str, str]:
 
 def placements(state: ClusterState) -> dict[str, str]:
     """policy key -> the node the API places it on."""
-    return {p.ref.key: semantics.placement(p, state.gateways)[0] for p in state.policies}
+    return {p.ref.key: semantics.placement(p, state.gateways, state.namespace_labels)[0] for p in state.policies}
 
 
 # --- liveness -------------------------------------------------------------------------------------

@@ -17,6 +17,10 @@ ALLOCATORS = (ALLOCATOR_DEFAULT, ALLOCATOR_RR)
 LABEL_POLICY_NAME = "spidernet.io/policy-name"
 LABEL_NAMESPACE_DEFAULT_GATEWAY = "spidernet.io/egressgateway-default"
 FINALIZER_GATEWAY = "egressgateway.spidernet.io/egressgateway"
+# Gateway annotation: EIPs that policies name may be shared by EgressPolicies of several namespaces.
+ANNOTATION_ALLOW_EIP_SHARING = "egressgateway.spidernet.io/allow-eip-sharing"
+# The label the API server puts on every namespace (its name); namespace selectors may use it.
+LABEL_NAMESPACE_NAME = "kubernetes.io/metadata.name"
 FINALIZER_TUNNEL = "egressgateway.spidernet.io/egresstunnel"
 CLUSTER_INFO_NAME = "default"
 

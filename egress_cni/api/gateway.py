@@ -199,6 +199,8 @@ class GatewaySpec:
     ippools: GatewayPools = GatewayPools()
     node_selector: NodeSelector = NodeSelector()
     cluster_default: bool = False
+    # The namespaces whose EgressPolicies may use the gateway; None (absent): every namespace.
+    namespace_selector: LabelSelector | None = None
 
     @classmethod
     def parse(cls, raw: Raw, path: str) -> GatewaySpec:
@@ -206,14 +208,16 @@ class GatewaySpec:
             ippools=GatewayPools.parse(get_map(raw, "ippools", path), join(path, "ippools")),
             node_selector=NodeSelector.parse(get_map(raw, "nodeSelector", path), join(path, "nodeSelector")),
             cluster_default=get_bool(raw, "clusterDefault", path),
+            namespace_selector=selector_at(raw, "namespaceSelector", path),
         )
 
     def to_dict(self) -> dict[str, Any]:
+        selector = self.namespace_selector
         return compact({
             "clusterDefault": self.cluster_default or None,
             "ippools": self.ippools.to_dict(),
             "nodeSelector": self.node_selector.to_dict(),
-        })
+        }) | ({} if selector is None else {"namespaceSelector": selector.to_dict()})
 
 
 @dataclass(frozen=True)

@@ -17,10 +17,12 @@ from egress_cni.api.base import (
     ALLOCATOR_DEFAULT,
     ALLOCATOR_RR,
     ALLOCATORS,
+    ANNOTATION_ALLOW_EIP_SHARING,
     CLUSTER_INFO_NAME,
     FINALIZER_GATEWAY,
     FINALIZER_TUNNEL,
     LABEL_NAMESPACE_DEFAULT_GATEWAY,
+    LABEL_NAMESPACE_NAME,
     LABEL_POLICY_NAME,
     TUNNEL_PHASES,
     Resource,
@@ -61,8 +63,8 @@ from egress_cni.api.policy import (
 )
 
 __all__ = [
-    "ALLOCATORS", "ALLOCATOR_DEFAULT", "ALLOCATOR_RR", "CLUSTER_INFO_NAME", "FINALIZER_GATEWAY", "FINALIZER_TUNNEL",
-    "KINDS", "LABEL_NAMESPACE_DEFAULT_GATEWAY", "LABEL_POLICY_NAME", "POD_CIDR_MODES", "TUNNEL_PHASES", "AppliedTo",
+    "ALLOCATORS", "ALLOCATOR_DEFAULT", "ALLOCATOR_RR", "ANNOTATION_ALLOW_EIP_SHARING", "CLUSTER_INFO_NAME", "FINALIZER_GATEWAY", "FINALIZER_TUNNEL",
+    "KINDS", "LABEL_NAMESPACE_DEFAULT_GATEWAY", "LABEL_NAMESPACE_NAME", "LABEL_POLICY_NAME", "POD_CIDR_MODES", "TUNNEL_PHASES", "AppliedTo",
     "ClusterInfoSpec", "ClusterInfoStatus", "EgressClusterEndpointSlice", "EgressClusterInfo", "EgressClusterPolicy",
     "EgressEndpointSlice", "EgressGateway", "EgressIP", "EgressPolicy", "EgressTunnel", "EipStatus", "Endpoint",
     "GatewayNodeStatus", "GatewayPools", "GatewaySpec", "GatewayStatus", "IPLists", "IPUsage", "NodeSelector",

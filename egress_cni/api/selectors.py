@@ -93,6 +93,14 @@ class LabelSelector:
         reqs = tuple(_parse_requirement(e, join(join(path, "matchExpressions"), i)) for i, e in enumerate(exprs))
         return cls(tuple(sorted(labels.items())), reqs)
 
+    def describe(self) -> str:
+        """The selector in kubectl's syntax (`team=a,env in (x,y),!legacy`), quoted; `{}` when empty."""
+        verbs = {"In": "in", "NotIn": "notin"}
+        parts = [f"{k}={v}" for k, v in self.match_labels] + [
+            f"{r.key} {verbs[r.operator]} ({','.join(r.values)})" if r.operator in verbs else
+            (r.key if r.operator == "Exists" else f"!{r.key}") for r in self.match_expressions]
+        return f'"{",".join(parts)}"' if parts else "{}"
+
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
         if self.match_labels:

@@ -11,9 +11,15 @@
   `spidernet.io/egressgateway-default` label), else the cluster default (the first by name).
   A label naming a gateway that does not exist still wins: the policy then waits for that
   gateway (GatewayNotFound) instead of silently leaving through another one.
+- `gateway_refusal` / `gateway_admits`: whether a policy may use a gateway at all. A gateway
+  without `spec.namespaceSelector` serves every namespace (the reference); with one, only the
+  EgressPolicies of the namespaces it matches, by whatever route the gateway was reached (named,
+  the namespace label, the cluster default). EgressClusterPolicies are cluster-admin's: always.
+- `eip_sharing_allowed`: whether policies of several namespaces may name one EIP of a gateway.
 - `allocated_eips`: the EIPs a gateway has handed out (its `status.nodeList`).
 - `placement`: where a policy is served: its `status.node` and `status.eip`, else the gateway's
-  `nodeList` entry that lists it (the policy status may lag behind the gateway's).
+  `nodeList` entry that lists it (the policy status may lag behind the gateway's); nowhere when its
+  gateway does not admit its namespace, whatever the status says.
 - `policy_order`: which of several matching policies wins a packet.
 """
 
@@ -21,7 +27,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 
-from egress_cni.api.base import LABEL_NAMESPACE_DEFAULT_GATEWAY
+from egress_cni.api.base import ANNOTATION_ALLOW_EIP_SHARING, LABEL_NAMESPACE_DEFAULT_GATEWAY, LABEL_NAMESPACE_NAME
 from egress_cni.api.gateway import EgressGateway
 from egress_cni.api.net import IP
 from egress_cni.api.policy import EgressPolicy
@@ -71,6 +77,30 @@ def effective_gateway(policy: EgressPolicy, namespace_labels: Labels | None,
     return (defaults[0], "cluster-default gateway") if defaults else ("", "")
 
 
+def gateway_refusal(gateway: EgressGateway, policy: EgressPolicy, namespace_labels: Labels | None) -> str:
+    """Why `gateway` refuses `policy` ("" when it admits it). Unknown namespace labels are read as
+    the one label the API server puts on every namespace, its name."""
+    selector = gateway.spec.namespace_selector
+    if not policy.NAMESPACED or selector is None:
+        return ""
+    namespace = policy.metadata.namespace
+    labels = {LABEL_NAMESPACE_NAME: namespace, **(namespace_labels or {})}
+    if selector.matches(labels):
+        return ""
+    shown = ", ".join(f"{k}={v}" for k, v in sorted(labels.items()))
+    return (f"EgressGateway {gateway.metadata.name} admits only the namespaces matching its spec.namespaceSelector "
+            f"{selector.describe()}; namespace {namespace} (labels {shown}) does not match")
+
+
+def gateway_admits(gateway: EgressGateway, policy: EgressPolicy, namespace_labels: Labels | None) -> bool:
+    return not gateway_refusal(gateway, policy, namespace_labels)
+
+
+def eip_sharing_allowed(gateway: EgressGateway | None) -> bool:
+    """The gateway's consent (annotation) to one EIP named by EgressPolicies of several namespaces."""
+    return gateway is not None and gateway.metadata.annotations.get(ANNOTATION_ALLOW_EIP_SHARING, "").lower() == "true"
+
+
 def allocated_eips(gateway: EgressGateway | None, version: int) -> IPPool:
     """The EIPs of `version` that the gateway's status places on a node for some policy."""
     if gateway is None:
@@ -79,8 +109,14 @@ def allocated_eips(gateway: EgressGateway | None, version: int) -> IPPool:
     return pool_of(ips, version)
 
 
-def placement(policy: EgressPolicy, gateways: Sequence[EgressGateway]) -> tuple[str, dict[int, IP | None]]:
-    """(gateway node, EIP per family) serving `policy`; ("", ...) when it is not placed."""
+def placement(policy: EgressPolicy, gateways: Sequence[EgressGateway],
+              namespace_labels: Mapping[str, Labels]) -> tuple[str, dict[int, IP | None]]:
+    """(gateway node, EIP per family) serving `policy`; ("", ...) when it is not placed.
+    `namespace_labels`: every namespace's labels, by name."""
+    labels = namespace_labels.get(policy.metadata.namespace) if policy.NAMESPACED else None
+    name = effective_gateway(policy, labels, gateways)[0]
+    if any(gw.metadata.name == name and not gateway_admits(gw, policy, labels) for gw in gateways):
+        return "", {4: None, 6: None}
     status = policy.status
     eips = {4: status.eip_ipv4, 6: status.eip_ipv6}
     if status.node:

@@ -17,6 +17,13 @@ keeps everything that is still valid where it is, and only then decides what mus
   (agents follow it between themselves, so it must not churn); newly eligible nodes are appended,
   least loaded first, ties by name. A node that is not eligible is never a standby.
 
+An EIP that an EgressPolicy names (`spec.egressIP`) belongs to one namespace unless the gateway
+consents to sharing (`semantics.eip_sharing_allowed`): the webhook refuses the second namespace
+from its cache, and placement holds the rule for what got past it (two webhook replicas racing, no
+webhook at all). Policies join an EIP in order: those its entry already lists first, then by
+creationTimestamp, then namespace/name; a policy naming the EIP that would join an entry holding an
+EgressPolicy of another namespace gets `EIPConflict` naming that owner, and no EIP (`eip_owner`).
+
 `rr` is a real round robin: the next free pool address after the last one handed out (remembered
 in the gateway annotation `ANNOTATION_RR_LAST`), so a released address is reused only after the
 whole pool has been walked.
@@ -27,8 +34,10 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+from egress_cni.api import semantics
 from egress_cni.api.model import (
     ALLOCATOR_RR,
+    ANNOTATION_ALLOW_EIP_SHARING,
     EgressGateway,
     EgressIP,
     EipStatus,
@@ -47,6 +56,8 @@ NO_ELIGIBLE_NODE = "NoEligibleNode"
 POOL_EXHAUSTED = "PoolExhausted"
 GATEWAY_NOT_FOUND = "GatewayNotFound"
 INVALID_EIP = "InvalidEIP"
+EIP_CONFLICT = "EIPConflict"
+NAMESPACE_NOT_ALLOWED = "NamespaceNotAllowed"
 ASSIGNED = "Assigned"
 
 
@@ -83,6 +94,20 @@ class PolicyView:
     created: str = ""  # creationTimestamp: older policies are served first
     reserved_ipv4: IP | None = None  # status.eip of a policy not in any nodeList (e.g. after a total outage)
     reserved_ipv6: IP | None = None
+
+    @property
+    def names_eip(self) -> bool:
+        return bool(self.egress_ip.ipv4 or self.egress_ip.ipv6)
+
+    @property
+    def holds_eip(self) -> bool:
+        """Its status shows an EIP (it held one before), though no nodeList lists it."""
+        return bool(self.reserved_ipv4 or self.reserved_ipv6)
+
+    @property
+    def order(self) -> tuple[str, str]:
+        """Who comes first to an EIP: the older policy, then by namespace/name."""
+        return self.created, self.ref.key
 
 
 @dataclass(frozen=True)
@@ -175,6 +200,19 @@ def place_gateway(gw: EgressGateway, policies: Sequence[PolicyView], nodes: Sequ
                 seen.add(ref)
                 unique.append(ref)
         e.policies = unique
+    sharing = semantics.eip_sharing_allowed(gw)
+    conflicts: dict[PolicyRef, Assignment] = {}
+    for e in entries:  # entries written before the rule held (or by a racing writer) are re-admitted in order
+        if sharing or e.node_ip_bucket:
+            continue
+        admitted: list[PolicyView] = []
+        for view in sorted((wanted[r] for r in e.policies), key=lambda v: v.order):
+            owner = eip_owner(admitted, view)
+            if owner is None:
+                admitted.append(view)
+            else:
+                conflicts[view.ref] = _conflict(gw, view, owner)
+        e.policies = [r for r in e.policies if r not in conflicts]
     entries = [e for e in entries if e.policies]
     for e in entries:
         if e.node in eligible:
@@ -205,12 +243,12 @@ def place_gateway(gw: EgressGateway, policies: Sequence[PolicyView], nodes: Sequ
     # 3. Place policies that have no entry yet.
     assignments: dict[PolicyRef, Assignment] = {}
     rr_v4, _, rr_v6 = gw.metadata.annotations.get(ANNOTATION_RR_LAST, "").partition(",")
-    placed = {r for e in entries for r in e.policies}
+    placed = {r for e in entries for r in e.policies} | set(conflicts)
     used4 = pool_of((e.ipv4 for e in entries if e.ipv4), 4)
     used6 = pool_of((e.ipv6 for e in entries if e.ipv6), 6)
     by_ip = {ip: e for e in entries for ip in (e.ipv4, e.ipv6) if ip}
     placed_new = False
-    for policy in sorted((p for p in policies if p.ref not in placed), key=lambda p: (p.created, p.ref.key)):
+    for policy in sorted((p for p in policies if p.ref not in placed), key=lambda p: (not p.holds_eip, *p.order)):
         placed_new = True
         want, problem = _choose_eip(gw, policy, v4_pool, v6_pool, used4, used6, rr_v4, rr_v6)
         if problem is not None:
@@ -221,6 +259,10 @@ def place_gateway(gw: EgressGateway, policies: Sequence[PolicyView], nodes: Sequ
                 and not policy.egress_ip.use_node_ip and not (policy.reserved_ipv4 or policy.reserved_ipv6):
             rr_v4, rr_v6 = ipv4 or rr_v4, ipv6 or rr_v6
         entry = _find_entry(entries, by_ip, ipv4, ipv6, eligible, load_after)
+        owner = None if entry is None or sharing else eip_owner([wanted[r] for r in entry.policies], policy)
+        if owner is not None:
+            conflicts[policy.ref] = _conflict(gw, policy, owner)
+            continue
         if entry is None:
             node = _least_loaded(eligible, load_after)
             if node:
@@ -233,6 +275,7 @@ def place_gateway(gw: EgressGateway, policies: Sequence[PolicyView], nodes: Sequ
         entry.policies.append(policy.ref)
 
     # 4. Project: every policy's assignment, the nodeList, usage.
+    assignments.update(conflicts)
     for e in entries:
         for ref in e.policies:
             if e.node:
@@ -254,6 +297,23 @@ def place_gateway(gw: EgressGateway, policies: Sequence[PolicyView], nodes: Sequ
     usage = IPUsage(v4_pool.count, v4_pool.difference(used4).count, v6_pool.count, v6_pool.difference(used6).count)
     rr_last = f"{rr_v4},{rr_v6}" if (rr_v4 or rr_v6) else ""
     return Placement(node_list, assignments, tuple(moves), usage, rr_last, load_after, uses_load=bool(moves) or placed_new)
+
+
+def eip_owner(members: Sequence[PolicyView], candidate: PolicyView) -> PolicyView | None:
+    """The member of an EIP entry that keeps `candidate` out of it (None: it may join), without the
+    gateway's sharing consent: an EgressPolicy that names the EIP cannot join an entry holding an
+    EgressPolicy of another namespace. EgressClusterPolicies neither claim nor are kept out."""
+    if not candidate.ref.namespace or not candidate.names_eip:
+        return None
+    return next((m for m in members if m.ref.namespace and m.ref.namespace != candidate.ref.namespace), None)
+
+
+def _conflict(gw: EgressGateway, loser: PolicyView, owner: PolicyView) -> Assignment:
+    named = " / ".join(ip for ip in (loser.egress_ip.ipv4, loser.egress_ip.ipv6) if ip)
+    return Assignment(reason=EIP_CONFLICT, message=(
+        f"spec.egressIP {named} is held by EgressPolicy {owner.ref.key} of namespace {owner.ref.namespace} on "
+        f"EgressGateway {gw.metadata.name}; an EIP named by a policy belongs to one namespace unless the gateway has the "
+        f"annotation {ANNOTATION_ALLOW_EIP_SHARING}: \"true\"; pick another address of the pool"))
 
 
 def _reported_holder(e: _Entry, reported: Mapping[IP, frozenset[str]], eligible: Sequence[str]) -> str:

@@ -53,7 +53,15 @@ from egress_cni.controller.clusterinfo import cluster_info_status, service_cidrs
 from egress_cni.controller.config import Config
 from egress_cni.controller.events import EventSink
 from egress_cni.controller.metrics import Metrics
-from egress_cni.controller.placement import ANNOTATION_RR_LAST, Assignment, NodeView, Placement, PolicyView, place_gateway
+from egress_cni.controller.placement import (
+    ANNOTATION_RR_LAST,
+    NAMESPACE_NOT_ALLOWED,
+    Assignment,
+    NodeView,
+    Placement,
+    PolicyView,
+    place_gateway,
+)
 from egress_cni.controller.slice_writer import SliceWriter
 from egress_cni.controller.status import (
     condition,
@@ -248,12 +256,17 @@ class Reconciler:
                 bad.name: Problem(INVALID, str(bad.error), bad.key, raw) for bad, raw in self._invalid(k8s.EGRESS_GATEWAYS)}
             by_gateway: dict[str, list[PolicyView]] = {}
             target: dict[PolicyRef, str] = {}
+            refused: dict[PolicyRef, Assignment] = {}  # policies whose gateway does not admit their namespace
             for _, p, _ in all_policies:
                 if p.metadata.deletion_timestamp:
                     continue
                 ns_labels = namespaces_labels.get(p.metadata.namespace) if p.NAMESPACED else None
                 name = semantics.effective_gateway(p, ns_labels, gateways.values())[0]
                 target[p.ref] = name
+                refusal = semantics.gateway_refusal(gateways[name], p, ns_labels) if name in gateways else ""
+                if refusal:
+                    refused[p.ref] = Assignment(reason=NAMESPACE_NOT_ALLOWED, message=f"{refusal}; no EIP is allocated")
+                    continue
                 by_gateway.setdefault(name, []).append(PolicyView(
                     p.ref, p.spec.eip, str(p.metadata.extra.get("creationTimestamp", "")), p.status.eip_ipv4, p.status.eip_ipv6))
             assignments: dict[PolicyRef, Assignment] = {}
@@ -305,7 +318,7 @@ class Reconciler:
                         f"EgressGateway {gw_name} is invalid: {problem.message}; fix the gateway"
                         if problem.reason == INVALID else f"EgressGateway {gw_name}: {problem.message}"))
                 else:
-                    assignment = assignments.get(p.ref) or gateway_not_found(gw_name)
+                    assignment = refused.get(p.ref) or assignments.get(p.ref) or gateway_not_found(gw_name)
                 ready += assignment.ready
                 if self._guard(f"policy {p.metadata.key}", self._write_policy, rt, p, raw, assignment, now) is not None:
                     self._guard(f"policy {p.metadata.key} condition", self._write_problem, rt, Problem(

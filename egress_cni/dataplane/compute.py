@@ -217,7 +217,7 @@ def desired_dataplane(state: ClusterState, facts: NodeFacts, config: DataplaneCo
     gateway_of: dict[str, str] = {}
     for p in policies:
         key = policy_key(p)
-        gw, eips = semantics.placement(p, state.gateways)
+        gw, eips = semantics.placement(p, state.gateways, state.namespace_labels)
         gw = state.overrides.get(key, gw)  # a peer took it over while the API lags; the EIPs stay the status's
         gw_peer = peers.get(gw)
         gateway_of[key] = gw

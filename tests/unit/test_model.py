@@ -64,6 +64,7 @@ FULL: dict[str, dict[str, Any]] = {
             "clusterDefault": True,
             "ippools": {"ipv4": ["10.0.0.1-10.0.0.9"], "ipv6": ["fd00::1-fd00::9"], "ipv4DefaultEIP": "10.0.0.1", "ipv6DefaultEIP": "fd00::1"},
             "nodeSelector": {"policy": "doNothing", "selector": {"matchExpressions": [{"key": "egress", "operator": "Exists"}]}},
+            "namespaceSelector": {"matchLabels": {"team": "a"}, "matchExpressions": [{"key": "tier", "operator": "NotIn", "values": ["x"]}]},
         },
         "status": {
             "ipUsage": {"ipv4Total": 9, "ipv4Free": 8, "ipv6Total": 9, "ipv6Free": 8},

@@ -6,9 +6,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from egress_cni.api.model import ANNOTATION_ALLOW_EIP_SHARING
 from egress_cni.api.selectors import LabelSelector
 from tests.webhook.builders import denial, gateway, namespace, policy, validate
-from webhook.config import ANNOTATION_ALLOW_EIP_SHARING
 from webhook.conflicts import selectors_may_overlap
 from webhook.subnets import Span, any_overlap
 
