@@ -159,13 +159,19 @@ class ControlPlane:
         path = self.users_dir / f"user-{_file_safe(user)}.kubeconfig"
         return write_kubeconfig(path, self.server, self.ca_pem, user, cert_pem=pair.cert_pem, key_pem=pair.key_pem)
 
-    def service_account_kubeconfig(self, namespace: str, name: str, *, create: bool = True, duration: str = "1h") -> Path:
-        """A kubeconfig with a TokenRequest token for ServiceAccount namespace/name (created if asked)."""
+    def service_account_kubeconfig(self, namespace: str, name: str, *, create: bool = True, duration: str = "1h",
+                                   bound: tuple[str, str] | None = None) -> Path:
+        """A kubeconfig with a TokenRequest token for ServiceAccount namespace/name (created if asked).
+
+        `bound` (kind, name): a token bound to that Pod, Secret or Node; one bound to a Pod with a
+        nodeName, or to a Node, carries the node claim (userInfo.extra authentication.kubernetes.io/node-name)."""
         if create:
             self.apply_yaml(json.dumps({"apiVersion": "v1", "kind": "ServiceAccount",
                                         "metadata": {"name": name, "namespace": namespace}}))
-        token = self.kubectl("create", "token", name, "-n", namespace, f"--duration={duration}").stdout.strip()
-        path = self.users_dir / f"sa-{namespace}-{name}.kubeconfig"
+        binding = [f"--bound-object-kind={bound[0]}", f"--bound-object-name={bound[1]}"] if bound else []
+        token = self.kubectl("create", "token", name, "-n", namespace, f"--duration={duration}", *binding).stdout.strip()
+        suffix = f"-{bound[0].lower()}-{bound[1]}" if bound else ""
+        path = self.users_dir / _file_safe(f"sa-{namespace}-{name}{suffix}.kubeconfig")
         return write_kubeconfig(path, self.server, self.ca_pem, f"system:serviceaccount:{namespace}:{name}", token=token)
 
     # --- objects -------------------------------------------------------------------------------------

@@ -167,8 +167,8 @@ class Sandbox:
         cp = self.control_plane
         for obj in components.setup_objects():
             self.kubectl("apply", "-f", "-", input=json.dumps(obj))
-        token_kubeconfig: Callable[[str], Path] = lambda sa: cp.worker.call(  # noqa: E731
-            cp.plane.service_account_kubeconfig, components.NAMESPACE, sa, create=False, duration="48h")
+        token_kubeconfig: Callable[..., Path] = lambda sa, bound=None: cp.worker.call(  # noqa: E731
+            cp.plane.service_account_kubeconfig, components.NAMESPACE, sa, create=False, duration="48h", bound=bound)
         log_dir = self.log_dir
         webhook_dir = self.work_dir / "webhook"
         hooks = components.webhook_configurations(f"https://{self.plan.control_plane.ipv4}:{components.WEBHOOK_PORT}")
@@ -184,9 +184,11 @@ class Sandbox:
         controller = procs.launch("egress-controller", components.controller_argv(token_kubeconfig(components.CONTROLLER_SA)),
                                   log_dir, netns=self.plan.control_plane.netns)
         self.state.add_process(controller)
-        agent_kubeconfig = token_kubeconfig(components.AGENT_SA)
         agents = []
         for node in self.plan.nodes:
+            # Bound to its Node: the token carries the node claim the node-claim policy checks, as a
+            # DaemonSet pod's projected token does (manifests/agent-node-claim.yaml).
+            agent_kubeconfig = token_kubeconfig(components.AGENT_SA, ("Node", node.name))
             argv = components.agent_argv(node, self.node_paths(node.name), agent_kubeconfig)
             agents.append(self.state.add_process(procs.launch(f"egress-agent-{node.name}", argv, log_dir, netns=node.netns)))
         for node, agent in zip(self.plan.nodes, agents, strict=True):

@@ -2,7 +2,8 @@
 
 They run as processes (no images here): controller and webhook in the control-plane netns, one agent
 per node netns (host network, as the DaemonSet). Each uses a token of the ServiceAccount the
-manifests define, so the manifests' RBAC is what they run with. Webhook configurations are the
+manifests define, so the manifests' RBAC and admission policies are what they run with (an agent's
+token is bound to its Node, so it carries the node claim). Webhook configurations are the
 manifests' own, with `clientConfig.service` replaced by the URL the webhook listens on (no Services
 or kube-proxy here), as envtest does.
 """
@@ -27,7 +28,8 @@ CONTROLLER_SA, AGENT_SA = "egressgateway-controller", "egressgateway-agent"
 WEBHOOK_SA = "egress-webhook"
 AGENT_METRICS = "127.0.0.1:9641"  # in each node's netns: /healthz /readyz /metrics
 # What a process-based install needs from the manifests (workloads and Services are replaced by processes).
-SETUP_KINDS = ("Namespace", "ConfigMap", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding")
+SETUP_KINDS = ("Namespace", "ConfigMap", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding",
+               "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding")
 WEBHOOK_KINDS = ("MutatingWebhookConfiguration", "ValidatingWebhookConfiguration")
 
 

@@ -37,7 +37,8 @@ def test_setup_objects_exclude_workloads_and_order_namespaces_first() -> None:
     kinds = [o["kind"] for o in components.setup_objects()]
     assert kinds[0] == "Namespace"
     assert not {"Deployment", "DaemonSet", "Service"} & set(kinds)
-    assert {"ServiceAccount", "ClusterRole", "ClusterRoleBinding"} <= set(kinds)
+    assert {"ServiceAccount", "ClusterRole", "ClusterRoleBinding", "ValidatingAdmissionPolicy",
+            "ValidatingAdmissionPolicyBinding"} <= set(kinds)
 
 
 def test_conflist_chains_our_plugin_after_bridge_with_per_node_state(tmp_path: Path) -> None:
