@@ -14,17 +14,17 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from egress_cni.api import GROUP
+from egress_cni.api import GROUP, limits
 from egress_cni.api.base import LABEL_POLICY_NAME
 
-LABEL_VALUE_MAX = 63
+LABEL_VALUE_MAX = limits.LABEL_VALUE
 GENERATE_NAME_MAX = 58  # what the API server keeps of a generateName before its 5 random characters
 DIGEST_LEN = 10
 
 _LABEL_VALUE = re.compile(r"(?:[A-Za-z0-9](?:[-A-Za-z0-9_.]*[A-Za-z0-9])?)?")
 _SUBDOMAIN_LABEL = r"[a-z0-9](?:[-a-z0-9]*[a-z0-9])?"
 _SUBDOMAIN = re.compile(rf"{_SUBDOMAIN_LABEL}(?:\.{_SUBDOMAIN_LABEL})*")
-SUBDOMAIN_MAX = 253
+SUBDOMAIN_MAX = limits.NAME
 
 
 def is_label_value(text: str) -> bool:
