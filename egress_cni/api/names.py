@@ -15,8 +15,8 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from egress_cni.api import GROUP, limits
-from egress_cni.api.base import LABEL_POLICY_NAME
 
+LABEL_POLICY_NAME = "spidernet.io/policy-name"  # on a policy's endpoint slices: policy_label_value(name)
 LABEL_VALUE_MAX = limits.LABEL_VALUE
 GENERATE_NAME_MAX = 58  # what the API server keeps of a generateName before its 5 random characters
 DIGEST_LEN = 10
@@ -24,6 +24,7 @@ DIGEST_LEN = 10
 _LABEL_VALUE = re.compile(r"(?:[A-Za-z0-9](?:[-A-Za-z0-9_.]*[A-Za-z0-9])?)?")
 _SUBDOMAIN_LABEL = r"[a-z0-9](?:[-a-z0-9]*[a-z0-9])?"
 _SUBDOMAIN = re.compile(rf"{_SUBDOMAIN_LABEL}(?:\.{_SUBDOMAIN_LABEL})*")
+_DNS_LABEL = re.compile(_SUBDOMAIN_LABEL)
 SUBDOMAIN_MAX = limits.NAME
 
 
@@ -33,6 +34,10 @@ def is_label_value(text: str) -> bool:
 
 def is_subdomain(text: str) -> bool:
     return len(text) <= SUBDOMAIN_MAX and _SUBDOMAIN.fullmatch(text) is not None
+
+
+def is_dns_label(text: str) -> bool:
+    return len(text) <= limits.NAMESPACE and _DNS_LABEL.fullmatch(text) is not None
 
 
 def bounded(name: str, limit: int) -> str:
