@@ -13,8 +13,12 @@ from typing import Any
 
 import yaml
 
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # the bounds of this checkout, whatever package is installed
+from egress_cni.api import limits as L  # noqa: E402
+
 GROUP = "egressgateway.spidernet.io"
-OUT = Path(__file__).resolve().parent.parent / "manifests" / "crds"
+OUT = ROOT / "manifests" / "crds"
 
 Schema = dict[str, Any]
 
@@ -31,8 +35,13 @@ def integer(**extra: Any) -> Schema:
     return {"type": "integer", "format": "int64", **extra}
 
 
-def strings(**extra: Any) -> Schema:
-    return {"type": "array", "items": {"type": "string"}, **extra}
+def strings(max_items: int, max_length: int, **extra: Any) -> Schema:
+    """A bounded list of bounded strings (api/limits.py)."""
+    return {"type": "array", "maxItems": max_items, "items": {"type": "string", "maxLength": max_length}, **extra}
+
+
+def array(items: Schema, max_items: int, **extra: Any) -> Schema:
+    return {"type": "array", "maxItems": max_items, "items": items, **extra}
 
 
 def obj(properties: dict[str, Schema], required: list[str] | None = None, **extra: Any) -> Schema:
@@ -44,26 +53,25 @@ def obj(properties: dict[str, Schema], required: list[str] | None = None, **extr
 
 LABEL_SELECTOR = obj(
     {
-        "matchLabels": {"type": "object", "additionalProperties": {"type": "string"}},
-        "matchExpressions": {
-            "type": "array",
-            "items": obj(
-                {"key": string(), "operator": string(enum=["In", "NotIn", "Exists", "DoesNotExist"]), "values": strings()},
-                required=["key", "operator"],
-            ),
-        },
+        "matchLabels": {"type": "object", "additionalProperties": string(maxLength=L.LABEL_VALUE)},
+        "matchExpressions": array(obj(
+            {"key": string(maxLength=L.LABEL_KEY), "operator": string(enum=["In", "NotIn", "Exists", "DoesNotExist"]),
+             "values": strings(L.SELECTOR_VALUES, L.LABEL_VALUE)},
+            required=["key", "operator"],
+        ), L.SELECTOR_EXPRESSIONS),
     },
     **{"x-kubernetes-map-type": "atomic"},
 )
 
 CONDITIONS = {
     "type": "array",
+    "maxItems": L.CONDITIONS,
     "items": obj(
         {
-            "type": string(maxLength=316),
+            "type": string(maxLength=L.CONDITION_TYPE),
             "status": string(enum=["True", "False", "Unknown"]),
-            "reason": string(maxLength=1024),
-            "message": string(maxLength=32768),
+            "reason": string(maxLength=L.CONDITION_REASON),
+            "message": string(maxLength=L.CONDITION_MESSAGE),
             "lastTransitionTime": string(format="date-time"),
             "observedGeneration": integer(minimum=0),
         },
@@ -73,33 +81,35 @@ CONDITIONS = {
     "x-kubernetes-list-map-keys": ["type"],
 }
 
-IP_LISTS = obj({"ipv4": strings(), "ipv6": strings()})
+IP_LISTS = obj({"ipv4": strings(L.CIDRS, L.CIDR), "ipv6": strings(L.CIDRS, L.CIDR)})
 
 GATEWAY = obj({
     "spec": obj({
         "clusterDefault": boolean(description="At most one gateway of the cluster is the default for policies that name none."),
         "ippools": obj({
-            "ipv4": strings(description="Egress IPs: single IPs, a-b ranges or CIDRs (an IPv4 CIDR excludes its network and broadcast address)."),
-            "ipv6": strings(description="Egress IPv6 addresses, same forms as ipv4."),
-            "ipv4DefaultEIP": string(description="Filled by the webhook when empty."),
-            "ipv6DefaultEIP": string(),
+            "ipv4": strings(L.CIDRS, L.IP_RANGE, description=(
+                "Egress IPs: single IPs, a-b ranges or CIDRs (an IPv4 CIDR excludes its network and broadcast address).")),
+            "ipv6": strings(L.CIDRS, L.IP_RANGE, description="Egress IPv6 addresses, same forms as ipv4."),
+            "ipv4DefaultEIP": string(maxLength=L.IP, description="Filled by the webhook when empty."),
+            "ipv6DefaultEIP": string(maxLength=L.IP),
         }),
-        "nodeSelector": obj({"policy": string(), "selector": LABEL_SELECTOR}),
+        "nodeSelector": obj({"policy": string(maxLength=L.WORD), "selector": LABEL_SELECTOR}),
         "namespaceSelector": {**LABEL_SELECTOR, "description": (
             "The namespaces whose EgressPolicies may use this gateway; absent: every namespace. "
             "EgressClusterPolicies may always use it.")},
     }),
     "status": obj({
-        "nodeList": {"type": "array", "items": obj({
-            "name": string(),
-            "status": string(),
-            "eips": {"type": "array", "items": obj({
-                "ipv4": string(),
-                "ipv6": string(),
-                "policies": {"type": "array", "items": obj({"name": string(), "namespace": string()})},
-                "standbys": strings(description="Nodes that take this EIP over when its node is lost, first alive first."),
-            })},
-        }, required=["name"])},
+        "nodeList": array(obj({
+            "name": string(maxLength=L.NAME),
+            "status": string(maxLength=L.WORD),
+            "eips": array(obj({
+                "ipv4": string(maxLength=L.IP),
+                "ipv6": string(maxLength=L.IP),
+                "policies": array(obj({"name": string(maxLength=L.NAME), "namespace": string(maxLength=L.NAMESPACE)}),
+                                  L.POLICIES_PER_EIP),
+                "standbys": strings(L.NODES, L.NAME, description="Nodes that take this EIP over when its node is lost, first alive first."),
+            }), L.EIPS_PER_NODE),
+        }, required=["name"]), L.NODES),
         "ipUsage": obj({k: integer() for k in ("ipv4Total", "ipv4Free", "ipv6Total", "ipv6Free")}),
         "conditions": CONDITIONS,
         "observedGeneration": integer(),
@@ -108,28 +118,29 @@ GATEWAY = obj({
 
 
 def policy(cluster: bool) -> Schema:
-    applied_to: dict[str, Schema] = {"podSelector": LABEL_SELECTOR, "podSubnet": strings()}
+    applied_to: dict[str, Schema] = {"podSelector": LABEL_SELECTOR, "podSubnet": strings(L.CIDRS, L.CIDR)}
     if cluster:
         applied_to["namespaceSelector"] = LABEL_SELECTOR
     return obj({
         "spec": obj({
-            "egressGatewayName": string(description="Defaulted by the webhook (namespace label, then the cluster default). Immutable."),
+            "egressGatewayName": string(maxLength=L.NAME, description=(
+                "Defaulted by the webhook (namespace label, then the cluster default). Immutable.")),
             "egressIP": obj(
                 {
-                    "ipv4": string(),
-                    "ipv6": string(),
+                    "ipv4": string(maxLength=L.IP),
+                    "ipv6": string(maxLength=L.IP),
                     "useNodeIP": boolean(default=False),
                     "allocatorPolicy": string(default="default", enum=["default", "rr"]),
                 },
                 default={"allocatorPolicy": "default", "useNodeIP": False},
             ),
             "appliedTo": obj(applied_to),
-            "destSubnet": strings(description="Destination CIDRs; empty means every destination outside the cluster."),
+            "destSubnet": strings(L.CIDRS, L.CIDR, description="Destination CIDRs; empty means every destination outside the cluster."),
             "priority": integer(minimum=0, description="When policies select the same traffic the lowest value wins; no value comes last."),
         }, required=["appliedTo"]),
         "status": obj({
-            "eip": obj({"ipv4": string(), "ipv6": string()}),
-            "node": string(),
+            "eip": obj({"ipv4": string(maxLength=L.IP), "ipv6": string(maxLength=L.IP)}),
+            "node": string(maxLength=L.NAME),
             "conditions": CONDITIONS,
             "observedGeneration": integer(),
         }),
@@ -137,20 +148,21 @@ def policy(cluster: bool) -> Schema:
 
 
 ENDPOINT_SLICE = obj({
-    "endpoints": {"type": "array", "items": obj({
-        "ns": string(), "pod": string(), "node": string(), "ipv4": strings(), "ipv6": strings(),
-    })},
+    "endpoints": array(obj({
+        "ns": string(maxLength=L.NAMESPACE), "pod": string(maxLength=L.NAME), "node": string(maxLength=L.NAME),
+        "ipv4": strings(L.IPS_PER_ENDPOINT, L.IP), "ipv6": strings(L.IPS_PER_ENDPOINT, L.IP),
+    }), L.ENDPOINTS_PER_SLICE),
 })
 
 TUNNEL = obj({
     "spec": {"type": "object"},
     "status": obj({
         "tunnel": obj({
-            "ipv4": string(), "ipv6": string(), "mac": string(),
-            "parent": obj({"name": string(), "ipv4": string(), "ipv6": string()}),
+            "ipv4": string(maxLength=L.IP), "ipv6": string(maxLength=L.IP), "mac": string(maxLength=L.MAC),
+            "parent": obj({"name": string(maxLength=L.IFNAME), "ipv4": string(maxLength=L.IP), "ipv6": string(maxLength=L.IP)}),
         }),
         "phase": string(enum=["Pending", "Init", "Failed", "Ready", "HeartbeatTimeout", "NodeNotReady"]),
-        "mark": string(),
+        "mark": string(maxLength=L.MARK),
         "lastHeartbeatTime": string(format="date-time"),
     }),
 })
@@ -162,14 +174,14 @@ CLUSTER_INFO = obj({
             "clusterIP": boolean(default=True),
             "nodeIP": boolean(default=True),
         }, default={"podCidrMode": "auto", "clusterIP": True, "nodeIP": True}),
-        "extraCidr": strings(description="In-cluster destinations never steered to a gateway: IPs or CIDRs."),
+        "extraCidr": strings(L.CIDRS, L.CIDR, description="In-cluster destinations never steered to a gateway: IPs or CIDRs."),
     }),
     "status": obj({
-        "podCidrMode": string(),
-        "nodeIP": {"type": "object", "additionalProperties": IP_LISTS},
+        "podCidrMode": string(maxLength=L.WORD),
+        "nodeIP": {"type": "object", "maxProperties": L.NODES, "additionalProperties": IP_LISTS},
         "clusterIP": IP_LISTS,
-        "podCIDR": {"type": "object", "additionalProperties": IP_LISTS},
-        "extraCidr": strings(),
+        "podCIDR": {"type": "object", "maxProperties": L.POD_CIDR_SOURCES, "additionalProperties": IP_LISTS},
+        "extraCidr": strings(L.CIDRS, L.CIDR),
     }),
 })
 

@@ -7,7 +7,8 @@ from collections.abc import Iterable, Sequence
 
 from egress_cni.api import semantics
 from egress_cni.api.errors import FieldError
-from egress_cni.api.model import EgressClusterInfo, EgressGateway, parse_as
+from egress_cni.api.model import LABEL_NAMESPACE_DEFAULT_GATEWAY, EgressClusterInfo, EgressGateway, parse_as
+from egress_cni.api.names import is_label_value
 from egress_cni.api.net import Cidr
 from egress_cni.api.pools import IPPool, IPRange, pool_of
 from webhook.admission import AdmissionRequest, Denial
@@ -45,9 +46,22 @@ def validate_gateway(request: AdmissionRequest, view: ClusterView, config: Webho
     denials += _duplicates(gateway, pools, view)
     denials += _cluster_addresses(pools, view.cluster_info())
     denials += _excluded_policies(gateway, view)
+    denials += _label_name(gateway)
     if old is not None:
         denials += _update(old, pools, view)
     return denials
+
+
+def _label_name(gateway: EgressGateway) -> list[Denial]:
+    """A name longer than a label value cannot be a namespace's default gateway (admitted: policies
+    can still name it, or it can be the cluster default)."""
+    name = gateway.metadata.name
+    if not name or is_label_value(name):
+        return []
+    return [Denial("gateway-name-not-a-label", "metadata.name", f"{len(name)} characters",
+                   f"is longer than 63 characters, so no namespace can choose it with the label "
+                   f"{LABEL_NAMESPACE_DEFAULT_GATEWAY}=<gateway>; name it in spec.egressGatewayName or make it "
+                   "the cluster default", warning=True)]
 
 
 def _selector(gateway: EgressGateway) -> list[Denial]:

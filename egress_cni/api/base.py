@@ -8,13 +8,13 @@ from typing import Any, ClassVar
 from egress_cni.api import API_VERSION
 from egress_cni.api.errors import join
 from egress_cni.api.meta import Condition, ObjectMeta, Raw
+from egress_cni.api.names import LABEL_POLICY_NAME as LABEL_POLICY_NAME  # re-exported with the model's names
 from egress_cni.api.selectors import LabelSelector
 
 ALLOCATOR_DEFAULT = "default"
 ALLOCATOR_RR = "rr"
 ALLOCATORS = (ALLOCATOR_DEFAULT, ALLOCATOR_RR)
 
-LABEL_POLICY_NAME = "spidernet.io/policy-name"
 LABEL_NAMESPACE_DEFAULT_GATEWAY = "spidernet.io/egressgateway-default"
 FINALIZER_GATEWAY = "egressgateway.spidernet.io/egressgateway"
 # Gateway annotation: EIPs that policies name may be shared by EgressPolicies of several namespaces.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -38,6 +39,14 @@ class TunnelParent:
         settle(self, ipv4=as_ip(self.ipv4, 4), ipv6=as_ip(self.ipv6, 6))
 
 
+_MARK = re.compile(r"(?:0[xX])?[0-9a-fA-F]{1,8}")
+
+
+def parse_mark(text: str) -> int | None:
+    """A tunnel's fwmark as the controller writes it (hexadecimal, `0x` optional, 32 bits); None if malformed."""
+    return int(text, 16) if _MARK.fullmatch(text) else None
+
+
 @dataclass(frozen=True)
 class TunnelStatus:
     ipv4: IP | None = None
@@ -60,11 +69,19 @@ class TunnelStatus:
         phase = get_str(raw, "phase", path)
         if phase and phase not in TUNNEL_PHASES:
             raise FieldError(join(path, "phase"), phase, f"must be one of {', '.join(TUNNEL_PHASES)}")
+        mark = get_str(raw, "mark", path)
+        if mark and parse_mark(mark) is None:
+            raise FieldError(join(path, "mark"), mark, "must be a 32-bit hexadecimal mark such as 0x26000001")
         return cls(
             ipv4=get_ip(tunnel, "ipv4", tpath, 4), ipv6=get_ip(tunnel, "ipv6", tpath, 6), mac=get_mac(tunnel, "mac", tpath),
             parent=TunnelParent(get_str(parent, "name", ppath), get_ip(parent, "ipv4", ppath, 4), get_ip(parent, "ipv6", ppath, 6)),
-            phase=phase, mark=get_str(raw, "mark", path), last_heartbeat_time=get_str(raw, "lastHeartbeatTime", path),
+            phase=phase, mark=mark, last_heartbeat_time=get_str(raw, "lastHeartbeatTime", path),
         )
+
+    @property
+    def fwmark(self) -> int | None:
+        """The mark as a number; None when absent (or malformed in an object built without parse)."""
+        return parse_mark(self.mark) if self.mark else None
 
     def to_dict(self) -> dict[str, Any]:
         parent = compact({"name": self.parent.name, "ipv4": self.parent.ipv4, "ipv6": self.parent.ipv6})

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from egress_cni.api.errors import FieldError, join
+from egress_cni.api.names import is_dns_label, is_subdomain
 from egress_cni.api.net import IP, AddressError, Cidr, CidrMode, Mac, parse_cidr, parse_ip, parse_mac
 
 Raw = Mapping[str, Any]
@@ -161,9 +162,16 @@ class ObjectMeta:
             for k, v in get_map(raw, key, path).items():
                 if not isinstance(v, str):
                     raise FieldError(join(join(path, key), k), v, "must be a string")
+        # The API server enforces both on our kinds; checked here too because names reach
+        # iptables comments, and objects may come from files (agent/sources.py) that it never saw.
+        name, namespace = get_str(raw, "name", path), get_str(raw, "namespace", path)
+        if name and not is_subdomain(name):
+            raise FieldError(join(path, "name"), name, "must be a DNS subdomain (lowercase letters, digits, '-', '.'; at most 253)")
+        if namespace and not is_dns_label(namespace):
+            raise FieldError(join(path, "namespace"), namespace, "must be a DNS label (lowercase letters, digits, '-'; at most 63)")
         return cls(
-            name=get_str(raw, "name", path),
-            namespace=get_str(raw, "namespace", path),
+            name=name,
+            namespace=namespace,
             generate_name=get_str(raw, "generateName", path),
             uid=get_str(raw, "uid", path),
             resource_version=get_str(raw, "resourceVersion", path),

@@ -8,7 +8,6 @@ from typing import Any, ClassVar
 
 from egress_cni.api.base import (
     ALLOCATOR_DEFAULT,
-    LABEL_POLICY_NAME,
     Resource,
     conditions_dict,
     selector_at,
@@ -33,6 +32,7 @@ from egress_cni.api.meta import (
     settle,
     texts,
 )
+from egress_cni.api.names import slice_policy
 from egress_cni.api.net import IP, AddressError, Cidr, as_cidrs, as_ip, as_ips, parse_ip
 from egress_cni.api.selectors import LabelSelector
 
@@ -245,6 +245,7 @@ class EgressEndpointSlice(Resource):
     PLURAL: ClassVar[str] = "egressendpointslices"
     SHORT_NAME: ClassVar[str] = "egep"
     NAMESPACED: ClassVar[bool] = True
+    POLICY_KIND: ClassVar[str] = "EgressPolicy"  # the kind of the policy owning the slice
 
     endpoints: tuple[Endpoint, ...] = ()
 
@@ -255,7 +256,7 @@ class EgressEndpointSlice(Resource):
 
     @property
     def policy_name(self) -> str:
-        return self.metadata.labels.get(LABEL_POLICY_NAME, "")
+        return slice_policy(self.metadata.owner_references, self.metadata.labels, self.POLICY_KIND)
 
     def to_dict(self) -> dict[str, Any]:
         return self._envelope() | {"endpoints": [e.to_dict() for e in self.endpoints]}
@@ -267,3 +268,4 @@ class EgressClusterEndpointSlice(EgressEndpointSlice):
     PLURAL: ClassVar[str] = "egressclusterendpointslices"
     SHORT_NAME: ClassVar[str] = "egcep"
     NAMESPACED: ClassVar[bool] = False
+    POLICY_KIND: ClassVar[str] = "EgressClusterPolicy"

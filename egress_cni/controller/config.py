@@ -14,6 +14,7 @@ from dataclasses import dataclass, replace
 from typing import TypeVar
 
 from egress_cni import logs, settings
+from egress_cni.api import limits
 
 T = TypeVar("T")
 
@@ -83,8 +84,9 @@ def parse_args(argv: Sequence[str] | None = None, env: Mapping[str, str] | None 
         log_level, log_format = logs.resolve(a.log_level, a.log_format, env)
     except ValueError as exc:  # SettingsError included: the message names the key or variable
         p.error(str(exc))
-    if config.max_endpoints_per_slice < 1:
-        p.error(f"--max-endpoints-per-slice must be at least 1, got {config.max_endpoints_per_slice}")
+    if not 1 <= config.max_endpoints_per_slice <= limits.ENDPOINTS_PER_SLICE:
+        p.error(f"--max-endpoints-per-slice must be between 1 and {limits.ENDPOINTS_PER_SLICE} (the CRD's maxItems),"
+                f" got {config.max_endpoints_per_slice}")
     if not 0 <= config.agent_stale_fraction <= 1:
         p.error(f"--agent-stale-fraction must be between 0 and 1, got {config.agent_stale_fraction}")
     if config.agent_stale_hold < 0:

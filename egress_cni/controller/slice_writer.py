@@ -10,6 +10,7 @@ from egress_cni import k8s
 from egress_cni.api import API_VERSION
 from egress_cni.api.errors import FieldError
 from egress_cni.api.model import LABEL_POLICY_NAME, EgressEndpointSlice, EgressPolicy, Endpoint
+from egress_cni.api.names import policy_label_value, slice_generate_name, slice_policy
 from egress_cni.controller.cache import Overlay
 from egress_cni.controller.slices import plan_slices, selected_pods
 from egress_cni.controller.watchers import PodSnapshot
@@ -18,6 +19,8 @@ log = logging.getLogger(__name__)
 
 SLICE_OF = {k8s.EGRESS_POLICIES.plural: k8s.EGRESS_ENDPOINT_SLICES,
             k8s.EGRESS_CLUSTER_POLICIES.plural: k8s.EGRESS_CLUSTER_ENDPOINT_SLICES}
+POLICY_KIND = {k8s.EGRESS_POLICIES.plural: k8s.EGRESS_POLICIES.kind,
+               k8s.EGRESS_CLUSTER_POLICIES.plural: k8s.EGRESS_CLUSTER_POLICIES.kind}
 
 
 def _endpoints(raw: Mapping[str, Any]) -> tuple[Endpoint, ...]:
@@ -40,7 +43,7 @@ class SliceWriter:
         for policy_plural, slice_rt in SLICE_OF.items():
             for raw in self.overlays[slice_rt.plural].list():
                 meta = raw.get("metadata") or {}
-                owner = (meta.get("labels") or {}).get(LABEL_POLICY_NAME, "")
+                owner = slice_policy(meta.get("ownerReferences") or (), meta.get("labels") or {}, POLICY_KIND[policy_plural])
                 key = f"{meta['namespace']}/{owner}" if meta.get("namespace") else owner
                 index.setdefault((policy_plural, key), {})[str(meta.get("name", ""))] = raw
         self._index = index
@@ -81,8 +84,8 @@ class SliceWriter:
 
     def _new_slice(self, slice_rt: k8s.ResourceType, policy: EgressPolicy, endpoints: list[dict[str, Any]]) -> dict[str, Any]:
         meta: dict[str, Any] = {
-            "generateName": f"{policy.metadata.name[:200]}-",
-            "labels": {LABEL_POLICY_NAME: policy.metadata.name},
+            "generateName": slice_generate_name(policy.metadata.name),
+            "labels": {LABEL_POLICY_NAME: policy_label_value(policy.metadata.name)},
             "ownerReferences": [{
                 "apiVersion": API_VERSION, "kind": policy.KIND,
                 "name": policy.metadata.name, "uid": policy.metadata.uid, "controller": True, "blockOwnerDeletion": True,

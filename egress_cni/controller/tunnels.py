@@ -43,12 +43,10 @@ def subnet_pool(cidr: str, version: int) -> IPPool:
     return pool
 
 
-def _parse_mark(text: str) -> int | None:
-    try:
-        value = int(text, 16)
-    except ValueError:
-        return None
-    return value if MARK_FIRST <= value <= MARK_LAST else None
+def _our_mark(status: TunnelStatus) -> int | None:
+    """The tunnel's mark if it is one of the range we hand out."""
+    value = status.fwmark
+    return value if value is not None and MARK_FIRST <= value <= MARK_LAST else None
 
 
 def plan_tunnels(nodes: Iterable[str], existing: Mapping[str, TunnelStatus], v4_subnet: str, v6_subnet: str) -> dict[str, TunnelAddress]:
@@ -69,7 +67,7 @@ def plan_tunnels(nodes: Iterable[str], existing: Mapping[str, TunnelStatus], v4_
         if status.ipv6 and _member(v6_pool, status.ipv6) and status.ipv6 not in taken6:
             kept[name]["ipv6"] = status.ipv6
             taken6.add(status.ipv6)
-        mark = _parse_mark(status.mark)
+        mark = _our_mark(status)
         if mark is not None and mark not in marks:
             kept[name]["mark"] = f"{mark:#010x}"
             marks.add(mark)

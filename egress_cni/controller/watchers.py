@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from egress_cni import k8s
+from egress_cni.api.names import slice_policy
 from egress_cni.controller.config import Config
 from egress_cni.controller.liveness import AgentLiveness
 from egress_cni.controller.slices import PodView
@@ -164,11 +165,12 @@ class Watchers:
     def _on_slice(self, key: str, old: dict[str, Any] | None, new: dict[str, Any] | None) -> None:
         obj = new or old or {}
         meta = obj.get("metadata") or {}
-        owner = (meta.get("labels") or {}).get("spidernet.io/policy-name")
+        cluster = obj.get("kind") == "EgressClusterEndpointSlice" or not meta.get("namespace")
+        policy_rt = k8s.EGRESS_CLUSTER_POLICIES if cluster else k8s.EGRESS_POLICIES
+        owner = slice_policy(meta.get("ownerReferences") or (), meta.get("labels") or {}, policy_rt.kind)
         if not owner:
             return
-        cluster = obj.get("kind") == "EgressClusterEndpointSlice"
-        plural = k8s.EGRESS_CLUSTER_POLICIES.plural if cluster else k8s.EGRESS_POLICIES.plural
+        plural = policy_rt.plural
         self.dirty.mark(policy=(plural, owner if cluster else f"{meta.get('namespace')}/{owner}"))
 
     def _on_pod(self, key: str, old: dict[str, Any] | None, new: dict[str, Any] | None) -> None:

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 from egress_cni.api import semantics
 from egress_cni.api.model import EgressClusterEndpointSlice, EgressPolicy, EgressTunnel
-from egress_cni.api.net import IP, Cidr
+from egress_cni.api.net import IP, Cidr, Mac
 from egress_cni.dataplane.inputs import ClusterState, DataplaneConfig, NodeFacts
 from egress_cni.dataplane.plan import (
     IPV4,
@@ -44,11 +44,13 @@ SPLIT_DEFAULT = {IPV4: ("0.0.0.0/1", "128.0.0.0/1"), IPV6: ("::/1", "8000::/1")}
 
 @dataclass(frozen=True)
 class Peer:
+    """A tunnel peer: every value parsed and validated by the model (none is status text)."""
+
     name: str
-    mac: str
+    mac: Mac
     mark: int
-    underlay: str  # parent IP the VXLAN packets go to
-    tunnel_ip: Mapping[int, str]
+    underlay: IP  # parent IP the VXLAN packets go to
+    tunnel_ip: Mapping[int, IP]
 
 
 @dataclass(frozen=True)
@@ -129,9 +131,8 @@ def tagged(spec: str, tag: str) -> str:
 
 def _peer(t: EgressTunnel, underlay_family: int) -> Peer | None:
     s = t.status
-    try:
-        mark = int(s.mark, 0)
-    except ValueError:
+    mark = s.fwmark
+    if mark is None:
         return None
     underlay = s.parent.ipv4 if underlay_family == IPV4 else s.parent.ipv6
     if not s.mac or not underlay:

@@ -80,6 +80,13 @@ def _set(obj: dict[str, Any], path: str, value: object) -> dict[str, Any]:
     return changed
 
 
+def rejected(control_plane: ControlPlane, obj: dict[str, Any]) -> str:
+    """kubectl's error output for `obj`, which the server must refuse (dry run)."""
+    result = control_plane.kubectl("apply", "--dry-run=server", "-f", "-", input=json.dumps(obj), check=False)
+    assert result.returncode != 0, f"accepted: {json.dumps(obj)[:500]}"
+    return str(result.stderr)
+
+
 WRONG_TYPES = [
     ("EgressGateway", "spec.ippools.ipv4", "10.6.168.201-10.6.168.205", "array"),
     ("EgressGateway", "spec.nodeSelector.selector.matchLabels.egressgateway", 1, "string"),
@@ -92,8 +99,34 @@ WRONG_TYPES = [
 def test_wrong_types_are_rejected_by_the_schema(
     control_plane: ControlPlane, kind: str, path: str, value: object, expected_type: str,
 ) -> None:
-    bad = _set(walkthrough_object(kind), path, value)
-    result = control_plane.kubectl("apply", "--dry-run=server", "-f", "-", input=json.dumps(bad), check=False)
-    assert result.returncode != 0, f"{kind} with {path}={value!r} was accepted"
-    assert "is invalid" in result.stderr, result.stderr
-    assert path in result.stderr and f"must be of type {expected_type}" in result.stderr, result.stderr
+    stderr = rejected(control_plane, _set(walkthrough_object(kind), path, value))
+    assert "is invalid" in stderr, stderr
+    assert path in stderr and f"must be of type {expected_type}" in stderr, stderr
+
+
+def _slice(endpoints: int) -> dict[str, Any]:
+    return {"apiVersion": f"{GROUP}/v1beta1", "kind": "EgressEndpointSlice", "metadata": {"name": "s", "namespace": "default"},
+            "endpoints": [{"ns": "default", "pod": f"p{i}", "ipv4": ["10.0.0.1"]} for i in range(endpoints)]}
+
+
+TOO_BIG = [
+    ("EgressPolicy", "spec.destSubnet", [f"10.{i // 256}.{i % 256}.0/24" for i in range(4097)], "Too many"),
+    ("EgressPolicy", "spec.egressGatewayName", "g" * 254, "Too long"),
+    ("EgressPolicy", "spec.appliedTo.podSelector.matchLabels.app", "v" * 64, "Too long"),
+    ("EgressGateway", "spec.ippools.ipv4", [f"10.6.{i // 256}.{i % 256}" for i in range(4097)], "Too many"),
+    ("EgressGateway", "spec.ippools.ipv4DefaultEIP", "1.2.3.4 -j ACCEPT" + " " * 40, "Too long"),
+]
+
+
+@pytest.mark.parametrize(("kind", "path", "value", "why"), TOO_BIG, ids=[f"{k}-{p}" for k, p, _, _ in TOO_BIG])
+def test_over_long_lists_and_strings_are_rejected_naming_the_field(
+    control_plane: ControlPlane, kind: str, path: str, value: object, why: str,
+) -> None:
+    stderr = rejected(control_plane, _set(walkthrough_object(kind), path, value))
+    assert f"{path}: {why}" in stderr, stderr[-2000:]
+
+
+def test_a_slice_holds_at_most_the_bound_of_endpoints(control_plane: ControlPlane) -> None:
+    control_plane.kubectl("apply", "--dry-run=server", "-f", "-", input=json.dumps(_slice(1000)))
+    stderr = rejected(control_plane, _slice(1001))
+    assert "endpoints: Too many: 1001: must have at most 1000 items" in stderr, stderr[-2000:]

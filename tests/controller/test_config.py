@@ -27,6 +27,9 @@ def test_defaults_and_bad_values() -> None:
     assert (c.tunnel_ipv4_subnet, c.tunnel_ipv6_subnet, c.max_endpoints_per_slice) == ("172.31.0.0/16", "fd11::/112", 100)
     with pytest.raises(SystemExit):
         parse_args(["--max-endpoints-per-slice=0"])
+    assert parse_args(["--max-endpoints-per-slice=1000"]).max_endpoints_per_slice == 1000
+    with pytest.raises(SystemExit):
+        parse_args(["--max-endpoints-per-slice=1001"])  # the CRD holds at most 1000 endpoints per slice
 
 
 def test_leader_renew_deadline_is_shorter_than_the_lease() -> None:

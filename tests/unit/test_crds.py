@@ -61,4 +61,27 @@ def test_generated_files_are_current() -> None:
 def test_gateway_eip_entries_allow_standbys() -> None:
     status = load()["EgressGateway"]["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["status"]
     eip = status["properties"]["nodeList"]["items"]["properties"]["eips"]["items"]["properties"]
-    assert eip["standbys"] == {"type": "array", "items": {"type": "string"}, "description": eip["standbys"]["description"]}
+    assert eip["standbys"] == {"type": "array", "maxItems": 65536, "items": {"type": "string", "maxLength": 253},
+                               "description": eip["standbys"]["description"]}
+
+
+def unbounded(schema: dict[str, Any], path: str) -> list[str]:
+    """Paths of arrays without maxItems and free strings (no enum, no format) without maxLength."""
+    out: list[str] = []
+    if schema.get("type") == "array":
+        out += [] if "maxItems" in schema else [path]
+        out += unbounded(schema["items"], f"{path}[]")
+    elif schema.get("type") == "string" and not ({"maxLength", "enum", "format"} & schema.keys()):
+        out.append(path)
+    for key, sub in (schema.get("properties") or {}).items():
+        out += unbounded(sub, f"{path}.{key}")
+    if isinstance(schema.get("additionalProperties"), dict):
+        out += unbounded(schema["additionalProperties"], f"{path}.*")
+    return out
+
+
+def test_every_list_and_free_string_is_bounded() -> None:
+    for kind, crd in load().items():
+        root = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+        found = [p for p in unbounded(root, kind) if p not in (f"{kind}.apiVersion", f"{kind}.kind")]  # the API server's
+        assert not found, f"unbounded in {kind}: {found}"

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from egress_cni.api import API_VERSION
+from egress_cni.api.cluster import parse_mark
 from egress_cni.api.errors import FieldError
 from egress_cni.api.model import (
     KINDS,
@@ -182,3 +183,26 @@ def test_parse_as_checks_the_kind() -> None:
     raw = {"apiVersion": API_VERSION, "kind": "EgressClusterPolicy", "metadata": {"name": "c"}}
     with pytest.raises(FieldError, match="expected EgressPolicy"):
         parse_as(EgressPolicy, raw)
+
+
+@pytest.mark.parametrize(("mark", "value"), [("0x26000001", 0x26000001), ("26000001", 0x26000001), ("0xffffffff", 0xFFFFFFFF),
+                                             ("0x100000000", None), ("-1", None), ("0x1 -j ACCEPT", None), ("1_0", None)])
+def test_a_tunnel_mark_is_32_bit_hexadecimal_as_the_controller_writes_it(mark: str, value: int | None) -> None:
+    assert parse_mark(mark) == value
+    raw = {"apiVersion": API_VERSION, "kind": "EgressTunnel", "metadata": {"name": "n1"}, "status": {"mark": mark}}
+    if value is None:
+        with pytest.raises(FieldError) as err:
+            parse_object(raw)
+        assert err.value.path == "status.mark"
+    else:
+        assert parse_object(raw).status.fwmark == value  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(("meta", "path"), [({"name": "Web"}, "metadata.name"), ({"name": "a b"}, "metadata.name"),
+                                            ({"name": "p" * 254}, "metadata.name"),
+                                            ({"name": "web", "namespace": "a.b"}, "metadata.namespace")])
+def test_names_that_the_api_server_would_refuse_are_refused(meta: dict[str, str], path: str) -> None:
+    raw = {"apiVersion": API_VERSION, "kind": "EgressPolicy", "metadata": meta, "spec": {"appliedTo": {}}}
+    with pytest.raises(FieldError) as err:
+        parse_object(raw)
+    assert err.value.path == path

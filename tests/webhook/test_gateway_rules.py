@@ -123,3 +123,13 @@ def test_a_pool_inside_service_or_pod_cidrs_is_admitted_with_a_warning() -> None
     assert response["allowed"]
     assert response["warnings"][0].startswith("spec.ippools.ipv4: 10.244.9.1-10.244.9.2 lies inside the cluster's service or pod CIDRs")
     assert "warnings" not in validate(gateway(ipv4=["10.6.168.201-10.6.168.205"]), _cluster_info())
+
+
+def test_a_gateway_name_too_long_for_the_namespace_label_is_admitted_with_a_warning() -> None:
+    name = "g" * 64
+    response = validate(gateway(name=name, ipv4=["10.6.168.201"]))
+    assert response["allowed"]
+    assert response["warnings"] == ['metadata.name: is longer than 63 characters, so no namespace can choose it with the label '
+                                    'spidernet.io/egressgateway-default=<gateway>; name it in spec.egressGatewayName or make it '
+                                    'the cluster default (got "64 characters")']
+    assert "warnings" not in validate(gateway(name="g" * 63, ipv4=["10.6.168.201"]))
