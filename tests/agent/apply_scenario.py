@@ -15,10 +15,13 @@ from egress_cni.dataplane.compute import desired_dataplane
 from egress_cni.dataplane.inputs import DataplaneConfig
 from egress_cni.dataplane.plan import diff
 
+# one-shot runs: no agent stays to renew EIPs, so the 1 s default would let them lapse between two runs
+CONFIG = DataplaneConfig(eip_lifetime=60)
+
 
 def reconcile(kernel: KernelDataplane, directory: str) -> dict[str, int]:
     state, facts = load_scenario(directory)
-    desired = desired_dataplane(state, facts, DataplaneConfig()).dataplane
+    desired = desired_dataplane(state, facts, CONFIG).dataplane
     kernel.hint_tables({r.table for r in desired.routes})
     plan = diff(desired, kernel.read_actual(desired.sysctls))
     kernel.apply(plan)
@@ -29,7 +32,7 @@ def main() -> None:
     directory, backend = sys.argv[1], sys.argv[2]
     _, facts = load_scenario(directory)
     families = [f for f, on in ((4, facts.ipv4), (6, facts.ipv6)) if on]
-    kernel = KernelDataplane(DataplaneConfig(), facts.parent, families, backend)
+    kernel = KernelDataplane(CONFIG, facts.parent, families, backend)
     first = reconcile(kernel, directory)
     second = reconcile(kernel, directory)
     print(json.dumps({"first": first, "second": second, "backend": kernel.xtables.backend}))
