@@ -30,6 +30,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from devtools import oci
 
@@ -93,10 +94,10 @@ def deps_key(debian: str, lock: str) -> str:
     return hashlib.sha256(f"{debian}\n{BUILDER_VERSION}\n{lock}".encode()).hexdigest()[:16]
 
 
-def lock_lines(report: dict[str, object]) -> list[str]:
+def lock_lines(report: dict[str, Any]) -> list[str]:
     """`name==version --hash=sha256:...` for every wheel in a `pip install --report`."""
     lines = []
-    for item in report["install"]:  # type: ignore[attr-defined]
+    for item in report["install"]:
         name, version = item["metadata"]["name"], item["metadata"]["version"]
         digest = item["download_info"]["archive_info"]["hashes"]["sha256"]
         lines.append(f"{name.lower()}=={version} --hash=sha256:{digest}")
@@ -166,6 +167,8 @@ def debian_layer(cache: Path) -> tuple[Path, oci.Layer]:
     directory = cache / f"debian-{debian_key()}"
     if (layer := _load_layer(directory)) is not None:
         return directory / "rootfs", layer
+    if shutil.which("mmdebstrap") is None:
+        raise RuntimeError("mmdebstrap is not installed (hack/install-deps.sh installs it)")
     partial = directory.with_name(directory.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
@@ -177,7 +180,10 @@ def debian_layer(cache: Path) -> tuple[Path, oci.Layer]:
     for name in HOST_FILES:
         (rootfs / name).unlink(missing_ok=True)
     for entry in (rootfs / "dev").iterdir():  # device nodes: the runtime mounts its own /dev
-        shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
     check_interpreter(rootfs)
     _save_layer(partial, oci.directory_layer(rootfs, partial / "layer.tar.gz"))
     return directory / "rootfs", _publish(partial, directory)
@@ -330,10 +336,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("command", nargs="?", default="build", choices=("build", "lock"))
     parser.add_argument("--output", type=Path, default=ARCHIVE)
     args = parser.parse_args(argv)
-    if args.command == "lock":
-        write_lock()
-    else:
-        build(args.output)
+    try:
+        if args.command == "lock":
+            write_lock()
+        else:
+            build(args.output)
+    except (PermissionError, RuntimeError) as error:
+        sys.exit(f"image: {error}")
 
 
 if __name__ == "__main__":
