@@ -6,10 +6,11 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat setup.cfg pyproject.toml | sha1sum | cut -c1-12)
 LOGDIR ?= /tmp/egressgateway-logs
 
-.PHONY: test sandbox deps venv kube lint unit help
+.PHONY: test sandbox deps venv kube image image-for-tests lint unit help
 
 help:
 	@echo "make sandbox   bring up a local multi-node cluster and show a pod leaving with its EIP"
+	@echo "make image     build/egressgateway-image.oci.tar (egressgateway:dev) without Docker: mmdebstrap + pip, for ctr images import"
 	@echo "make test      install everything, lint, type-check and run every test tier that can run here (CI=true: every tier but kind must)"
 
 deps:
@@ -35,6 +36,18 @@ kube:
 	  if $(IN_CI); then echo "CI=true: the apiserver and e2e tiers must run here, so this fails the run"; exit 1; fi; \
 	  echo "apiserver/e2e tiers will skip"; fi
 
+# The product image without Docker or a registry (devtools/image.py; layers cached under build/image-cache).
+image: venv
+	$(PY) -m devtools.image
+
+# In `make test`: a failed image build fails the run under CI (the cri tier imports the image); elsewhere
+# tests/image tries the build again and reports why.
+image-for-tests: venv
+	@mkdir -p $(LOGDIR)
+	@if $(PY) -m devtools.image > $(LOGDIR)/build-image.log 2>&1; then sed -n '/ -> /,$$p' $(LOGDIR)/build-image.log; \
+	else echo "image build failed (see $(LOGDIR)/build-image.log):"; tail -n 20 $(LOGDIR)/build-image.log; \
+	  if $(IN_CI); then echo "CI=true: the cri tier's image test must run here, so this fails the run"; exit 1; fi; fi
+
 lint: venv
 	$(VENV)/bin/ruff check egress_cni webhook devtools tests e2e bench hack
 	$(VENV)/bin/mypy egress_cni webhook devtools tests/harness
@@ -55,6 +68,7 @@ test:
 	@$(call phase,deps,$(MAKE) --no-print-directory deps)
 	@$(call phase,venv,$(MAKE) --no-print-directory venv)
 	@$(call phase,kube,$(MAKE) --no-print-directory kube)
+	@$(call phase,image,$(MAKE) --no-print-directory image-for-tests)
 	@$(call phase,lint,$(MAKE) --no-print-directory lint)
 	@$(call phase,tests,$(VENV)/bin/pytest)
 	@echo "--- time per phase"; cat $(PHASES)

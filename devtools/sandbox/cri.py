@@ -54,29 +54,32 @@ class CRIClient:
         return bool(reply.image.id)
 
     def run_pod(self, pod: PodRef, *, hostname: str, log_dir: str, cgroup_parent: str,
-                labels: Mapping[str, str], annotations: Mapping[str, str]) -> str:
-        config = self._sandbox_config(pod, hostname, log_dir, cgroup_parent, labels, annotations)
+                labels: Mapping[str, str], annotations: Mapping[str, str], privileged: bool = False) -> str:
+        config = self._sandbox_config(pod, hostname, log_dir, cgroup_parent, labels, annotations, privileged)
         reply: Any = self._runtime.RunPodSandbox(pb.RunPodSandboxRequest(config=config), timeout=RPC_TIMEOUT)
         return str(reply.pod_sandbox_id)
 
     @staticmethod
     def _sandbox_config(pod: PodRef, hostname: str, log_dir: str, cgroup_parent: str,
-                        labels: Mapping[str, str], annotations: Mapping[str, str]) -> Any:
+                        labels: Mapping[str, str], annotations: Mapping[str, str], privileged: bool) -> Any:
+        security = pb.LinuxSandboxSecurityContext(privileged=privileged)
         return pb.PodSandboxConfig(
             metadata=pb.PodSandboxMetadata(name=pod.name, namespace=pod.namespace, uid=pod.uid, attempt=pod.attempt),
             hostname=hostname, log_directory=log_dir, labels=dict(labels), annotations=dict(annotations),
-            linux=pb.LinuxPodSandboxConfig(cgroup_parent=cgroup_parent),
+            linux=pb.LinuxPodSandboxConfig(cgroup_parent=cgroup_parent, security_context=security),
         )
 
     def start_container(self, sandbox_id: str, pod: PodRef, *, name: str, image: str, command: Sequence[str],
                         args: Sequence[str], env: Mapping[str, str], hostname: str, log_dir: str, cgroup_parent: str,
-                        labels: Mapping[str, str], annotations: Mapping[str, str]) -> str:
+                        labels: Mapping[str, str], annotations: Mapping[str, str], privileged: bool = False) -> str:
+        """privileged (like the agent's DaemonSet) needs a sandbox started with privileged=True."""
         config = pb.ContainerConfig(
             metadata=pb.ContainerMetadata(name=name), image=pb.ImageSpec(image=image),
             command=list(command), args=list(args), envs=[pb.KeyValue(key=k, value=v) for k, v in env.items()],
             log_path=f"{name}.log", labels={**labels, "io.kubernetes.container.name": name},
+            linux=pb.LinuxContainerConfig(security_context=pb.LinuxContainerSecurityContext(privileged=privileged)),
         )
-        sandbox = self._sandbox_config(pod, hostname, log_dir, cgroup_parent, labels, annotations)
+        sandbox = self._sandbox_config(pod, hostname, log_dir, cgroup_parent, labels, annotations, privileged)
         created: Any = self._runtime.CreateContainer(
             pb.CreateContainerRequest(pod_sandbox_id=sandbox_id, config=config, sandbox_config=sandbox), timeout=RPC_TIMEOUT)
         self._runtime.StartContainer(pb.StartContainerRequest(container_id=created.container_id), timeout=RPC_TIMEOUT)

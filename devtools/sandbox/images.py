@@ -4,18 +4,15 @@
 - app: Debian's static busybox with its applets linked in, published under the names pods ask for
   (`nginx`, the walkthrough's image, and `busybox`); its default command serves HTTP on :80 so the
   walkthrough's Deployment runs unchanged.
-Layers use mtime 0 and sorted entries, so digests only change when the content does.
+The OCI layout writer is devtools/oci.py (shared with the product image, devtools/image.py).
 """
 
 from __future__ import annotations
 
-import hashlib
-import io
-import json
 import subprocess
-import tarfile
-from dataclasses import dataclass
 from pathlib import Path
+
+from devtools.oci import FileEntry, layer_tar, oci_archive
 
 PAUSE_IMAGE = "registry.k8s.io/pause:3.10"
 APP_IMAGES = ("docker.io/library/nginx:latest", "docker.io/library/busybox:latest")
@@ -35,67 +32,6 @@ int main(void) {
     for (;;) pause();
 }
 """
-
-
-@dataclass(frozen=True)
-class FileEntry:
-    path: str  # inside the image, no leading slash
-    data: bytes | None = None  # None with link: a symlink
-    link: str = ""
-    mode: int = 0o755
-
-
-def layer_tar(entries: list[FileEntry]) -> bytes:
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        directories = sorted({str(Path(e.path).parent) for e in entries} - {"."})
-        for directory in directories:
-            info = tarfile.TarInfo(directory)
-            info.type, info.mode, info.mtime = tarfile.DIRTYPE, 0o755, 0
-            tar.addfile(info)
-        for entry in sorted(entries, key=lambda e: e.path):
-            info = tarfile.TarInfo(entry.path)
-            info.mtime, info.mode = 0, entry.mode
-            if entry.data is None:
-                info.type, info.linkname = tarfile.SYMTYPE, entry.link
-                tar.addfile(info)
-            else:
-                info.size = len(entry.data)
-                tar.addfile(info, io.BytesIO(entry.data))
-    return buffer.getvalue()
-
-
-def _blob(blobs: dict[str, bytes], data: bytes) -> tuple[str, int]:
-    digest = "sha256:" + hashlib.sha256(data).hexdigest()
-    blobs[digest] = data
-    return digest, len(data)
-
-
-def oci_archive(names: tuple[str, ...], layer: bytes, entrypoint: list[str], cmd: list[str]) -> bytes:
-    """An OCI image layout tar holding one image under every name in `names`."""
-    blobs: dict[str, bytes] = {}
-    layer_digest, layer_size = _blob(blobs, layer)
-    config = {
-        "architecture": "amd64", "os": "linux",
-        "config": {"Entrypoint": entrypoint, "Cmd": cmd, "Env": ["PATH=/bin"], "WorkingDir": "/"},
-        "rootfs": {"type": "layers", "diff_ids": [layer_digest]},
-    }
-    config_digest, config_size = _blob(blobs, json.dumps(config, sort_keys=True).encode())
-    manifest = {
-        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config_digest, "size": config_size},
-        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": layer_digest, "size": layer_size}],
-    }
-    manifest_digest, manifest_size = _blob(blobs, json.dumps(manifest, sort_keys=True).encode())
-    index = {"schemaVersion": 2, "manifests": [
-        {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": manifest_digest, "size": manifest_size,
-         "annotations": {"io.containerd.image.name": name, "org.opencontainers.image.ref.name": name.rsplit(":", 1)[1]}}
-        for name in names
-    ]}
-    files = [FileEntry("oci-layout", json.dumps({"imageLayoutVersion": "1.0.0"}).encode(), mode=0o644),
-             FileEntry("index.json", json.dumps(index, sort_keys=True).encode(), mode=0o644)]
-    files += [FileEntry(f"blobs/sha256/{d.split(':', 1)[1]}", data, mode=0o644) for d, data in blobs.items()]
-    return layer_tar(files)
 
 
 def busybox_applets() -> list[str]:

@@ -16,10 +16,11 @@ from pathlib import Path
 
 import pytest
 
+from devtools.oci import FileEntry, layer_tar, oci_archive
 from devtools.sandbox import procs
 from devtools.sandbox.containerd import NodePaths, containerd_config, import_images, leftover_shims, remove_all_pods, wipe
 from devtools.sandbox.cri import CRIClient, PodRef
-from devtools.sandbox.images import PAUSE_IMAGE, FileEntry, build_pause_binary, layer_tar, oci_archive
+from devtools.sandbox.images import PAUSE_IMAGE, build_pause_binary
 from egress_cni import registry
 from tests.cni.runner import DEBIAN_CNI, REPO, ip, unique
 

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from devtools.sandbox import components, containerd, images, kubelet
+from devtools import oci
+from devtools.sandbox import components, containerd, kubelet
 from devtools.sandbox.extserver import dns_question
 from devtools.sandbox.plan import build_plan
 from devtools.sandbox.walkthrough import SEED, heredocs, seed_heredocs
@@ -65,9 +66,9 @@ def test_kubelet_never_rewrites_host_kernel_tunables(tmp_path: Path) -> None:
 
 
 def test_images_are_deterministic() -> None:
-    layer = images.layer_tar([images.FileEntry("bin/x", b"x"), images.FileEntry("bin/y", link="x")])
-    first = images.oci_archive(("a/b:c",), layer, ["/x"], [])
-    assert hashlib.sha256(first).digest() == hashlib.sha256(images.oci_archive(("a/b:c",), layer, ["/x"], [])).digest()
+    layer = oci.layer_tar([oci.FileEntry("bin/x", b"x"), oci.FileEntry("bin/y", link="x")])
+    first = oci.oci_archive(("a/b:c",), layer, ["/x"], [])
+    assert hashlib.sha256(first).digest() == hashlib.sha256(oci.oci_archive(("a/b:c",), layer, ["/x"], [])).digest()
 
 
 def test_dns_question_parses_the_tag_and_rejects_garbage() -> None:
