@@ -1,5 +1,7 @@
-"""Rules between policies, beyond the reference: no two policies that could select the same pods
-for overlapping destinations with different EIPs at the same priority, and no EIP named by
+"""Rules between policies, beyond the reference: two policies that could select the same pods for
+overlapping destinations with different source addresses are admitted with a warning naming the one
+that wins (`semantics.policy_order`: priority, then the more specific destination) and refused only
+when neither wins (a true tie: same priority, equally specific destinations); no EIP named by
 policies of two namespaces unless the gateway allows sharing.
 
 "Could select the same pods" is decided exactly on the selectors: two label selectors can match
@@ -14,12 +16,14 @@ from collections.abc import Iterable, Sequence
 
 from egress_cni.api import semantics
 from egress_cni.api.model import ALLOCATOR_RR, ANNOTATION_ALLOW_EIP_SHARING, EgressClusterPolicy, EgressPolicy
+from egress_cni.api.net import BITS
 from egress_cni.api.selectors import LabelSelector, Requirement
 from webhook.admission import Denial
 from webhook.subnets import Span, any_overlap, spans
 from webhook.view import ClusterView, policy_key
 
 _EVERYWHERE = "every destination outside the cluster"
+NAMED_OVERLAPS = 5  # warnings naming an overlapping policy; the rest are counted (the API server truncates long lists)
 
 
 @functools.lru_cache(maxsize=65536)
@@ -80,65 +84,142 @@ def _describe_dests(nets: Sequence[Span]) -> str:
     return ", ".join(n.text for n in nets) if nets else _EVERYWHERE
 
 
-def destinations_overlap(a: Sequence[Span], b: Sequence[Span]) -> str | None:
-    """How two destSubnet lists overlap (empty lists mean everything outside the cluster), or None."""
-    if not a or not b:
-        return f"{_describe_dests(a)} overlaps {_describe_dests(b)}"
-    pair = any_overlap(a, b)
-    return f"{pair[0].text} overlaps {pair[1].text}" if pair else None
+Overlap = tuple[Sequence[Span], Sequence[Span]]  # the overlapping pair, or a whole list that means everywhere
 
 
-def effective_eip(policy: EgressPolicy, view: ClusterView) -> tuple[tuple[str, ...], str]:
-    """(identity, description) of the source address a policy's traffic will leave with."""
+def destinations_overlap(a: EgressPolicy, b: EgressPolicy) -> dict[int, Overlap]:
+    """Per family, where two policies' destSubnets overlap (no destSubnet means every destination
+    outside the cluster, of both families; a list naming only one family leaves the other alone)."""
+    out: dict[int, Overlap] = {}
+    for family in BITS:
+        mine, theirs = spans(a.spec.dest_subnet, family), spans(b.spec.dest_subnet, family)
+        if (a.spec.dest_subnet and not mine) or (b.spec.dest_subnet and not theirs):
+            continue
+        if not mine or not theirs:
+            out[family] = mine, theirs
+        elif pair := any_overlap(mine, theirs):
+            out[family] = pair[:1], pair[1:]
+    return out
+
+
+def _how(overlap: Overlap) -> str:
+    return f"{_describe_dests(overlap[0])} overlaps {_describe_dests(overlap[1])}"
+
+
+def effective_eip(policy: EgressPolicy, view: ClusterView) -> tuple[str, ...]:
+    """Identity of the source address a policy's traffic will leave with (`describe_eip` says it)."""
     gateway = policy.spec.egress_gateway_name
     eip = policy.spec.eip
     if eip.use_node_ip:
-        return ("node-ip", gateway), f"the node IP of gateway {gateway}"
+        return "node-ip", gateway
     v4 = eip.ipv4 or policy.status.eip_ipv4
     v6 = eip.ipv6 or policy.status.eip_ipv6
     if not (v4 or v6):
         if eip.allocator_policy == ALLOCATOR_RR:
-            return ("rr", *policy_key(policy)), f"an EIP allocated round robin from gateway {gateway}"
+            return "rr", gateway, *policy_key(policy)
         gw = view.gateway(gateway)
         if gw is None:
-            return ("default", gateway), f"the default EIP of gateway {gateway}"
+            return "default", gateway
         v4, v6 = gw.spec.ippools.ipv4_default_eip, gw.spec.ippools.ipv6_default_eip
-    shown = " / ".join(x for x in (v4, v6) if x)
-    return ("eip", gateway, v4 or "", v6 or ""), f"EIP {shown}"
+    return "eip", gateway, v4 or "", v6 or ""
+
+
+_SOURCES = {"node-ip": "the node IP of gateway {}", "rr": "an EIP allocated round robin from gateway {}",
+            "default": "the default EIP of gateway {}"}
+
+
+def describe_eip(identity: tuple[str, ...]) -> str:
+    if identity[0] == "eip":
+        return "EIP " + " / ".join(x for x in identity[2:] if x)
+    return _SOURCES[identity[0]].format(identity[1])
+
+
+def _sources(mine: tuple[str, ...], theirs: tuple[str, ...]) -> str:
+    return f"a different source address ({describe_eip(mine)} here, {describe_eip(theirs)} there)"
 
 
 def describe(policy: EgressPolicy) -> str:
     return f"{policy.KIND} {policy.metadata.key}"
 
 
+def _priority(policy: EgressPolicy) -> str:
+    return "(unset)" if policy.spec.priority is None else str(policy.spec.priority)
+
+
+def _size(policy: EgressPolicy, family: int) -> str:
+    n = semantics.destination_size(policy, family)
+    if n == 1 << BITS[family]:
+        return f"all of IPv{family}"
+    return f"2^{n.bit_length() - 1} addresses" if n > 1 << 20 and n & (n - 1) == 0 else f"{n} address{'es' * (n != 1)}"
+
+
+def _tie(policy: EgressPolicy, other: EgressPolicy, families: Iterable[int]) -> int | None:
+    """The first of `families` where neither policy comes first (a true tie), if any."""
+    return next((f for f in families if semantics.precedence(policy, f) == semantics.precedence(other, f)), None)
+
+
+def _verdict(policy: EgressPolicy, other: EgressPolicy, families: Iterable[int]) -> tuple[str, str]:
+    """(field that decides, who wins and why) for two policies overlapping in `families` (no tie).
+    Priority decides every family at once; at equal priority each family by its own destinations."""
+    mine, theirs = semantics.priority_rank(policy), semantics.priority_rank(other)
+    if mine != theirs:
+        winner, loser = (policy, other) if mine < theirs else (other, policy)
+        unset = " (unset comes after every number)" if None in (policy.spec.priority, other.spec.priority) else ""
+        return "spec.priority", f"{_who(policy, winner)} by priority, {_priority(winner)} before {_priority(loser)}{unset}"
+    said = []
+    for family in families:
+        ahead = semantics.destination_size(policy, family) < semantics.destination_size(other, family)
+        winner, loser = (policy, other) if ahead else (other, policy)
+        said.append(f"IPv{family}: {_who(policy, winner)} by the more specific destination, "
+                    f"{_size(winner, family)} against {_size(loser, family)}")
+    return "spec.destSubnet", f"at equal priority {_priority(policy)}, " + "; ".join(said)
+
+
+def _who(policy: EgressPolicy, winner: EgressPolicy) -> str:
+    return "this policy wins" if winner is policy else f"{describe(winner)} wins"
+
+
 def check_conflicts(policy: EgressPolicy, view: ClusterView) -> list[Denial]:
-    """Cheapest tests first: priority, namespaces, identity, source address, pods, then destinations."""
-    dests = spans(policy.spec.dest_subnet)
+    """Cheapest tests first: namespaces, identity, destinations, pods, then source address; then
+    the order decides (a warning) or cannot (a denial)."""
     pods = spans(policy.spec.applied_to.pod_subnet)
-    mine, my_eip = effective_eip(policy, view)
-    priority = policy.spec.priority or 0
+    mine = effective_eip(policy, view)
     self_key = policy_key(policy)
     # a namespaced policy can only meet policies of its namespace and cluster policies
     candidates = view.policies() if isinstance(policy, EgressClusterPolicy) else (
         *view.policies_in(policy.metadata.namespace), *view.policies_in(""))
+    warnings: list[Denial] = []
+    overlapping = 0
     for other in candidates:
-        if (other.spec.priority or 0) != priority or not namespaces_may_overlap(policy, other, view):
+        if not namespaces_may_overlap(policy, other, view) or policy_key(other) == self_key:
             continue
-        if policy_key(other) == self_key:
+        overlaps = destinations_overlap(policy, other)
+        if not overlaps or not pods_may_overlap(policy, other, pods, spans(other.spec.applied_to.pod_subnet)):
             continue
-        theirs, their_eip = effective_eip(other, view)
+        theirs = effective_eip(other, view)
         if theirs == mine:
             continue
-        if not pods_may_overlap(policy, other, pods, spans(other.spec.applied_to.pod_subnet)):
-            continue
-        how = destinations_overlap(dests, spans(other.spec.dest_subnet))
-        if how is None:
-            continue
-        return [Denial("policy-conflict", "spec.priority", policy.spec.priority,
-                       f"{describe(other)} may select the same pods for overlapping destinations ({how}) with a different "
-                       f"source address ({my_eip} here, {their_eip} there) at the same priority {priority}; give one of them a "
-                       "different spec.priority, or make their spec.appliedTo or spec.destSubnet disjoint")]
-    return []
+        tie = _tie(policy, other, overlaps)
+        if tie is not None:
+            return [Denial("policy-conflict", "spec.priority", policy.spec.priority,
+                           f"{describe(other)} may select the same pods for overlapping destinations ({_how(overlaps[tie])}) "
+                           f"with {_sources(mine, theirs)} at the same priority "
+                           f"{_priority(policy)} with equally specific IPv{tie} destinations ({_size(policy, tie)}), so neither "
+                           "would win; give one of them a different spec.priority or a narrower spec.destSubnet, or make their "
+                           "spec.appliedTo or spec.destSubnet disjoint")]
+        overlapping += 1
+        if overlapping <= NAMED_OVERLAPS:
+            field, why = _verdict(policy, other, overlaps)
+            hows = "; ".join(dict.fromkeys(_how(o) for o in overlaps.values()))
+            warnings.append(Denial("policy-overlap", field, None,
+                                   f"{describe(other)} may select the same pods for overlapping destinations ({hows}) with "
+                                   f"{_sources(mine, theirs)}; {why}", warning=True))
+    if overlapping > NAMED_OVERLAPS:
+        warnings.append(Denial("policy-overlap", "spec", None,
+                               f"{overlapping - NAMED_OVERLAPS} more policies overlap this one with a different source address; "
+                               "each is decided the same way: lower spec.priority first, then the more specific spec.destSubnet",
+                               warning=True))
+    return warnings
 
 
 def check_eip_sharing(policy: EgressPolicy, view: ClusterView) -> list[Denial]:

@@ -7,6 +7,7 @@ text. Entries that do not parse at all were already refused by the model (see `s
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -69,13 +70,18 @@ class Span:
     text: str
 
 
-def spans(cidrs: Sequence[Cidr]) -> tuple[Span, ...]:
-    return tuple(Span(c.family, c.first, c.last, str(c)) for c in cidrs)
+@functools.lru_cache(maxsize=1 << 16)
+def spans(cidrs: tuple[Cidr, ...], family: int | None = None) -> tuple[Span, ...]:
+    """The CIDRs (of `family` only, when given) as spans; cached: every review walks the same lists."""
+    return tuple(Span(c.family, c.first, c.last, str(c)) for c in cidrs if family is None or c.family == family)
 
 
 def any_overlap(a: Sequence[Span], b: Sequence[Span]) -> tuple[Span, Span] | None:
     """An overlapping pair (same family) of two span lists, if any: one sweep over both lists sorted
-    by start, O((n + m) log(n + m)) rather than comparing every pair (lists may hold thousands)."""
+    by start, O((n + m) log(n + m)) rather than comparing every pair (lists may hold thousands).
+    Short lists (most policies name a few CIDRs) are compared pair by pair."""
+    if len(a) * len(b) <= 16:
+        return next(((x, y) for x in a for y in b if x.version == y.version and x.first <= y.last and y.first <= x.last), None)
     events = sorted([(x.version, x.first, 0, x) for x in a] + [(y.version, y.first, 1, y) for y in b],
                     key=lambda e: (e[0], e[1], e[2]))
     reach: list[Span | None] = [None, None]  # per side: the span reaching furthest so far (this family)

@@ -20,16 +20,22 @@
 - `placement`: where a policy is served: its `status.node` and `status.eip`, else the gateway's
   `nodeList` entry that lists it (the policy status may lag behind the gateway's); nowhere when its
   gateway does not admit its namespace, whatever the status says.
-- `policy_order`: which of several matching policies wins a packet.
+- `policy_order`: which of several matching policies wins a packet of a family: lower `priority`
+  first (absent = after every number), then the more specific destination (`destination_size`:
+  fewer addresses of that family in `destSubnet`; none = the whole family, as 0.0.0.0/0 or ::/0),
+  then EgressPolicy before EgressClusterPolicy, then namespace and name. Per family because the
+  rules of each family are a chain of their own: a policy's IPv6 destinations never decide an IPv4
+  packet. The pod side does not count (a label selector has no size).
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Mapping, Sequence
 
 from egress_cni.api.base import ANNOTATION_ALLOW_EIP_SHARING, LABEL_NAMESPACE_DEFAULT_GATEWAY, LABEL_NAMESPACE_NAME
 from egress_cni.api.gateway import EgressGateway
-from egress_cni.api.net import IP
+from egress_cni.api.net import BITS, IP, Cidr
 from egress_cni.api.policy import EgressPolicy
 from egress_cni.api.pools import IPPool, pool_of
 
@@ -132,8 +138,42 @@ def placement(policy: EgressPolicy, gateways: Sequence[EgressGateway],
     return "", eips
 
 
-def policy_order(policy: EgressPolicy) -> tuple[int, int, str, str]:
-    """First match wins: lower `priority` first (absent = last), namespaced before cluster-wide,
-    then by namespace and name."""
-    prio = policy.spec.priority if policy.spec.priority is not None else NO_PRIORITY
-    return (prio, 0 if policy.NAMESPACED else 1, policy.metadata.namespace, policy.metadata.name)
+Order = tuple[int, int, int, str, str]
+
+
+def precedence(policy: EgressPolicy, family: int) -> tuple[int, int]:
+    """What decides between two policies for packets of `family`: (priority, destination size).
+    Two overlapping policies with equal precedence are a true tie, decided only by kind and name
+    (the webhook refuses those when their source addresses differ)."""
+    return priority_rank(policy), destination_size(policy, family)
+
+
+def priority_rank(policy: EgressPolicy) -> int:
+    """`spec.priority`, lower first; absent after every number."""
+    return policy.spec.priority if policy.spec.priority is not None else NO_PRIORITY
+
+
+def policy_order(policy: EgressPolicy, family: int) -> Order:
+    """First match wins among the policies steering packets of `family` (see the module docstring).
+    A total order: (kind, namespace, name) is unique."""
+    return (*precedence(policy, family), 0 if policy.NAMESPACED else 1, policy.metadata.namespace, policy.metadata.name)
+
+
+def destination_size(policy: EgressPolicy, family: int) -> int:
+    """How many addresses of `family` the policy's destSubnet covers: fewer is more specific. No
+    destSubnet counts as the whole family (it means every destination outside the cluster, which
+    the policy cannot tell apart from 0.0.0.0/0 or ::/0); a destSubnet naming only the other family
+    counts 0 (the policy steers nothing of this family, so its place there decides nothing)."""
+    return _covered(policy.spec.dest_subnet, family)
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _covered(cidrs: tuple[Cidr, ...], family: int) -> int:
+    """Addresses in the union of the CIDRs of `family` (two CIDRs nest or are disjoint)."""
+    if not cidrs:
+        return 1 << BITS[family]
+    total, reach = 0, -1
+    for c in sorted((c for c in cidrs if c.family == family), key=lambda c: (c.first, -c.last)):
+        if c.last > reach:  # not inside the previous one
+            total, reach = total + c.last - c.first + 1, c.last
+    return total

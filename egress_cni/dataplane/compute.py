@@ -1,8 +1,9 @@
 """The node's desired dataplane, computed from the cluster objects and this node's facts (pure).
 
 Packet walk (pod on worker W selected by policy P whose gateway node is G):
-  W  mangle EGRESS-PREROUTING: first matching policy (priority, then kind/namespace/name) marks the
-     packet with G's mark; `ip rule fwmark M_G lookup M_G` -> `default via T_G dev egress.vxlan`.
+  W  mangle EGRESS-PREROUTING: first matching policy (`semantics.policy_order`: priority, then the
+     more specific destination, then kind/namespace/name) marks the packet with G's mark;
+     `ip rule fwmark M_G lookup M_G` -> `default via T_G dev egress.vxlan`.
      nat EGRESS-POSTROUTING accepts tunnel-bound packets so no CNI masquerade rewrites them.
   G  mangle: a packet from the tunnel saves W's mark (by W's tunnel MAC) in its connmark;
      filter EGRESS-FORWARD lets it through only if one of G's own policies matches (fail closed: a
@@ -69,7 +70,7 @@ class Desired:
     selection: Mapping[str, tuple[str, ...]]  # registry key -> policy keys (only pods whose labels we know)
     hijack: Mapping[int, tuple[str, ...]]  # destinations of policies selecting pods on this node
     gateway_of: Mapping[str, str]  # policy key -> gateway node ("" = none: its traffic is dropped)
-    order: tuple[str, ...] = ()  # policy keys, first match first
+    order: tuple[str, ...] = ()  # policy keys, first match first (for the node's first family)
     peers: frozenset[str] = frozenset()  # nodes we have a tunnel to
     ruled: frozenset[tuple[str, int]] = frozenset()  # (policy key, family) with rules here (a source on this node)
     policies: Mapping[str, PolicySets] = field(default_factory=dict)  # policy key -> its sets here
@@ -153,6 +154,11 @@ def _endpoints(state: ClusterState) -> dict[str, list[tuple[str, tuple[IP, ...]]
     return out
 
 
+def _in_order(policies: Iterable[EgressPolicy], family: int) -> list[EgressPolicy]:
+    """First match first, for packets of `family`."""
+    return sorted(policies, key=lambda p: semantics.policy_order(p, family))
+
+
 def _hijack(dest_subnet: Iterable[Cidr], family: int) -> set[str]:
     """Routes the CNI points through the host for underlay pods; no destSubnet means everything."""
     out = {str(c) for c in dest_subnet if c.family == family}
@@ -186,7 +192,9 @@ def desired_dataplane(state: ClusterState, facts: NodeFacts, config: DataplaneCo
         link = VxlanLink(vx, config.vni, config.port, facts.parent, local_ip, own.status.mac.lower(),
                          config.mtu or facts.parent_mtu - overhead)
 
-    policies = sorted(state.policies, key=semantics.policy_order)
+    # rules follow each family's own order; the selection lists follow the node's first family's
+    ordered = {f: _in_order(state.policies, f) for f in families or [IPV4]}
+    policies = next(iter(ordered.values()))
     endpoints = _endpoints(state)
     selection: dict[str, list[str]] = {}
     for ep in state.local_endpoints:
@@ -216,15 +224,19 @@ def desired_dataplane(state: ClusterState, facts: NodeFacts, config: DataplaneCo
     ruled: set[tuple[str, int]] = set()
     sources: dict[str, dict[int, str]] = defaultdict(dict)
     gateway_of: dict[str, str] = {}
+    placed: dict[str, tuple[str, dict[int, IP | None]]] = {}
     for p in policies:
         key = policy_key(p)
         gw, eips = semantics.placement(p, state.gateways, state.namespace_labels)
-        gw = state.overrides.get(key, gw)  # a peer took it over while the API lags; the EIPs stay the status's
-        gw_peer = peers.get(gw)
-        gateway_of[key] = gw
-        eps = endpoints.get(key, [])
-        local = any(node == me for node, _ in eps)
-        for f in families:
+        gateway_of[key] = gw = state.overrides.get(key, gw)  # a peer took it over while the API lags; the EIPs stay the status's
+        placed[key] = gw, eips
+    for f in families:
+        for p in ordered[f]:
+            key = policy_key(p)
+            gw, eips = placed[key]
+            gw_peer = peers.get(gw)
+            eps = endpoints.get(key, [])
+            local = any(node == me for node, _ in eps)
             dst = members(p.spec.dest_subnet, f)
             if p.spec.dest_subnet and not dst:
                 continue  # destSubnet names only the other family

@@ -252,6 +252,8 @@ def test_upstream_host_bits_apply_with_a_warning(seeded: ControlPlane, ns: str) 
 
 
 def test_conflicting_policy_is_refused_naming_the_other(seeded: ControlPlane, ns: str) -> None:
+    """A true tie is refused; a different priority or a more specific destination applies, and
+    kubectl shows the warning naming the other policy and the winner."""
     first = _policy(ns)
     first["metadata"]["name"] = "first"
     apply(seeded, first)
@@ -259,8 +261,14 @@ def test_conflicting_policy_is_refused_naming_the_other(seeded: ControlPlane, ns
     second["metadata"]["name"] = "second"
     eventually(lambda: "denied" in apply(seeded, second, "--dry-run=server", check=False).stderr, 30, "the cache to see `first`")
     denied(seeded, second, f"EgressPolicy {ns}/first may select the same pods")
+    narrow = copy.deepcopy(second)
+    narrow["spec"]["destSubnet"] = ["192.0.2.0/24"]
+    out = apply(seeded, narrow, "--dry-run=server")
+    assert f"EgressPolicy {ns}/first may select the same pods" in out.stderr, out.stderr
+    assert "this policy wins by the more specific destination, 256 addresses against all of IPv4" in out.stderr, out.stderr
     second["spec"]["priority"] = 10
-    apply(seeded, second)
+    out = apply(seeded, second)
+    assert "this policy wins by priority, 10 before (unset)" in out.stderr, out.stderr
 
 
 def test_immutable_fields_are_refused_on_update(seeded: ControlPlane, ns: str) -> None:

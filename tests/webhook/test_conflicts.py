@@ -49,13 +49,67 @@ def first() -> dict:
 
 def test_conflicting_policies_are_rejected_naming_the_other() -> None:
     msg = denial(validate(policy("second", egress_ip={**EIP, "ipv4": "10.6.168.202"}), GW, first()))
-    assert msg.startswith("spec.priority: EgressPolicy default/first may select the same pods for overlapping destinations "
-                          "(every destination outside the cluster overlaps every destination outside the cluster) with a "
-                          "different source address (EIP 10.6.168.202 here, EIP 10.6.168.201 there) at the same priority 0")
+    assert msg == ("spec.priority: EgressPolicy default/first may select the same pods for overlapping destinations "
+                   "(every destination outside the cluster overlaps every destination outside the cluster) with a "
+                   "different source address (EIP 10.6.168.202 here, EIP 10.6.168.201 there) at the same priority (unset) "
+                   "with equally specific IPv4 destinations (all of IPv4), so neither would win; give one of them a different "
+                   "spec.priority or a narrower spec.destSubnet, or make their spec.appliedTo or spec.destSubnet disjoint")
 
 
-def test_different_priority_resolves_the_conflict() -> None:
-    assert validate(policy("second", egress_ip={**EIP, "ipv4": "10.6.168.202"}, priority=10), GW, first())["allowed"]
+def warnings(response: dict) -> list[str]:
+    assert response["allowed"] is True, response
+    return list(response.get("warnings", []))
+
+
+def test_different_priority_is_admitted_with_a_warning_naming_the_winner() -> None:
+    found = warnings(validate(policy("second", egress_ip={**EIP, "ipv4": "10.6.168.202"}, priority=10), GW, first()))
+    assert found == ["spec.priority: EgressPolicy default/first may select the same pods for overlapping destinations "
+                     "(every destination outside the cluster overlaps every destination outside the cluster) with a different "
+                     "source address (EIP 10.6.168.202 here, EIP 10.6.168.201 there); this policy wins by priority, "
+                     "10 before (unset) (unset comes after every number)"]
+    earlier = policy("first", egress_ip=EIP, priority=3)
+    found = warnings(validate(policy("second", egress_ip={**EIP, "ipv4": "10.6.168.202"}, priority=10), GW, earlier))
+    assert found[0].endswith("; EgressPolicy default/first wins by priority, 3 before 10")
+
+
+def test_more_specific_destination_is_admitted_with_a_warning_and_equal_size_is_a_tie() -> None:
+    a = policy("first", egress_ip=EIP, dest=["10.0.0.0/16"])
+    other = {**EIP, "ipv4": "10.6.168.202"}
+    narrow = warnings(validate(policy("second", egress_ip=other, dest=["10.0.3.1/24"]), GW, a))
+    assert narrow[0] == "spec.destSubnet[0]: has host bits set; it is used as 10.0.3.0/24 (got \"10.0.3.1/24\")"
+    assert narrow[1] == ("spec.destSubnet: EgressPolicy default/first may select the same pods for overlapping destinations "
+                         "(10.0.3.0/24 overlaps 10.0.0.0/16) with a different source address (EIP 10.6.168.202 here, EIP "
+                         "10.6.168.201 there); at equal priority (unset), IPv4: this policy wins "
+                         "by the more specific destination, 256 addresses against 65536 addresses")  # fmt: skip
+    wide = warnings(validate(policy("second", egress_ip=other, dest=["10.0.0.0/8"]), GW, a))
+    assert wide[0].endswith("at equal priority (unset), IPv4: EgressPolicy default/first wins by the more specific "
+                            "destination, 65536 addresses against 2^24 addresses")
+    same_size = denial(validate(policy("second", egress_ip=other, dest=["10.0.128.0/17", "10.1.0.0/17"]), GW, a))
+    assert "(10.0.128.0/17 overlaps 10.0.0.0/16)" in same_size
+    assert "at the same priority (unset) with equally specific IPv4 destinations (65536 addresses)" in same_size
+
+
+def test_each_family_is_decided_on_its_own() -> None:
+    """IPv4: the first policy is narrower; IPv6: the second is. Both decided, so admitted; an IPv6
+    tie is refused even though IPv4 is decided."""
+    a = policy("first", egress_ip=EIP, dest=["10.0.0.0/24", "fd00::/48"])
+    other = {**EIP, "ipv4": "10.6.168.202"}
+    found = warnings(validate(policy("second", egress_ip=other, dest=["10.0.0.0/16", "fd00::/64"]), GW, a))
+    assert found[0].endswith("at equal priority (unset), IPv4: EgressPolicy default/first wins by the more specific "
+                             "destination, 256 addresses against 65536 addresses; IPv6: this policy wins by the more specific "
+                             "destination, 2^64 addresses against 2^80 addresses")
+    tie = denial(validate(policy("second", egress_ip=other, dest=["10.0.0.0/16", "fd00::/48"]), GW, a))
+    assert "(fd00::/48 overlaps fd00::/48)" in tie and "equally specific IPv6 destinations (2^80 addresses)" in tie
+    # a destSubnet of one family never meets the other family's
+    assert warnings(validate(policy("second", egress_ip=other, dest=["fd01::/64"]), GW, a)) == []
+
+
+def test_overlaps_beyond_a_few_are_counted_not_named() -> None:
+    many = [policy(f"p{i}", egress_ip={**EIP, "ipv4": "10.6.168.202"}, dest=[f"10.0.{i}.0/24"]) for i in range(8)]
+    found = warnings(validate(policy("wide", egress_ip=EIP, dest=["10.0.0.0/16"]), GW, *many))
+    assert len(found) == 6
+    assert [w.split(" may select")[0] for w in found[:5]] == [f"spec.destSubnet: EgressPolicy default/p{i}" for i in range(5)]
+    assert found[5].startswith("spec: 3 more policies overlap this one with a different source address")
 
 
 def test_same_eip_is_no_conflict() -> None:
@@ -65,9 +119,7 @@ def test_same_eip_is_no_conflict() -> None:
 
 def test_disjoint_destinations_are_no_conflict() -> None:
     a = policy("first", egress_ip=EIP, dest=["10.0.0.0/16"])
-    assert validate(policy("second", egress_ip={**EIP, "ipv4": "10.6.168.202"}, dest=["10.1.0.0/16"]), GW, a)["allowed"]
-    msg = denial(validate(policy("second", egress_ip={**EIP, "ipv4": "10.6.168.202"}, dest=["10.0.3.0/24"]), GW, a))
-    assert "(10.0.3.0/24 overlaps 10.0.0.0/16)" in msg
+    assert warnings(validate(policy("second", egress_ip={**EIP, "ipv4": "10.6.168.202"}, dest=["10.1.0.0/16"]), GW, a)) == []
 
 
 def test_disjoint_selectors_and_namespaces_are_no_conflict() -> None:
