@@ -10,7 +10,7 @@ policy and a podSelector policy could always select the same pod, so they count 
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 from egress_cni.api.model import ALLOCATOR_RR, EgressClusterPolicy, EgressPolicy
 from egress_cni.api.selectors import LabelSelector, Requirement
@@ -62,9 +62,28 @@ def namespaces_may_overlap(a: EgressPolicy, b: EgressPolicy, view: ClusterView) 
     if a_cluster and b_cluster:
         return selectors_may_overlap(_namespace_selector(a), _namespace_selector(b))
     namespaced, cluster = (b, a) if a_cluster else (a, b)
-    ns = namespaced.metadata.namespace
-    labels = view.namespace_labels(ns) or {"kubernetes.io/metadata.name": ns}
+    return selects_namespace(cluster, namespaced.metadata.namespace, view)
+
+
+def selects_namespace(cluster: EgressPolicy, namespace: str, view: ClusterView) -> bool:
+    """A cluster policy applies in `namespace` (a namespace not seen yet has only its name label)."""
+    labels = view.namespace_labels(namespace) or {"kubernetes.io/metadata.name": namespace}
     return _namespace_selector(cluster).matches(labels)
+
+
+def candidates(policy: EgressPolicy, view: ClusterView) -> Iterator[EgressPolicy]:
+    """The policies whose namespaces may overlap `policy`'s, read from the view's index: a namespaced
+    policy meets its namespace's policies and the cluster policies that select its namespace; a
+    cluster policy meets the cluster policies whose namespace selectors may overlap its own and the
+    policies of the namespaces it selects (decided once per namespace, not once per policy)."""
+    if not isinstance(policy, EgressClusterPolicy):
+        yield from view.policies_in(policy.metadata.namespace)
+        yield from (other for other in view.policies_in("") if namespaces_may_overlap(policy, other, view))
+        return
+    yield from (other for other in view.policies_in("") if namespaces_may_overlap(policy, other, view))
+    for namespace in view.policy_namespaces():
+        if selects_namespace(policy, namespace, view):
+            yield from view.policies_in(namespace)
 
 
 def pods_may_overlap(a: EgressPolicy, b: EgressPolicy, subnets_a: Sequence[Span], subnets_b: Sequence[Span]) -> bool:
@@ -88,23 +107,34 @@ def destinations_overlap(a: Sequence[Span], b: Sequence[Span]) -> str | None:
     return f"{pair[0].text} overlaps {pair[1].text}" if pair else None
 
 
-def effective_eip(policy: EgressPolicy, view: ClusterView) -> tuple[tuple[str, ...], str]:
-    """(identity, description) of the source address a policy's traffic will leave with."""
+def effective_eip(policy: EgressPolicy, view: ClusterView) -> tuple[str, ...]:
+    """The identity of the source address a policy's traffic will leave with: (how, gateway, ...)."""
     gateway = policy.spec.egress_gateway_name
     eip = policy.spec.eip
     if eip.use_node_ip:
-        return ("node-ip", gateway), f"the node IP of gateway {gateway}"
+        return ("node-ip", gateway)
     v4 = eip.ipv4 or policy.status.eip_ipv4
     v6 = eip.ipv6 or policy.status.eip_ipv6
     if not (v4 or v6):
         if eip.allocator_policy == ALLOCATOR_RR:
-            return ("rr", *policy_key(policy)), f"an EIP allocated round robin from gateway {gateway}"
+            return ("rr", gateway, *policy_key(policy))
         gw = view.gateway(gateway)
         if gw is None:
-            return ("default", gateway), f"the default EIP of gateway {gateway}"
+            return ("default", gateway)
         v4, v6 = gw.spec.ippools.ipv4_default_eip, gw.spec.ippools.ipv6_default_eip
-    shown = " / ".join(x for x in (v4, v6) if x)
-    return ("eip", gateway, v4 or "", v6 or ""), f"EIP {shown}"
+    return ("eip", gateway, v4 or "", v6 or "")
+
+
+def describe_eip(identity: tuple[str, ...]) -> str:
+    """An `effective_eip` identity in words (only a denial needs them)."""
+    how, gateway = identity[0], identity[1]
+    if how == "node-ip":
+        return f"the node IP of gateway {gateway}"
+    if how == "rr":
+        return f"an EIP allocated round robin from gateway {gateway}"
+    if how == "default":
+        return f"the default EIP of gateway {gateway}"
+    return "EIP " + " / ".join(x for x in identity[2:] if x)
 
 
 def describe(policy: EgressPolicy) -> str:
@@ -112,21 +142,17 @@ def describe(policy: EgressPolicy) -> str:
 
 
 def check_conflicts(policy: EgressPolicy, view: ClusterView) -> list[Denial]:
-    """Cheapest tests first: priority, namespaces, identity, source address, pods, then destinations."""
+    """Cheapest tests first: namespaces (the candidates), priority, identity, source address, pods, then
+    destinations."""
     dests = spans(policy.spec.dest_subnet)
     pods = spans(policy.spec.applied_to.pod_subnet)
-    mine, my_eip = effective_eip(policy, view)
+    mine = effective_eip(policy, view)
     priority = policy.spec.priority or 0
     self_key = policy_key(policy)
-    # a namespaced policy can only meet policies of its namespace and cluster policies
-    candidates = view.policies() if isinstance(policy, EgressClusterPolicy) else (
-        *view.policies_in(policy.metadata.namespace), *view.policies_in(""))
-    for other in candidates:
-        if (other.spec.priority or 0) != priority or not namespaces_may_overlap(policy, other, view):
+    for other in candidates(policy, view):
+        if (other.spec.priority or 0) != priority or policy_key(other) == self_key:
             continue
-        if policy_key(other) == self_key:
-            continue
-        theirs, their_eip = effective_eip(other, view)
+        theirs = effective_eip(other, view)
         if theirs == mine:
             continue
         if not pods_may_overlap(policy, other, pods, spans(other.spec.applied_to.pod_subnet)):
@@ -136,7 +162,7 @@ def check_conflicts(policy: EgressPolicy, view: ClusterView) -> list[Denial]:
             continue
         return [Denial("policy-conflict", "spec.priority", policy.spec.priority,
                        f"{describe(other)} may select the same pods for overlapping destinations ({how}) with a different "
-                       f"source address ({my_eip} here, {their_eip} there) at the same priority {priority}; give one of them a "
+                       f"source address ({describe_eip(mine)} here, {describe_eip(theirs)} there) at the same priority {priority}; give one of them a "
                        "different spec.priority, or make their spec.appliedTo or spec.destSubnet disjoint")]
     return []
 
@@ -151,7 +177,7 @@ def check_eip_sharing(policy: EgressPolicy, view: ClusterView) -> list[Denial]:
     for family, named in (("ipv4", policy.spec.eip.ipv4), ("ipv6", policy.spec.eip.ipv6)):
         if not named:
             continue
-        for other in view.policies():
+        for other in view.policies_naming(named):
             if isinstance(other, EgressClusterPolicy) or other.metadata.namespace == policy.metadata.namespace:
                 continue
             used = {getattr(other.spec.eip, family), getattr(other.status, f"eip_{family}")}

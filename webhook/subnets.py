@@ -7,6 +7,7 @@ text. Entries that do not parse at all were already refused by the model (see `s
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -69,13 +70,26 @@ class Span:
     text: str
 
 
-def spans(cidrs: Sequence[Cidr]) -> tuple[Span, ...]:
+@functools.lru_cache(maxsize=65536)
+def spans(cidrs: tuple[Cidr, ...]) -> tuple[Span, ...]:
+    """Cached: the conflict rules ask for every candidate policy's lists on every review (a Cidr's text
+    is its normalised network, so equal keys give equal spans)."""
     return tuple(Span(c.family, c.first, c.last, str(c)) for c in cidrs)
 
 
+_PAIRWISE = 64  # up to this many pairs, comparing each is cheaper than sorting for a sweep
+
+
 def any_overlap(a: Sequence[Span], b: Sequence[Span]) -> tuple[Span, Span] | None:
-    """An overlapping pair (same family) of two span lists, if any: one sweep over both lists sorted
-    by start, O((n + m) log(n + m)) rather than comparing every pair (lists may hold thousands)."""
+    """An overlapping pair (same family) of two span lists, if any. Short lists (the usual 1-4 CIDRs)
+    are compared pair by pair; long ones in one sweep over both lists sorted by start,
+    O((n + m) log(n + m)) rather than comparing every pair (lists may hold thousands)."""
+    if len(a) * len(b) <= _PAIRWISE:
+        for x in a:
+            for y in b:
+                if x.version == y.version and x.first <= y.last and y.first <= x.last:
+                    return x, y
+        return None
     events = sorted([(x.version, x.first, 0, x) for x in a] + [(y.version, y.first, 1, y) for y in b],
                     key=lambda e: (e[0], e[1], e[2]))
     reach: list[Span | None] = [None, None]  # per side: the span reaching furthest so far (this family)
