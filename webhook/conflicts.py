@@ -142,15 +142,15 @@ def describe(policy: EgressPolicy) -> str:
 
 
 def check_conflicts(policy: EgressPolicy, view: ClusterView) -> list[Denial]:
-    """Cheapest tests first: namespaces (the candidates), priority, identity, source address, pods, then
-    destinations."""
+    """Cheapest tests first: namespaces (the candidates), priority, source address, pods, destinations,
+    then identity (rarely reached)."""
     dests = spans(policy.spec.dest_subnet)
     pods = spans(policy.spec.applied_to.pod_subnet)
     mine = effective_eip(policy, view)
     priority = policy.spec.priority or 0
     self_key = policy_key(policy)
     for other in candidates(policy, view):
-        if (other.spec.priority or 0) != priority or policy_key(other) == self_key:
+        if (other.spec.priority or 0) != priority:
             continue
         theirs = effective_eip(other, view)
         if theirs == mine:
@@ -158,7 +158,7 @@ def check_conflicts(policy: EgressPolicy, view: ClusterView) -> list[Denial]:
         if not pods_may_overlap(policy, other, pods, spans(other.spec.applied_to.pod_subnet)):
             continue
         how = destinations_overlap(dests, spans(other.spec.dest_subnet))
-        if how is None:
+        if how is None or policy_key(other) == self_key:  # an UPDATE meets its own old version
             continue
         return [Denial("policy-conflict", "spec.priority", policy.spec.priority,
                        f"{describe(other)} may select the same pods for overlapping destinations ({how}) with a different "
