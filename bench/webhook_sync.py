@@ -8,7 +8,8 @@ namespaces, 11 gateways; the validating webhook is not registered, so creation i
 alternating rounds:
 
 - ours: the webhook's production cache (`webhook.app.informer_view`: an `InformerView` over the
-  event-fed typed stores, one `k8s.Informer` per kind), timed from `start()` until every informer has
+  event-fed typed stores, one `k8s.Informer` per kind), in a fresh process each round as a webhook
+  worker starts (imports done first, not timed), timed from `start()` until every informer has
   synced (every object parsed into a frozen model and stored), plus the first read of the policy
   index the conflict rules use (built lazily on the first review);
 - peer: the same objects LISTed with the official `kubernetes` client (CoreV1Api and
@@ -26,6 +27,7 @@ import argparse
 import json
 import logging
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -58,6 +60,15 @@ def fill(client: k8s.Client, objects: list[dict[str, Any]]) -> float:
 
 
 def ours(kubeconfig: str, expected: int) -> tuple[float, float]:
+    """`sync_once` in a fresh process, as a webhook worker starts: the caches of earlier rounds (held
+    by their watch threads until the watch times out) would otherwise grow this process's heap."""
+    out = subprocess.run([sys.executable, __file__, "--sync-once", kubeconfig, str(expected)],
+                         capture_output=True, text=True, check=True)
+    synced, indexed = json.loads(out.stdout)
+    return float(synced), float(indexed)
+
+
+def sync_once(kubeconfig: str, expected: int) -> tuple[float, float]:
     """(seconds from start to synced, seconds more for the first policy index) of a new webhook cache."""
     from webhook.app import informer_view
 
@@ -133,7 +144,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="500,5000", help="comma-separated numbers of existing policies")
     parser.add_argument("--rounds", type=int, default=5, help="alternating ours/peer measurements per size")
+    parser.add_argument("--sync-once", nargs=2, metavar=("KUBECONFIG", "POLICIES"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.sync_once:
+        logging.basicConfig(level=logging.ERROR)
+        print(json.dumps(sync_once(args.sync_once[0], int(args.sync_once[1]))))
+        return 0
     logging.basicConfig(level=logging.ERROR)
     if reason := apiserver_missing():
         print(f"cannot measure: {reason}")
