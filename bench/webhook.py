@@ -1,8 +1,13 @@
 """Admission webhook latency under load, over TLS, against gunicorn as deployed (2 gthread workers).
 
-Workload: validation of an EgressPolicy CREATE against a cluster state of 21 gateways and 200
-policies in 20 namespaces (so the conflict rules walk every policy), as the API server would send
-it: one AdmissionReview per POST on keep-alive connections.
+Workload: validation of policy CREATEs against a cluster state of `--policies` existing policies
+(default 5,000, issue 14) in N/50 namespaces over 11 gateways: a mix of podSelector (some with
+matchExpressions) and podSubnet policies, 1-4 destSubnets each, some naming an EIP or using the node
+IP, some at another priority, 1 % EgressClusterPolicies selecting namespaces by label
+(`cluster_state`). The client sends three reviews in turn, each admitted after the conflict rules
+walked its candidates (`review_bodies`): a podSelector policy, a podSubnet policy naming an EIP, and
+a cluster policy selecting a tenth of the namespaces. One AdmissionReview per POST on keep-alive
+connections, as the API server sends them.
 
 1. Open loop: requests are scheduled at a fixed rate (default 200/s) from a separate client
    process over 8 keep-alive connections; latency is measured from each request's *scheduled*
@@ -18,13 +23,19 @@ Both server and client share this 2-core machine with whatever else runs on it: 
 alternating rounds, per-round p99s are printed, and the verdict (p99 <= 10 ms at 200 req/s) is on
 the median round, with the pooled p99 beside it.
 
-Run: .venv/bin/python bench/webhook.py [--rate 200] [--duration 20] [--quick]
+Before the load, the pure review time of each body (and of a cluster policy selecting every
+namespace, which walks every policy; not in the mix) is measured in this process and printed.
+
+The cache's initial sync against a real kube-apiserver is measured by bench/webhook_sync.py.
+
+Run: .venv/bin/python bench/webhook.py [--policies 5000] [--rate 200] [--duration 30] [--quick]
 """
 
 from __future__ import annotations
 
 import argparse
 import http.client
+import ipaddress
 import itertools
 import json
 import os
@@ -75,6 +86,9 @@ def allow_all_app() -> Any:
 
 # --- workload -----------------------------------------------------------------------------------
 
+GATEWAYS = 10  # besides `default`; policies are spread over them
+POLICIES_PER_NAMESPACE = 50
+
 
 def gateway(name: str, pool: str, default: str) -> dict[str, Any]:
     return {"apiVersion": API_VERSION, "kind": "EgressGateway", "metadata": {"name": name},
@@ -82,26 +96,88 @@ def gateway(name: str, pool: str, default: str) -> dict[str, Any]:
                      "nodeSelector": {"selector": {"matchLabels": {"egressgateway": "true"}}}}}
 
 
-def policy(name: str, namespace: str, gateway_name: str, app: str, dest: list[str]) -> dict[str, Any]:
-    return {"apiVersion": API_VERSION, "kind": "EgressPolicy", "metadata": {"name": name, "namespace": namespace},
-            "spec": {"egressGatewayName": gateway_name, "appliedTo": {"podSelector": {"matchLabels": {"app": app}}},
-                     "destSubnet": dest, "egressIP": {"allocatorPolicy": "default", "useNodeIP": False}}}
+def _block(index: int, prefix: int) -> str:
+    """The `index`-th /prefix block of 100.64.0.0/10 (distinct destinations for every policy)."""
+    size = 1 << (32 - prefix)
+    return f"{ipaddress.IPv4Address(int(ipaddress.IPv4Address('100.64.0.0')) + index * size)}/{prefix}"
 
 
-def cluster_state() -> list[dict[str, Any]]:
+def existing_policy(p: int, namespaces: int) -> dict[str, Any]:
+    """The p-th existing EgressPolicy: 70 % podSelector (a third of them with matchExpressions), 30 %
+    podSubnet; 1-4 destSubnets of their own; a quarter name an EIP of their namespace, some use the
+    node IP; one in seven has priority 10. Conflict-free among themselves, as a cluster admitted them."""
+    ns, g = p % namespaces, p % GATEWAYS
+    if p % 10 < 7:
+        selector: dict[str, Any] = {"matchLabels": {"app": f"app{p}"}}
+        if p % 3 == 0:
+            selector["matchExpressions"] = [{"key": "tier", "operator": "In", "values": ["web", "api"]}]
+        applied: dict[str, Any] = {"podSelector": selector}
+    else:
+        applied = {"podSubnet": [f"10.{200 + ns % 50}.{p // namespaces % 256}.0/28"]}
+    eip: dict[str, Any] = {"allocatorPolicy": "default", "useNodeIP": p % 4 == 1}
+    if p % 4 == 0:  # an EIP of its own namespace: sharing across namespaces needs the gateway's consent
+        eip["ipv4"] = f"10.{100 + g}.{1 + ns // 250}.{1 + ns % 250}"
+    spec: dict[str, Any] = {"egressGatewayName": f"gw{g}", "appliedTo": applied, "egressIP": eip,
+                            "destSubnet": [_block(p * 4 + i, 26) for i in range(1 + p % 4)]}
+    if p % 7 == 0:
+        spec["priority"] = 10
+    return {"apiVersion": API_VERSION, "kind": "EgressPolicy", "metadata": {"name": f"p{p}", "namespace": f"ns{ns}"},
+            "spec": spec}
+
+
+def existing_cluster_policy(c: int) -> dict[str, Any]:
+    return {"apiVersion": API_VERSION, "kind": "EgressClusterPolicy", "metadata": {"name": f"c{c}"},
+            "spec": {"egressGatewayName": f"gw{c % GATEWAYS}",
+                     "appliedTo": {"namespaceSelector": {"matchLabels": {"team": f"t{c % 10}"}},
+                                   "podSelector": {"matchLabels": {"app": f"capp{c}"}}},
+                     "destSubnet": [_block(c, 24).replace("100.", "101.", 1)]}}
+
+
+def namespace_count(policies: int) -> int:
+    return max(1, policies // POLICIES_PER_NAMESPACE)
+
+
+def cluster_state(policies: int) -> list[dict[str, Any]]:
+    """`policies` existing policies (1 % of them EgressClusterPolicies selecting namespaces by team)
+    in policies/50 namespaces, over 10 gateways with a /16 pool each and `default`."""
+    namespaces = namespace_count(policies)
+    clustered = policies // 100
     objects = [gateway("default", "10.6.168.201-10.6.168.205", "10.6.168.201")]
-    objects += [gateway(f"gw{g}", f"10.{100 + g}.0.0/24", f"10.{100 + g}.0.1") for g in range(20)]
-    objects += [policy(f"p{p}", f"ns{p % 20}", f"gw{p % 20}", f"app{p}", [f"172.{p % 30}.0.0/16"]) for p in range(200)]
-    objects += [{"kind": "Namespace", "metadata": {"name": f"ns{n}", "labels": {"kubernetes.io/metadata.name": f"ns{n}"}}}
-                for n in range(20)]
+    objects += [gateway(f"gw{g}", f"10.{100 + g}.0.0/16", f"10.{100 + g}.0.1") for g in range(GATEWAYS)]
+    objects += [{"apiVersion": "v1", "kind": "Namespace",
+                 "metadata": {"name": f"ns{n}", "labels": {"kubernetes.io/metadata.name": f"ns{n}", "team": f"t{n % 10}"}}}
+                for n in range(namespaces)]
+    objects += [existing_policy(p, namespaces) for p in range(policies - clustered)]
+    objects += [existing_cluster_policy(c) for c in range(clustered)]
     return objects
 
 
-def review_body() -> bytes:
-    obj = policy("new", "ns3", "default", "web", ["192.168.0.0/16"])
-    request = {"uid": str(uuid.uuid4()), "kind": {"group": "egressgateway.spidernet.io", "version": "v1beta1", "kind": "EgressPolicy"},
-               "resource": {"group": "egressgateway.spidernet.io", "version": "v1beta1", "resource": "egresspolicies"},
-               "operation": "CREATE", "name": "new", "namespace": "ns3", "object": obj, "oldObject": None,
+def review_bodies(policies: int) -> list[bytes]:
+    """The CREATEs the client sends in turn, each admitted after walking its candidates:
+    1. an EgressPolicy by podSelector with the default EIP (its namespace's policies + cluster policies);
+    2. an EgressPolicy by podSubnet naming an EIP: its pods overlap every candidate's, so every
+       destination list is compared, and the EIP is looked up among every namespace's policies;
+    3. an EgressClusterPolicy selecting a tenth of the namespaces: every policy is a candidate."""
+    last = f"ns{namespace_count(policies) - 1}"
+    by_selector = {"egressGatewayName": "default", "appliedTo": {"podSelector": {"matchLabels": {"app": "web"}}},
+                   "destSubnet": ["192.168.0.0/16"], "egressIP": {"allocatorPolicy": "default", "useNodeIP": False}}
+    by_subnet = {"egressGatewayName": "gw1", "appliedTo": {"podSubnet": ["10.250.0.0/24"]},
+                 "destSubnet": ["198.18.0.0/15", "192.0.2.0/24"],
+                 "egressIP": {"ipv4": "10.101.255.7", "allocatorPolicy": "default", "useNodeIP": False}}
+    cluster = {"egressGatewayName": "gw2", "destSubnet": ["198.51.100.0/24"],
+               "appliedTo": {"namespaceSelector": {"matchLabels": {"team": "t3"}},
+                             "podSelector": {"matchLabels": {"app": "batch"}}}}
+    return [review_body("EgressPolicy", "egresspolicies", "ns3", by_selector),
+            review_body("EgressPolicy", "egresspolicies", last, by_subnet),
+            review_body("EgressClusterPolicy", "egressclusterpolicies", "", cluster)]
+
+
+def review_body(kind: str, resource: str, namespace: str, spec: dict[str, Any]) -> bytes:
+    meta = {"name": "new", "namespace": namespace} if namespace else {"name": "new"}
+    obj = {"apiVersion": API_VERSION, "kind": kind, "metadata": meta, "spec": spec}
+    request = {"uid": str(uuid.uuid4()), "kind": {"group": "egressgateway.spidernet.io", "version": "v1beta1", "kind": kind},
+               "resource": {"group": "egressgateway.spidernet.io", "version": "v1beta1", "resource": resource},
+               "operation": "CREATE", "name": "new", "namespace": namespace, "object": obj, "oldObject": None,
                "userInfo": {"username": "admin", "groups": ["system:masters"]}, "dryRun": False}
     return json.dumps({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": request}).encode()
 
@@ -115,7 +191,7 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start_server(kind: str, work: Path) -> tuple[subprocess.Popen[bytes], int]:
+def start_server(kind: str, work: Path, policies: int) -> tuple[subprocess.Popen[bytes], int]:
     import yaml
 
     from webhook import certs
@@ -132,7 +208,7 @@ def start_server(kind: str, work: Path) -> tuple[subprocess.Popen[bytes], int]:
                EGRESS_WEBHOOK_CERT_DIR=str(cert_dir), EGRESS_WEBHOOK_BIND="127.0.0.1", EGRESS_WEBHOOK_PORT=str(port))
     if kind == "ours":
         state = work / "state.yaml"
-        state.write_text(yaml.safe_dump_all(cluster_state()))
+        state.write_text(yaml.safe_dump_all(cluster_state(policies)))
         argv = [sys.executable, "-m", "webhook.main", "--cert-dir", str(cert_dir), "--cluster-state", str(state),
                 "--bind", "127.0.0.1", "--port", str(port)]
     else:
@@ -190,7 +266,7 @@ def client_context(ca_file: Path) -> ssl.SSLContext:
 def run_client(spec: dict[str, Any]) -> dict[str, Any]:
     """Open loop (`rate` set) or closed loop (`rate` 0) over `connections` keep-alive connections."""
     context = client_context(Path(spec["ca_file"]))
-    body = review_body()
+    bodies = review_bodies(int(spec["policies"]))
     headers = {"Content-Type": "application/json", "Connection": "keep-alive"}
     rate, duration, connections = float(spec["rate"]), float(spec["duration"]), int(spec["connections"])
     total = int(rate * duration) if rate else 0
@@ -223,7 +299,7 @@ def run_client(spec: dict[str, Any]) -> dict[str, Any]:
                     due = time.perf_counter()
             sent = time.perf_counter()
             try:
-                conn.request("POST", "/validate", body, headers)
+                conn.request("POST", "/validate", bodies[i % len(bodies)], headers)
                 resp = conn.getresponse()
                 data = resp.read()
                 ok = resp.status == 200 and b'"allowed":true' in data.replace(b" ", b"")
@@ -270,6 +346,31 @@ def client_process(spec: dict[str, Any]) -> dict[str, Any]:
 # --- main ---------------------------------------------------------------------------------------
 
 
+def pure_review_times(policies: int, repeats: int = 200) -> dict[str, float]:
+    """Median milliseconds of `webhook.app.answer` (decode, review, envelope) per body, no transport."""
+    from webhook.app import answer
+    from webhook.config import WebhookConfig
+    from webhook.view import MemoryView
+
+    view, config = MemoryView.of(cluster_state(policies)), WebhookConfig.from_env()
+    every_namespace = review_body("EgressClusterPolicy", "egressclusterpolicies", "", {
+        "egressGatewayName": "gw2", "destSubnet": ["198.51.100.0/24"], "appliedTo": {"podSelector": {"matchLabels": {"app": "batch"}}}})
+    labels = ("EgressPolicy, podSelector", "EgressPolicy, podSubnet + named EIP", "EgressClusterPolicy, a tenth of the namespaces",
+              "EgressClusterPolicy, every namespace (not in the mix)")
+    out = {}
+    for label, body in zip(labels, [*review_bodies(policies), every_namespace], strict=True):
+        times = []
+        for _ in range(repeats if "every" not in label else repeats // 10):
+            started = time.perf_counter()
+            response = answer(body, view, config, "validate")["response"]
+            times.append((time.perf_counter() - started) * 1000)
+            if not response["allowed"]:
+                raise SystemExit(f"{label}: denied: {response.get('status')}")
+        out[label] = statistics.median(times)
+    return out
+
+
+
 def summarise(latencies: list[float], count: int, errors: int, elapsed: float) -> dict[str, Any]:
     latencies = sorted(latencies)
     return {"count": count, "errors": errors, "rps": count / elapsed if elapsed else 0.0,
@@ -279,9 +380,9 @@ def summarise(latencies: list[float], count: int, errors: int, elapsed: float) -
 
 def measure(work: Path, args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     """Both servers up at once; short phases alternate between them so load drift hits both alike."""
-    servers = {kind: start_server(kind, work) for kind in ("ours", "peer")}
+    servers = {kind: start_server(kind, work, args.policies) for kind in ("ours", "peer")}
     try:
-        base = {"ca_file": str(work / "certs" / "ca.crt"), "connections": 8}
+        base = {"ca_file": str(work / "certs" / "ca.crt"), "connections": 8, "policies": args.policies}
         for _, port in servers.values():
             client_process({**base, "port": port, "rate": 100, "duration": 2})  # warm up: imports, caches
         raw: dict[str, dict[str, list[dict[str, Any]]]] = {k: {"open": [], "closed": []} for k in servers}
@@ -312,6 +413,7 @@ def measure(work: Path, args: argparse.Namespace) -> dict[str, dict[str, Any]]:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--policies", type=int, default=5000, help="existing policies in the cluster state")
     p.add_argument("--rate", type=float, default=200.0, help="open-loop requests per second")
     p.add_argument("--duration", type=float, default=30.0, help="open-loop seconds per server (split over the rounds)")
     p.add_argument("--closed-duration", type=float, default=15.0, help="closed-loop seconds per server (split over the rounds)")
@@ -324,6 +426,9 @@ def main() -> int:
         return 0
     if args.quick:
         args.duration, args.closed_duration, args.rounds = 6.0, 4.0, 2
+    print(f"{args.policies} existing policies; pure review time in this process, median of 200 (ms):")
+    for label, ms in pure_review_times(args.policies).items():
+        print(f"  {label:<52} {ms:7.3f}")
     load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="bench-webhook-") as tmp:
         results = measure(Path(tmp), args)

@@ -12,7 +12,7 @@ policy and a podSelector policy could always select the same pod, so they count 
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 from egress_cni.api import semantics
 from egress_cni.api.model import ALLOCATOR_RR, ANNOTATION_ALLOW_EIP_SHARING, EgressClusterPolicy, EgressPolicy
@@ -66,9 +66,28 @@ def namespaces_may_overlap(a: EgressPolicy, b: EgressPolicy, view: ClusterView) 
     if a_cluster and b_cluster:
         return selectors_may_overlap(_namespace_selector(a), _namespace_selector(b))
     namespaced, cluster = (b, a) if a_cluster else (a, b)
-    ns = namespaced.metadata.namespace
-    labels = view.namespace_labels(ns) or {"kubernetes.io/metadata.name": ns}
+    return selects_namespace(cluster, namespaced.metadata.namespace, view)
+
+
+def selects_namespace(cluster: EgressPolicy, namespace: str, view: ClusterView) -> bool:
+    """A cluster policy applies in `namespace` (a namespace not seen yet has only its name label)."""
+    labels = view.namespace_labels(namespace) or {"kubernetes.io/metadata.name": namespace}
     return _namespace_selector(cluster).matches(labels)
+
+
+def candidates(policy: EgressPolicy, view: ClusterView) -> Iterator[EgressPolicy]:
+    """The policies whose namespaces may overlap `policy`'s, read from the view's index: a namespaced
+    policy meets its namespace's policies and the cluster policies that select its namespace; a
+    cluster policy meets the cluster policies whose namespace selectors may overlap its own and the
+    policies of the namespaces it selects (decided once per namespace, not once per policy)."""
+    if not isinstance(policy, EgressClusterPolicy):
+        yield from view.policies_in(policy.metadata.namespace)
+        yield from (other for other in view.policies_in("") if namespaces_may_overlap(policy, other, view))
+        return
+    yield from (other for other in view.policies_in("") if namespaces_may_overlap(policy, other, view))
+    for namespace in view.policy_namespaces():
+        if selects_namespace(policy, namespace, view):
+            yield from view.policies_in(namespace)
 
 
 def pods_may_overlap(a: EgressPolicy, b: EgressPolicy, subnets_a: Sequence[Span], subnets_b: Sequence[Span]) -> bool:
@@ -180,21 +199,18 @@ def _who(policy: EgressPolicy, winner: EgressPolicy) -> str:
 
 
 def check_conflicts(policy: EgressPolicy, view: ClusterView) -> list[Denial]:
-    """Cheapest tests first: namespaces, identity, destinations, pods, then source address; then
-    the order decides (a warning) or cannot (a denial)."""
+    """Cheapest tests first: namespaces (the indexed candidates), destinations, pods, identity, then
+    source address; then the order decides (a warning) or cannot (a denial)."""
     pods = spans(policy.spec.applied_to.pod_subnet)
     mine = effective_eip(policy, view)
     self_key = policy_key(policy)
-    # a namespaced policy can only meet policies of its namespace and cluster policies
-    candidates = view.policies() if isinstance(policy, EgressClusterPolicy) else (
-        *view.policies_in(policy.metadata.namespace), *view.policies_in(""))
     warnings: list[Denial] = []
     overlapping = 0
-    for other in candidates:
-        if not namespaces_may_overlap(policy, other, view) or policy_key(other) == self_key:
-            continue
+    for other in candidates(policy, view):
         overlaps = destinations_overlap(policy, other)
         if not overlaps or not pods_may_overlap(policy, other, pods, spans(other.spec.applied_to.pod_subnet)):
+            continue
+        if policy_key(other) == self_key:  # an UPDATE meets its own old version
             continue
         theirs = effective_eip(other, view)
         if theirs == mine:
@@ -232,7 +248,7 @@ def check_eip_sharing(policy: EgressPolicy, view: ClusterView) -> list[Denial]:
     for family, named in (("ipv4", policy.spec.eip.ipv4), ("ipv6", policy.spec.eip.ipv6)):
         if not named:
             continue
-        for other in view.policies():
+        for other in view.policies_naming(named):
             if isinstance(other, EgressClusterPolicy) or other.metadata.namespace == policy.metadata.namespace:
                 continue
             used = {getattr(other.spec.eip, family), getattr(other.status, f"eip_{family}")}

@@ -76,12 +76,19 @@ def spans(cidrs: tuple[Cidr, ...], family: int | None = None) -> tuple[Span, ...
     return tuple(Span(c.family, c.first, c.last, str(c)) for c in cidrs if family is None or c.family == family)
 
 
+_PAIRWISE = 64  # up to this many pairs, comparing each is cheaper than sorting for a sweep
+
+
 def any_overlap(a: Sequence[Span], b: Sequence[Span]) -> tuple[Span, Span] | None:
-    """An overlapping pair (same family) of two span lists, if any: one sweep over both lists sorted
-    by start, O((n + m) log(n + m)) rather than comparing every pair (lists may hold thousands).
-    Short lists (most policies name a few CIDRs) are compared pair by pair."""
-    if len(a) * len(b) <= 16:
-        return next(((x, y) for x in a for y in b if x.version == y.version and x.first <= y.last and y.first <= x.last), None)
+    """An overlapping pair (same family) of two span lists, if any. Short lists (the usual 1-4 CIDRs)
+    are compared pair by pair; long ones in one sweep over both lists sorted by start,
+    O((n + m) log(n + m)) rather than comparing every pair (lists may hold thousands)."""
+    if len(a) * len(b) <= _PAIRWISE:
+        for x in a:
+            for y in b:
+                if x.version == y.version and x.first <= y.last and y.first <= x.last:
+                    return x, y
+        return None
     events = sorted([(x.version, x.first, 0, x) for x in a] + [(y.version, y.first, 1, y) for y in b],
                     key=lambda e: (e[0], e[1], e[2]))
     reach: list[Span | None] = [None, None]  # per side: the span reaching furthest so far (this family)

@@ -12,6 +12,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from egress_cni.api import API_VERSION
@@ -45,6 +46,12 @@ class ClusterView(Protocol):
     def policies_in(self, namespace: str) -> Sequence[EgressPolicy]:
         """EgressPolicies of one namespace, or with "" the EgressClusterPolicies (an index for the conflict rules)."""
 
+    def policy_namespaces(self) -> Sequence[str]:
+        """The namespaces that hold EgressPolicies, in the order `policies()` lists them."""
+
+    def policies_naming(self, address: str) -> Sequence[EgressPolicy]:
+        """Policies whose spec.egressIP or status.eip holds `address` (an index for the EIP sharing rule)."""
+
     def cluster_info(self) -> EgressClusterInfo | None:
         """EgressClusterInfo `default`: the cluster's own node, service and pod addresses."""
 
@@ -52,6 +59,33 @@ class ClusterView(Protocol):
 def policy_key(policy: EgressPolicy) -> tuple[str, str]:
     """Identity across both policy kinds: (kind, ns/name)."""
     return policy.KIND, policy.metadata.key
+
+
+@dataclass(frozen=True)
+class PolicyIndex:
+    """Both policy kinds, indexed the ways the rules look them up; built once per change, so a review
+    reads the few candidates it needs instead of walking thousands of policies."""
+
+    all: tuple[EgressPolicy, ...] = ()
+    by_namespace: Mapping[str, tuple[EgressPolicy, ...]] = field(default_factory=dict)  # "": cluster policies
+    by_address: Mapping[str, tuple[EgressPolicy, ...]] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, policies: Iterable[EgressPolicy]) -> PolicyIndex:
+        ordered = tuple(policies)
+        namespaces: dict[str, list[EgressPolicy]] = {"": []}
+        addresses: dict[str, list[EgressPolicy]] = {}
+        for policy in ordered:
+            namespace = "" if isinstance(policy, EgressClusterPolicy) else policy.metadata.namespace
+            namespaces.setdefault(namespace, []).append(policy)
+            eip, status = policy.spec.eip, policy.status
+            for address in {eip.ipv4, eip.ipv6, status.eip_ipv4, status.eip_ipv6} - {None}:
+                addresses.setdefault(str(address), []).append(policy)
+        return cls(ordered, {k: tuple(v) for k, v in namespaces.items()}, {k: tuple(v) for k, v in addresses.items()})
+
+    @property
+    def namespaces(self) -> tuple[str, ...]:
+        return tuple(k for k in self.by_namespace if k)
 
 
 class MemoryView:
@@ -63,15 +97,13 @@ class MemoryView:
         self._gateways: dict[str, EgressGateway] = {}
         self._policies: dict[tuple[str, str], EgressPolicy] = {}
         self._gateway_list: tuple[EgressGateway, ...] = ()
-        self._policy_list: tuple[EgressPolicy, ...] = ()
-        self._by_namespace: dict[str, tuple[EgressPolicy, ...]] = {}
+        self._index = PolicyIndex()
         self._cluster_info: EgressClusterInfo | None = None
 
     @classmethod
     def of(cls, objects: Iterable[Mapping[str, Any]]) -> MemoryView:
         view = cls()
-        for raw in objects:
-            view.upsert(raw)
+        view.upsert_all(objects)
         return view
 
     # --- ClusterView ---------------------------------------------------------------------------
@@ -86,10 +118,16 @@ class MemoryView:
         return self._gateway_list
 
     def policies(self) -> Sequence[EgressPolicy]:
-        return self._policy_list
+        return self._index.all
 
     def policies_in(self, namespace: str) -> Sequence[EgressPolicy]:
-        return self._by_namespace.get(namespace, ())
+        return self._index.by_namespace.get(namespace, ())
+
+    def policy_namespaces(self) -> Sequence[str]:
+        return self._index.namespaces
+
+    def policies_naming(self, address: str) -> Sequence[EgressPolicy]:
+        return self._index.by_address.get(address, ())
 
     def cluster_info(self) -> EgressClusterInfo | None:
         return self._cluster_info
@@ -98,23 +136,30 @@ class MemoryView:
 
     def upsert(self, raw: Mapping[str, Any]) -> None:
         """Add or replace one object (Namespace or an egress kind); unparsable objects are dropped."""
-        if raw.get("kind") == "Namespace":
-            meta = raw.get("metadata") or {}
-            with self._lock:
-                self._namespaces = {**self._namespaces, str(meta.get("name", "")): dict(meta.get("labels") or {})}
-            return
-        try:
-            obj = parse_object(raw)
-        except FieldError as exc:
-            log.warning("ignoring unparsable object", extra={"kind": raw.get("kind"), "error": str(exc)})
-            return
+        self.upsert_all((raw,))
+
+    def upsert_all(self, objects: Iterable[Mapping[str, Any]]) -> None:
+        """Add or replace many objects at once: readers see none or all of them, and the lists and
+        indexes are rebuilt once (not once per object)."""
         with self._lock:
-            if isinstance(obj, EgressGateway):
-                self._gateways = {**self._gateways, obj.metadata.name: obj}
-            elif isinstance(obj, EgressPolicy):
-                self._policies = {**self._policies, policy_key(obj): obj}
-            elif isinstance(obj, EgressClusterInfo) and obj.metadata.name == CLUSTER_INFO_NAME:
-                self._cluster_info = obj
+            namespaces, gateways, policies = dict(self._namespaces), dict(self._gateways), dict(self._policies)
+            for raw in objects:
+                if raw.get("kind") == "Namespace":
+                    meta = raw.get("metadata") or {}
+                    namespaces[str(meta.get("name", ""))] = dict(meta.get("labels") or {})
+                    continue
+                try:
+                    obj = parse_object(raw)
+                except FieldError as exc:
+                    log.warning("ignoring unparsable object", extra={"kind": raw.get("kind"), "error": str(exc)})
+                    continue
+                if isinstance(obj, EgressGateway):
+                    gateways[obj.metadata.name] = obj
+                elif isinstance(obj, EgressPolicy):
+                    policies[policy_key(obj)] = obj
+                elif isinstance(obj, EgressClusterInfo) and obj.metadata.name == CLUSTER_INFO_NAME:
+                    self._cluster_info = obj
+            self._namespaces, self._gateways, self._policies = namespaces, gateways, policies
             self._refresh()
 
     def remove(self, kind: str, key: str) -> None:
@@ -130,11 +175,7 @@ class MemoryView:
 
     def _refresh(self) -> None:
         self._gateway_list = tuple(self._gateways[k] for k in sorted(self._gateways))
-        self._policy_list = tuple(self._policies[k] for k in sorted(self._policies))
-        index: dict[str, list[EgressPolicy]] = {}
-        for policy in self._policy_list:
-            index.setdefault("" if isinstance(policy, EgressClusterPolicy) else policy.metadata.namespace, []).append(policy)
-        self._by_namespace = {k: tuple(v) for k, v in index.items()}
+        self._index = PolicyIndex.of(self._policies[k] for k in sorted(self._policies))
 
 
 class InformerLike(Protocol):
@@ -200,7 +241,7 @@ class InformerView:
             EgressClusterInfo.KIND: self.cluster_info_store,
         }
         self._lock = threading.Lock()
-        self._derived: tuple[tuple[int, int], tuple[EgressPolicy, ...], dict[str, tuple[EgressPolicy, ...]]] = ((-1, -1), (), {})
+        self._derived: tuple[tuple[int, int], PolicyIndex] = ((-1, -1), PolicyIndex())
 
     def on_change(self, kind: str) -> Any:
         store = self._stores[kind]
@@ -260,22 +301,24 @@ class InformerView:
         return self.cluster_info_store.get(CLUSTER_INFO_NAME)
 
     def policies(self) -> Sequence[EgressPolicy]:
-        return self._policies()[0]
+        return self._index().all
 
     def policies_in(self, namespace: str) -> Sequence[EgressPolicy]:
-        return self._policies()[1].get(namespace, ())
+        return self._index().by_namespace.get(namespace, ())
 
-    def _policies(self) -> tuple[tuple[EgressPolicy, ...], dict[str, tuple[EgressPolicy, ...]]]:
-        """Both kinds in one list (cluster policies first, as `policy_key` sorts) and the index by
-        namespace ("" for cluster policies), rebuilt only when a policy store changed."""
+    def policy_namespaces(self) -> Sequence[str]:
+        return self._index().namespaces
+
+    def policies_naming(self, address: str) -> Sequence[EgressPolicy]:
+        return self._index().by_address.get(address, ())
+
+    def _index(self) -> PolicyIndex:
+        """Both kinds (cluster policies first, as `policy_key` sorts), indexed; rebuilt only when a
+        policy store changed."""
         versions = (self.policy_store.version, self.cluster_policy_store.version)
         derived = self._derived
         if derived[0] != versions:
-            cluster, namespaced = self.cluster_policy_store.items(), self.policy_store.items()
-            index: dict[str, list[EgressPolicy]] = {"": list(cluster)}
-            for policy in namespaced:
-                index.setdefault(policy.metadata.namespace, []).append(policy)
-            derived = (versions, (*cluster, *namespaced), {k: tuple(v) for k, v in index.items()})
+            derived = (versions, PolicyIndex.of((*self.cluster_policy_store.items(), *self.policy_store.items())))
             with self._lock:
                 self._derived = derived
-        return derived[1], derived[2]
+        return derived[1]

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from tests.webhook.builders import gateway, policy
-from webhook.view import InformerView
+from webhook.view import InformerView, MemoryView
 
 pytestmark = pytest.mark.unit
 
@@ -102,3 +102,24 @@ def test_each_resource_version_is_parsed_once_and_invalid_objects_are_kept_aside
     view.on_change("EgressGateway")("default", None, bad)
     assert view.gateway("default") is None
     assert [i.error.path for i in view.gateway_store.invalid()] == ["spec.ippools.ipv4[0]"]
+
+
+def test_both_views_index_policies_by_namespace_and_by_address() -> None:
+    objects = [policy("b", "ns2", egress_ip={"ipv4": "10.0.0.5"}), policy("a", "ns1", status_eip={"ipv4": "10.0.0.5"}),
+               policy("c", "ns1", egress_ip={"ipv6": "fd00::5"}), policy("cp", cluster=True, egress_ip={"ipv4": "10.0.0.9"})]
+    informed = InformerView()
+    for obj in objects:
+        kind, key = obj["kind"], obj["metadata"].get("namespace", "") + "/" + obj["metadata"]["name"]
+        informed.on_change(kind)(key.lstrip("/"), None, strip(obj))
+    for view in (MemoryView.of(objects), informed):
+        assert list(view.policy_namespaces()) == ["ns1", "ns2"]  # the order policies() lists them in
+        assert [p.metadata.key for p in view.policies_naming("10.0.0.5")] == ["ns1/a", "ns2/b"]  # spec or status
+        assert [p.metadata.key for p in view.policies_naming("fd00::5")] == ["ns1/c"]
+        assert [p.metadata.key for p in view.policies_naming("10.0.0.9")] == ["cp"] and view.policies_naming("10.0.0.1") == ()
+        view_keys = [p.metadata.key for p in view.policies()]
+        assert view_keys == ["cp", "ns1/a", "ns1/c", "ns2/b"]
+
+
+def test_memory_view_takes_many_objects_at_once() -> None:
+    view = MemoryView.of([policy(f"p{i}", f"ns{i % 3}") for i in range(30)])
+    assert len(view.policies()) == 30 and [len(view.policies_in(f"ns{n}")) for n in range(3)] == [10, 10, 10]
