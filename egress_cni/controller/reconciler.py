@@ -1,9 +1,11 @@
 """One reconcile pass: read the caches, compute the desired state (pure modules), write the
 differences. Runs on the leader's single worker thread only.
 
-Order inside a pass: tunnels, placement of every gateway, policy statuses, gateway statuses
-(finalizers, rr cursor), the cluster info, endpoint slices; Events go out from a background thread.
-Policy status first because that is what users and agents wait for.
+Order inside a pass: tunnels, placement of every gateway, the finalizer on gateways that lack it,
+policy statuses, gateway statuses (finalizer removal, rr cursor), the cluster info, endpoint
+slices; Events go out from a background thread. Policy status before the gateway status because
+that is what users and agents wait for; the finalizer before both, as no policy may read Assigned
+while its gateway can still vanish at once.
 
 Objects are read through typed stores (egress_cni/store.py) over the read-your-writes overlays.
 An object that reached the API without the webhook and does not parse never stops a pass: it is
