@@ -1,9 +1,11 @@
 """One reconcile pass: read the caches, compute the desired state (pure modules), write the
 differences. Runs on the leader's single worker thread only.
 
-Order inside a pass: tunnels, placement of every gateway, policy statuses, gateway statuses
-(finalizers, rr cursor), the cluster info, endpoint slices; Events go out from a background thread.
-Policy status first because that is what users and agents wait for.
+Order inside a pass: tunnels, placement of every gateway, the finalizer on gateways that lack it,
+policy statuses, gateway statuses (finalizer removal, rr cursor), the cluster info, endpoint
+slices; Events go out from a background thread. Policy status before the gateway status because
+that is what users and agents wait for; the finalizer before both, as no policy may read Assigned
+while its gateway can still vanish at once.
 
 Objects are read through typed stores (egress_cni/store.py) over the read-your-writes overlays.
 An object that reached the API without the webhook and does not parse never stops a pass: it is
@@ -304,7 +306,12 @@ class Reconciler:
                 gateways.pop(name, None)
             for vanished in set(self._placements) - set(gateways):
                 del self._placements[vanished]
-            # Policy statuses first: they are what users and the benchmark wait for. Should the
+            # The finalizer before any policy is told it is served: a gateway deleted the moment
+            # its policy reads Assigned must wait for that policy, not vanish at once.
+            for name in sorted(n for n, gw in gateways.items() if not _protected(gw)):
+                self._guard(f"gateway {name} finalizer", self._protect_gateway, name, gateways, raw_gateways)
+            unprotected = {name for name, gw in gateways.items() if not _protected(gw)}
+            # Policy statuses next: they are what users and the benchmark wait for. Should the
             # process die before the gateway status below, the policies' status.eip reserves
             # their addresses for the next leader (placement.PolicyView.reserved_*).
             ready = 0
@@ -313,6 +320,9 @@ class Reconciler:
                     continue
                 gw_name = target.get(p.ref, "")
                 problem = broken.get(gw_name)
+                if gw_name in unprotected:
+                    self._failed = True  # retried once the gateway carries its finalizer
+                    continue
                 if problem is not None:
                     assignment = Assignment(reason=problem.reason, message=(
                         f"EgressGateway {gw_name} is invalid: {problem.message}; fix the gateway"
@@ -483,6 +493,21 @@ class Reconciler:
 
     # --- gateways and policies -----------------------------------------------------------------
 
+    def _protect_gateway(self, name: str, gateways: dict[str, EgressGateway], raw_gateways: dict[str, dict[str, Any]]) -> None:
+        """Add FINALIZER_GATEWAY to a live gateway that lacks it. The written object replaces the
+        pass's copy, so the writes that follow carry its resourceVersion."""
+        gw = gateways[name]
+        try:
+            written = self.client.patch(k8s.EGRESS_GATEWAYS, name, {"metadata": {
+                "finalizers": [*gw.metadata.finalizers, FINALIZER_GATEWAY], "resourceVersion": gw.metadata.resource_version}})
+        except k8s.NotFound:
+            self._failed = True  # fresh state arrives through the informer; the next pass redoes this
+            return
+        self.overlays[k8s.EGRESS_GATEWAYS.plural].wrote(written)
+        item = self.stores[k8s.EGRESS_GATEWAYS.plural].get(name)
+        if item is not None:
+            gateways[name], raw_gateways[name] = item.model, item.raw
+
     def _write_gateway(self, gw: EgressGateway, raw: dict[str, Any], placed: Placement, now: str, referenced: bool) -> None:
         name = gw.metadata.name
         overlay = self.overlays[k8s.EGRESS_GATEWAYS.plural]
@@ -592,6 +617,12 @@ class Reconciler:
         except k8s.APIError:
             return None
 
+
+
+def _protected(gw: EgressGateway) -> bool:
+    """Whether a gateway's policies may be told they are served: it carries FINALIZER_GATEWAY (or
+    is being deleted already, when that finalizer is what keeps it for them)."""
+    return bool(gw.metadata.deletion_timestamp) or FINALIZER_GATEWAY in gw.metadata.finalizers
 
 
 def _versioned(status_patch: dict[str, Any], raw: Mapping[str, Any]) -> dict[str, Any]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -32,6 +33,7 @@ from tests.controller.conftest import Env
 pytestmark = pytest.mark.apiserver
 
 GW, EP, ECP = k8s.EGRESS_GATEWAYS, k8s.EGRESS_POLICIES, k8s.EGRESS_CLUSTER_POLICIES
+FINALIZER = "egressgateway.spidernet.io/egressgateway"
 
 
 def assigned(env: Env, rt: k8s.ResourceType, name: str, ns: str | None = None) -> dict[str, Any]:
@@ -141,6 +143,30 @@ def test_gateway_deletion_waits_for_both_policy_kinds(env: Env, namespace: str) 
     assert env.client.get(GW, g)["metadata"].get("deletionTimestamp")
     env.client.delete(ECP, cp)
     wait_for("gateway gone", lambda: _gone(env, GW, g))
+
+
+def test_gateway_finalizer_precedes_the_first_assignment(env: Env, namespace: str) -> None:
+    """A policy is reported Assigned only once its gateway carries the finalizer: a user (or test)
+    who deletes the gateway as soon as the policy is Assigned must not see it vanish at once.
+    One etcd orders every write, so the resourceVersions show which write came first."""
+    env.node("n1")
+    g = env.name("gw")
+    start = env.create(GW, gateway(g, ["10.6.4.9"], env.label))["metadata"]["resourceVersion"]
+    cp = env.name("cp")
+    env.create(ECP, policy(cp, None, g))
+    env.controller()
+    assigned(env, ECP, cp)
+    wait_for("gateway finalizer", lambda: FINALIZER in (env.client.get(GW, g)["metadata"].get("finalizers") or []))
+
+    def first(rt: k8s.ResourceType, name: str, seen: Callable[[dict[str, Any]], bool]) -> int:
+        for kind, obj in env.client.watch(rt, None, start, timeout_seconds=2):
+            if kind != "BOOKMARK" and obj["metadata"]["name"] == name and seen(obj):
+                return int(obj["metadata"]["resourceVersion"])
+        raise AssertionError(f"no such event for {name}")
+
+    protected = first(GW, g, lambda o: FINALIZER in (o["metadata"].get("finalizers") or []))
+    announced = first(ECP, cp, lambda o: ready_reason(o.get("status") or {}) == "Assigned")
+    assert protected < announced
 
 
 def _gone(env: Env, rt: k8s.ResourceType, name: str, ns: str | None = None) -> bool:
