@@ -7,55 +7,24 @@ fail; the seed's install (kube-system, upstream's keys) renders; each value chan
 from __future__ import annotations
 
 import base64
-import importlib.util
-import os
-import sys
 from collections.abc import Iterator
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
 import yaml
 
 from egress_cni.settings import parse
+from tests.harness.chart import SEED, helm_or_skip, objects, render
 
 pytestmark = pytest.mark.unit
 
 ROOT = Path(__file__).resolve().parents[2]
-SEED = ["--set", "feature.tunnelIpv4Subnet=192.200.0.1/16", "--set", "feature.enableGatewayReplyRoute=true"]
-
-
-def _render_module() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("render_manifests", ROOT / "hack" / "render_manifests.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-render = _render_module()
-
-
-def _in_ci() -> bool:
-    return os.environ.get("CI", "").lower() in ("true", "1", "yes")
 
 
 @pytest.fixture(scope="module")
 def helm() -> str:
-    found: str | None = render.helm_binary()
-    if found is None:
-        if _in_ci():
-            pytest.fail("CI=true and no helm binary: run `make helm` (hack/build-helm.sh)")
-        pytest.skip("no helm binary (run `make helm`: hack/build-helm.sh builds it from the Go module proxy)")
-    return found
-
-
-def objects(helm: str, *args: str, namespace: str = render.NAMESPACE) -> list[dict[str, Any]]:
-    result = render.template(helm, args, namespace)
-    assert result.returncode == 0, result.stderr
-    return [d for d in yaml.safe_load_all(result.stdout) if d]
+    return helm_or_skip()
 
 
 def find(docs: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
