@@ -162,3 +162,14 @@ def test_prometheus_objects_only_when_enabled(helm: str) -> None:
     dashboard = find(docs, "ConfigMap", "egressgateway-agent-dashboard")
     assert yaml.safe_load(dashboard["data"]["egressgateway-agent.json"])["uid"] == "egressgateway-agent"
     assert not [d for d in docs if d["kind"] in MONITORING and d["metadata"]["name"] == "egressgateway-controller"]
+
+
+def test_upstreams_other_feature_values_are_accepted_and_noted(helm: str) -> None:
+    """Upstream's chart defaults for the knobs we have no use for install unchanged; the daemons log them."""
+    docs = objects(helm, "--set", "feature.datapathMode=iptables", "--set", "feature.gatewayReplyRouteTable=600",
+                   "--set", "feature.gatewayReplyRouteMark=39", "--set", "feature.gatewayFailover.tunnelMonitorPeriod=5",
+                   "--set", "feature.announcedInterfacesToExclude={^cali.*,br-*}")
+    settings = parse(yaml.safe_load(find(docs, "ConfigMap", "egressgateway-config")["data"]["config.yaml"]), "chart")
+    noted = " ".join(settings.notes)
+    for key in ("gatewayReplyRouteTable", "gatewayReplyRouteMark", "tunnelMonitorPeriod", "announcedInterfacesToExclude"):
+        assert key in noted
