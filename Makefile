@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat setup.cfg pyproject.toml | sha1sum | cut -c1-12)
 LOGDIR ?= /tmp/egressgateway-logs
 
-.PHONY: test sandbox deps venv kube image image-for-tests lint unit help
+.PHONY: test sandbox deps venv kube helm manifests image image-for-tests lint unit help
 
 help:
 	@echo "make sandbox   bring up a local multi-node cluster and show a pod leaving with its EIP"
@@ -36,6 +36,22 @@ kube:
 	  if $(IN_CI); then echo "CI=true: the apiserver and e2e tiers must run here, so this fails the run"; exit 1; fi; \
 	  echo "apiserver/e2e tiers will skip"; fi
 
+# Helm from the Go module proxy (hack/build-helm.sh), cached like the control plane. Under CI a failed
+# build fails the run (lint renders the chart); elsewhere lint skips the chart and the chart tests skip.
+HELM_VERSION ?= v3.22.0
+HELM := $${EGW_HELM_CACHE:-$${XDG_CACHE_HOME:-$$HOME/.cache}/egressgateway/helm}/$(HELM_VERSION)/bin/helm
+CHART := manifests/chart/egressgateway
+helm:
+	@mkdir -p $(LOGDIR)
+	@if EGW_HELM_VERSION=$(HELM_VERSION) bash hack/build-helm.sh > $(LOGDIR)/build-helm.log 2>&1; then tail -n 1 $(LOGDIR)/build-helm.log; \
+	else echo "helm build failed (see $(LOGDIR)/build-helm.log):"; tail -n 20 $(LOGDIR)/build-helm.log; \
+	  if $(IN_CI); then echo "CI=true: the chart must be linted and rendered here, so this fails the run"; exit 1; fi; \
+	  echo "chart lint and chart tests will skip"; fi
+
+# The plain manifests are the chart's rendering (hack/render_manifests.py); tests/unit/test_chart.py checks them.
+manifests: venv helm
+	EGW_HELM_VERSION=$(HELM_VERSION) $(PY) hack/render_manifests.py
+
 # The product image without Docker or a registry (devtools/image.py; layers cached under build/image-cache).
 image: venv
 	$(PY) -m devtools.image
@@ -48,7 +64,9 @@ image-for-tests: venv
 	else echo "image build failed (see $(LOGDIR)/build-image.log):"; tail -n 20 $(LOGDIR)/build-image.log; \
 	  if $(IN_CI); then echo "CI=true: the cri tier's image test must run here, so this fails the run"; exit 1; fi; fi
 
-lint: venv
+lint: venv helm
+	@if [ -x "$(HELM)" ]; then "$(HELM)" lint --strict $(CHART) && "$(HELM)" template egressgateway $(CHART) -n kube-system > /dev/null; \
+	else echo "no helm: chart lint skipped"; $(IN_CI) && exit 1 || true; fi
 	$(VENV)/bin/ruff check egress_cni webhook devtools tests e2e bench hack
 	$(VENV)/bin/mypy egress_cni webhook devtools tests/harness
 	$(VENV)/bin/lint-imports --no-cache
@@ -68,6 +86,7 @@ test:
 	@$(call phase,deps,$(MAKE) --no-print-directory deps)
 	@$(call phase,venv,$(MAKE) --no-print-directory venv)
 	@$(call phase,kube,$(MAKE) --no-print-directory kube)
+	@$(call phase,helm,$(MAKE) --no-print-directory helm)
 	@$(call phase,image,$(MAKE) --no-print-directory image-for-tests)
 	@$(call phase,lint,$(MAKE) --no-print-directory lint)
 	@$(call phase,tests,$(VENV)/bin/pytest)

@@ -1,4 +1,4 @@
-"""Generate manifests/crds/*.yaml: one CRD per kind with a structural OpenAPI v3 schema.
+"""Generate the CRDs (manifests/chart/egressgateway/crds/*.yaml, also reached as manifests/crds): one CRD per kind with a structural OpenAPI v3 schema.
 
 Run `python hack/gen_crds.py` after changing a schema; tests/unit/test_crds.py fails when the files
 are stale. Names, short names, categories and printer columns follow the reference API; we add
@@ -18,7 +18,7 @@ sys.path.insert(0, str(ROOT))  # the bounds of this checkout, whatever package i
 from egress_cni.api import limits as L  # noqa: E402
 
 GROUP = "egressgateway.spidernet.io"
-OUT = ROOT / "manifests" / "crds"
+OUT = ROOT / "manifests" / "chart" / "egressgateway" / "crds"  # manifests/crds links here: one copy
 
 Schema = dict[str, Any]
 

@@ -188,7 +188,7 @@ class ControlPlane:
             return []
         # Server-side apply: big CRDs overflow the client-side last-applied annotation (256 KiB).
         applied = self.kubectl("apply", "--server-side", "--force-conflicts", "--field-manager=egw-tests",
-                               "-f", str(directory), "-o", "name", timeout=timeout)
+                               "-f", str(directory.resolve()), "-o", "name", timeout=timeout)  # kubectl reads a linked directory as a file
         names = applied.stdout.split()
         self.kubectl("wait", "--for=condition=Established", f"--timeout={int(timeout)}s", *names, timeout=timeout + 30)
         crds = [self.kubectl_json("get", name) for name in names]
