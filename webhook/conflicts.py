@@ -70,9 +70,8 @@ def namespaces_may_overlap(a: EgressPolicy, b: EgressPolicy, view: ClusterView) 
 
 
 def selects_namespace(cluster: EgressPolicy, namespace: str, view: ClusterView) -> bool:
-    """A cluster policy applies in `namespace` (a namespace not seen yet has only its name label)."""
-    labels = view.namespace_labels(namespace) or {"kubernetes.io/metadata.name": namespace}
-    return _namespace_selector(cluster).matches(labels)
+    """A cluster policy applies in `namespace`."""
+    return semantics.in_scope(cluster, namespace, semantics.labels_of_namespace(namespace, view.namespace_labels(namespace)))
 
 
 def candidates(policy: EgressPolicy, view: ClusterView) -> Iterator[EgressPolicy]:

@@ -9,12 +9,11 @@ from __future__ import annotations
 import logging
 import socket
 from collections.abc import Callable
-from typing import Any
 
 from pyroute2 import IPRoute
 
 from egress_cni.dataplane.inputs import DataplaneConfig, NodeFacts
-from egress_cni.dataplane.netlink import link_has_carrier
+from egress_cni.dataplane.netlink import Netlink, link_has_carrier
 
 log = logging.getLogger(__name__)
 
@@ -50,23 +49,20 @@ def read_facts(name: str, parent: str | None, config: DataplaneConfig, *, ipv4: 
     return NodeFacts(name, link, first.get(4, ""), first.get(6, ""), mtu, ipv4, ipv6, carrier, eip_dev)
 
 
-def _eips(ipr: Any, links: tuple[str, ...], proto: int) -> frozenset[str]:
-    return frozenset(a.get_attr("IFA_ADDRESS") for link in links for idx in ipr.link_lookup(ifname=link)
-                     for a in ipr.get_addr(index=idx) if a.get_attr("IFA_PROTO") == proto)
+def kernel_eips(parent: str, config: DataplaneConfig) -> Callable[[], frozenset[str]]:
+    """A reader of the EIPs held (on `parent` or the EIP holder), for the peer thread only."""
+    nl = Netlink(config)
+    return lambda: nl.eip_addresses(parent)
 
 
-def kernel_eips(links: tuple[str, ...], proto: int) -> Callable[[], frozenset[str]]:
-    """A reader of the EIP addresses (IFA_PROTO `proto`) on `links` (the parent and the EIP holder),
-    for the peer thread only."""
-    ipr = IPRoute()
-    return lambda: _eips(ipr, links, proto)
-
-
-def held_now(links: tuple[str, ...], proto: int) -> frozenset[str]:
-    """The EIP addresses on `links` now (one read; for `PeerMonitor.adopt` at start)."""
+def held_now(parent: str, config: DataplaneConfig) -> frozenset[str]:
+    """The EIPs held now (one read; for `PeerMonitor.adopt` at start)."""
     try:
-        with IPRoute() as ipr:
-            return _eips(ipr, links, proto)
+        nl = Netlink(config)
+        try:
+            return nl.eip_addresses(parent)
+        finally:
+            nl.close()
     except OSError as exc:
         log.warning("cannot read the eips held", extra={"error": str(exc)})
         return frozenset()

@@ -16,6 +16,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 
 from egress_cni import logs, registry, settings
 from egress_cni.agent.facts import held_now, kernel_eips
@@ -144,11 +145,12 @@ def facts_reader(args: argparse.Namespace, config: DataplaneConfig, eip_dev: str
 def make_agent(args: argparse.Namespace) -> Agent:
     config = config_from(args)
     source, lease, reporter = source_and_lease(args)
-    parent = facts_reader(args, config)().parent
-    kernel = KernelDataplane(config, parent, families(args), args.iptables_backend)
+    node_facts = facts_reader(args, config)()
+    kernel = KernelDataplane(config, node_facts.parent, families(args), args.iptables_backend)
     # the EIP holder dies with this process (SIGKILL fences at once); a one-shot run leaves it in place
-    facts = facts_reader(args, config, kernel.hold_eips(persist=args.command == "once"))
-    node_facts = facts()
+    eip_dev = kernel.hold_eips(persist=args.command == "once")
+    facts = facts_reader(args, config, eip_dev)
+    node_facts = replace(node_facts, eip_dev=eip_dev)
     peers = peer_service(args, config, node_facts)
     report_in_lease(lease, peers, node_facts, config)
     return Agent(node=args.node, source=source, kernel=kernel, facts=facts, config=config, registry_dir=args.registry_dir,
@@ -162,11 +164,7 @@ def report_in_lease(lease: Lease | None, peers: PeerService, node: NodeFacts, co
     from egress_cni.agent.k8s_source import GatewayLease
 
     if isinstance(lease, GatewayLease):
-        lease.report(eips=kernel_eips(eip_links(node), config.eip_proto), peers=peers.monitor.peers_alive)
-
-
-def eip_links(node: NodeFacts) -> tuple[str, ...]:
-    return (node.parent, node.eip_dev) if node.eip_dev else (node.parent,)
+        lease.report(eips=kernel_eips(node.parent, config), peers=peers.monitor.peers_alive)
 
 
 def peer_service(args: argparse.Namespace, config: DataplaneConfig, node: NodeFacts) -> PeerService:
@@ -176,9 +174,9 @@ def peer_service(args: argparse.Namespace, config: DataplaneConfig, node: NodeFa
     except (OSError, ValueError) as exc:
         raise SystemExit(f"--peer-key-file: {exc}") from None
     monitor = PeerMonitor(args.node, key=key, takeover=args.settings.failover_enabled)  # gatewayFailover.enable
-    monitor.adopt(held_now(eip_links(node), config.eip_proto))  # before the first reconcile could drop them
+    monitor.adopt(held_now(node.parent, config))  # before the first reconcile could drop them
     return PeerService(monitor, address=node.parent_ipv4 or node.parent_ipv6, port=args.peer_port,
-                       held=lambda: kernel_eips(eip_links(node), config.eip_proto))
+                       held=lambda: kernel_eips(node.parent, config))
 
 
 def main(argv: list[str] | None = None) -> int:

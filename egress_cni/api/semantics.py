@@ -83,14 +83,18 @@ def effective_gateway(policy: EgressPolicy, namespace_labels: Labels | None,
     return (defaults[0], "cluster-default gateway") if defaults else ("", "")
 
 
+def labels_of_namespace(namespace: str, labels: Labels | None) -> Labels:
+    """A namespace's labels; one not seen yet has the label the API server puts on every namespace."""
+    return {LABEL_NAMESPACE_NAME: namespace, **(labels or {})}
+
+
 def gateway_refusal(gateway: EgressGateway, policy: EgressPolicy, namespace_labels: Labels | None) -> str:
-    """Why `gateway` refuses `policy` ("" when it admits it). Unknown namespace labels are read as
-    the one label the API server puts on every namespace, its name."""
+    """Why `gateway` refuses `policy` ("" when it admits it)."""
     selector = gateway.spec.namespace_selector
     if not policy.NAMESPACED or selector is None:
         return ""
     namespace = policy.metadata.namespace
-    labels = {LABEL_NAMESPACE_NAME: namespace, **(namespace_labels or {})}
+    labels = labels_of_namespace(namespace, namespace_labels)
     if selector.matches(labels):
         return ""
     shown = ", ".join(f"{k}={v}" for k, v in sorted(labels.items()))

@@ -199,6 +199,10 @@ class Netlink:
                     out.append((idx, dev, a.get_attr("IFA_ADDRESS"), a["prefixlen"], left))
         return out
 
+    def eip_addresses(self, parent: str) -> frozenset[str]:
+        """The EIPs held now, on `parent` or the holder."""
+        return frozenset(ip for _, _, ip, _, _ in self._held_eips(parent))
+
     def refresh_eips(self, parent: str, addresses: Iterable[Address] | None) -> int:
         """Renew the lifetime of those of `addresses` (None: every EIP of ours, on `parent` or the
         holder) the kernel still holds; one dump per link, then one request per EIP. An EIP already at
