@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Build the test control plane from the Go module proxy: kube-apiserver, kube-controller-manager,
-# kube-scheduler, kubelet, kubectl (k8s.io/kubernetes) and etcd (go.etcd.io/etcd/server/v3).
+# kube-scheduler, kubelet, kube-proxy, kubectl (k8s.io/kubernetes) and etcd (go.etcd.io/etcd/server/v3).
 #
 # k8s.io/kubernetes requires its staging modules at the fake version v0.0.0 and maps them with
 # `replace` lines that do not apply to dependents, so we generate a throwaway consumer module with
@@ -15,7 +15,7 @@ K8S_VERSION="${EGW_K8S_VERSION:-v1.36.3}"
 CACHE_ROOT="${EGW_KUBE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/egressgateway/kube}"
 OUT="$CACHE_ROOT/$K8S_VERSION"
 BIN="$OUT/bin"
-TOOLS=(kube-apiserver kube-controller-manager kube-scheduler kubelet kubectl)
+TOOLS=(kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kubectl)
 
 complete() {
   for t in "${TOOLS[@]}" etcd; do [[ -x "$BIN/$t" ]] || return 1; done
