@@ -17,6 +17,12 @@ _shm = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK
 _own_metrics_dir = ""
 if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
     _own_metrics_dir = os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="egress-webhook-metrics-", dir=_shm)
+else:  # a given directory (the chart's emptyDir) may not exist yet, and outlives a container restart
+    _given = os.environ["PROMETHEUS_MULTIPROC_DIR"]
+    os.makedirs(_given, exist_ok=True)
+    for _stale in os.listdir(_given):  # files of the previous run's workers would count twice
+        if _stale.endswith(".db"):
+            os.unlink(os.path.join(_given, _stale))
 
 from gunicorn.glogging import Logger  # noqa: E402
 
@@ -41,7 +47,7 @@ class _Logger(Logger):  # type: ignore[misc]
 _cert_dir = os.environ.get("EGRESS_WEBHOOK_CERT_DIR", "/etc/tls")
 
 wsgi_app = "webhook.app:create_app_from_env()"
-bind = [f"{os.environ.get('EGRESS_WEBHOOK_BIND', '0.0.0.0')}:{os.environ.get('EGRESS_WEBHOOK_PORT', '9443')}"]
+bind = [f"{os.environ.get('EGRESS_WEBHOOK_BIND', '0.0.0.0')}:{os.environ.get('EGRESS_WEBHOOK_LISTEN_PORT', '9443')}"]
 workers = int(os.environ.get("EGRESS_WEBHOOK_WORKERS", "2"))
 worker_class = "gthread"
 threads = int(os.environ.get("EGRESS_WEBHOOK_THREADS", "4"))

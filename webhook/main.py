@@ -27,7 +27,7 @@ CONF = Path(__file__).with_name("gunicorn.conf.py")
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     env = os.environ.get
     p = argparse.ArgumentParser(prog="egress-webhook", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--port", type=int, default=int(env("EGRESS_WEBHOOK_PORT", "9443")))
+    p.add_argument("--port", type=int, default=int(env("EGRESS_WEBHOOK_LISTEN_PORT", "9443")))
     p.add_argument("--bind", default=env("EGRESS_WEBHOOK_BIND", "0.0.0.0"), help="address to listen on")
     p.add_argument("--workers", type=int, default=int(env("EGRESS_WEBHOOK_WORKERS", "2")))
     p.add_argument("--threads", type=int, default=int(env("EGRESS_WEBHOOK_THREADS", "4")))
@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.update({**config.to_env(), logs.LEVEL_ENV: log_level, logs.FORMAT_ENV: log_format})
     cert_dir = settle_certificates(args)
     os.environ.update({
-        "EGRESS_WEBHOOK_PORT": str(args.port), "EGRESS_WEBHOOK_BIND": args.bind,
+        "EGRESS_WEBHOOK_LISTEN_PORT": str(args.port), "EGRESS_WEBHOOK_BIND": args.bind,
         "EGRESS_WEBHOOK_WORKERS": str(args.workers), "EGRESS_WEBHOOK_THREADS": str(args.threads),
         "EGRESS_WEBHOOK_CERT_DIR": str(cert_dir),
     })
