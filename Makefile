@@ -92,5 +92,5 @@ test:
 	@$(call phase,tests,$(VENV)/bin/pytest)
 	@echo "--- time per phase"; cat $(PHASES)
 
-sandbox: deps venv kube
+sandbox: deps venv kube helm image
 	$(PY) -m devtools.sandbox $(SANDBOX_ARGS)

@@ -16,10 +16,9 @@ import uuid
 from collections.abc import Callable, Generator, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Self, TypeVar
 
-from devtools.sandbox import components, netns, nodeops, procs
+from devtools.sandbox import netns, nodeops, procs
 from devtools.sandbox.cluster import Sandbox
 
 T = TypeVar("T")
@@ -190,7 +189,11 @@ def apiserver_frozen(sb: Sandbox) -> Iterator[float]:
 
 
 def agent_record(sb: Sandbox, node: str) -> procs.ProcessRecord:
-    return process_record(sb, f"egress-agent-{node}")
+    """The node's running agent container process (found through its containerd, not the API)."""
+    record = nodeops.agent_process(sb, node)
+    if record is None:
+        raise AssertionError(f"no running agent container on {node}")
+    return record
 
 
 def kill_agent(sb: Sandbox, node: str, signum: int = signal.SIGKILL, timeout: float = 10.0) -> float:
@@ -200,36 +203,20 @@ def kill_agent(sb: Sandbox, node: str, signum: int = signal.SIGKILL, timeout: fl
     os.kill(record.pid, signum)
     deadline = time.monotonic() + timeout
     while procs.alive(record):
-        try:
-            os.waitpid(record.pid, os.WNOHANG)
-        except ChildProcessError:
-            pass
         if time.monotonic() > deadline:
             raise AssertionError(f"agent on {node} still alive {timeout:.0f}s after signal {signum}")
         time.sleep(0.01)
     return sent
 
 
-def start_agent(sb: Sandbox, node: str) -> procs.ProcessRecord:
-    """Start the node's agent again with its recorded argv (as a DaemonSet restarts the pod)."""
-    for index, record in enumerate(sb.state.processes):
-        if record.name == f"egress-agent-{node}":
-            if procs.alive(record):
-                return record
-            fresh = procs.launch(record.name, record.argv, Path(record.log_path).parent,
-                                 netns=record.netns or sb.plan.node(node).netns)
-            sb.state.processes[index] = fresh
-            sb.state.save()
-            return fresh
-    raise KeyError(f"no agent recorded for {node}")
+def start_agent(sb: Sandbox, node: str, previous: procs.ProcessRecord | None = None) -> procs.ProcessRecord:
+    """The node's agent running again: the kubelet restarts the container (restartPolicy Always)."""
+    return nodeops.wait_agent_process(sb, node, not_pid=previous.pid if previous else 0)
 
 
 def agent_ready(sb: Sandbox, node: str) -> bool:
     """The agent's own /readyz, read inside the node's netns (no API involved)."""
-    result = subprocess.run(netns.in_netns_argv(sb.plan.node(node).netns, [
-        "curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "1", f"http://{components.AGENT_METRICS}/readyz"]),
-        capture_output=True, text=True)
-    return result.stdout.strip() == "200"
+    return sb.agent_ready(sb.plan.node(node))
 
 
 def node_addresses(sb: Sandbox, node: str) -> set[str]:

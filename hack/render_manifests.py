@@ -8,30 +8,21 @@ kustomization.yaml stay hand-written: Helm does not create its release namespace
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
 import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from devtools.devkube.binaries import helm_binary  # noqa: E402 - the checkout is not installed
+
 CHART = ROOT / "manifests" / "chart" / "egressgateway"
 OUT = ROOT / "manifests"
 NAMESPACE = "egressgateway-system"
-HELM_VERSION = os.environ.get("EGW_HELM_VERSION", "v3.22.0")
 HEADER = "# Generated from manifests/chart/egressgateway by `make manifests`: edit the chart, not this file.\n"
 _SOURCE = re.compile(r"^# Source: egressgateway/templates/(?P<name>[^\n]+)\n", re.MULTILINE)
-
-
-def helm_binary() -> str | None:
-    """$HELM, else hack/build-helm.sh's cached build, else helm on PATH; None when there is none."""
-    if os.environ.get("HELM"):
-        return os.environ["HELM"]
-    cache = Path(os.environ.get("EGW_HELM_CACHE") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "egressgateway" / "helm")
-    built = cache / HELM_VERSION / "bin" / "helm"
-    return str(built) if built.is_file() and os.access(built, os.X_OK) else shutil.which("helm")
 
 
 def template(helm: str, args: Sequence[str] = (), namespace: str = NAMESPACE) -> subprocess.CompletedProcess[str]:

@@ -20,13 +20,11 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--keep", action="store_true", help="leave the sandbox running")
     parser.add_argument("--down", action="store_true", help="tear down a kept sandbox and exit")
-    parser.add_argument("--no-components", action="store_true", help="skip controller, webhook and agents")
+    parser.add_argument("--no-components", action="store_true", help="do not install the chart (no agents, controller, webhook)")
     parser.add_argument("--no-walkthrough", action="store_true", help="only bring the cluster up")
-    parser.add_argument("--plugin", choices=("auto", "real", "stub"), default="auto",
-                        help="egress-cni in the chain: the checkout's (real), a pass-through (stub), or real if present")
     args = parser.parse_args(argv)
     plan = build_plan(state_dir=STATE_DIR)
-    sandbox = Sandbox(plan, plugin=args.plugin, components=not args.no_components)
+    sandbox = Sandbox(plan, components=not args.no_components)
     if args.down:
         started = time.monotonic()
         report = sandbox.down()

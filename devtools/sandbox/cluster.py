@@ -18,38 +18,39 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from devtools.sandbox import cgroups, components, containerd, images, kubelet, netns, procs
+from devtools.sandbox import cgroups, components, containerd, images, kubelet, kubeproxy, netns, nodehost, procs
 from devtools.sandbox.plan import NodePlan, SandboxPlan
 from devtools.sandbox.state import SandboxState
 
 LOG_ROOT = Path(os.environ.get("LOGDIR", "/tmp/egressgateway-logs"))
-REQUIRED_TOOLS = ("ip", "nsenter", "unshare", "containerd", "runc", "ctr", "gcc", "curl")
+REQUIRED_TOOLS = ("ip", "nsenter", "unshare", "containerd", "runc", "ctr", "gcc", "curl", "iptables", "conntrack")
 
 
-def missing_prerequisites() -> list[str]:
-    from devtools.devkube.binaries import KUBE_TOOLS, kube_bin_dir
+def missing_prerequisites(with_components: bool = True) -> list[str]:
+    from devtools.devkube.binaries import KUBE_TOOLS, helm_binary, kube_bin_dir
 
     missing = [f"{tool} (apt: see hack/install-deps.sh)" for tool in REQUIRED_TOOLS if not shutil.which(tool)]
-    missing += [f"{kube_bin_dir() / t} (run hack/build-kube.sh)" for t in (*KUBE_TOOLS, "kubelet")
+    missing += [f"{kube_bin_dir() / t} (run hack/build-kube.sh)" for t in (*KUBE_TOOLS, "kubelet", "kube-proxy")
                 if not (kube_bin_dir() / t).exists()]
     if not Path("/usr/lib/cni/bridge").exists():
         missing.append("/usr/lib/cni/bridge (apt: containernetworking-plugins)")
+    if with_components and helm_binary() is None:
+        missing.append("helm (make helm: hack/build-helm.sh)")
+    if with_components and not components.IMAGE_ARCHIVE.exists():
+        missing.append(f"{components.IMAGE_ARCHIVE} (make image)")
     if os.geteuid() != 0:
         missing.append("root (network namespaces, containerd)")
     return missing
 
 
 class Sandbox:
-    def __init__(self, plan: SandboxPlan, *, plugin: str = "auto", components: bool = True,
-                 say: Callable[[str], None] = print) -> None:
+    def __init__(self, plan: SandboxPlan, *, components: bool = True, say: Callable[[str], None] = print) -> None:
         self.plan = plan
         self.work_dir = plan.state_dir
-        self.plugin = plugin
         self.with_components = components
         self.say = say
         self.state = SandboxState(self.work_dir)
         self.pending: list[str] = []
-        self.plugin_kind = ""
         self.timings: dict[str, float] = {}
         self.log_dir = LOG_ROOT / self.work_dir.name  # one per sandbox (the e2e one has its own)
 
@@ -93,7 +94,7 @@ class Sandbox:
     # --- up ---------------------------------------------------------------------------------------------
 
     def up(self) -> None:
-        if missing := missing_prerequisites():
+        if missing := missing_prerequisites(self.with_components):
             raise RuntimeError("sandbox prerequisites missing:\n  " + "\n  ".join(missing))
         if SandboxState.load(self.work_dir) is not None:
             self.say(f"==> a previous sandbox is recorded in {self.work_dir}: tearing it down first")
@@ -108,13 +109,13 @@ class Sandbox:
             self._start_external_server()
         with self.step(f"control plane in {self.plan.control_plane.netns} (etcd, kube-apiserver, kcm, scheduler, CRDs)"):
             self._start_control_plane()
-        with self.step("nodes: containerd + CNI chain + images + kubelet per node netns"):
+        with self.step("nodes: own netns and mount namespace, containerd + images, kubelet, kube-proxy"):
             self._start_nodes()
         if self.with_components:
-            with self.step("egressgateway: controller + webhook (cp netns), agent per node"):
-                self._start_components()
+            with self.step("egressgateway: helm install of the chart (agent DaemonSet, controller and webhook Deployments)"):
+                self._install_chart()
         else:
-            self.pending.append("controller, webhook and agents (not started: --no-components)")
+            self.pending.append("egressgateway (not installed: --no-components)")
 
     def _start_external_server(self) -> None:
         record = procs.launch("extserver", [sys.executable, "-m", "devtools.sandbox.extserver",
@@ -133,7 +134,7 @@ class Sandbox:
 
         self.control_plane = SandboxControlPlane(self.plan, self.work_dir / "cp")
         try:
-            self.control_plane.start(components.MANIFESTS / "crds")
+            self.control_plane.start(components.CHART / "crds")
         finally:
             for record in self.control_plane.process_records():
                 self.state.add_process(record)
@@ -141,77 +142,79 @@ class Sandbox:
 
     def _start_nodes(self) -> None:
         archives = images.build_images(self.work_dir / "images")
-        if not kubelet.CONTAINER_LOG_LINKS.exists():
-            self.state.created_dirs.append(str(kubelet.CONTAINER_LOG_LINKS))
-        kubelets = []
+        if self.with_components:
+            archives.append(components.IMAGE_ARCHIVE)
+        self.state.created_dirs += nodehost.ensure_mount_points()
+        self.state.save()
+        started = []
         for node in self.plan.nodes:
             paths = self.node_paths(node.name)
             self.state.node_dirs.append(str(paths.root))
             self.state.cgroup_roots.append(cgroups.node_root(node))
-            self.plugin_kind = containerd.prepare_node(node, paths, self.plugin)
-            self.state.add_process(containerd.start(node, paths))
+            containerd.prepare_node(node, paths, plugin="none", in_node_namespace=True)
+            holder = self.state.add_process(nodehost.start_holder(node, paths.root, kubelet.kernel_default_overlays(paths.root)))
+            self.state.add_process(containerd.start(node, paths, holder))
             containerd.import_images(paths, archives)
             node_kubeconfig = self.control_plane.kubeconfig_for(f"system:node:{node.name}", ["system:nodes"])
-            record = kubelet.start(node, paths.root, paths.socket, node_kubeconfig, self.control_plane.client_ca_file)
-            kubelets.append((node, self.state.add_process(record)))
-        for node, record in kubelets:
+            record = kubelet.start(node, paths.root, paths.socket, node_kubeconfig, self.control_plane.client_ca_file, holder)
+            started.append((node, holder, self.state.add_process(record)))
+        proxy_kubeconfig = self.control_plane.kubeconfig_for(kubeproxy.USER)
+        for node, holder, record in started:
             kubelet.wait_ready(record, lambda name: self.get_or_none("node", name), node.name)
             # Like a cluster whose node IPAM hands out the subnets the CNI config uses.
             self.kubectl("patch", "node", node.name, "--type=merge", "-p",
                          json.dumps({"spec": {"podCIDR": node.pod_cidr_v4, "podCIDRs": [node.pod_cidr_v4, node.pod_cidr_v6]}}),
                          check=False)
-        if self.plugin_kind == "stub":
-            self.pending.append("egress-cni: a pass-through stub is chained (plugin-bin/egress-cni not in this checkout)")
+            self.state.add_process(kubeproxy.start(node, self.node_paths(node.name).root, proxy_kubeconfig, holder))
 
-    def _start_components(self) -> None:
-        cp = self.control_plane
-        for obj in components.setup_objects():
-            self.kubectl("apply", "-f", "-", input=json.dumps(obj))
-        token_kubeconfig: Callable[..., Path] = lambda sa, bound=None: cp.worker.call(  # noqa: E731
-            cp.plane.service_account_kubeconfig, components.NAMESPACE, sa, create=False, duration="48h", bound=bound)
-        log_dir = self.log_dir
-        webhook_dir = self.work_dir / "webhook"
-        hooks = components.webhook_configurations(f"https://{self.plan.control_plane.ipv4}:{components.WEBHOOK_PORT}")
-        for hook in hooks:  # before the webhook starts: it patches their caBundle at startup
-            self.kubectl("apply", "-f", "-", input=json.dumps(hook))
-        webhook = procs.launch("egress-webhook", components.webhook_argv(token_kubeconfig(components.WEBHOOK_SA),
-                                                                         self.plan.control_plane.ipv4, webhook_dir),
-                               log_dir, netns=self.plan.control_plane.netns)
-        self.state.add_process(webhook)
-        self._wait(lambda: self._webhook_serving(hooks), "webhook registered and answering (dry-run EgressClusterInfo)", webhook)
-        for obj in components.cluster_defaults():
-            self.kubectl("apply", "-f", "-", input=json.dumps(obj))
-        controller = procs.launch("egress-controller", components.controller_argv(token_kubeconfig(components.CONTROLLER_SA)),
-                                  log_dir, netns=self.plan.control_plane.netns)
-        self.state.add_process(controller)
-        agents = []
-        for node in self.plan.nodes:
-            # Bound to its Node: the token carries the node claim the node-claim policy checks, as a
-            # DaemonSet pod's projected token does (manifests/agent-node-claim.yaml).
-            agent_kubeconfig = token_kubeconfig(components.AGENT_SA, ("Node", node.name))
-            argv = components.agent_argv(node, self.node_paths(node.name), agent_kubeconfig)
-            agents.append(self.state.add_process(procs.launch(f"egress-agent-{node.name}", argv, log_dir, netns=node.netns)))
-        for node, agent in zip(self.plan.nodes, agents, strict=True):
-            # Not its Lease: only gateway-eligible agents hold one (docs/ha.md); its own /readyz instead.
-            self._wait(lambda n=node: self._agent_ready(n), f"agent {node.name} ready", agent)  # type: ignore[misc]
-        self._wait(lambda: procs.alive(controller) and self.get_or_none("lease", "-n", components.NAMESPACE,
-                                                                        "egressgateway-controller") is not None,
-                   "controller holds the leader Lease", controller)
+    def _install_chart(self) -> None:
+        from devtools.devkube.binaries import helm_binary
 
-    def _webhook_serving(self, hooks: list[dict[str, Any]]) -> bool:
-        for hook in hooks:
-            current = self.get_or_none(hook["kind"].lower(), hook["metadata"]["name"])
-            if current is None or not all(h.get("clientConfig", {}).get("caBundle") for h in current.get("webhooks", [])):
-                return False
+        helm = helm_binary()
+        assert helm is not None  # missing_prerequisites
+        self.say(f"$ {components.shown()}")
+        argv = netns.in_netns_argv(self.plan.control_plane.netns, components.install_command(helm, self.kubeconfig))
+        result = subprocess.run(argv, capture_output=True, text=True, timeout=300)
+        self.say((result.stdout + result.stderr).rstrip())
+        if result.returncode != 0:
+            raise RuntimeError(f"helm install exited {result.returncode}: {result.stderr.strip()}")
+        self.wait_installed()
+        listing = self.kubectl("get", "pod", "-n", components.NAMESPACE, "-o", "wide").stdout
+        self.say("$ kubectl get pod -n kube-system | grep egressgateway\n" +
+                 "\n".join(line for line in listing.splitlines() if "egress" in line))
+
+    def wait_installed(self, timeout: float = 300.0) -> None:
+        """Until every agent and Deployment replica is ready, the webhook answers through its Service,
+        each node's agent answers /readyz and a controller holds the leader Lease."""
+        ns = components.NAMESPACE
+        deadline = time.monotonic() + timeout
+        missing = "?"
+        while time.monotonic() < deadline:
+            missing = components.workloads_ready(
+                self.get_or_none("daemonset", "-n", ns, "egressgateway-agent"),
+                [self.get_or_none("deployment", "-n", ns, name) for name in components.DEPLOYMENTS], len(self.plan.nodes))
+            if not missing and not self._webhook_serving():
+                missing = "webhook not answering through its Service"
+            if not missing and (unready := [n.name for n in self.plan.nodes if not self.agent_ready(n)]):
+                missing = f"agent /readyz not 200 on {unready}"
+            if not missing and self.get_or_none("lease", "-n", ns, components.LEADER_LEASE) is None:
+                missing = "no controller leader Lease"
+            if not missing:
+                return
+            time.sleep(1.0)
+        pods = self.get_or_none("pods", "-n", ns) or {}
+        raise RuntimeError(f"egressgateway not ready after {timeout:.0f}s: {missing}; pods: {components.pod_summary(pods)}")
+
+    def _webhook_serving(self) -> bool:
         probe = {"apiVersion": "egressgateway.spidernet.io/v1beta1", "kind": "EgressClusterInfo",
                  "metadata": {"name": "default"}, "spec": {}}
         result = self.kubectl("apply", "--dry-run=server", "-f", "-", input=json.dumps(probe), check=False)
-        return "failed calling webhook" not in result.stderr
+        return result.returncode == 0 or "failed calling webhook" not in result.stderr
 
-    def _agent_ready(self, node: NodePlan) -> bool:
-        """The agent's /readyz, asked inside its node's netns (it listens on the node's loopback)."""
+    def agent_ready(self, node: NodePlan) -> bool:
+        """The agent's /readyz, asked inside its node's netns (hostNetwork: it listens there)."""
         result = subprocess.run(netns.in_netns_argv(node.netns, [
-            "curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "2", f"http://{components.AGENT_METRICS}/readyz"]),
+            "curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "2", f"http://{components.AGENT_HEALTH}/readyz"]),
             capture_output=True, text=True)
         return result.stdout.strip() == "200"
 
@@ -233,7 +236,7 @@ class Sandbox:
         state = SandboxState.load(self.work_dir) or SandboxState(self.work_dir, netns=list(self.plan.netns_names))
         report: dict[str, Any] = {}
         by_name = {p.name: p for p in state.processes}
-        first = [p for n, p in by_name.items() if n.startswith(("kubelet-", "egress-"))]
+        first = [p for n, p in by_name.items() if n.startswith(("kubelet-", "kube-proxy-"))]
         for record in first:  # nothing may recreate pods or rules while we remove them
             procs.stop(record)
         report["pods_removed"] = 0
@@ -254,11 +257,13 @@ class Sandbox:
         report["unmounted"] = [m for d in state.node_dirs for m in containerd.unmount_all(Path(d))]
         report["cgroups_left"] = [c for root in state.cgroup_roots for c in cgroups.remove(root)]
         report["netns_removed"] = netns.remove_topology(state.netns or list(self.plan.netns_names))
-        report["cni_netns_removed"] = _remove_pod_netns(state)
-        report["log_links_removed"] = _remove_log_links(state)
-        for directory in state.created_dirs:
-            with contextlib.suppress(OSError):  # only when empty: it may have gained other users meanwhile
-                Path(directory).rmdir()
+        if not _other_sandboxes(self.work_dir):  # their nodes may have mounts on these mount points
+            for created in reversed(state.created_dirs):
+                with contextlib.suppress(OSError):  # only when empty: it may have gained other users meanwhile
+                    if Path(created).is_dir():
+                        Path(created).rmdir()
+                    else:
+                        Path(created).unlink()
         for log in self.work_dir.glob("*/logs/*.log"):  # control-plane, containerd and kubelet logs outlive the run
             shutil.copy2(log, self.log_dir / f"{log.parent.parent.name}-{log.name}")
         shutil.rmtree(self.work_dir, ignore_errors=True)
@@ -292,36 +297,11 @@ def _kill(pid: int) -> None:
         pass
 
 
-CNI_CACHE = Path("/var/lib/cni/results")
-
-
-def _remove_log_links(state: SandboxState) -> int:
-    """kubelet's /var/log/containers symlinks into this sandbox's node dirs (dangling once pods are gone)."""
-    removed = 0
-    for link in kubelet.CONTAINER_LOG_LINKS.glob("*.log"):
-        with contextlib.suppress(OSError):
-            target = os.readlink(link)
-            if link.is_symlink() and any(target.startswith(f"{d}/") for d in state.node_dirs):
-                link.unlink()
-                removed += 1
-    return removed
-
-
-def _remove_pod_netns(state: SandboxState) -> list[str]:
-    """Pod netns and libcni cache entries containerd left behind (it died before RemovePodSandbox),
-    found through the OCI specs of this sandbox's own containers."""
-    removed = []
-    for node_dir in state.node_dirs:
-        for spec in Path(node_dir, "containerd").rglob("config.json"):
-            for cached in CNI_CACHE.glob(f"*-{spec.parent.name}-*"):
-                cached.unlink(missing_ok=True)
-            try:
-                namespaces = json.loads(spec.read_text())["linux"]["namespaces"]
-            except (OSError, ValueError, KeyError, TypeError):
-                continue
-            for entry in namespaces:
-                path = entry.get("path", "")
-                if entry.get("type") == "network" and path.startswith("/var/run/netns/cni-") and Path(path).exists():
-                    subprocess.run(["ip", "netns", "del", Path(path).name], capture_output=True)
-                    removed.append(Path(path).name)
-    return removed
+def _other_sandboxes(own: Path) -> list[Path]:
+    """State dirs of other sandboxes with a live process (concurrent e2e sessions, a kept sandbox)."""
+    others = []
+    for state_file in Path("/run").glob("egressgateway-sandbox*/state.json"):
+        state = SandboxState.load(state_file.parent)
+        if state_file.parent != own and state is not None and any(procs.alive(p) for p in state.processes):
+            others.append(state_file.parent)
+    return others

@@ -1,91 +1,60 @@
-"""Our components on the sandbox: the manifests' identities and config, then controller, webhook, agents.
+"""Our components on the sandbox, installed as users install them: `helm install` of the chart.
 
-They run as processes (no images here): controller and webhook in the control-plane netns, one agent
-per node netns (host network, as the DaemonSet). Each uses a token of the ServiceAccount the
-manifests define, so the manifests' RBAC and admission policies are what they run with (an agent's
-token is bound to its Node, so it carries the node claim). Webhook configurations are the
-manifests' own, with `clientConfig.service` replaced by the URL the webhook listens on (no Services
-or kube-proxy here), as envtest does.
+The seed's command (shared/seeds/004) from the chart directory, into kube-system, with the product
+image (`make image`) imported into every node's containerd beforehand: the agent is the DaemonSet's
+pod on each node (its init container chains the plugin into that node's conflist), controller and
+webhook are Deployments, the API server reaches the webhook through its Service.
 """
 
 from __future__ import annotations
 
-import sys
-from collections.abc import Iterator
+import json
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from devtools.sandbox import REPO_ROOT
-from devtools.sandbox.containerd import NodePaths
-from devtools.sandbox.plan import NodePlan
 
-MANIFESTS = REPO_ROOT / "manifests"
-NAMESPACE = "egressgateway-system"
-WEBHOOK_PORT = 9443
-CONTROLLER_SA, AGENT_SA = "egressgateway-controller", "egressgateway-agent"
-WEBHOOK_SA = "egress-webhook"
-AGENT_METRICS = "127.0.0.1:9641"  # in each node's netns: /healthz /readyz /metrics
-# What a process-based install needs from the manifests (workloads and Services are replaced by processes).
-SETUP_KINDS = ("Namespace", "ConfigMap", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding",
-               "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding")
-WEBHOOK_KINDS = ("MutatingWebhookConfiguration", "ValidatingWebhookConfiguration")
+CHART = REPO_ROOT / "manifests" / "chart" / "egressgateway"
+IMAGE_ARCHIVE = REPO_ROOT / "build" / "egressgateway-image.oci.tar"
+RELEASE = "egressgateway"
+NAMESPACE = "kube-system"
+SEED_VALUES = ("--set", 'feature.tunnelIpv4Subnet=192.200.0.1/16', "--set", "feature.enableGatewayReplyRoute=true")
+AGENT_HEALTH = "127.0.0.1:5810"  # the DaemonSet's health port, in each node's netns: /healthz /readyz /metrics
+AGENT_LABEL = "app.kubernetes.io/name=egressgateway-agent"
+AGENT_CONTAINER = "agent"
+DEPLOYMENTS = ("egressgateway-controller", "egress-webhook")
+LEADER_LEASE = "egressgateway-controller"
 
 
-def manifest_objects(directory: Path = MANIFESTS) -> Iterator[dict[str, Any]]:
-    for path in sorted(directory.glob("*.yaml")):
-        if path.name == "kustomization.yaml":
-            continue
-        for doc in yaml.safe_load_all(path.read_text()):
-            if isinstance(doc, dict) and doc.get("kind"):
-                yield doc
+def install_command(helm: str, kubeconfig: Path, *extra: str) -> list[str]:
+    """The seed's `helm install`, from the chart directory instead of its repository."""
+    return [helm, "install", RELEASE, str(CHART), "-n", NAMESPACE, f"--kubeconfig={kubeconfig}", *SEED_VALUES, *extra]
 
 
-def setup_objects(directory: Path = MANIFESTS) -> list[dict[str, Any]]:
-    objects = [o for o in manifest_objects(directory) if o["kind"] in SETUP_KINDS]
-    return sorted(objects, key=lambda o: SETUP_KINDS.index(o["kind"]))
+def shown() -> str:
+    """The install as the seed writes it, with the chart directory in place of `egressgateway/egressgateway`."""
+    return (f"helm install {RELEASE} {CHART.relative_to(REPO_ROOT)} -n {NAMESPACE} "
+            '--set feature.tunnelIpv4Subnet="192.200.0.1/16" --set feature.enableGatewayReplyRoute=true')
 
 
-def cluster_defaults(directory: Path = MANIFESTS) -> list[dict[str, Any]]:
-    return [o for o in manifest_objects(directory) if o["kind"] == "EgressClusterInfo"]
+def workloads_ready(daemonset: dict[str, Any] | None, deployments: list[dict[str, Any] | None], nodes: int) -> str:
+    """'' when every agent and every Deployment replica is ready; else what is still missing."""
+    if daemonset is None:
+        return "no DaemonSet egressgateway-agent"
+    status = daemonset.get("status", {})
+    if status.get("numberReady", 0) < nodes or status.get("updatedNumberScheduled", 0) < nodes:
+        return f"agents ready {status.get('numberReady', 0)}/{nodes}"
+    for name, deployment in zip(DEPLOYMENTS, deployments, strict=True):
+        if deployment is None:
+            return f"no Deployment {name}"
+        wanted = deployment.get("spec", {}).get("replicas", 1)
+        got = deployment.get("status", {})
+        if got.get("readyReplicas", 0) < wanted or got.get("updatedReplicas", 0) < wanted:
+            return f"{name} ready {got.get('readyReplicas', 0)}/{wanted}"
+    return ""
 
 
-def webhook_configurations(base_url: str, directory: Path = MANIFESTS) -> list[dict[str, Any]]:
-    """The manifests' webhook configurations pointing at `base_url` (caBundle: the webhook patches it)."""
-    found = []
-    for obj in manifest_objects(directory):
-        if obj["kind"] in WEBHOOK_KINDS:
-            for hook in obj.get("webhooks", []):
-                service = hook["clientConfig"].pop("service", None) or {}
-                hook["clientConfig"]["url"] = base_url + service.get("path", "/")
-            found.append(obj)
-    return found
-
-
-def _script(name: str) -> str:
-    return str(Path(sys.executable).with_name(name))
-
-
-def controller_argv(kubeconfig: Path) -> list[str]:
-    return [_script("egress-controller"), f"--kubeconfig={kubeconfig}", f"--namespace={NAMESPACE}",
-            "--identity=sandbox-controller"]
-
-
-def webhook_argv(kubeconfig: Path, address: str, work_dir: Path) -> list[str]:
-    return [_script("egress-webhook"), f"--kubeconfig={kubeconfig}", f"--bind={address}", f"--port={WEBHOOK_PORT}",
-            f"--host={address}", f"--cert-dir={work_dir / 'mounted-none'}", f"--runtime-cert-dir={work_dir / 'certs'}",
-            f"--namespace={NAMESPACE}", "--workers=1"]
-
-
-# As in a DaemonSet pod (hostNetwork): the agent sees its node's links in /sys/class/net. Under
-# `nsenter --net` alone sysfs still shows the machine's own links (the agent then announced EIPs with
-# the host's MAC); a mount namespace of its own (slave: later mounts still propagate in) with sysfs
-# mounted inside the node's netns gives it the node's.
-NODE_SYSFS = ["unshare", "-m", "--propagation", "slave", "sh", "-c", 'mount -t sysfs sysfs /sys && exec "$0" "$@"']
-
-
-def agent_argv(node: NodePlan, paths: NodePaths, kubeconfig: Path) -> list[str]:
-    return [*NODE_SYSFS, _script("egress-agent"), "run", f"--node={node.name}", f"--kubeconfig={kubeconfig}",
-            f"--registry-dir={paths.registry_dir}", f"--parent={node.endpoint.device}", "--ipv6",
-            f"--namespace={NAMESPACE}", f"--metrics-address={AGENT_METRICS}"]
+def pod_summary(pods: dict[str, Any]) -> str:
+    return json.dumps([(p["metadata"]["name"], p.get("status", {}).get("phase"),
+                        [c.get("state") for c in p.get("status", {}).get("containerStatuses", [])])
+                       for p in pods.get("items", [])])[:3000]

@@ -1,8 +1,12 @@
 """One Debian containerd per sandbox node: config, CNI chain, start in the node netns, images, teardown.
 
-Each node gets its own root/state/socket under <state>/<node>/containerd (test-harness.md 3.1), a
-CNI bin dir (Debian's plugins linked in plus ours: containerd 1.6 takes a single bin_dir) and a
-conflist that chains bridge + host-local with `egress-cni`, as a production node would run it.
+Each node gets its own root/state/socket under <state>/<node>/containerd (test-harness.md 3.1). Its
+CNI bin dir (Debian's plugins linked in: containerd 1.6 takes a single bin_dir), conflist dir,
+registry and plugin state are the node's own copies of /opt/cni/bin, /etc/cni/net.d,
+/run/egressgateway and /var/lib/egressgateway (nodehost.py): inside the node's mount namespace
+containerd sees them at those paths, the DaemonSet's init container chains `egress-cni` into that
+conflist. Tests that run containerd without a node namespace (tests/cni, tests/image) get the same
+directories by their host-side paths and chain the plugin (or a stub) themselves.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from devtools.sandbox import REPO_ROOT, procs
+from devtools.sandbox import REPO_ROOT, nodehost, procs
 from devtools.sandbox.cri import CRIClient
 from devtools.sandbox.images import PAUSE_IMAGE
 from devtools.sandbox.plan import NodePlan
@@ -62,11 +66,11 @@ class NodePaths:
 
     @property
     def cni_conf_dir(self) -> Path:
-        return self.root / "cni" / "net.d"
+        return nodehost.node_path(self.root, "/etc/cni/net.d")
 
     @property
     def cni_bin_dir(self) -> Path:
-        return self.root / "cni" / "bin"
+        return nodehost.node_path(self.root, "/opt/cni/bin")
 
     @property
     def ipam_dir(self) -> Path:
@@ -74,21 +78,23 @@ class NodePaths:
 
     @property
     def registry_dir(self) -> Path:
-        return self.root / "registry"
+        return nodehost.node_path(self.root, "/run/egressgateway")
 
     @property
     def cni_state_dir(self) -> Path:
         """The plugin's per-attachment state (the real host's /var/lib/egressgateway/cni is not ours)."""
-        return self.root / "cni" / "state"
+        return nodehost.node_path(self.root, "/var/lib/egressgateway/cni")
 
     @property
     def log_dir(self) -> Path:
         return self.root / "logs"
 
 
-def containerd_config(paths: NodePaths) -> str:
-    """config.toml (version 2) for a containerd without systemd and without CAP_SYS_RESOURCE."""
+def containerd_config(paths: NodePaths, in_node_namespace: bool = False) -> str:
+    """config.toml (version 2) for a containerd without systemd and without CAP_SYS_RESOURCE; its CNI
+    dirs by the paths the node sees (in its mount namespace) or by their host-side paths."""
     cri = 'plugins."io.containerd.grpc.v1.cri"'
+    bin_dir, conf_dir = ("/opt/cni/bin", "/etc/cni/net.d") if in_node_namespace else (paths.cni_bin_dir, paths.cni_conf_dir)
     return f"""version = 2
 root = "{paths.containerd_root}"
 state = "{paths.containerd_state}"
@@ -114,14 +120,16 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
       [{cri}.containerd.runtimes.runc.options]
         SystemdCgroup = false
   [{cri}.cni]
-    bin_dir = "{paths.cni_bin_dir}"
-    conf_dir = "{paths.cni_conf_dir}"
+    bin_dir = "{bin_dir}"
+    conf_dir = "{conf_dir}"
     max_conf_num = 1
 """
 
 
-def conflist(node: NodePlan, paths: NodePaths, plugin_config: dict[str, Any] | None = None) -> dict[str, Any]:
-    """bridge + host-local (dual stack, masquerading like an overlay CNI) chained with egress-cni."""
+def conflist(node: NodePlan, paths: NodePaths, plugin_config: dict[str, Any] | None = None,
+             chained: bool = True) -> dict[str, Any]:
+    """bridge + host-local (dual stack, masquerading like an overlay CNI), chained with egress-cni
+    unless `chained` is false (the DaemonSet's init container appends it)."""
     ours = {"type": PLUGIN_NAME, "registryDir": str(paths.registry_dir), "stateDir": str(paths.cni_state_dir),
             "capabilities": {"io.kubernetes.cri.pod-annotations": True}, **(plugin_config or {})}
     return {
@@ -136,7 +144,7 @@ def conflist(node: NodePlan, paths: NodePaths, plugin_config: dict[str, Any] | N
                     "routes": [{"dst": "0.0.0.0/0"}, {"dst": "::/0"}],
                 },
             },
-            ours,
+            *([ours] if chained else []),
         ],
     }
 
@@ -147,22 +155,26 @@ def real_plugin() -> Path | None:
     return candidate if candidate.is_file() and os.access(candidate, os.X_OK) else None
 
 
-def prepare_node(node: NodePlan, paths: NodePaths, plugin: str = "auto", plugin_config: dict[str, Any] | None = None) -> str:
-    """Write config, conflist and the CNI bin dir; return which egress-cni is installed ("real"/"stub").
+def prepare_node(node: NodePlan, paths: NodePaths, plugin: str = "auto", plugin_config: dict[str, Any] | None = None,
+                 in_node_namespace: bool = False) -> str:
+    """Write config, conflist and the CNI bin dir; return which egress-cni is chained ("real"/"stub"/"none").
 
-    plugin: "real", "stub", or "auto" (real when the checkout has it).
+    plugin: "real", "stub", "auto" (real when the checkout has it), or "none" (the chart installs it).
     """
-    if plugin not in ("auto", "real", "stub"):
-        raise ValueError(f"plugin={plugin!r}: expected auto, real or stub")
+    if plugin not in ("auto", "real", "stub", "none"):
+        raise ValueError(f"plugin={plugin!r}: expected auto, real, stub or none")
     for directory in (paths.containerd_root, paths.containerd_state, paths.cni_conf_dir, paths.cni_bin_dir,
                       paths.ipam_dir, paths.registry_dir, paths.cni_state_dir, paths.log_dir):
         directory.mkdir(parents=True, exist_ok=True)
-    paths.config.write_text(containerd_config(paths))
-    (paths.cni_conf_dir / f"10-{NETWORK_NAME}.conflist").write_text(json.dumps(conflist(node, paths, plugin_config), indent=2))
+    paths.config.write_text(containerd_config(paths, in_node_namespace))
+    conf = conflist(node, paths, plugin_config, chained=plugin != "none")
+    (paths.cni_conf_dir / f"10-{NETWORK_NAME}.conflist").write_text(json.dumps(conf, indent=2))
     for debian_plugin in DEBIAN_CNI_DIR.iterdir():
         link = paths.cni_bin_dir / debian_plugin.name
         if not link.exists():
             link.symlink_to(debian_plugin)
+    if plugin == "none":
+        return "none"
     target = paths.cni_bin_dir / PLUGIN_NAME
     target.unlink(missing_ok=True)
     source = real_plugin() if plugin != "stub" else None
@@ -178,9 +190,12 @@ def prepare_node(node: NodePlan, paths: NodePaths, plugin: str = "auto", plugin_
     return "stub"
 
 
-def start(node: NodePlan, paths: NodePaths, timeout: float = 120.0) -> procs.ProcessRecord:
-    """containerd inside the node netns; returns once CRI answers and reports its network ready."""
-    record = procs.launch(f"containerd-{node.name}", ["containerd", "--config", str(paths.config)],
+def start(node: NodePlan, paths: NodePaths, holder: procs.ProcessRecord | None = None,
+          timeout: float = 120.0) -> procs.ProcessRecord:
+    """containerd inside the node netns (and its mount namespace: `holder`); returns once CRI answers
+    and reports its network ready."""
+    argv = ["containerd", "--config", str(paths.config)]
+    record = procs.launch(f"containerd-{node.name}", nodehost.enter_argv(holder, argv) if holder else argv,
                           paths.log_dir, netns=node.netns)
     client = CRIClient(str(paths.socket))
     deadline = time.monotonic() + timeout

@@ -2,8 +2,9 @@
 
 devtools/devkube/controlplane.py starts its processes and probes them from the calling thread; running
 its calls on a NetnsWorker puts every child process, port and probe in the cp netns unchanged.
-kube-apiserver listens on the cp address of the underlay (nodes dial it there) and dials kubelets
-(exec, logs) with a client certificate.
+kube-apiserver listens on the cp address of the underlay (nodes dial it there; pods through the
+`kubernetes` Service and their node's kube-proxy) and dials kubelets (exec, logs) with a client
+certificate.
 """
 
 from __future__ import annotations
@@ -34,9 +35,12 @@ class SandboxControlPlane:
         self.worker = NetnsWorker(plan.control_plane.netns)
         pki = work_dir / "pki"
         self.plane: ControlPlane = self.worker.call(
-            ControlPlane, work_dir, bind_address=self.address, service_account_admission=False,
+            ControlPlane, work_dir, bind_address=self.address, service_account_admission=True,
             extra_apiserver_args=[
                 "--enable-admission-plugins=NodeRestriction",
+                # No kube-proxy in the control-plane netns: webhook Services are dialled at an
+                # endpoint's pod IP (routed to its node), not at the ClusterIP.
+                "--enable-aggregator-routing=true",
                 f"--kubelet-client-certificate={pki / 'kubelet-client.crt'}",
                 f"--kubelet-client-key={pki / 'kubelet-client.key'}",
                 "--kubelet-preferred-address-types=InternalIP",

@@ -14,12 +14,8 @@ from typing import Any
 
 import yaml
 
-from devtools.sandbox import cgroups, procs
+from devtools.sandbox import cgroups, nodehost, procs
 from devtools.sandbox.plan import NodePlan
-
-# kubelet symlinks container logs into this fixed host directory (not configurable); the sandbox
-# removes it at teardown when it did not exist before.
-CONTAINER_LOG_LINKS = Path("/var/log/containers")
 
 
 def kubelet_config(node: NodePlan, socket: Path, client_ca: Path, static_dir: Path) -> dict[str, Any]:
@@ -40,6 +36,9 @@ def kubelet_config(node: NodePlan, socket: Path, client_ca: Path, static_dir: Pa
         "clusterDomain": "cluster.local", "resolvConf": "/etc/resolv.conf", "staticPodPath": str(static_dir),
         "nodeStatusUpdateFrequency": "4s", "syncFrequency": "10s", "podCIDR": node.pod_cidr_v4,
         "serializeImagePulls": False, "podLogsDir": str(static_dir.parent / "pod-logs"),
+        # A container the tests kill (agents, SIGKILL and power-off runs) is back within 1 s each time,
+        # instead of backing off to 5 minutes (KubeletCrashLoopBackOffMax, beta and on since 1.35).
+        "crashLoopBackOff": {"maxContainerRestartPeriod": "1s"},
     }
 
 
@@ -53,8 +52,8 @@ def kernel_default_overlays(root: Path) -> list[tuple[Path, Path]]:
     """(file with kubelet's expected value, /proc/sys file it shadows) for every differing tunable.
 
     These sysctls are host-global, not per netns: kubelet would rewrite them on the shared machine
-    (protectKernelDefaults: false) or refuse to start (true). Instead kubelet runs in a private
-    mount namespace where these files read as expected; the host's values never change.
+    (protectKernelDefaults: false) or refuse to start (true). Instead the node's mount namespace
+    (nodehost.py) shows these files with the expected values; the host's values never change.
     """
     overlays = []
     for key, expected in KUBELET_KERNEL_DEFAULTS.items():
@@ -67,13 +66,8 @@ def kernel_default_overlays(root: Path) -> list[tuple[Path, Path]]:
     return overlays
 
 
-def private_mounts_argv(overlays: list[tuple[Path, Path]], argv: list[str]) -> list[str]:
-    """Run argv in a new private mount namespace with `overlays` bind-mounted (exec keeps the PID)."""
-    binds = " && ".join(f"mount --bind '{shadow}' '{target}'" for shadow, target in overlays) or "true"
-    return ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c", f'{binds} && exec "$@"', "kubelet", *argv]
-
-
-def start(node: NodePlan, root: Path, socket: Path, kubeconfig: Path, client_ca: Path) -> procs.ProcessRecord:
+def start(node: NodePlan, root: Path, socket: Path, kubeconfig: Path, client_ca: Path,
+          holder: procs.ProcessRecord) -> procs.ProcessRecord:
     for sub in ("kubelet", "kubelet-pki", "static-pods", "logs"):
         (root / sub).mkdir(parents=True, exist_ok=True)
     cgroups.create(cgroups.node_root(node))
@@ -84,8 +78,7 @@ def start(node: NodePlan, root: Path, socket: Path, kubeconfig: Path, client_ca:
     argv = [str(kube_bin_dir() / "kubelet"), f"--config={config}", f"--kubeconfig={kubeconfig}",
             f"--root-dir={root / 'kubelet'}", f"--cert-dir={root / 'kubelet-pki'}",
             f"--hostname-override={node.name}", f"--node-ip={node.endpoint.ipv4},{node.endpoint.ipv6}", "--v=2"]
-    wrapped = private_mounts_argv(kernel_default_overlays(root), argv)
-    return procs.launch(f"kubelet-{node.name}", wrapped, root / "logs", netns=node.netns)
+    return procs.launch(f"kubelet-{node.name}", nodehost.enter_argv(holder, argv), root / "logs", netns=node.netns)
 
 
 def node_ready(node_obj: dict[str, Any]) -> bool:

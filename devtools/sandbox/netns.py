@@ -93,11 +93,12 @@ def apply_topology(plan: SandboxPlan) -> None:
     for node in plan.nodes:
         for key in ("net.ipv4.ip_forward", "net.ipv6.conf.all.forwarding"):
             _sysctl(node.netns, key, "1")
-        # Pods of the other nodes: routed to their node (host-gw style, as flannel/calico BGP would).
-        for peer in plan.nodes:
-            if peer is not node:
-                run(["ip", "-n", node.netns, "route", "replace", peer.pod_cidr_v4, "via", peer.endpoint.ipv4])
-                run(["ip", "-n", node.netns, "-6", "route", "replace", peer.pod_cidr_v6, "via", peer.endpoint.ipv6])
+    # Pods of a node: routed to it from the other nodes (host-gw style, as flannel/calico BGP would)
+    # and from the control plane (kube-apiserver dials the webhook's pod, kubelets' exec streams).
+    for node in plan.nodes:
+        for ns in (plan.control_plane.netns, *(n.netns for n in plan.nodes if n is not node)):
+            run(["ip", "-n", ns, "route", "replace", node.pod_cidr_v4, "via", node.endpoint.ipv4])
+            run(["ip", "-n", ns, "-6", "route", "replace", node.pod_cidr_v6, "via", node.endpoint.ipv6])
 
 
 def remove_topology(names: Sequence[str]) -> list[str]:

@@ -1,5 +1,6 @@
-"""Pure parts of the sandbox: the walkthrough's heredocs, manifests -> process install, CNI and
-containerd configs, kubelet config, deterministic images, the external server's DNS parsing."""
+"""Pure parts of the sandbox: the walkthrough's heredocs, the chart install and its readiness, the node
+mount namespace, CNI, containerd, kubelet and kube-proxy configs, deterministic images, the external
+server's DNS parsing."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from devtools import oci
-from devtools.sandbox import components, containerd, kubelet
+from devtools.sandbox import components, containerd, kubelet, kubeproxy, nodehost
 from devtools.sandbox.extserver import dns_question
 from devtools.sandbox.plan import build_plan
 from devtools.sandbox.walkthrough import SEED, heredocs, seed_heredocs
@@ -26,20 +27,32 @@ def test_walkthrough_heredocs_are_taken_verbatim() -> None:
     assert "imagePullPolicy: IfNotPresent" in docs["Deployment"].manifest
 
 
-def test_webhook_configurations_point_at_the_url_not_a_service() -> None:
-    hooks = components.webhook_configurations("https://10.6.168.2:9443")
-    assert {h["kind"] for h in hooks} == set(components.WEBHOOK_KINDS)
-    for hook in (w for h in hooks for w in h["webhooks"]):
-        assert "service" not in hook["clientConfig"]
-        assert hook["clientConfig"]["url"] in {"https://10.6.168.2:9443/mutate", "https://10.6.168.2:9443/validate"}
+def test_install_is_the_seeds_command_from_the_chart_directory(tmp_path: Path) -> None:
+    argv = components.install_command("/x/helm", tmp_path / "admin.kubeconfig")
+    assert argv[:6] == ["/x/helm", "install", "egressgateway", str(components.CHART), "-n", "kube-system"]
+    assert argv[-4:] == ["--set", "feature.tunnelIpv4Subnet=192.200.0.1/16", "--set", "feature.enableGatewayReplyRoute=true"]
+    assert components.shown() == ('helm install egressgateway manifests/chart/egressgateway -n kube-system '
+                                  '--set feature.tunnelIpv4Subnet="192.200.0.1/16" --set feature.enableGatewayReplyRoute=true')
 
 
-def test_setup_objects_exclude_workloads_and_order_namespaces_first() -> None:
-    kinds = [o["kind"] for o in components.setup_objects()]
-    assert kinds[0] == "Namespace"
-    assert not {"Deployment", "DaemonSet", "Service"} & set(kinds)
-    assert {"ServiceAccount", "ClusterRole", "ClusterRoleBinding", "ValidatingAdmissionPolicy",
-            "ValidatingAdmissionPolicyBinding"} <= set(kinds)
+def test_workloads_ready_names_what_is_missing() -> None:
+    ds = {"status": {"numberReady": 3, "updatedNumberScheduled": 3}}
+    ready = {"spec": {"replicas": 2}, "status": {"readyReplicas": 2, "updatedReplicas": 2}}
+    assert components.workloads_ready(ds, [ready, ready], 3) == ""
+    assert components.workloads_ready(None, [ready, ready], 3) == "no DaemonSet egressgateway-agent"
+    assert components.workloads_ready({"status": {"numberReady": 2}}, [ready, ready], 3) == "agents ready 2/3"
+    half = {"spec": {"replicas": 2}, "status": {"readyReplicas": 1, "updatedReplicas": 2}}
+    assert components.workloads_ready(ds, [ready, half], 3) == "egress-webhook ready 1/2"
+
+
+def test_node_mount_namespace_binds_each_node_local_path(tmp_path: Path) -> None:
+    script = nodehost.setup_script(tmp_path, [(tmp_path / "shadow", Path("/proc/sys/vm/overcommit_memory"))])
+    assert script.startswith("mount -t tmpfs -o mode=0755 egw-node-netns /run/netns && ")
+    for path in (*nodehost.NODE_LOCAL_DIRS, *nodehost.NODE_LOCAL_FILES):
+        assert f"mount --bind {tmp_path}/host{path} {path}" in script
+        assert (tmp_path / "host" / path.lstrip("/")).exists()
+    assert f"mount --bind {tmp_path}/shadow /proc/sys/vm/overcommit_memory" in script
+    assert script.endswith(f"touch {tmp_path}/host/.mounted && exec sleep infinity")
 
 
 def test_conflist_chains_our_plugin_after_bridge_with_per_node_state(tmp_path: Path) -> None:
@@ -47,12 +60,16 @@ def test_conflist_chains_our_plugin_after_bridge_with_per_node_state(tmp_path: P
     paths = containerd.NodePaths(tmp_path / "node2")
     conf = containerd.conflist(node, paths)
     assert [p["type"] for p in conf["plugins"]] == ["bridge", "egress-cni"]
+    assert [p["type"] for p in containerd.conflist(node, paths, chained=False)["plugins"]] == ["bridge"]
     assert conf["plugins"][0]["ipam"]["ranges"] == [[{"subnet": "10.244.2.0/24"}], [{"subnet": "fd44:2::/64"}]]
     assert conf["plugins"][0]["ipam"]["dataDir"].startswith(str(tmp_path))
     assert conf["plugins"][1]["registryDir"] == str(paths.registry_dir)
     config = containerd.containerd_config(paths)
     assert "restrict_oom_score_adj = true" in config and "SystemdCgroup = false" in config
     assert f'address = "{paths.socket}"' in config
+    assert f'bin_dir = "{tmp_path}/node2/host/opt/cni/bin"' in config
+    in_node = containerd.containerd_config(paths, in_node_namespace=True)
+    assert 'bin_dir = "/opt/cni/bin"' in in_node and 'conf_dir = "/etc/cni/net.d"' in in_node
 
 
 def test_kubelet_never_rewrites_host_kernel_tunables(tmp_path: Path) -> None:
@@ -60,9 +77,14 @@ def test_kubelet_never_rewrites_host_kernel_tunables(tmp_path: Path) -> None:
     config = kubelet.kubelet_config(node, tmp_path / "sock", tmp_path / "ca.crt", tmp_path / "static")
     assert config["protectKernelDefaults"] is True and config["failCgroupV1"] is False
     assert config["cgroupRoot"] == "/egw-sb-node1" and config["podLogsDir"].startswith(str(tmp_path))
-    argv = kubelet.private_mounts_argv([(tmp_path / "one", Path("/proc/sys/vm/overcommit_memory"))], ["kubelet", "--v=2"])
-    assert argv[:4] == ["unshare", "--mount", "--propagation", "private"]
-    assert f"mount --bind '{tmp_path / 'one'}' '/proc/sys/vm/overcommit_memory'" in argv[7]
+    assert config["crashLoopBackOff"] == {"maxContainerRestartPeriod": "1s"}
+
+
+def test_kube_proxy_leaves_host_global_conntrack_settings_alone(tmp_path: Path) -> None:
+    config = kubeproxy.proxy_config(build_plan().node("node3"), tmp_path / "kubeconfig")
+    assert config["hostnameOverride"] == "node3" and config["mode"] == "iptables"
+    assert config["conntrack"]["maxPerCore"] == 0 and config["conntrack"]["tcpEstablishedTimeout"] == "0s"
+    assert all(net.startswith(("10.244.", "fd44:")) for net in config["clusterCIDR"].split(","))
 
 
 def test_images_are_deterministic() -> None:

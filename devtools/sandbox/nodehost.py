@@ -1,0 +1,89 @@
+"""Each sandbox node's own mount namespace, as the container of a kind node has one.
+
+containerd, kubelet and kube-proxy of a node run in it, so the host paths a DaemonSet's hostPath
+volumes name (`/opt/cni/bin`, `/etc/cni/net.d`, `/run/egressgateway`, ...) are that node's own
+directories, as on separate machines. A holder process (`sleep infinity` under
+`unshare --mount --propagation slave`) keeps the namespace; before it sleeps it bind-mounts
+`<node dir>/host/<path>` over each NODE_LOCAL path, mounts a private tmpfs on /run/netns (the pods'
+netns mounts stay inside the node) and shadows the host-global sysctls the kubelet insists on.
+
+The namespace and all its mounts go with its last process: teardown has nothing to unmount. The
+host only sees the empty mount points; the ones the sandbox had to create are recorded and removed.
+"""
+
+from __future__ import annotations
+
+import shlex
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from devtools.sandbox import procs
+from devtools.sandbox.plan import NodePlan
+
+NODE_LOCAL_DIRS = ("/opt/cni/bin", "/etc/cni/net.d", "/opt/egressgateway", "/run/egressgateway",
+                   "/var/lib/egressgateway", "/var/lib/cni", "/var/log/containers")
+NODE_LOCAL_FILES = ("/run/xtables.lock",)
+READY_MARK = ".mounted"
+
+
+def host_dir(root: Path) -> Path:
+    """Where the node's own copies of NODE_LOCAL_* live (its '/' for those paths)."""
+    return root / "host"
+
+
+def node_path(root: Path, path: str) -> Path:
+    """The host-side file behind `path` as the node sees it (e.g. its /etc/cni/net.d)."""
+    return host_dir(root) / path.lstrip("/")
+
+
+def ensure_mount_points() -> list[str]:
+    """Create the missing mount points on the host; return what was created, outermost first."""
+    created: list[str] = []
+    for path in (*NODE_LOCAL_DIRS, *NODE_LOCAL_FILES):
+        target = Path(path)
+        missing = [p for p in (*reversed(target.parents), target) if not p.exists()]
+        for item in missing:
+            if item == target and path in NODE_LOCAL_FILES:
+                item.touch()
+            else:
+                item.mkdir()
+            created.append(str(item))
+    return created
+
+
+def setup_script(root: Path, sysctl_overlays: Sequence[tuple[Path, Path]]) -> str:
+    binds = ["mount -t tmpfs -o mode=0755 egw-node-netns /run/netns"]
+    for path in NODE_LOCAL_DIRS:
+        source = node_path(root, path)
+        source.mkdir(parents=True, exist_ok=True)
+        binds.append(f"mount --bind {shlex.quote(str(source))} {shlex.quote(path)}")
+    for path in NODE_LOCAL_FILES:
+        source = node_path(root, path)
+        source.parent.mkdir(parents=True, exist_ok=True)
+        source.touch()
+        binds.append(f"mount --bind {shlex.quote(str(source))} {shlex.quote(path)}")
+    binds += [f"mount --bind {shlex.quote(str(shadow))} {shlex.quote(str(target))}" for shadow, target in sysctl_overlays]
+    mark = shlex.quote(str(host_dir(root) / READY_MARK))
+    return " && ".join([*binds, f"touch {mark}", "exec sleep infinity"])
+
+
+def start_holder(node: NodePlan, root: Path, sysctl_overlays: Sequence[tuple[Path, Path]],
+                 timeout: float = 30.0) -> procs.ProcessRecord:
+    """The node's mount namespace (in its netns); returns once every mount is in place."""
+    (host_dir(root) / READY_MARK).unlink(missing_ok=True)
+    argv = ["unshare", "--mount", "--propagation", "slave", "--", "sh", "-c", setup_script(root, sysctl_overlays)]
+    record = procs.launch(f"node-{node.name}", argv, root / "logs", netns=node.netns)
+    deadline = time.monotonic() + timeout
+    while not (host_dir(root) / READY_MARK).exists():
+        if not procs.alive(record):
+            raise RuntimeError(f"node {node.name}: mount namespace setup failed:\n{procs.tail(record)}")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"node {node.name}: mount namespace not ready after {timeout:.0f}s:\n{procs.tail(record)}")
+        time.sleep(0.02)
+    return record
+
+
+def enter_argv(holder: procs.ProcessRecord, argv: Sequence[str]) -> list[str]:
+    """argv run inside the node's mount namespace (combine with the node's netns in procs.launch)."""
+    return ["nsenter", f"--mount=/proc/{holder.pid}/ns/mnt", "--", *argv]
