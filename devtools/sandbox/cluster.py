@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from devtools.sandbox import cgroups, components, containerd, images, kubelet, kubeproxy, netns, nodehost, procs
+from devtools.sandbox import cgroups, components, containerd, footprint, images, kubelet, kubeproxy, netns, nodehost, procs
 from devtools.sandbox.plan import NodePlan, SandboxPlan
 from devtools.sandbox.state import SandboxState
 
@@ -58,6 +58,10 @@ class Sandbox:
 
     def node_paths(self, name: str) -> containerd.NodePaths:
         return containerd.NodePaths(self.work_dir / name)
+
+    @property
+    def pre_install_path(self) -> Path:
+        return self.work_dir / "pre-install-footprint.json"
 
     @property
     def kubeconfig(self) -> Path:
@@ -113,7 +117,7 @@ class Sandbox:
             self._start_nodes()
         if self.with_components:
             with self.step("egressgateway: helm install of the chart (agent DaemonSet, controller and webhook Deployments)"):
-                self._install_chart()
+                self.install_chart()
         else:
             self.pending.append("egressgateway (not installed: --no-components)")
 
@@ -167,11 +171,14 @@ class Sandbox:
                          check=False)
             self.state.add_process(kubeproxy.start(node, self.node_paths(node.name).root, proxy_kubeconfig, holder))
 
-    def _install_chart(self) -> None:
+    def install_chart(self) -> None:
         from devtools.devkube.binaries import helm_binary
 
         helm = helm_binary()
         assert helm is not None  # missing_prerequisites
+        if not self.pre_install_path.exists():  # what `helm uninstall` must leave (e2e/test_install.py)
+            self.pre_install_path.write_text(json.dumps(
+                {node.name: footprint.snapshot(node, self.node_paths(node.name).root) for node in self.plan.nodes}))
         self.say(f"$ {components.shown()}")
         argv = netns.in_netns_argv(self.plan.control_plane.netns, components.install_command(helm, self.kubeconfig))
         result = subprocess.run(argv, capture_output=True, text=True, timeout=300)

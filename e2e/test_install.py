@@ -1,0 +1,100 @@
+"""The release as users run it: `helm upgrade` that changes a value rolls every pod while a selected
+pod keeps probing (5 a second: none lost, none with another source), and `helm uninstall` leaves
+every node as it was before the install (devtools/sandbox/footprint.py), after which the chart
+installs again for the tests that follow."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+from devtools.devkube.binaries import helm_binary
+from devtools.sandbox import components, footprint, netns
+from e2e.helpers import Cluster, Prober, longest_outage, pod_netns_path, wait_for
+
+pytestmark = pytest.mark.e2e
+
+EIP = "10.6.168.245"
+OURS = ("egressgateway-agent", "egressgateway-controller", "egress-webhook")
+
+
+def helm(cluster: Cluster, *args: str, timeout: float = 300) -> str:
+    found = helm_binary()
+    assert found is not None, "no helm (make helm)"
+    argv = netns.in_netns_argv(cluster.sb.plan.control_plane.netns, [
+        found, *args, "-n", components.NAMESPACE, f"--kubeconfig={cluster.sb.kubeconfig}"])
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
+    assert result.returncode == 0, f"helm {' '.join(args)} exited {result.returncode}: {result.stderr}"
+    return result.stdout + result.stderr
+
+
+def our_pods(cluster: Cluster) -> dict[str, str]:
+    """uid -> name of the release's pods that are not terminating."""
+    pods = cluster.get("pods", "-n", components.NAMESPACE) or {"items": []}
+    return {p["metadata"]["uid"]: p["metadata"]["name"] for p in pods["items"]
+            if p["metadata"]["name"].startswith(OURS) and not p["metadata"].get("deletionTimestamp")}
+
+
+@pytest.fixture
+def probing(cluster: Cluster) -> Iterator[str]:
+    """A pod on node1 selected by a policy whose EIP lives on node2 or node3; yields its netns path."""
+    ns = f"e2e-install-{uuid.uuid4().hex[:6]}"
+    cluster.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})
+    try:
+        cluster.gateway("install", [EIP], ["node2", "node3"])
+        cluster.pod(ns, "client", {"app": "client"}, node="node1")
+        cluster.wait_running(ns, "client")
+        cluster.policy(ns, "p", "install", {"app": "client"})
+        cluster.wait_policy(ns, "p")
+        assert cluster.wait_source(ns, "client", EIP) == EIP
+        yield pod_netns_path(cluster, ns, "client")
+    finally:
+        cluster.move_gateway("install", [])
+        cluster.delete("egressgateway", "install")
+        cluster.delete("namespace", ns)
+
+
+def test_helm_upgrade_rolls_every_pod_without_dropping_a_probe(cluster: Cluster, probing: str) -> None:
+    before = our_pods(cluster)
+    with Prober(probing, interval=0.2) as prober:
+        wait_for(lambda: any(p.ok(EIP) for p in prober.snapshot()) or None, "a probe leaves with the EIP", 30)
+        started = time.time()
+        helm(cluster, "upgrade", components.RELEASE, str(components.CHART), "--reuse-values",
+             "--set", "feature.gatewayFailover.eipEvictionTimeout=21")
+        def replaced() -> dict[str, str] | None:
+            now = our_pods(cluster)
+            return now if now and not set(now) & set(before) else None
+
+        rolled = wait_for(replaced, "every pod of the release replaced", 300, interval=1.0)
+        cluster.sb.wait_installed()
+        finished = time.time()
+        wait_for(lambda: prober.snapshot(since=finished + 2.0) or None, "probes after the rollout", 30)
+        probes = prober.snapshot(since=started)
+    lost = sum(p.replied is None for p in probes)
+    other = sum(p.replied is not None and p.source != EIP for p in probes)
+    print(f"[upgrade] {len(before)} pods replaced by {len(rolled)} in {finished - started:.1f} s; {len(probes)} probes: "
+          f"{lost} lost, {other} with another source, longest gap {longest_outage(probes, EIP):.3f} s", flush=True)
+    assert len(rolled) == len(before)
+    assert (lost, other) == (0, 0)
+
+
+def test_helm_uninstall_leaves_every_node_as_before_and_installs_again(cluster: Cluster, probing: str) -> None:
+    sb = cluster.sb
+    before = json.loads(sb.pre_install_path.read_text())
+    helm(cluster, "uninstall", components.RELEASE, "--wait")
+    wait_for(lambda: not our_pods(cluster) or None, "no pod of the release left", 120, interval=1.0)
+
+    def left() -> dict[str, list[str]]:
+        return {node.name: diff for node in sb.plan.nodes
+                if (diff := footprint.differences(before[node.name], footprint.snapshot(node, sb.node_paths(node.name).root)))}
+
+    deadline = time.monotonic() + 60
+    while (remaining := left()) and time.monotonic() < deadline:
+        time.sleep(1.0)
+    assert not remaining, "after helm uninstall:\n" + "\n".join(f"{n}: {line}" for n, d in remaining.items() for line in d)
+    sb.install_chart()
