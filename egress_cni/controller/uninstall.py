@@ -4,16 +4,23 @@ On SIGTERM an agent keeps its node's dataplane (a rollout must not interrupt tra
 the DaemonSet alone would leave every node as the agents set it up. Before Helm deletes anything,
 this Job
 
-1. signals: sets the annotation `ANNOTATION_UNINSTALL` of EgressClusterInfo `default` to a token of
-   its own (every agent watches that object; agent/uninstall.py is their side);
+1. signals: sets the annotation `ANNOTATION_UNINSTALL` of EgressClusterInfo `default` to a fresh
+   token (every agent watches that object; agent/uninstall.py is their side). A token already there
+   (an earlier `helm uninstall` of this installation that did not finish, or a retried pod of this
+   Job) is kept: agents that confirmed it are idle and would never see a new one. A reinstall
+   starts without it (Helm deleted the object), so confirmations left from an earlier installation
+   never match;
 2. waits until every node that runs an agent pod has confirmed: the same token in the annotation
    `ANNOTATION_UNINSTALLED` of that node's Lease `egress-agent-<node>` (the agents' one writable
    object, limited to their own node by the node-claim policy);
 3. gives up after `--timeout-seconds`, naming the nodes that did not confirm (a node that is down),
-   and exits 0 all the same, so `helm uninstall` completes.
+   and exits 0 all the same, so `helm uninstall` completes;
+4. removes the annotation again. Agents that confirmed are idle and no longer watch, so nothing is
+   set up again; but should EgressClusterInfo `default` outlive the release (a failed delete), a
+   later install's agents must not find a signal and clean their nodes at once.
 
-Its ServiceAccount may patch EgressClusterInfo `default` and list pods and Leases in the release
-namespace, nothing else (docs/rbac.md).
+Its ServiceAccount may get and patch EgressClusterInfo `default` and list pods and Leases in the
+release namespace, nothing else (docs/rbac.md).
 """
 
 from __future__ import annotations
@@ -59,10 +66,24 @@ class NodeUninstall:
                  clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep) -> None:
         self.client, self.namespace, self.token = client, namespace, token
         self._clock, self._sleep = clock, sleep
+        self.signalled = False
 
     def signal(self) -> None:
-        patch = {"metadata": {"annotations": {ANNOTATION_UNINSTALL: self.token}}}
-        self.client.patch(k8s.EGRESS_CLUSTER_INFOS, CLUSTER_INFO, patch)
+        info = self.client.get(k8s.EGRESS_CLUSTER_INFOS, CLUSTER_INFO)
+        earlier = str(((info.get("metadata") or {}).get("annotations") or {}).get(ANNOTATION_UNINSTALL) or "")
+        if earlier:
+            self.token = earlier
+        else:
+            self.client.patch(k8s.EGRESS_CLUSTER_INFOS, CLUSTER_INFO, {"metadata": {"annotations": {ANNOTATION_UNINSTALL: self.token}}})
+        self.signalled = True
+        log.info("uninstall signalled", extra={"token": self.token, "namespace": self.namespace})
+
+    def withdraw(self) -> None:
+        """Remove the signal (merge patch null); a failure is logged, the Job's outcome is unchanged."""
+        try:
+            self.client.patch(k8s.EGRESS_CLUSTER_INFOS, CLUSTER_INFO, {"metadata": {"annotations": {ANNOTATION_UNINSTALL: None}}})
+        except k8s.APIError as exc:
+            log.warning("uninstall signal not withdrawn", extra={"error": str(exc)})
 
     def pending(self) -> set[str]:
         """Nodes with an agent pod that has not confirmed this token yet."""
@@ -71,16 +92,20 @@ class NodeUninstall:
         return agent_nodes(pods) - confirmed_nodes(leases, self.token)
 
     def run(self, timeout: float, poll: float = 1.0) -> set[str]:
-        """Signal, then wait up to `timeout` seconds; the nodes that never confirmed ([] when all did)."""
+        """Signal, wait up to `timeout` seconds, withdraw; the nodes that never confirmed (empty when all did)."""
+        try:
+            return self._wait(timeout, poll)
+        finally:
+            if self.signalled:
+                self.withdraw()
+
+    def _wait(self, timeout: float, poll: float) -> set[str]:
         deadline = self._clock() + timeout
-        signalled = False
         last: set[str] | None = None
         while True:
             try:
-                if not signalled:
+                if not self.signalled:
                     self.signal()
-                    signalled = True
-                    log.info("uninstall signalled", extra={"token": self.token, "namespace": self.namespace})
                 last = self.pending()
                 if not last:
                     log.info("every node confirmed its uninstall", extra={"token": self.token})
