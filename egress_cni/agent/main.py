@@ -260,12 +260,13 @@ def run(agent: Agent, args: argparse.Namespace) -> int:
     return 0
 
 
-def uninstall_node(agent: Agent, args: argparse.Namespace, stopped: Callable[[], bool]) -> None:
+def uninstall_node(agent: Agent, args: argparse.Namespace, stopped: Callable[[], bool],
+                   confirm: Callable[[str], None] | None = None) -> None:
     """The pre-delete signal was seen: every thread stops (the EIPs go at once, peers are told, as on
     SIGTERM), then the node is cleaned and the hook told so, retried until it is or a signal comes."""
     agent.stop(release_eips=True)
     failed = clean_node(agent.kernel.uninstall, node_paths(args))
-    confirm = confirmer(agent, args.namespace)
+    confirm = confirm or confirmer(agent, args.namespace)
     retry = Backoff(base=0.5, cap=10.0)
     while not stopped():
         try:
