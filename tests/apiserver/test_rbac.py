@@ -17,8 +17,15 @@ import yaml
 
 from devtools.devkube.controlplane import ControlPlane
 from egress_cni import k8s
-from egress_cni.agent.k8s_source import LEASE_PREFIX, GatewayLease, KubernetesSource, KubernetesTunnelReporter
+from egress_cni.agent.k8s_source import (
+    LEASE_PREFIX,
+    GatewayLease,
+    KubernetesSource,
+    KubernetesTunnelReporter,
+    confirm_uninstalled,
+)
 from egress_cni.api.model import EgressGateway
+from egress_cni.api.names import ANNOTATION_UNINSTALLED
 from tests.controller.cluster import (
     ControllerProcess,
     delete_quietly,
@@ -155,6 +162,9 @@ def test_the_agent_code_paths_are_allowed(cluster: Cluster, agent_a: k8s.Client)
     assert cluster.admin.get(k8s.LEASES, f"{LEASE_PREFIX}{node}", NS)["spec"]["holderIdentity"] == node
     lease.release()  # get, update
     assert cluster.admin.get(k8s.LEASES, f"{LEASE_PREFIX}{node}", NS)["spec"].get("holderIdentity") is None
+    confirm_uninstalled(agent_a, node, NS, "t")  # the uninstall hook's confirmation: get, update (create without a Lease)
+    assert cluster.admin.get(k8s.LEASES, f"{LEASE_PREFIX}{node}", NS)["metadata"]["annotations"][ANNOTATION_UNINSTALLED] == "t"
+    delete_quietly(cluster.admin, k8s.LEASES, f"{LEASE_PREFIX}{node}", NS)  # the controller test below needs a live one
 
 
 def test_an_agent_cannot_write_another_nodes_lease_or_tunnel(cluster: Cluster, agent_a: k8s.Client) -> None:
