@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import json
 import subprocess
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from devtools.scenario import load_scenario
-from tests.agent.topology import PYTHON, ROOT, sh
+from tests.agent.topology import PYTHON, ROOT, scratch_netns, sh
 
 pytestmark = [pytest.mark.netns, pytest.mark.timeout(300)]
 
@@ -32,15 +32,11 @@ def in_ns(ns: str, *cmd: str) -> str:
 
 @pytest.fixture
 def node_ns() -> Iterator[str]:
-    name = f"egwt-{uuid.uuid4().hex[:6]}-uninst"
-    sh("ip", "netns", "add", name)
-    try:
+    with scratch_netns("uninst") as name:
         yield name
-    finally:
-        sh("ip", "netns", "del", name, check=False)
 
 
-def kernel_view(ns: str, backend: str) -> dict[str, object]:
+def kernel_view(ns: str, backend: str) -> dict[str, Any]:
     """What the checks compare: rules, routes of every table, addresses, links, ipsets, xtables rules."""
     def rule_lines(text: str) -> list[str]:
         return sorted(line for line in text.splitlines() if line.startswith(("-A ", "-N ")) or
@@ -75,8 +71,8 @@ def cni_dirs(root: Path) -> list[str]:
 @pytest.mark.parametrize("backend", ["nft", "legacy"])
 def test_the_agents_uninstall_path_leaves_the_node_as_before(backend: str, node_ns: str, tmp_path: Path) -> None:
     _, facts = load_scenario(str(SCENARIO))
-    for conf in ("all", "default"):  # link-local addresses at once: no DAD finishing between two views
-        in_ns(node_ns, "sysctl", "-qw", f"net.ipv6.conf.{conf}.accept_dad=0")
+    for scope in ("all", "default"):  # link-local addresses at once: no DAD finishing between two views
+        in_ns(node_ns, "sysctl", "-qw", f"net.ipv6.conf.{scope}.accept_dad=0")
     sh("ip", "-n", node_ns, "link", "add", facts.parent, "type", "veth", "peer", "name", "peer0")
     sh("ip", "-n", node_ns, "addr", "add", f"{facts.parent_ipv4}/24", "dev", facts.parent)
     sh("ip", "-n", node_ns, "addr", "add", f"{facts.parent_ipv6}/64", "dev", facts.parent, "nodad")
@@ -91,16 +87,16 @@ def test_the_agents_uninstall_path_leaves_the_node_as_before(backend: str, node_
     proc = subprocess.Popen(["ip", "netns", "exec", node_ns, PYTHON, HELPER, str(SCENARIO), backend, *dirs], cwd=ROOT, env=ENV,
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        assert proc.stdout is not None and proc.stdin is not None
+        assert proc.stdout is not None and proc.stdin is not None and proc.stderr is not None
         applied = json.loads(proc.stdout.readline() or "{}")
         assert applied.get("eip_dev") == "egress.eip", proc.stderr.read() if proc.poll() is not None else applied
         installed = kernel_view(node_ns, backend)  # the checks below are not vacuous: all of it was there
-        assert {"egress.vxlan", "egress.eip"} <= set(installed["links"])  # type: ignore[arg-type]
-        assert any("EGRESS" in r for r in installed["iptables"]), installed  # type: ignore[attr-defined]
-        assert any("EGRESS" in r for r in installed["ip6tables"]), installed  # type: ignore[attr-defined]
+        assert {"egress.vxlan", "egress.eip"} <= set(installed["links"])
+        assert any("EGRESS" in r for r in installed["iptables"]), installed
+        assert any("EGRESS" in r for r in installed["ip6tables"]), installed
         assert installed["ipsets"] and "0x26000001" in str(installed["rules"])
-        assert any("table 0x26000001" in r or "table 637534209" in r for r in installed["routes"])  # type: ignore[attr-defined]
-        assert any("10.100.0.200" in a for a in installed["addresses"]) and any("fd00:100::200" in a for a in installed["addresses"])  # type: ignore[attr-defined]
+        assert any("table 0x26000001" in r or "table 637534209" in r for r in installed["routes"])
+        assert any("10.100.0.200" in a for a in installed["addresses"]) and any("fd00:100::200" in a for a in installed["addresses"])
 
         proc.stdin.write("uninstall\n")
         proc.stdin.flush()

@@ -57,6 +57,16 @@ def installed_objects() -> list[dict[str, Any]]:
     return sorted((d for d in docs if d["kind"] in INSTALLED_KINDS), key=lambda d: INSTALLED_KINDS.index(d["kind"]))
 
 
+def node_claim_active(unbound: k8s.Client, node: str) -> bool:
+    """The agents' Lease grant and the node-claim policy are in force: a token without the claim is
+    refused by the policy (not by RBAC, not let through)."""
+    try:
+        k8s.LeaseKeeper(unbound, f"{LEASE_PREFIX}{node}", NS, node, 20).try_acquire_or_renew()
+    except k8s.Forbidden as exc:
+        return NO_CLAIM in str(exc)
+    return False
+
+
 def forbidden(call: Callable[[], Any]) -> k8s.Forbidden:
     with pytest.raises(k8s.Forbidden) as caught:
         call()
@@ -100,16 +110,7 @@ def cluster(control_plane: ControlPlane) -> Iterator[Cluster]:
                                              "containers": [{"name": "agent", "image": "egressgateway:dev"}]}}, namespace=NS)
         # RBAC and admission policies reach the authorizer and the admission plugin through informers
         unbound = env.client(AGENT_SA)
-        probe = k8s.LeaseKeeper(unbound, f"{LEASE_PREFIX}{env.node_a}", NS, env.node_a, 20)
-
-        def policy_active() -> bool:
-            try:
-                probe.try_acquire_or_renew()
-            except k8s.Forbidden as exc:
-                return NO_CLAIM in str(exc)
-            return False
-
-        wait_for("the agent's Role and the node-claim policy to take effect", policy_active)
+        wait_for("the agent's Role and the node-claim policy to take effect", lambda: node_claim_active(unbound, env.node_a))
         yield env
     finally:
         for node in (env.node_a, env.node_b):

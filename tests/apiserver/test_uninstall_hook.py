@@ -25,7 +25,7 @@ from egress_cni.agent.uninstall import requested
 from egress_cni.api.names import ANNOTATION_UNINSTALL, ANNOTATION_UNINSTALLED
 from egress_cni.controller.liveness import AgentLiveness
 from egress_cni.controller.uninstall import AGENT_SELECTOR, NodeUninstall
-from tests.apiserver.test_rbac import AGENT_SA, NO_CLAIM, NS, eligible, forbidden, installed_objects
+from tests.apiserver.test_rbac import AGENT_SA, NS, eligible, forbidden, installed_objects, node_claim_active
 from tests.controller.cluster import delete_quietly, make_node, wait_for
 from tests.harness.chart import helm_or_skip, render
 
@@ -98,10 +98,9 @@ def env(control_plane: ControlPlane) -> Iterator[Env]:
             try:
                 job.get(k8s.EGRESS_CLUSTER_INFOS, "default")
                 job.list(k8s.LEASES, NS)
-                k8s.LeaseKeeper(unbound, f"{LEASE_PREFIX}{nodes[0]}", NS, nodes[0], 20).try_acquire_or_renew()
-            except k8s.Forbidden as exc:
-                return NO_CLAIM in str(exc)
-            return False
+            except k8s.Forbidden:
+                return False
+            return node_claim_active(unbound, nodes[0])
 
         wait_for("the hook's and the agents' grants and the node-claim policy to take effect", grants_active)
         yield e
@@ -150,11 +149,20 @@ class AgentSide:
         self.source.stop()
 
 
-def run_job(env: Env, timeout: float) -> tuple[NodeUninstall, set[str], float]:
-    job = NodeUninstall(env.job(), NS, uuid.uuid4().hex)
-    started = time.monotonic()
-    missing = job.run(timeout=timeout, poll=0.2)
-    return job, missing, time.monotonic() - started
+def run_job(env: Env, timeout: float, agents: tuple[str, ...] = ()) -> tuple[NodeUninstall, set[str], float, set[str]]:
+    """The Job's code under its ServiceAccount, with the agents of `agents` running meanwhile: the
+    nodes it names as not confirmed, how long it took, and the tokens the agents confirmed."""
+    sides = [AgentSide(env, n).start() for n in agents]
+    try:
+        wait_for("the agents' informers to sync", lambda: all(side.source.synced for side in sides))
+        job = NodeUninstall(env.job(), NS, uuid.uuid4().hex)
+        started = time.monotonic()
+        missing = job.run(timeout=timeout, poll=0.2)
+        took = time.monotonic() - started
+    finally:
+        for side in sides:
+            side.stop()
+    return job, missing, took, {side.confirmed for side in sides}
 
 
 def test_every_node_confirms_and_the_wait_ends_at_once(env: Env) -> None:
@@ -163,15 +171,9 @@ def test_every_node_confirms_and_the_wait_ends_at_once(env: Env) -> None:
     gateway = GatewayLease(env.agent(a), a, NS, 20, gateways=lambda: eligible(a))
     gateway.report(eips=lambda: ["10.6.0.9"])
     assert gateway.try_acquire_or_renew()
-    agents = [AgentSide(env, n).start() for n in env.nodes]
-    try:
-        wait_for("the agents' informers to sync", lambda: all(s.source.synced for s in agents))
-        job, missing, took = run_job(env, timeout=60)
-    finally:
-        for side in agents:
-            side.stop()
+    job, missing, took, confirmed = run_job(env, 60, env.nodes)
     assert missing == set() and took < 30, (missing, took)
-    assert {s.confirmed for s in agents} == {job.token}
+    assert confirmed == {job.token}
     assert ANNOTATION_UNINSTALL not in env.annotations()  # withdrawn
     held = env.lease(a)
     assert held["metadata"]["annotations"][ANNOTATION_UNINSTALLED] == job.token
@@ -186,15 +188,9 @@ def test_every_node_confirms_and_the_wait_ends_at_once(env: Env) -> None:
 
 def test_a_node_that_never_confirms_is_named_and_the_job_still_ends(env: Env) -> None:
     a, b, c = env.nodes  # c is down: its pod exists, its agent never answers; its Lease has the last run's token
-    agents = [AgentSide(env, n).start() for n in (a, b)]
-    try:
-        wait_for("the agents' informers to sync", lambda: all(s.source.synced for s in agents))
-        job, missing, took = run_job(env, timeout=6)
-    finally:
-        for side in agents:
-            side.stop()
+    job, missing, took, confirmed = run_job(env, 6, (a, b))
     assert missing == {c} and 6 <= took < 20, (missing, took)
-    assert {s.confirmed for s in agents} == {job.token}  # a fresh token: the last run's confirmations do not count
+    assert confirmed == {job.token}  # a fresh token: the last run's confirmations do not count
     assert env.lease(c)["metadata"]["annotations"][ANNOTATION_UNINSTALLED] != job.token
     assert ANNOTATION_UNINSTALL not in env.annotations()
     pods, _ = env.admin.list(k8s.PODS, NS, label_selector=AGENT_SELECTOR)
@@ -205,7 +201,7 @@ def test_a_retried_job_keeps_the_token_agents_already_confirmed(env: Env) -> Non
     env.admin.patch(k8s.EGRESS_CLUSTER_INFOS, "default", {"metadata": {"annotations": {ANNOTATION_UNINSTALL: "first-pod"}}})
     for node in env.nodes:  # all confirmed the first pod's token before it crashed; they are idle now
         confirm_uninstalled(env.agent(node), node, NS, "first-pod")
-    job, missing, took = run_job(env, timeout=30)
+    job, missing, took, _ = run_job(env, 30)
     assert job.token == "first-pod" and missing == set() and took < 10
 
 
