@@ -234,11 +234,13 @@ def run(agent: Agent, args: argparse.Namespace) -> int:
     for address in addresses:
         host, _, port = address.rpartition(":")
         serve(agent, collector, host or "0.0.0.0", int(port))
-    done = threading.Event()
+    done = threading.Event()  # a signal, or the uninstall signal
+    terminated = threading.Event()  # a signal only
     got: list[int] = []
 
     def stop_on(signum: int, _frame: object) -> None:
         got.append(signum)
+        terminated.set()
         done.set()
 
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -248,10 +250,8 @@ def run(agent: Agent, args: argparse.Namespace) -> int:
     log.info("agent started", extra={"node": agent.node})
     done.wait()
     if agent.uninstalling and not got:
-        uninstall_node(agent, args, stopped=lambda: bool(got))
-        while not got:  # idle until the pod is deleted: nothing may be set up again
-            done.clear()
-            done.wait()
+        uninstall_node(agent, args, stopped=terminated.is_set)
+        terminated.wait()  # idle until the pod is deleted: nothing may be set up again
         return 0
     # SIGTERM gives the EIPs up at once (a standby may claim them); the rest stays in place: a
     # restart must not interrupt established flows. SIGINT (a developer's ^C) keeps the IPv6 EIPs on
@@ -273,7 +273,7 @@ def uninstall_node(agent: Agent, args: argparse.Namespace, stopped: Callable[[],
             confirm(agent.uninstalling)
         except Exception as exc:
             log.warning("uninstall not confirmed yet; retrying", extra={"error": str(exc)})
-            time.sleep(retry.next())
+            time.sleep(retry.next())  # at most 10 s; a signal meanwhile is seen after it
             continue
         log.info("node uninstalled and confirmed", extra={"node": agent.node, "failed": failed or None})
         return

@@ -288,3 +288,28 @@ def test_a_confirming_lease_is_read_as_no_lease() -> None:
         "name": "egress-agent-b", "annotations": {ANNOTATION_UNINSTALLED: "tok", "egressgateway.spidernet.io/peers": "a"}}}, 101.0)
     verdict = live.evaluate(101.5)
     assert verdict.alive == {} and not verdict.vouched and not verdict.reports
+
+
+def test_the_controllers_entry_point_runs_the_hook_subcommand(capsys: pytest.CaptureFixture[str]) -> None:
+    from egress_cni.controller import main as controller_main
+
+    with pytest.raises(SystemExit) as ended:
+        controller_main.main(["uninstall-nodes", "--help"])
+    assert ended.value.code == 0 and "--timeout-seconds" in capsys.readouterr().out
+
+
+def test_confirmation_is_retried_until_it_goes_through(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    agent, _, kernel, _ = gateway_agent(tmp_path)
+    agent.uninstalling = "t-4"
+    monkeypatch.setattr("egress_cni.agent.main.time.sleep", lambda _s: None)
+    calls: list[str] = []
+
+    def flaky(token: str) -> None:
+        calls.append(token)
+        if len(calls) < 3:
+            raise k8s.APIError(0, "Unreachable", "connection refused")
+
+    args = argparse.Namespace(registry_dir=agent.registry_dir, cni_conf_dir="", cni_bin_dir="", cni_runtime_dir="",
+                              cni_state_dir="", namespace="ns")
+    agent_main.uninstall_node(agent, args, stopped=lambda: False, confirm=flaky)
+    assert calls == ["t-4"] * 3 and kernel.uninstalled
