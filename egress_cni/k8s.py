@@ -17,7 +17,7 @@ import os
 import threading
 import time
 import urllib.parse
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -512,11 +512,11 @@ class LeaseKeeper:
     `renewed_at` is our monotonic time just before the last successful acquire or renewal: the
     holder counts itself the holder only while that is within its renew deadline (controller/main.py).
     `annotations`, when given, is called before each write and its result merged into the Lease's
-    annotations (agents report what they hold and whom they see there).
+    annotations (agents report what they hold and whom they see there); a None value removes that key.
     """
 
     def __init__(self, client: Client, name: str, namespace: str, holder: str, duration_seconds: int,
-                 annotations: Callable[[], dict[str, str]] | None = None,
+                 annotations: Callable[[], Mapping[str, str | None]] | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self._client, self.name, self.namespace = client, name, namespace
         self.holder, self.duration = holder, duration_seconds
@@ -534,7 +534,8 @@ class LeaseKeeper:
     def _meta(self, meta: dict[str, Any]) -> dict[str, Any]:
         if self._annotations is None:
             return meta
-        return {**meta, "annotations": {**(meta.get("annotations") or {}), **self._annotations()}}
+        merged = {**(meta.get("annotations") or {}), **self._annotations()}
+        return {**meta, "annotations": {k: v for k, v in merged.items() if v is not None}}
 
     def observed_expiry(self, lease: dict[str, Any], now: float) -> float:
         """Our monotonic time at which the Lease, as last seen, runs out (records what changed)."""

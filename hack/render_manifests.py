@@ -4,6 +4,9 @@ The chart is the one source: each manifests/<name>.yaml is `helm template` of th
 templates/<name>.yaml with the default values into namespace egressgateway-system (namespace.yaml and
 kustomization.yaml stay hand-written: Helm does not create its release namespace). Run
 `make manifests` after changing the chart; tests/unit/test_chart.py fails when the files differ.
+
+Hooks are left out (`--no-hooks`): the pre-delete uninstall Job (templates/uninstall-hook.yaml) is
+Helm's, and a `kubectl apply` of it would clean every node at once.
 """
 
 from __future__ import annotations
@@ -43,7 +46,7 @@ def split_by_template(rendered: str) -> dict[str, str]:
 
 
 def rendered_manifests(helm: str) -> dict[str, str]:
-    result = template(helm)
+    result = template(helm, ["--no-hooks"])
     if result.returncode != 0:
         raise RuntimeError(f"helm template failed: {result.stderr.strip()}")
     return split_by_template(result.stdout)

@@ -14,6 +14,7 @@ from typing import Any
 from egress_cni import k8s
 from egress_cni.agent.sources import KINDS, ClusterStores, OnChange
 from egress_cni.api.model import EgressGateway
+from egress_cni.api.names import ANNOTATION_UNINSTALLED
 
 # The controller reads these (controller/liveness.py): what this agent holds and whom it sees alive.
 ANNOTATION_EIPS = "egressgateway.spidernet.io/eips"
@@ -113,9 +114,10 @@ class GatewayLease:
         if peers is not None:
             self._peers = peers
 
-    def annotations(self) -> dict[str, str]:
+    def annotations(self) -> dict[str, str | None]:
         return {ANNOTATION_EIPS: ",".join(sorted(set(self._eips()))),
-                ANNOTATION_PEERS: ",".join(sorted(set(self._peers()) - {self.node}))}
+                ANNOTATION_PEERS: ",".join(sorted(set(self._peers()) - {self.node})),
+                ANNOTATION_UNINSTALLED: None}  # a running agent is installed (an earlier release's confirmation goes)
 
     @property
     def eligible(self) -> bool:
@@ -136,3 +138,26 @@ class GatewayLease:
             self._holding = False
             self.writes += 1
             self.keeper.release()
+
+
+def confirm_uninstalled(client: k8s.Client, node: str, namespace: str, token: str) -> None:
+    """Tell the pre-delete hook this node is clean: `token` in the annotation ANNOTATION_UNINSTALLED of
+    Lease `egress-agent-<node>` (created when the node held none). The Lease is released on the way
+    (no holder, no EIPs, no peers), so nothing reads it as liveness."""
+    name = f"{LEASE_PREFIX}{node}"
+    confirmed = {ANNOTATION_EIPS: "", ANNOTATION_PEERS: "", ANNOTATION_UNINSTALLED: token}
+
+    def write() -> None:
+        try:
+            lease = client.get(k8s.LEASES, name, namespace)
+        except k8s.NotFound:
+            client.create(k8s.LEASES, {"apiVersion": k8s.LEASES.api_version, "kind": k8s.LEASES.kind,
+                                       "metadata": {"name": name, "namespace": namespace, "annotations": confirmed},
+                                       "spec": {}}, namespace=namespace)
+            return
+        meta = lease.setdefault("metadata", {})
+        meta["annotations"] = {**(meta.get("annotations") or {}), **confirmed}
+        lease["spec"] = {**(lease.get("spec") or {}), "holderIdentity": None}
+        client.replace(k8s.LEASES, lease)
+
+    k8s.retry_on_conflict(write)

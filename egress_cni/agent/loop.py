@@ -4,7 +4,8 @@ Parts (each its own module):
 - sources.py / state.py: the typed stores in, compute's `ClusterState` assembled from them;
 - reconcile.py: compute -> diff -> apply behind narrow kernel ports, then acks and tunnel report;
 - fencing.py: the EIPs' kernel lifetime renewed by its own thread (released on SIGTERM), Lease renewal, heartbeat;
-- cni_bridge.py: the registry watch, the fast path for new endpoints, the acks.
+- cni_bridge.py: the registry watch, the fast path for new endpoints, the acks;
+- uninstall.py: the chart's pre-delete signal; once seen the worker never reconciles again.
 
 The worker coalesces events (at most one reconcile per `min_interval`), repeats the reconcile every
 `resync_seconds` to repair drift, and after a failure retries with exponential backoff and jitter
@@ -28,6 +29,7 @@ from egress_cni.agent.peer_socket import PeerService
 from egress_cni.agent.reconcile import Conntrack, Counters, DataplanePort, Reconciler, Status
 from egress_cni.agent.sources import RecordingReporter, Source, TunnelReporter
 from egress_cni.agent.state import StateView
+from egress_cni.agent.uninstall import requested
 from egress_cni.backoff import Backoff
 from egress_cni.dataplane.inputs import ClusterState, DataplaneConfig, NodeFacts
 from egress_cni.dataplane.plan import Plan
@@ -39,6 +41,9 @@ __all__ = ["Agent", "Kernel", "Lease", "NoLease", "Status"]
 
 class Kernel(DataplanePort, Conntrack, SetWriter, Counters, EipPort, Protocol):
     """Every kernel port at once: what `dataplane.apply.KernelDataplane` (and the fake) provide."""
+
+    def uninstall(self) -> None:
+        """Remove everything we own from the node's kernel (the pre-delete hook's signal)."""
 
 
 class Agent:
@@ -55,6 +60,8 @@ class Agent:
         self.min_interval = min_interval  # coalesces event bursts: at most one full reconcile per interval
         self.retry = retry or Backoff(base=0.5, cap=10.0)
         self.on_reconciled: Callable[[Status], None] | None = None
+        self.on_uninstall: Callable[[str], None] | None = None  # the pre-delete hook's token was seen
+        self.uninstalling = ""  # that token: from then on nothing is reconciled again
         self._dirty = threading.Event()
         self._urgent = threading.Event()  # cuts the worker's wait short (a Lease verdict changed, stop)
         self._stop = threading.Event()
@@ -141,7 +148,19 @@ class Agent:
             self.refresher.release()
 
     def alive(self) -> bool:
-        return all(t.is_alive() for t in self._threads) and not self._stop.is_set()
+        """Every thread runs; or the node is being uninstalled, when stopping them is the point (the
+        agent then stays idle until its pod is deleted, and a restart would only set things up again)."""
+        return bool(self.uninstalling) or (all(t.is_alive() for t in self._threads) and not self._stop.is_set())
+
+    def _uninstall_requested(self) -> bool:
+        token = requested(self.source.stores)
+        if not token:
+            return False
+        self.uninstalling = token
+        log.info("uninstall requested: reconciling stops", extra={"node": self.node, "token": token})
+        if self.on_uninstall is not None:
+            self.on_uninstall(token)
+        return True
 
     def _worker(self) -> None:
         not_before = 0.0
@@ -150,7 +169,7 @@ class Agent:
             hold = not_before - time.monotonic()
             if hold > 0 and self._urgent.wait(hold):
                 self._urgent.clear()
-            if self._stop.is_set():
+            if self._stop.is_set() or self._uninstall_requested():
                 break
             self._dirty.clear()
             ok = self.reconcile() is not None
@@ -174,7 +193,10 @@ class Agent:
     # --- reconcile ----------------------------------------------------------------------------
 
     def reconcile(self) -> Plan | None:
-        """One full reconcile now (the worker's, or a caller's own: `once`, tests, benches)."""
+        """One full reconcile now (the worker's, or a caller's own: `once`, tests, benches); none
+        once an uninstall was requested."""
+        if self.uninstalling:
+            return None
         complete = self.source.synced
         plan = self.reconciler.reconcile()
         if plan is not None and self.status.desired is not None:

@@ -2,7 +2,11 @@
 
     egress-agent run --node NODE [--source k8s|yaml:DIR] [--parent eth0] [--registry-dir DIR] ...
     egress-agent once --node NODE --source yaml:DIR     # one reconcile, prints the plan summary
-    egress-agent uninstall [--parent eth0]
+    egress-agent uninstall [--parent eth0] [--cni-conf-dir DIR --cni-bin-dir DIR ...]
+
+`run` also uninstalls, on the chart's pre-delete signal (agent/uninstall.py): it stops reconciling,
+removes the dataplane and, given the --cni-* directories, the CNI files, confirms in its Lease and
+stays idle until its pod is deleted.
 """
 
 from __future__ import annotations
@@ -25,6 +29,8 @@ from egress_cni.agent.peer_socket import PeerService
 from egress_cni.agent.peer_wire import read_key
 from egress_cni.agent.peers import PeerMonitor
 from egress_cni.agent.sources import RecordingReporter, Source, TunnelReporter, YamlSource
+from egress_cni.agent.uninstall import NodePaths, clean_node
+from egress_cni.backoff import Backoff
 from egress_cni.dataplane.apply import KernelDataplane
 from egress_cni.dataplane.inputs import DataplaneConfig, NodeFacts
 
@@ -66,6 +72,10 @@ def build_parser(env: Mapping[str, str] | None = None) -> argparse.ArgumentParse
                             "after it (env EGRESS_EIP_LIFETIME_SECONDS); default 1")
         p.add_argument("--namespace", default=env.get("EGRESS_NAMESPACE", "egressgateway-system"))
         p.add_argument("--metrics-address", default=":9641", help="host:port for /healthz /readyz /metrics; '' disables")
+        p.add_argument("--cni-conf-dir", default="", help="the node's CNI config dir, for uninstall ('' leaves the CNI files)")
+        p.add_argument("--cni-bin-dir", default="", help="the node's CNI bin dir (our wrapper), for uninstall")
+        p.add_argument("--cni-runtime-dir", default="", help="the plugin's private runtime, removed on uninstall")
+        p.add_argument("--cni-state-dir", default="", help="the plugin's per-pod state dir, removed on uninstall")
         p.add_argument("--health-port", type=int, default=None, help="serve /healthz /readyz /metrics on 0.0.0.0:PORT")
         p.add_argument("--metrics-port", type=int, default=None, help="serve the same endpoints on this port too")
         logs.add_arguments(p)
@@ -111,6 +121,11 @@ def parse_args(argv: list[str] | None, env: Mapping[str, str] | None = None) -> 
 def config_from(args: argparse.Namespace) -> DataplaneConfig:
     return DataplaneConfig(vxlan_name=args.vxlan_name, vni=args.vni, port=args.vxlan_port, mtu=args.mtu,
                            eip_lifetime=args.eip_lifetime_seconds)
+
+
+def node_paths(args: argparse.Namespace) -> NodePaths:
+    return NodePaths(registry_dir=args.registry_dir, cni_conf_dir=args.cni_conf_dir, cni_bin_dir=args.cni_bin_dir,
+                     cni_runtime_dir=args.cni_runtime_dir, cni_state_dir=args.cni_state_dir)
 
 
 def families(args: argparse.Namespace) -> list[int]:
@@ -187,9 +202,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "uninstall":
         config = config_from(args)
         parent = facts_reader(args, config)().parent if args.node or args.parent else (args.parent or "")
-        KernelDataplane(config, parent, families(args), args.iptables_backend).uninstall()
-        print("uninstalled")
-        return 0
+        kernel = KernelDataplane(config, parent, families(args), args.iptables_backend)
+        failed = clean_node(kernel.uninstall, node_paths(args))
+        print("uninstalled" if not failed else f"uninstall incomplete: {'; '.join(failed)}")
+        return 1 if failed else 0
     if not args.node:
         raise SystemExit("--node (or env NODE_NAME) is required")
     agent = make_agent(args)
@@ -218,23 +234,58 @@ def run(agent: Agent, args: argparse.Namespace) -> int:
     for address in addresses:
         host, _, port = address.rpartition(":")
         serve(agent, collector, host or "0.0.0.0", int(port))
-    done = threading.Event()
+    done = threading.Event()  # a signal, or the uninstall signal
+    terminated = threading.Event()  # a signal only
     got: list[int] = []
 
     def stop_on(signum: int, _frame: object) -> None:
         got.append(signum)
+        terminated.set()
         done.set()
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, stop_on)
+    agent.on_uninstall = lambda _token: done.set()
     agent.start()
     log.info("agent started", extra={"node": agent.node})
     done.wait()
+    if agent.uninstalling and not got:
+        uninstall_node(agent, args, stopped=terminated.is_set)
+        terminated.wait()  # idle until the pod is deleted: nothing may be set up again
+        return 0
     # SIGTERM gives the EIPs up at once (a standby may claim them); the rest stays in place: a
     # restart must not interrupt established flows. SIGINT (a developer's ^C) keeps the IPv6 EIPs on
     # the parent for their lifetime; IPv4 EIPs go with the EIP holder whenever this process ends.
     agent.stop(release_eips=signal.SIGTERM in got)
     return 0
+
+
+def uninstall_node(agent: Agent, args: argparse.Namespace, stopped: Callable[[], bool],
+                   confirm: Callable[[str], None] | None = None) -> None:
+    """The pre-delete signal was seen: every thread stops (the EIPs go at once, peers are told, as on
+    SIGTERM), then the node is cleaned and the hook told so, retried until it is or a signal comes."""
+    agent.stop(release_eips=True)
+    failed = clean_node(agent.kernel.uninstall, node_paths(args))
+    confirm = confirm or confirmer(agent, args.namespace)
+    retry = Backoff(base=0.5, cap=10.0)
+    while not stopped():
+        try:
+            confirm(agent.uninstalling)
+        except Exception as exc:
+            log.warning("uninstall not confirmed yet; retrying", extra={"error": str(exc)})
+            time.sleep(retry.next())  # at most 10 s; a signal meanwhile is seen after it
+            continue
+        log.info("node uninstalled and confirmed", extra={"node": agent.node, "failed": failed or None})
+        return
+
+
+def confirmer(agent: Agent, namespace: str) -> Callable[[str], None]:
+    from egress_cni.agent.k8s_source import KubernetesSource, confirm_uninstalled
+
+    source = agent.source
+    if isinstance(source, KubernetesSource):
+        return lambda token: confirm_uninstalled(source.client, agent.node, namespace, token)
+    return lambda _token: None  # a file source has nobody to tell
 
 
 if __name__ == "__main__":

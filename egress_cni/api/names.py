@@ -17,6 +17,10 @@ from typing import Any
 from egress_cni.api import GROUP, limits
 
 LABEL_POLICY_NAME = "spidernet.io/policy-name"  # on a policy's endpoint slices: policy_label_value(name)
+# The chart's pre-delete hook (controller/uninstall.py) and the agents (agent/uninstall.py): its token on
+# EgressClusterInfo `default`, and each agent's confirmation of that token on its own Lease.
+ANNOTATION_UNINSTALL = f"{GROUP}/uninstall"
+ANNOTATION_UNINSTALLED = f"{GROUP}/uninstalled"
 LABEL_VALUE_MAX = limits.LABEL_VALUE
 GENERATE_NAME_MAX = 58  # what the API server keeps of a generateName before its 5 random characters
 DIGEST_LEN = 10

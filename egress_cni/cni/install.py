@@ -8,7 +8,8 @@ install:
      -I -S (never the host's Python or site-packages), via temp file + rename (no "text file busy");
   3. appends our plugin to the node's primary conflist (first *.conflist/*.conf/*.json in
      lexicographic order, as containerd picks it), idempotently, via temp file + rename.
-uninstall removes our entry from every conflist, the wrapper and the runtime.
+uninstall removes our entry from every conflist, the wrapper and the runtime
+(egress_cni/lowlevel/cnifiles.py, shared with the agent's uninstall).
 """
 
 from __future__ import annotations
@@ -23,9 +24,10 @@ from pathlib import Path
 from typing import Any
 
 import egress_cni
+from egress_cni.lowlevel.cnifiles import CONF_SUFFIXES, PLUGIN_TYPE, remove, without_plugin, write_atomic
 from egress_cni.lowlevel.command import CommandError, run
 
-PLUGIN_TYPE = "egress-cni"
+__all__ = ["CONF_SUFFIXES", "PLUGIN_TYPE", "install", "main", "uninstall", "with_plugin", "without_plugin", "write_atomic"]
 TRIM = {"test", "idlelib", "tkinter", "turtledemo", "ensurepip", "site-packages", "lib2to3", "__phello__", "unittest"}
 PACKAGE_FILES = ("__init__.py", "registry.py", "py.typed")
 PACKAGE_DIRS = ("cni", "lowlevel")  # with PACKAGE_FILES all the plugin imports (.importlinter holds it to that)
@@ -34,7 +36,6 @@ WRAPPER = """#!/bin/sh
 R={runtime}/current
 LD_LIBRARY_PATH="$R/lib" exec "$R/bin/python3" -I -S -c 'from egress_cni.cni.main import main; main()' "$@"
 """
-CONF_SUFFIXES = (".conflist", ".conf", ".json")
 
 
 def _stdlib_dir() -> Path:
@@ -126,13 +127,6 @@ def switch_current(runtime_dir: Path, version_dir: Path) -> None:
             shutil.rmtree(old, ignore_errors=True)
 
 
-def write_atomic(path: Path, text: str, mode: int = 0o644) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.chmod(tmp, mode)
-    os.replace(tmp, path)
-
-
 def primary_conflist(conf_dir: Path) -> Path | None:
     files = sorted(p for p in conf_dir.iterdir() if p.suffix in CONF_SUFFIXES and p.is_file() and not p.name.startswith("."))
     return files[0] if files else None
@@ -145,12 +139,6 @@ def with_plugin(conf: dict[str, Any], plugin: dict[str, Any]) -> dict[str, Any]:
         conf = {"cniVersion": conf.get("cniVersion", "1.0.0"), "name": conf.get("name", "k8s-pod-network"), "plugins": [single]}
     plugins = [p for p in conf["plugins"] if not (isinstance(p, dict) and p.get("type") == PLUGIN_TYPE)]
     return {**conf, "plugins": [*plugins, plugin]}
-
-
-def without_plugin(conf: dict[str, Any]) -> dict[str, Any]:
-    if "plugins" not in conf:
-        return conf
-    return {**conf, "plugins": [p for p in conf["plugins"] if not (isinstance(p, dict) and p.get("type") == PLUGIN_TYPE)]}
 
 
 def install(args: argparse.Namespace) -> int:
@@ -182,20 +170,7 @@ def install(args: argparse.Namespace) -> int:
 
 
 def uninstall(args: argparse.Namespace) -> int:
-    conf_dir = Path(args.conf_dir)
-    for path in sorted(conf_dir.iterdir()) if conf_dir.is_dir() else []:
-        if path.suffix not in CONF_SUFFIXES or not path.is_file():
-            continue
-        try:
-            conf = json.loads(path.read_text())
-        except ValueError:
-            continue
-        updated = without_plugin(conf)
-        if updated != conf:
-            write_atomic(path, json.dumps(updated, indent=2) + "\n")
-    (Path(args.bin_dir) / PLUGIN_TYPE).unlink(missing_ok=True)
-    if not args.keep_runtime:
-        shutil.rmtree(args.runtime_dir, ignore_errors=True)
+    remove(Path(args.conf_dir), Path(args.bin_dir), None if args.keep_runtime else Path(args.runtime_dir))
     return 0
 
 

@@ -16,12 +16,17 @@ passes a monotonic clock).
   peer lists it is alive (its agent lost the API, not the node; docs/ha.md point 10). A stale
   voucher vouches for nobody, so the stale-together hold above still decides an API freeze.
 - Reports: `ANNOTATION_EIPS` lists the EIPs an agent holds; only fresh Leases' reports count.
+- Uninstalled: a Lease carrying `ANNOTATION_UNINSTALLED` is an agent's confirmation to the chart's
+  pre-delete hook that its node is clean (agent/uninstall.py). It is read as no Lease at all, whatever
+  its spec says: no agent there, no reports, no vouching (a non-gateway node writes one too).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
+
+from egress_cni.api.names import ANNOTATION_UNINSTALLED
 
 LATE = 0.5  # an agent whose last renewal is older than this part of its duration is late
 ANNOTATION_EIPS = "egressgateway.spidernet.io/eips"  # comma-separated EIPs the agent holds now
@@ -66,6 +71,9 @@ class AgentLiveness:
         return was != ((after.eips, after.peers) if after is not None else ((), ()))
 
     def _observe(self, name: str, lease: dict[str, Any] | None, now: float) -> None:
+        annotations = ((lease or {}).get("metadata") or {}).get("annotations") or {}
+        if ANNOTATION_UNINSTALLED in annotations:
+            lease = None
         spec = (lease or {}).get("spec") or {}
         holder, renewed = str(spec.get("holderIdentity") or ""), str(spec.get("renewTime") or "")
         if lease is None or not holder or not renewed:
@@ -78,7 +86,6 @@ class AgentLiveness:
         self._released.discard(name)
         renewal = (holder, renewed)
         duration = float(spec.get("leaseDurationSeconds") or 0)
-        annotations = ((lease or {}).get("metadata") or {}).get("annotations") or {}
         eips = _listed(annotations, ANNOTATION_EIPS)
         peers = tuple(self.prefix + p for p in _listed(annotations, ANNOTATION_PEERS) if self.prefix + p != name)
         seen = self._seen.get(name)

@@ -149,7 +149,12 @@ class Controller:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    config = parse_args(argv)
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] == ["uninstall-nodes"]:  # the chart's pre-delete hook Job (controller/uninstall.py)
+        from egress_cni.controller import uninstall
+
+        return uninstall.main(args[1:])
+    config = parse_args(args)
     logs.setup(config.log_level, config.log_format)
     for note in config.notes:
         log.warning("setting has no effect", extra={"note": note})

@@ -47,6 +47,7 @@ class FakeKernel:
         self.contested: frozenset[str] = frozenset()
         self.has_carrier = True
         self.refreshed: list[frozenset[Address] | None] = []  # arguments of refresh_eips calls
+        self.uninstalled = False
 
     def read_actual(self, sysctls: frozenset[Sysctl] = frozenset()) -> Dataplane:
         return self.state
@@ -57,6 +58,10 @@ class FakeKernel:
 
     def hint_tables(self, tables: set[int]) -> None:
         return None
+
+    def uninstall(self) -> None:
+        self.state = Dataplane()
+        self.uninstalled = True
 
     def refresh_eips(self, addresses: Iterable[Address] | None) -> int:
         self.refreshed.append(None if addresses is None else frozenset(addresses))

@@ -8,6 +8,7 @@ import pytest
 
 from egress_cni.agent.k8s_source import ANNOTATION_EIPS, ANNOTATION_PEERS, GatewayLease
 from egress_cni.api.model import EgressGateway
+from egress_cni.api.names import ANNOTATION_UNINSTALLED
 
 pytestmark = pytest.mark.unit
 
@@ -44,7 +45,8 @@ def test_only_gateway_nodes_write_a_lease_and_it_carries_eips_and_peers() -> Non
     gateways.append(gateway("n1", "n2"))  # the controller listed n1 in a nodeList
     lease.report(eips=lambda: ["10.6.1.2", "10.6.1.1"], peers=lambda: {"n2", "n1"})
     assert lease.try_acquire_or_renew()
-    assert keeper.renewals == [{ANNOTATION_EIPS: "10.6.1.1,10.6.1.2", ANNOTATION_PEERS: "n2"}]
+    # None removes an earlier release's uninstall confirmation from the Lease (k8s.LeaseKeeper)
+    assert keeper.renewals == [{ANNOTATION_EIPS: "10.6.1.1,10.6.1.2", ANNOTATION_PEERS: "n2", ANNOTATION_UNINSTALLED: None}]
     gateways.pop()  # unlabelled: released once, then nothing
     lease.try_acquire_or_renew()
     lease.try_acquire_or_renew()

@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import json
 import subprocess
-import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from devtools.scenario import load_scenario
-from tests.agent.topology import PYTHON, ROOT, sh
+from tests.agent.topology import PYTHON, ROOT, scratch_netns, sh
 
 pytestmark = [pytest.mark.netns, pytest.mark.timeout(300)]
 
@@ -27,13 +27,9 @@ def in_ns(ns: str, *cmd: str) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.fixture
-def node_ns() -> object:
-    name = f"egwt-{uuid.uuid4().hex[:6]}-apply"
-    sh("ip", "netns", "add", name)
-    try:
+def node_ns() -> Iterator[str]:
+    with scratch_netns("apply") as name:
         yield name
-    finally:
-        sh("ip", "netns", "del", name, check=False)
 
 
 @pytest.mark.parametrize("backend", ["nft", "legacy"])

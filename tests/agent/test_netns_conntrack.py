@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import json
 import subprocess
-import uuid
 from collections.abc import Iterator
 
 import pytest
 
-from tests.agent.topology import PYTHON, ROOT, sh
+from tests.agent.topology import PYTHON, ROOT, scratch_netns, sh
 
 pytestmark = [pytest.mark.netns, pytest.mark.timeout(120)]
 
@@ -29,12 +28,8 @@ GONE = {"unnatted", "unnatted-second-destination", "v6-unnatted"}
 
 @pytest.fixture
 def netns() -> Iterator[str]:
-    name = f"egwt-ct-{uuid.uuid4().hex[:6]}"
-    sh("ip", "netns", "add", name)
-    try:
+    with scratch_netns("ct") as name:
         yield name
-    finally:
-        subprocess.run(["ip", "netns", "del", name], check=False)
 
 
 def insert(ns: str, sport: int, flow: tuple[str, str, str, str]) -> None:

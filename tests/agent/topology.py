@@ -18,6 +18,8 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +39,17 @@ def sh(*cmd: str, check: bool = True, input: str | None = None) -> subprocess.Co
     if check and proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)}: {proc.returncode} {proc.stderr.strip()}")
     return proc
+
+
+@contextmanager
+def scratch_netns(tag: str) -> Iterator[str]:
+    """A network namespace of the test's own (`egwt-<random>-<tag>`), deleted by name afterwards."""
+    name = f"egwt-{uuid.uuid4().hex[:6]}-{tag}"
+    sh("ip", "netns", "add", name)
+    try:
+        yield name
+    finally:
+        sh("ip", "netns", "del", name, check=False)
 
 
 def tunnel(n: int, dual: bool) -> dict[str, Any]:

@@ -17,8 +17,15 @@ import yaml
 
 from devtools.devkube.controlplane import ControlPlane
 from egress_cni import k8s
-from egress_cni.agent.k8s_source import LEASE_PREFIX, GatewayLease, KubernetesSource, KubernetesTunnelReporter
+from egress_cni.agent.k8s_source import (
+    LEASE_PREFIX,
+    GatewayLease,
+    KubernetesSource,
+    KubernetesTunnelReporter,
+    confirm_uninstalled,
+)
 from egress_cni.api.model import EgressGateway
+from egress_cni.api.names import ANNOTATION_UNINSTALLED
 from tests.controller.cluster import (
     ControllerProcess,
     delete_quietly,
@@ -48,6 +55,16 @@ def installed_objects() -> list[dict[str, Any]]:
     files = ("controller.yaml", "agent.yaml", "agent-node-claim.yaml", "webhook.yaml")
     docs = [d for f in files for d in yaml.safe_load_all((REPO / "manifests" / f).read_text()) if d]
     return sorted((d for d in docs if d["kind"] in INSTALLED_KINDS), key=lambda d: INSTALLED_KINDS.index(d["kind"]))
+
+
+def node_claim_active(unbound: k8s.Client, node: str) -> bool:
+    """The agents' Lease grant and the node-claim policy are in force: a token without the claim is
+    refused by the policy (not by RBAC, not let through)."""
+    try:
+        k8s.LeaseKeeper(unbound, f"{LEASE_PREFIX}{node}", NS, node, 20).try_acquire_or_renew()
+    except k8s.Forbidden as exc:
+        return NO_CLAIM in str(exc)
+    return False
 
 
 def forbidden(call: Callable[[], Any]) -> k8s.Forbidden:
@@ -93,16 +110,7 @@ def cluster(control_plane: ControlPlane) -> Iterator[Cluster]:
                                              "containers": [{"name": "agent", "image": "egressgateway:dev"}]}}, namespace=NS)
         # RBAC and admission policies reach the authorizer and the admission plugin through informers
         unbound = env.client(AGENT_SA)
-        probe = k8s.LeaseKeeper(unbound, f"{LEASE_PREFIX}{env.node_a}", NS, env.node_a, 20)
-
-        def policy_active() -> bool:
-            try:
-                probe.try_acquire_or_renew()
-            except k8s.Forbidden as exc:
-                return NO_CLAIM in str(exc)
-            return False
-
-        wait_for("the agent's Role and the node-claim policy to take effect", policy_active)
+        wait_for("the agent's Role and the node-claim policy to take effect", lambda: node_claim_active(unbound, env.node_a))
         yield env
     finally:
         for node in (env.node_a, env.node_b):
@@ -155,6 +163,9 @@ def test_the_agent_code_paths_are_allowed(cluster: Cluster, agent_a: k8s.Client)
     assert cluster.admin.get(k8s.LEASES, f"{LEASE_PREFIX}{node}", NS)["spec"]["holderIdentity"] == node
     lease.release()  # get, update
     assert cluster.admin.get(k8s.LEASES, f"{LEASE_PREFIX}{node}", NS)["spec"].get("holderIdentity") is None
+    confirm_uninstalled(agent_a, node, NS, "t")  # the uninstall hook's confirmation: get, update (create without a Lease)
+    assert cluster.admin.get(k8s.LEASES, f"{LEASE_PREFIX}{node}", NS)["metadata"]["annotations"][ANNOTATION_UNINSTALLED] == "t"
+    delete_quietly(cluster.admin, k8s.LEASES, f"{LEASE_PREFIX}{node}", NS)  # the controller test below needs a live one
 
 
 def test_an_agent_cannot_write_another_nodes_lease_or_tunnel(cluster: Cluster, agent_a: k8s.Client) -> None:

@@ -168,3 +168,13 @@ def test_lease_keeper_writes_its_annotations() -> None:
     keeper = k8s.LeaseKeeper(store, "l", "ns", "n1", 20, annotations=lambda: {"x/eips": "10.6.1.1"})  # type: ignore[arg-type]
     assert keeper.try_acquire_or_renew() and keeper.try_acquire_or_renew()
     assert store.lease is not None and store.lease["metadata"]["annotations"] == {"x/eips": "10.6.1.1"}
+
+
+def test_lease_keeper_removes_an_annotation_given_as_none() -> None:
+    """A running agent drops an earlier release's uninstall confirmation from its Lease (agent/k8s_source.py)."""
+    store = _LeaseStore()
+    store.lease = {"metadata": {"name": "l", "namespace": "ns", "resourceVersion": "0",
+                                "annotations": {"x/uninstalled": "t", "other": "kept"}}, "spec": {}}
+    keeper = k8s.LeaseKeeper(store, "l", "ns", "n1", 20, annotations=lambda: {"x/eips": "", "x/uninstalled": None})  # type: ignore[arg-type]
+    assert keeper.try_acquire_or_renew()
+    assert store.lease["metadata"]["annotations"] == {"other": "kept", "x/eips": ""}

@@ -173,3 +173,108 @@ def test_upstreams_other_feature_values_are_accepted_and_noted(helm: str) -> Non
     noted = " ".join(settings.notes)
     for key in ("gatewayReplyRouteTable", "gatewayReplyRouteMark", "tunnelMonitorPeriod", "announcedInterfacesToExclude"):
         assert key in noted
+
+
+# --- helm uninstall: the pre-delete hook ---------------------------------------------------------------
+
+HOOK_KINDS = ("ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding", "Job")
+
+
+def hooks(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [d for d in docs if "helm.sh/hook" in (d["metadata"].get("annotations") or {})]
+
+
+def test_the_uninstall_hook_renders_as_pre_delete_with_grants_that_go_with_it(helm: str) -> None:
+    docs = objects(helm, namespace="kube-system")
+    found = hooks(docs)
+    assert sorted(d["kind"] for d in found) == sorted(HOOK_KINDS)
+    assert {d["metadata"]["name"] for d in found} == {"egressgateway-uninstall"}
+    weights = {d["kind"]: int(d["metadata"]["annotations"]["helm.sh/hook-weight"]) for d in found}
+    for d in found:
+        notes = d["metadata"]["annotations"]
+        assert notes["helm.sh/hook"] == "pre-delete"
+        assert set(notes["helm.sh/hook-delete-policy"].split(",")) == {"before-hook-creation", "hook-succeeded", "hook-failed"}
+        if d["kind"] != "Job":
+            assert weights[d["kind"]] < weights["Job"]  # identity and grants exist before the Job starts
+    assert find(found, "ClusterRole", "egressgateway-uninstall")["rules"] == [
+        {"apiGroups": ["egressgateway.spidernet.io"], "resources": ["egressclusterinfos"], "resourceNames": ["default"],
+         "verbs": ["get", "patch"]}]
+    assert find(found, "Role", "egressgateway-uninstall")["rules"] == [
+        {"apiGroups": [""], "resources": ["pods"], "verbs": ["list"]},
+        {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["list"]}]
+    for binding in ("ClusterRoleBinding", "RoleBinding"):
+        assert find(found, binding, "egressgateway-uninstall")["subjects"] == [
+            {"kind": "ServiceAccount", "name": "egressgateway-uninstall", "namespace": "kube-system"}]
+    job = find(found, "Job", "egressgateway-uninstall")
+    pod = job["spec"]["template"]["spec"]
+    assert pod["serviceAccountName"] == "egressgateway-uninstall" and pod["restartPolicy"] == "Never"
+    (container,) = pod["containers"]
+    assert container["command"] == ["egress-controller", "uninstall-nodes", "--timeout-seconds=120"]
+    assert container["image"] == find(docs, "Deployment", "egressgateway-controller")["spec"]["template"]["spec"]["containers"][0]["image"]
+    assert job["spec"]["activeDeadlineSeconds"] > 120
+
+
+def test_uninstall_timeout_is_a_value_checked_by_the_schema(helm: str) -> None:
+    job = find(objects(helm, "--set", "uninstall.timeoutSeconds=30"), "Job", "egressgateway-uninstall")
+    assert job["spec"]["template"]["spec"]["containers"][0]["command"][-1] == "--timeout-seconds=30"
+    for bad, named in ((["--set", "uninstall.timeoutSeconds=0"], "timeoutSeconds"), (["--set", "uninstall.wait=1"], "wait")):
+        result = render.template(helm, bad)
+        assert result.returncode != 0 and named in result.stderr
+
+
+def test_the_plain_manifests_carry_no_hook() -> None:
+    """`kubectl apply` of them must never run the uninstall Job (it would clean every node at once)."""
+    for path in sorted((ROOT / "manifests").glob("*.yaml")):
+        assert "helm.sh/hook" not in path.read_text(), path.name
+
+
+def test_the_agent_mounts_every_dir_it_removes(helm: str) -> None:
+    ds = find(objects(helm), "DaemonSet", "egressgateway-agent")
+    pod = ds["spec"]["template"]["spec"]
+    volumes = {v["name"]: v["hostPath"]["path"] for v in pod["volumes"] if "hostPath" in v}
+    init, agent = pod["initContainers"][0], pod["containers"][0]
+
+    def host_path(container: dict[str, Any], path: str) -> str:
+        """`path` inside the container as the node sees it."""
+        for mount in sorted(container["volumeMounts"], key=lambda m: -len(m["mountPath"])):
+            if path == mount["mountPath"] or path.startswith(mount["mountPath"] + "/"):
+                return volumes[mount["name"]] + path[len(mount["mountPath"]):]
+        raise AssertionError(f"{path} is not on a hostPath volume of {container['name']}")
+
+    flags = dict(a.split("=", 1) for a in agent["args"] if a.startswith("--") and "=" in a)
+    installed = dict(a.split("=", 1) for a in init["command"] if a.startswith("--") and "=" in a)
+    plugin = yaml.safe_load(installed["--plugin-config"])
+    assert host_path(agent, flags["--cni-conf-dir"]) == host_path(init, installed["--conf-dir"]) == "/etc/cni/net.d"
+    assert host_path(agent, flags["--cni-bin-dir"]) == host_path(init, installed["--bin-dir"]) == "/opt/cni/bin"
+    assert host_path(agent, flags["--cni-runtime-dir"]) == installed["--host-runtime-dir"] == "/opt/egressgateway/cni"
+    assert host_path(agent, flags["--cni-state-dir"]) == plugin["stateDir"] == "/var/lib/egressgateway/cni"
+    assert host_path(agent, flags["--registry-dir"]) == plugin["registryDir"] == "/run/egressgateway"
+
+
+# --- helm upgrade: a changed value rolls every pod ------------------------------------------------------
+
+
+def pod_templates(docs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {d["metadata"]["name"]: d["spec"]["template"] for d in docs if d["kind"] in ("DaemonSet", "Deployment")}
+
+
+@pytest.mark.parametrize("change", [["--set", "feature.gatewayFailover.eipEvictionTimeout=21"],
+                                    ["--set", "feature.vxlan.port=7790"]])
+def test_a_changed_feature_value_changes_every_pod_template(helm: str, change: list[str]) -> None:
+    before, after = pod_templates(objects(helm)), pod_templates(objects(helm, *change))
+    assert sorted(before) == ["egress-webhook", "egressgateway-agent", "egressgateway-controller"]
+    for name, template in before.items():
+        assert template["metadata"]["annotations"]["checksum/config"] != after[name]["metadata"]["annotations"]["checksum/config"], name
+
+
+def test_a_value_no_pod_reads_rolls_no_pod(helm: str) -> None:
+    before = pod_templates(objects(helm))
+    assert pod_templates(objects(helm, "--set", "feature.clusterCIDR.extraCidr={10.9.0.0/16}")) == before  # EgressClusterInfo's
+    assert pod_templates(objects(helm, "--set", "uninstall.timeoutSeconds=300")) == before
+
+
+def test_a_provided_certificate_change_rolls_the_webhook(helm: str) -> None:
+    tls = ["--set", "controller.tls.method=provided", "--set", "controller.tls.provided.tlsKey=KEY", "--set", "controller.tls.provided.tlsCa=CA"]
+    one = pod_templates(objects(helm, *tls, "--set", "controller.tls.provided.tlsCert=ONE"))
+    two = pod_templates(objects(helm, *tls, "--set", "controller.tls.provided.tlsCert=TWO"))
+    assert one["egress-webhook"] != two["egress-webhook"]

@@ -18,3 +18,10 @@ annotations: {cert-manager.io/inject-ca-from: {{ .Release.Namespace }}/egress-we
 caBundle: {{ required "controller.tls.provided.tlsCa is required when controller.tls.method is provided" .Values.controller.tls.provided.tlsCa | b64enc }}
 {{- end -}}
 {{- end -}}
+
+{{/* Pod template annotations: the hash of the config every daemon reads (the `feature` values, as
+the ConfigMap renders them), so that `helm upgrade` changing one rolls every pod: a pod reads its
+config only at start. Values a template uses directly (images, replicas) change it already. */}}
+{{- define "egressgateway.podAnnotations" -}}
+checksum/config: {{ include (print .Template.BasePath "/config.yaml") . | sha256sum }}
+{{- end -}}
