@@ -68,7 +68,7 @@ def test_helm_upgrade_rolls_every_pod_without_dropping_a_probe(cluster: Cluster,
              "--set", "feature.gatewayFailover.eipEvictionTimeout=21")
         def replaced() -> dict[str, str] | None:
             now = our_pods(cluster)
-            return now if now and not set(now) & set(before) else None
+            return now if len(now) == len(before) and not set(now) & set(before) else None
 
         rolled = wait_for(replaced, "every pod of the release replaced", 300, interval=1.0)
         cluster.sb.wait_installed()
@@ -86,15 +86,20 @@ def test_helm_upgrade_rolls_every_pod_without_dropping_a_probe(cluster: Cluster,
 def test_helm_uninstall_leaves_every_node_as_before_and_installs_again(cluster: Cluster, probing: str) -> None:
     sb = cluster.sb
     before = json.loads(sb.pre_install_path.read_text())
-    helm(cluster, "uninstall", components.RELEASE, "--wait")
-    wait_for(lambda: not our_pods(cluster) or None, "no pod of the release left", 120, interval=1.0)
 
     def left() -> dict[str, list[str]]:
         return {node.name: diff for node in sb.plan.nodes
                 if (diff := footprint.differences(before[node.name], footprint.snapshot(node, sb.node_paths(node.name).root)))}
 
-    deadline = time.monotonic() + 60
-    while (remaining := left()) and time.monotonic() < deadline:
-        time.sleep(1.0)
-    assert not remaining, "after helm uninstall:\n" + "\n".join(f"{n}: {line}" for n, d in remaining.items() for line in d)
-    sb.install_chart()
+    try:
+        started = time.monotonic()
+        helm(cluster, "uninstall", components.RELEASE, "--wait")
+        wait_for(lambda: not our_pods(cluster) or None, "no pod of the release left", 120, interval=1.0)
+        deadline = time.monotonic() + 60
+        while (remaining := left()) and time.monotonic() < deadline:
+            time.sleep(1.0)
+        print(f"[uninstall] helm uninstall + every node clean after {time.monotonic() - started:.1f} s", flush=True)
+        assert not remaining, "after helm uninstall:\n" + "\n".join(f"{n}: {line}" for n, d in remaining.items() for line in d)
+    finally:  # the tests after this one need the release
+        if not our_pods(cluster):
+            sb.install_chart()

@@ -1,6 +1,7 @@
-"""The kind suite: the manifests deployed into a kind cluster (pytest-kind-ng), with the data-path
-checks of the sandbox suite. Runs only where a Docker engine and kind exist and EGW_E2E_KIND=1;
-elsewhere the root conftest skips the `kind` tier and says why (here: no Docker engine).
+"""The kind suite: the chart installed into a kind cluster (pytest-kind-ng) with the seed's
+`helm install`, as the sandbox does, with the data-path checks of the sandbox suite. Runs only where
+a Docker engine and kind exist and EGW_E2E_KIND=1; elsewhere the root conftest skips the `kind`
+tier and says why (here: no Docker engine).
 
     docker build -t egressgateway:dev . && EGW_E2E_KIND=1 pytest -m kind --kind-bin=$(which kind)
 """
@@ -16,6 +17,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from devtools.devkube.binaries import helm_binary
+from devtools.sandbox import components
 
 REPO = Path(__file__).resolve().parents[2]
 IMAGE = "egressgateway:dev"
@@ -45,9 +49,13 @@ def _kind_subnet() -> ipaddress.IPv4Network:
 def kind_env(request: pytest.FixtureRequest) -> Iterator[KindEnv]:
     cluster = request.getfixturevalue("kind_cluster")  # pytest-kind-ng: created once, deleted at the end
     cluster.load_docker_image(IMAGE)
-    cluster.kubectl("apply", "-k", str(REPO / "manifests"))
-    cluster.kubectl("-n", "egressgateway-system", "rollout", "status", "deployment/egressgateway-controller", "--timeout=300s")
-    cluster.kubectl("-n", "egressgateway-system", "rollout", "status", "daemonset/egressgateway-agent", "--timeout=300s")
+    helm = helm_binary()
+    if helm is None:
+        pytest.fail("no helm binary (make helm: hack/build-helm.sh)")
+    subprocess.run(components.install_command(helm, Path(cluster.kubeconfig_path), "--wait", "--timeout=5m"),
+                   check=True, capture_output=True, text=True)
+    for workload in ("deployment/egressgateway-controller", "deployment/egress-webhook", "daemonset/egressgateway-agent"):
+        cluster.kubectl("-n", components.NAMESPACE, "rollout", "status", workload, "--timeout=300s")
     subnet = _kind_subnet()
     last = subnet.broadcast_address - 1
     # the image holds the product only: the external server runs from the checkout, mounted read-only

@@ -9,7 +9,11 @@
   for on-link addresses), stops renewing, and the kernel removes the addresses (and with them the
   ARP/NDP answers) once their lifetime (`DataplaneConfig.eip_lifetime`) runs out. A restarted agent
   adopts the EIPs it finds: until a reconcile from a synced view has said which EIPs are ours, every
-  EIP present is renewed, so a restart never lets one lapse. SIGTERM releases them all at once (`release`).
+  EIP present is renewed, so a restart never lets one lapse. SIGTERM hands them over (`hand_over`):
+  the holder is made persistent and each EIP gets a last lifetime of HANDOVER seconds, shorter than
+  the RESTART_GRACE peers hold off for, so the node answers for them while its agent restarts (a
+  rollout moves nothing and interrupts nothing) and they expire before a peer may claim them if it
+  never comes back. Uninstall releases them at once (`release`).
 - A parent link without carrier (the node lost its uplink) claims no EIP: the refresher notices the
   flip within one interval, stops renewing and asks for a reconcile, which removes them.
 - EIPs the apply did not claim because someone on the segment answers for them (`contested`) are
@@ -63,6 +67,9 @@ class EipPort(Protocol):
 
     def release_eips(self) -> list[str]:
         """Remove every EIP address we own; the EIPs removed."""
+
+    def hand_over_eips(self, seconds: int) -> list[str]:
+        """Keep every EIP address we own for `seconds` more, past this process (a restart); the EIPs."""
 
     def carrier(self) -> bool:
         """Whether the parent link has carrier."""
@@ -175,8 +182,18 @@ class EipRefresher:
             if stop.wait(self.interval):
                 return
 
+    def hand_over(self, seconds: int) -> list[str]:
+        """SIGTERM: stop renewing and leave every EIP to the next agent for `seconds` (the kernel
+        removes them then if none came back to renew them)."""
+        with self._lock:
+            self._released = True
+        kept = self.kernel.hand_over_eips(seconds)
+        if kept:
+            log.info("eips handed over to the next agent", extra={"eips": kept, "seconds": seconds})
+        return kept
+
     def release(self) -> list[str]:
-        """SIGTERM: stop renewing and remove every EIP now."""
+        """Uninstall: stop renewing and remove every EIP now."""
         with self._lock:
             self._released = True
         released = self.kernel.release_eips()

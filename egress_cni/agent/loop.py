@@ -26,6 +26,7 @@ from egress_cni import registry
 from egress_cni.agent.cni_bridge import CniBridge, SetWriter
 from egress_cni.agent.fencing import EipPort, EipRefresher, Fencing, Lease, NoLease
 from egress_cni.agent.peer_socket import PeerService
+from egress_cni.agent.peers import HANDOVER
 from egress_cni.agent.reconcile import Conntrack, Counters, DataplanePort, Reconciler, Status
 from egress_cni.agent.sources import RecordingReporter, Source, TunnelReporter
 from egress_cni.agent.state import StateView
@@ -131,19 +132,25 @@ class Agent:
             t.start()
             self._threads.append(t)
 
-    def stop(self, *, release_eips: bool = False) -> None:
-        """Stop every thread; with `release_eips` (SIGTERM) the EIPs go at once, and once more after the
-        worker has stopped (a reconcile in flight may have added one)."""
+    def stop(self, *, hand_over: bool = False, release_eips: bool = False) -> None:
+        """Stop every thread. `hand_over` (SIGTERM, a restart most of the time): the EIPs stay HANDOVER
+        seconds for the next agent and the peers hold off RESTART_GRACE, so nothing moves;
+        `release_eips` (uninstall): the peers are told the same, the EIPs go at once. Either is done
+        again once the worker has stopped (a reconcile in flight may have added one)."""
         self._stop.set()
         self._urgent.set()
         self._dirty.set()
+        if hand_over:
+            self.refresher.hand_over(HANDOVER)  # before the farewell: they expire before a peer may claim
+        if (hand_over or release_eips) and self.peers is not None:
+            self.peers.farewell()  # no peer takes an EIP over meanwhile
         if release_eips:
-            if self.peers is not None:
-                self.peers.farewell()  # a rollout restart: peers hold off RESTART_GRACE, nothing moves
             self.refresher.release()
         self.source.stop()
         for t in self._threads:
             t.join(timeout=5)
+        if hand_over:
+            self.refresher.hand_over(HANDOVER)
         if release_eips:
             self.refresher.release()
 

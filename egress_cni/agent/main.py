@@ -253,10 +253,11 @@ def run(agent: Agent, args: argparse.Namespace) -> int:
         uninstall_node(agent, args, stopped=terminated.is_set)
         terminated.wait()  # idle until the pod is deleted: nothing may be set up again
         return 0
-    # SIGTERM gives the EIPs up at once (a standby may claim them); the rest stays in place: a
-    # restart must not interrupt established flows. SIGINT (a developer's ^C) keeps the IPv6 EIPs on
-    # the parent for their lifetime; IPv4 EIPs go with the EIP holder whenever this process ends.
-    agent.stop(release_eips=signal.SIGTERM in got)
+    # SIGTERM hands the EIPs over to the next agent (a short last lifetime; the peers hold off
+    # meanwhile) and leaves the rest in place: a restart must not interrupt flows. SIGINT (a
+    # developer's ^C) keeps the IPv6 EIPs on the parent for their lifetime; IPv4 EIPs go with the EIP
+    # holder whenever this process ends.
+    agent.stop(hand_over=signal.SIGTERM in got)
     return 0
 
 

@@ -45,6 +45,9 @@ MISSED = 3
 # they hold off a takeover this long, so a restart moves nothing. A node that stays down fails over
 # RESTART_GRACE later than a node that vanished without a word.
 RESTART_GRACE = 5.0
+# The last lifetime (whole seconds) of the EIPs of an agent stopped by SIGTERM: it answers for them
+# while it restarts; the kernel expires addresses up to ~1 s late, so this ends before RESTART_GRACE.
+HANDOVER = int(RESTART_GRACE) - 2
 STANDBY_STEP = 0.2
 CLAIM_SECONDS = 3.0  # longer than a hung owner's address lives in its kernel (EIP lifetime 1 s) plus probes
 HOLD_OFF = 10.0

@@ -74,8 +74,15 @@ class KernelDataplane:
         return self._fast_netlink().carrier(self.parent)
 
     def release_eips(self) -> list[str]:
-        """Remove every EIP address we own at once (SIGTERM)."""
+        """Remove every EIP address we own at once (uninstall)."""
         return self._fast_netlink().release_eips(self.parent)
+
+    def hand_over_eips(self, seconds: int) -> list[str]:
+        """The EIP holder outlives this process and every EIP we own gets a last lifetime of
+        `seconds` (SIGTERM): a restarted agent attaches to the holder and renews them."""
+        if self._holder is not None:
+            self._holder.persist(True)
+        return self._fast_netlink().hand_over_eips(self.parent, seconds)
 
     def _claimable(self, plan: Plan) -> Plan:
         """Probe before claim: an EIP address we do not hold yet is added only when nobody on the

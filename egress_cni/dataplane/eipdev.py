@@ -10,7 +10,8 @@ receiving link, so they are fenced by their lifetime alone.
 
 The device is multi-queue, so an agent starting while the old one still exits attaches beside it.
 A daemon clears the persist flag when it attaches (the device dies with the last agent); a one-shot
-run sets it, so what it applied outlives the run.
+run sets it, so what it applied outlives the run, and so does a daemon stopped by SIGTERM (a
+restart: agent/fencing.py hands its EIPs over with a short last lifetime).
 """
 
 from __future__ import annotations
@@ -65,6 +66,11 @@ class EipHolder:
         if ignore:
             return f"arp_ignore={ignore} on {parent}: the node answers ARP only for addresses on that link"
         return ""
+
+    def persist(self, on: bool) -> None:
+        """Whether the device outlives this process (a restart hands it to the next agent)."""
+        if self._fd >= 0:
+            fcntl.ioctl(self._fd, TUNSETPERSIST, int(on))
 
     def close(self) -> None:
         if self._fd >= 0:

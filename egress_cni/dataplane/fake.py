@@ -67,6 +67,10 @@ class FakeKernel:
         self.refreshed.append(None if addresses is None else frozenset(addresses))
         return sum(1 for a in self.state.addresses if a.eip and (addresses is None or a in addresses))
 
+    def hand_over_eips(self, seconds: int) -> list[str]:
+        self.handed_over = seconds
+        return sorted(a.cidr.split("/")[0] for a in self.state.addresses if a.eip)
+
     def release_eips(self) -> list[str]:
         held = sorted(a for a in self.state.addresses if a.eip)
         self.state = replace(self.state, addresses=self.state.addresses - set(held))

@@ -174,8 +174,8 @@ class Netlink:
         self._quiet({errno.EEXIST, errno.EADDRNOTAVAIL, errno.ENOENT}, self.ipr.addr, cmd, index=idx, address=ip,
                     prefixlen=int(plen), **extra)
 
-    def _eip_attrs(self, ip: str) -> dict[str, Any]:
-        lifetime = self.config.eip_lifetime
+    def _eip_attrs(self, ip: str, lifetime: int | None = None) -> dict[str, Any]:
+        lifetime = self.config.eip_lifetime if lifetime is None else lifetime
         extra: dict[str, Any] = {"proto": self.config.eip_proto, "valid_lft": lifetime, "preferred_lft": lifetime,
                                  "flags": IFA_F_NOPREFIXROUTE | (IFA_F_NODAD if ":" in ip else 0)}
         if ":" in ip:
@@ -225,6 +225,16 @@ class Netlink:
         if idx is None:
             return False
         return link_has_carrier(self.ipr.get_links(idx)[0])
+
+    def hand_over_eips(self, parent: str, seconds: int) -> list[str]:
+        """Every EIP on `parent` and the holder gets a lifetime of `seconds` (nobody renews it after
+        this); the EIPs."""
+        with self.eip_lock:
+            held = [h for h in self._held_eips(parent) if h[4] > 0]
+            for idx, _, ip, plen, _ in held:
+                self._quiet({errno.EADDRNOTAVAIL, errno.ENOENT}, self.ipr.addr, "replace", index=idx, address=ip,
+                            prefixlen=plen, **self._eip_attrs(ip, seconds))
+        return [ip for _, _, ip, _, _ in held]
 
     def release_eips(self, parent: str) -> list[str]:
         """Remove every EIP address on `parent` and the holder at once; the EIPs removed."""

@@ -16,6 +16,7 @@ from devtools.scenario import load_scenario
 from egress_cni import registry
 from egress_cni.agent.fencing import EipRefresher
 from egress_cni.agent.loop import Agent
+from egress_cni.agent.peers import HANDOVER, RESTART_GRACE
 from egress_cni.agent.sources import MemorySource, RecordingReporter, load_yaml_objects
 from egress_cni.api.meta import ObjectMeta
 from egress_cni.api.model import EgressClusterPolicy, EgressPolicy
@@ -158,13 +159,17 @@ def test_the_refresher_adopts_found_eips_until_a_synced_reconcile_names_ours(tmp
     assert eips is not None and {a.cidr for a in eips} == {"10.100.0.200/32"}
 
 
-def test_sigterm_releases_the_eips_at_once_and_a_plain_stop_keeps_them(tmp_path: Path) -> None:
+def test_sigterm_hands_the_eips_over_uninstall_releases_them_a_plain_stop_keeps_them(tmp_path: Path) -> None:
     kernel = FakeKernel()
     agent = make_agent(tmp_path, "gateway-basic", kernel=kernel)
     agent.reconcile()
     agent.start()
     agent.stop()
-    assert any(a.eip for a in kernel.state.addresses)
+    assert any(a.eip for a in kernel.state.addresses) and not hasattr(kernel, "handed_over")
+    agent = make_agent(tmp_path, "gateway-basic", kernel=kernel)
+    agent.start()
+    agent.stop(hand_over=True)
+    assert any(a.eip for a in kernel.state.addresses) and kernel.handed_over == HANDOVER < RESTART_GRACE
     agent = make_agent(tmp_path, "gateway-basic", kernel=kernel)
     agent.start()
     agent.stop(release_eips=True)
