@@ -163,8 +163,9 @@ def prepare_node(node: NodePlan, paths: NodePaths, plugin: str = "auto", plugin_
     """
     if plugin not in ("auto", "real", "stub", "none"):
         raise ValueError(f"plugin={plugin!r}: expected auto, real, stub or none")
+    ours = (paths.registry_dir, paths.cni_state_dir) if plugin != "none" else ()  # else the chart's to create
     for directory in (paths.containerd_root, paths.containerd_state, paths.cni_conf_dir, paths.cni_bin_dir,
-                      paths.ipam_dir, paths.registry_dir, paths.cni_state_dir, paths.log_dir):
+                      paths.ipam_dir, paths.log_dir, *ours):
         directory.mkdir(parents=True, exist_ok=True)
     paths.config.write_text(containerd_config(paths, in_node_namespace))
     conf = conflist(node, paths, plugin_config, chained=plugin != "none")

@@ -2,14 +2,16 @@
 the sandbox records it before `helm install`; e2e/test_install.py compares it after `helm uninstall`.
 
 Left out: what others own and change on their own (kube-proxy's KUBE-* rules, the bridge plugin's
-per-pod CNI-* chains, pod veths and the pod bridge the first pod creates, IPAM leases) and iptables
-counters. Everything else counts: chains and rules of every table in both families, ip rules,
+per-pod CNI-* chains, pod veths and the pod bridge the first pod creates, IPAM leases), iptables
+counters, and tables that hold nothing (`*raw` with its built-in chains at policy ACCEPT and no rule:
+with the nft backend a table stays once created, and an empty one changes no packet's fate). Everything else counts: chains and rules of every table in both families, ip rules,
 routes of every table, links and addresses, ipsets, and each file below the node-local paths a
 DaemonSet's hostPath volumes name, with the conflists' content.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -21,6 +23,7 @@ from devtools.sandbox.plan import NodePlan
 
 FOREIGN = re.compile(r"KUBE-|CNI-|\bveth")
 COUNTERS = re.compile(r"\[\d+:\d+\]")
+EMPTY = re.compile(r"^(\*\w+|COMMIT|:(PREROUTING|INPUT|FORWARD|OUTPUT|POSTROUTING) ACCEPT)$")  # in every table
 WATCHED_DIRS = ("/etc/cni/net.d", "/opt/cni/bin", "/opt/egressgateway", "/run/egressgateway", "/var/lib/egressgateway")
 
 
@@ -41,7 +44,7 @@ def kernel(node: NodePlan) -> dict[str, list[str]]:
     found = {}
     for key, argv in commands.items():
         lines = [line for line in _lines(ns, argv) if line and not line.startswith("#") and not FOREIGN.search(line)
-                 and not bridge.search(line)]
+                 and not bridge.search(line) and not (key.endswith("tables") and EMPTY.match(line))]
         if key == "links":  # link indexes and state flags change with every veth: keep name and kind
             lines = [" ".join(line.split()[1:2]) for line in lines]
         found[key] = sorted(set(lines))
@@ -59,8 +62,8 @@ def files(root: Path) -> dict[str, list[str]]:
             for name in names:
                 full = Path(directory) / name
                 shown = f"{path}/{full.relative_to(base)}"
-                if path == "/etc/cni/net.d":
-                    shown += " " + full.read_text().replace("\n", " ")
+                if path == "/etc/cni/net.d":  # its content, not its formatting
+                    shown += " " + json.dumps(json.loads(full.read_text()), sort_keys=True)
                 entries.append(shown)
         found[path] = sorted(entries)
     return found
