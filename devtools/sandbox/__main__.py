@@ -12,7 +12,7 @@ import sys
 import time
 
 from devtools.sandbox.cluster import Sandbox
-from devtools.sandbox.plan import STATE_DIR, build_plan
+from devtools.sandbox.plan import CNI_MODES, STATE_DIR, build_plan
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -22,8 +22,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--down", action="store_true", help="tear down a kept sandbox and exit")
     parser.add_argument("--no-components", action="store_true", help="do not install the chart (no agents, controller, webhook)")
     parser.add_argument("--no-walkthrough", action="store_true", help="only bring the cluster up")
+    parser.add_argument("--cni", choices=CNI_MODES, default="macvlan",
+                        help="the nodes' primary CNI: macvlan (the seed's underlay, default), flannel, bridge")
     args = parser.parse_args(argv)
-    plan = build_plan(state_dir=STATE_DIR)
+    plan = build_plan(state_dir=STATE_DIR, cni=args.cni)
     sandbox = Sandbox(plan, components=not args.no_components)
     if args.down:
         started = time.monotonic()

@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from devtools.sandbox import cgroups, components, containerd, footprint, images, kubelet, kubeproxy, netns, nodehost, procs
+from devtools.sandbox import cgroups, cni, components, containerd, footprint, images, kubelet, kubeproxy, netns, nodehost, procs
 from devtools.sandbox.plan import NodePlan, SandboxPlan
 from devtools.sandbox.state import SandboxState
 
@@ -155,9 +155,11 @@ class Sandbox:
             paths = self.node_paths(node.name)
             self.state.node_dirs.append(str(paths.root))
             self.state.cgroup_roots.append(cgroups.node_root(node))
-            containerd.prepare_node(node, paths, plugin="none", in_node_namespace=True)
+            flannel_mode = self.plan.cni == "flannel"
+            main = None if flannel_mode else cni.main_plugin(self.plan, node, str(paths.ipam_dir))
+            containerd.prepare_node(node, paths, plugin="none", in_node_namespace=True, main=main, with_conflist=not flannel_mode)
             holder = self.state.add_process(nodehost.start_holder(node, paths.root, kubelet.kernel_default_overlays(paths.root)))
-            self.state.add_process(containerd.start(node, paths, holder))
+            self.state.add_process(containerd.start(node, paths, holder, network=not flannel_mode))
             containerd.import_images(paths, archives)
             node_kubeconfig = self.control_plane.kubeconfig_for(f"system:node:{node.name}", ["system:nodes"])
             record = kubelet.start(node, paths.root, paths.socket, node_kubeconfig, self.control_plane.client_ca_file, holder)
@@ -169,7 +171,14 @@ class Sandbox:
             self.kubectl("patch", "node", node.name, "--type=merge", "-p",
                          json.dumps({"spec": {"podCIDR": node.pod_cidr_v4, "podCIDRs": [node.pod_cidr_v4, node.pod_cidr_v6]}}),
                          check=False)
-            self.state.add_process(kubeproxy.start(node, self.node_paths(node.name).root, proxy_kubeconfig, holder))
+            self.state.add_process(kubeproxy.start(node, self.node_paths(node.name).root, proxy_kubeconfig, holder,
+                                                   self.plan.cluster_pod_cidrs, masquerade_all=self.plan.underlay_pods))
+        if self.plan.cni == "flannel":
+            self._start_flannel(started)
+
+    def _start_flannel(self, nodes: list[tuple[NodePlan, procs.ProcessRecord, procs.ProcessRecord]]) -> None:
+        """flanneld on every node (kube subnet manager), then the conflist from its subnet.env."""
+        raise NotImplementedError("--cni flannel: devtools/sandbox/flannel.py")
 
     def install_chart(self) -> None:
         from devtools.devkube.binaries import helm_binary
@@ -179,8 +188,14 @@ class Sandbox:
         if not self.pre_install_path.exists():  # what `helm uninstall` must leave (e2e/test_install.py)
             self.pre_install_path.write_text(json.dumps(
                 {node.name: footprint.snapshot(node, self.node_paths(node.name).root) for node in self.plan.nodes}))
-        self.say(f"$ {components.shown()}")
-        argv = netns.in_netns_argv(self.plan.control_plane.netns, components.install_command(helm, self.kubeconfig))
+        from devtools.devkube.controlplane import SERVICE_CIDR
+
+        extra = components.environment_values(self.plan.underlay_pods, SERVICE_CIDR)
+        if extra:
+            self.say("    (macvlan: the seed's Spiderpool coordinator routed the Service CIDR and 10.6.168.63/32 of "
+                     "underlay pods through the host; here egress-cni does it: agent.cni.hijackCIDR)")
+        self.say(f"$ {components.shown(*extra)}")
+        argv = netns.in_netns_argv(self.plan.control_plane.netns, components.install_command(helm, self.kubeconfig, *extra))
         result = subprocess.run(argv, capture_output=True, text=True, timeout=300)
         self.say((result.stdout + result.stderr).rstrip())
         if result.returncode != 0:

@@ -31,10 +31,16 @@ def install_command(helm: str, kubeconfig: Path, *extra: str) -> list[str]:
     return [helm, "install", RELEASE, str(CHART), "-n", NAMESPACE, f"--kubeconfig={kubeconfig}", *SEED_VALUES, *extra]
 
 
-def shown() -> str:
+def shown(*extra: str) -> str:
     """The install as the seed writes it, with the chart directory in place of `egressgateway/egressgateway`."""
-    return (f"helm install {RELEASE} {CHART.relative_to(REPO_ROOT)} -n {NAMESPACE} "
-            '--set feature.tunnelIpv4Subnet="192.200.0.1/16" --set feature.enableGatewayReplyRoute=true')
+    return " ".join([f"helm install {RELEASE} {CHART.relative_to(REPO_ROOT)} -n {NAMESPACE} "
+                     '--set feature.tunnelIpv4Subnet="192.200.0.1/16" --set feature.enableGatewayReplyRoute=true', *extra])
+
+
+def environment_values(underlay_pods: bool, service_cidr: str) -> tuple[str, ...]:
+    """What the seed's cluster had outside egressgateway: there Spiderpool's coordinator routed the
+    Service CIDR and 10.6.168.63/32 of macvlan pods through the host; here our plugin does (hijackCIDR)."""
+    return ("--set", f"agent.cni.hijackCIDR={{{service_cidr},10.6.168.63/32}}") if underlay_pods else ()
 
 
 def workloads_ready(daemonset: dict[str, Any] | None, deployments: list[dict[str, Any] | None], nodes: int) -> str:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from devtools.sandbox import REPO_ROOT, nodehost, procs
+from devtools.sandbox import REPO_ROOT, cni, nodehost, procs
 from devtools.sandbox.cri import CRIClient
 from devtools.sandbox.images import PAUSE_IMAGE
 from devtools.sandbox.plan import NodePlan
@@ -127,26 +127,20 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
 
 
 def conflist(node: NodePlan, paths: NodePaths, plugin_config: dict[str, Any] | None = None,
-             chained: bool = True) -> dict[str, Any]:
-    """bridge + host-local (dual stack, masquerading like an overlay CNI), chained with egress-cni
-    unless `chained` is false (the DaemonSet's init container appends it)."""
+             chained: bool = True, main: dict[str, Any] | None = None) -> dict[str, Any]:
+    """`main` (default: bridge + host-local, dual stack, masquerading like an overlay CNI), chained with
+    egress-cni unless `chained` is false (the DaemonSet's init container appends it)."""
     ours = {"type": PLUGIN_NAME, "registryDir": str(paths.registry_dir), "stateDir": str(paths.cni_state_dir),
             "capabilities": {"io.kubernetes.cri.pod-annotations": True}, **(plugin_config or {})}
-    return {
-        "cniVersion": "1.0.0",
-        "name": NETWORK_NAME,
-        "plugins": [
-            {
-                "type": "bridge", "bridge": node.pod_bridge, "isGateway": True, "ipMasq": True, "hairpinMode": True,
-                "ipam": {
-                    "type": "host-local", "dataDir": str(paths.ipam_dir),
-                    "ranges": [[{"subnet": node.pod_cidr_v4}], [{"subnet": node.pod_cidr_v6}]],
-                    "routes": [{"dst": "0.0.0.0/0"}, {"dst": "::/0"}],
-                },
-            },
-            *([ours] if chained else []),
-        ],
-    }
+    return {"cniVersion": "1.0.0", "name": NETWORK_NAME,
+            "plugins": [main or cni.bridge_plugin(node, str(paths.ipam_dir)), *([ours] if chained else [])]}
+
+
+def write_conflist(paths: NodePaths, conf: dict[str, Any]) -> None:
+    target = paths.cni_conf_dir / f"10-{NETWORK_NAME}.conflist"
+    tmp = target.with_suffix(".tmp")
+    tmp.write_text(json.dumps(conf, indent=2))
+    os.replace(tmp, target)  # containerd watches the dir: never a half-written file
 
 
 def real_plugin() -> Path | None:
@@ -156,10 +150,11 @@ def real_plugin() -> Path | None:
 
 
 def prepare_node(node: NodePlan, paths: NodePaths, plugin: str = "auto", plugin_config: dict[str, Any] | None = None,
-                 in_node_namespace: bool = False) -> str:
+                 in_node_namespace: bool = False, main: dict[str, Any] | None = None, with_conflist: bool = True) -> str:
     """Write config, conflist and the CNI bin dir; return which egress-cni is chained ("real"/"stub"/"none").
 
     plugin: "real", "stub", "auto" (real when the checkout has it), or "none" (the chart installs it).
+    main: the primary plugin (default bridge); with_conflist false: written later (flannel's subnet).
     """
     if plugin not in ("auto", "real", "stub", "none"):
         raise ValueError(f"plugin={plugin!r}: expected auto, real, stub or none")
@@ -168,8 +163,8 @@ def prepare_node(node: NodePlan, paths: NodePaths, plugin: str = "auto", plugin_
                       paths.ipam_dir, paths.log_dir, *ours):
         directory.mkdir(parents=True, exist_ok=True)
     paths.config.write_text(containerd_config(paths, in_node_namespace))
-    conf = conflist(node, paths, plugin_config, chained=plugin != "none")
-    (paths.cni_conf_dir / f"10-{NETWORK_NAME}.conflist").write_text(json.dumps(conf, indent=2))
+    if with_conflist:
+        write_conflist(paths, conflist(node, paths, plugin_config, chained=plugin != "none", main=main))
     for debian_plugin in DEBIAN_CNI_DIR.iterdir():
         link = paths.cni_bin_dir / debian_plugin.name
         if not link.exists():
@@ -192,9 +187,9 @@ def prepare_node(node: NodePlan, paths: NodePaths, plugin: str = "auto", plugin_
 
 
 def start(node: NodePlan, paths: NodePaths, holder: procs.ProcessRecord | None = None,
-          timeout: float = 120.0) -> procs.ProcessRecord:
+          timeout: float = 120.0, network: bool = True) -> procs.ProcessRecord:
     """containerd inside the node netns (and its mount namespace: `holder`); returns once CRI answers
-    and reports its network ready."""
+    and (`network`) reports its network ready."""
     argv = ["containerd", "--config", str(paths.config)]
     record = procs.launch(f"containerd-{node.name}", nodehost.enter_argv(holder, argv) if holder else argv,
                           paths.log_dir, netns=node.netns)
@@ -203,7 +198,7 @@ def start(node: NodePlan, paths: NodePaths, holder: procs.ProcessRecord | None =
     try:
         while True:
             try:
-                if client.network_ready():
+                if client.network_ready() or (not network and client.version()):
                     return record
             except Exception:  # socket not there yet / still initialising: poll again
                 pass

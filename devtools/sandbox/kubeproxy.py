@@ -18,24 +18,27 @@ from devtools.sandbox.plan import NodePlan
 
 USER = "system:kube-proxy"
 HEALTHZ = "127.0.0.1:10256"
-CLUSTER_CIDRS = "10.244.0.0/16,fd44::/16"  # every node's pod subnets (plan.POD_V4 / POD_V6)
 
 
-def proxy_config(node: NodePlan, kubeconfig: Path) -> dict[str, Any]:
+def proxy_config(node: NodePlan, kubeconfig: Path, cluster_cidrs: tuple[str, str], masquerade_all: bool = False) -> dict[str, Any]:
     return {
         "apiVersion": "kubeproxy.config.k8s.io/v1alpha1", "kind": "KubeProxyConfiguration",
         "clientConnection": {"kubeconfig": str(kubeconfig)},
         "hostnameOverride": node.name, "mode": "iptables",
-        "clusterCIDR": CLUSTER_CIDRS, "detectLocalMode": "ClusterCIDR",
+        "clusterCIDR": ",".join(cluster_cidrs), "detectLocalMode": "ClusterCIDR",
+        # Underlay pods: the API server is on their own segment, so without SNAT its replies would
+        # bypass the node that DNATed the Service address.
+        "iptables": {"masqueradeAll": masquerade_all},
         "conntrack": {"maxPerCore": 0, "min": 0, "tcpEstablishedTimeout": "0s", "tcpCloseWaitTimeout": "0s"},
         "metricsBindAddress": "127.0.0.1:10249", "healthzBindAddress": HEALTHZ,
     }
 
 
-def start(node: NodePlan, root: Path, kubeconfig: Path, holder: procs.ProcessRecord) -> procs.ProcessRecord:
+def start(node: NodePlan, root: Path, kubeconfig: Path, holder: procs.ProcessRecord,
+          cluster_cidrs: tuple[str, str], masquerade_all: bool = False) -> procs.ProcessRecord:
     from devtools.devkube.binaries import kube_bin_dir
 
     config = root / "kube-proxy.yaml"
-    config.write_text(yaml.safe_dump(proxy_config(node, kubeconfig)))
+    config.write_text(yaml.safe_dump(proxy_config(node, kubeconfig, cluster_cidrs, masquerade_all)))
     argv = [str(kube_bin_dir() / "kube-proxy"), f"--config={config}", "--v=1"]
     return procs.launch(f"kube-proxy-{node.name}", nodehost.enter_argv(holder, argv), root / "logs", netns=node.netns)

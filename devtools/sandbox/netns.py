@@ -93,10 +93,12 @@ def apply_topology(plan: SandboxPlan) -> None:
     for node in plan.nodes:
         for key in ("net.ipv4.ip_forward", "net.ipv6.conf.all.forwarding"):
             _sysctl(node.netns, key, "1")
-    # Pods of a node: routed to it from the other nodes (host-gw style, as flannel/calico BGP would)
-    # and from the control plane (kube-apiserver dials the webhook's pod, kubelets' exec streams).
-    for node in plan.nodes:
-        for ns in (plan.control_plane.netns, *(n.netns for n in plan.nodes if n is not node)):
+    # Pods of a node: routed to it from the other nodes (bridge: host-gw style, as calico BGP would;
+    # flannel routes them itself) and from the control plane (kube-apiserver dials the webhook's pod).
+    # Underlay pods (macvlan) are on-link: nobody routes them.
+    for node in [] if plan.underlay_pods else plan.nodes:
+        peers = [n.netns for n in plan.nodes if n is not node] if plan.cni == "bridge" else []
+        for ns in (plan.control_plane.netns, *peers):
             run(["ip", "-n", ns, "route", "replace", node.pod_cidr_v4, "via", node.endpoint.ipv4])
             run(["ip", "-n", ns, "-6", "route", "replace", node.pod_cidr_v6, "via", node.endpoint.ipv6])
 

@@ -5,6 +5,10 @@ holding one bridge, the control-plane netns, three node netns and the external s
 each attached to the bridge by a veth. The underlay subnet is the walkthrough's own (10.6.168.0/24:
 its EgressGateway pool 10.6.168.201-205 and its external server 10.6.168.63 must be on-link), so the
 seed YAML applies verbatim. Nothing gets an address in the host namespace.
+
+Pod addresses depend on the CNI the nodes run (`CNI_MODES`): `bridge` and `flannel` give each node a
+subnet of 10.244.0.0/16 (an overlay's own range); `macvlan` gives each node a slice of the underlay
+itself (10.6.168.128/28, .144/28, .160/28: addresses beside the nodes', like the seed's 10.6.168.208).
 """
 
 from __future__ import annotations
@@ -18,6 +22,11 @@ UNDERLAY_V4 = ipaddress.IPv4Network("10.6.168.0/24")
 UNDERLAY_V6 = ipaddress.IPv6Network("fd10:6:168::/64")
 POD_V4 = "10.244.{index}.0/24"
 POD_V6 = "fd44:{index}::/64"
+OVERLAY_PODS = ("10.244.0.0/16", "fd44::/16")
+UNDERLAY_POD_V4 = "10.6.168.{first}/28"  # first = 112 + 16 * index: node1 .128/28, node2 .144/28, ...
+UNDERLAY_POD_V6 = "fd10:6:168:0:1:{index}::/96"
+UNDERLAY_PODS = ("10.6.168.128/26", "fd10:6:168:0:1::/80")
+CNI_MODES = ("bridge", "macvlan", "flannel")
 EXTERNAL_HOST = 63  # the walkthrough's `curl 10.6.168.63:8080`
 ROUTER_HOST = 1  # the underlay bridge's own address: every netns' default gateway
 CONTROL_PLANE_HOST = 2
@@ -70,6 +79,19 @@ class SandboxPlan:
     external: Endpoint
     nodes: tuple[NodePlan, ...]
     state_dir: Path
+    cni: str = "bridge"
+
+    @property
+    def underlay_pods(self) -> bool:
+        """Pods live on the underlay segment itself (macvlan): no node routes their subnets."""
+        return self.cni == "macvlan"
+
+    @property
+    def cluster_pod_cidrs(self) -> tuple[str, str]:
+        """One IPv4 and one IPv6 CIDR holding every node's pods."""
+        if self.underlay_pods:
+            return UNDERLAY_PODS
+        return OVERLAY_PODS
 
     @property
     def endpoints(self) -> tuple[Endpoint, ...]:
@@ -97,8 +119,10 @@ def _endpoint(prefix: str, role: str, host: int) -> Endpoint:
     return Endpoint(netns=f"{prefix}-{role}", host_veth=f"{prefix}-{role}", ipv4=ipv4, ipv6=ipv6)
 
 
-def build_plan(node_count: int = 3, state_dir: Path = STATE_DIR, prefix: str = PREFIX) -> SandboxPlan:
-    if not 1 <= node_count <= 9:
+def build_plan(node_count: int = 3, state_dir: Path = STATE_DIR, prefix: str = PREFIX, cni: str = "bridge") -> SandboxPlan:
+    if cni not in CNI_MODES:
+        raise ValueError(f"cni={cni!r}: expected one of {', '.join(CNI_MODES)}")
+    if not 1 <= node_count <= (4 if cni == "macvlan" else 9):
         raise ValueError(f"node_count={node_count}: the sandbox supports 1..9 nodes")
     if len(f"{prefix}-node{node_count}") > 15:
         raise ValueError(f"prefix={prefix!r}: veth names `<prefix>-node<N>` must fit in 15 characters")
@@ -106,14 +130,15 @@ def build_plan(node_count: int = 3, state_dir: Path = STATE_DIR, prefix: str = P
     nodes = tuple(
         NodePlan(
             name=f"node{i}", index=i, endpoint=_endpoint(prefix, f"node{i}", NODE_HOST_BASE + i),
-            pod_cidr_v4=POD_V4.format(index=i), pod_cidr_v6=POD_V6.format(index=i),
+            pod_cidr_v4=(UNDERLAY_POD_V4.format(first=112 + 16 * i) if cni == "macvlan" else POD_V4.format(index=i)),
+            pod_cidr_v6=(UNDERLAY_POD_V6.format(index=i) if cni == "macvlan" else POD_V6.format(index=i)),
         )
         for i in range(1, node_count + 1)
     )
     return SandboxPlan(
         underlay_netns=f"{prefix}-underlay", bridge="br-underlay", router_v4=router_v4, router_v6=router_v6,
         control_plane=_endpoint(prefix, "cp", CONTROL_PLANE_HOST), external=_endpoint(prefix, "ext", EXTERNAL_HOST),
-        nodes=nodes, state_dir=state_dir,
+        nodes=nodes, state_dir=state_dir, cni=cni,
     )
 
 

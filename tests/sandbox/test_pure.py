@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from devtools import oci
-from devtools.sandbox import components, containerd, kubelet, kubeproxy, nodehost
+from devtools.sandbox import cni, components, containerd, kubelet, kubeproxy, nodehost
 from devtools.sandbox.extserver import dns_question
 from devtools.sandbox.plan import build_plan
 from devtools.sandbox.walkthrough import SEED, heredocs, seed_heredocs
@@ -81,10 +81,25 @@ def test_kubelet_never_rewrites_host_kernel_tunables(tmp_path: Path) -> None:
 
 
 def test_kube_proxy_leaves_host_global_conntrack_settings_alone(tmp_path: Path) -> None:
-    config = kubeproxy.proxy_config(build_plan().node("node3"), tmp_path / "kubeconfig")
+    plan = build_plan()
+    config = kubeproxy.proxy_config(plan.node("node3"), tmp_path / "kubeconfig", plan.cluster_pod_cidrs)
     assert config["hostnameOverride"] == "node3" and config["mode"] == "iptables"
     assert config["conntrack"]["maxPerCore"] == 0 and config["conntrack"]["tcpEstablishedTimeout"] == "0s"
-    assert all(net.startswith(("10.244.", "fd44:")) for net in config["clusterCIDR"].split(","))
+    assert config["clusterCIDR"] == "10.244.0.0/16,fd44::/16" and config["iptables"]["masqueradeAll"] is False
+
+
+def test_macvlan_pods_get_a_slice_of_the_underlay_beside_the_nodes() -> None:
+    plan = build_plan(cni="macvlan")
+    conf = cni.main_plugin(plan, plan.node("node2"), "/x/ipam")
+    assert conf["type"] == "macvlan" and conf["master"] == "eth0"
+    v4, v6 = conf["ipam"]["ranges"]
+    assert v4 == [{"subnet": "10.6.168.0/24", "rangeStart": "10.6.168.145", "rangeEnd": "10.6.168.158", "gateway": "10.6.168.1"}]
+    assert v6[0]["subnet"] == "fd10:6:168::/64" and v6[0]["rangeStart"] == "fd10:6:168:0:1:2:0:1"
+    assert plan.cluster_pod_cidrs == ("10.6.168.128/26", "fd10:6:168:0:1::/80") and plan.underlay_pods
+    assert components.environment_values(True, "10.0.0.0/24") == ("--set", "agent.cni.hijackCIDR={10.0.0.0/24,10.6.168.63/32}")
+    assert components.environment_values(False, "10.0.0.0/24") == ()
+    with pytest.raises(ValueError, match="expected one of"):
+        build_plan(cni="calico")
 
 
 def test_images_are_deterministic() -> None:
