@@ -145,9 +145,7 @@ def main() -> int:
     plan = build_plan() if args.kept else build_plan(state_dir=Path(f"{STATE_DIR}-bench-{session}"), prefix=f"egwb-{session}")
     sb = Sandbox(plan, say=lambda line: print(line, file=sys.stderr, flush=True))
     if args.kept:
-        from devtools.sandbox.state import SandboxState
-
-        sb.state = SandboxState.load(plan.state_dir) or sb.state
+        sb = Sandbox.attach(plan.state_dir, say=sb.say)
     else:
         sb.up()
     cluster = Cluster(sb)

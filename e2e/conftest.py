@@ -2,11 +2,14 @@
 
 Each session's sandbox has its own namespace prefix (egwe-<id>) and state dir, so concurrent
 sessions and a sandbox kept with `make sandbox SANDBOX_ARGS=--keep` do not meet; sandboxes of killed
-sessions (no live process) are swept at the start.
+sessions (no live process) are swept at the start. EGW_E2E_KEPT=<state dir> runs the tests against a
+sandbox kept with `python -m devtools.sandbox --keep --state-dir <dir> --prefix <p>` instead (debugging;
+it is left running).
 """
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,6 +26,9 @@ E2E_STATE_PREFIX = "/run/egressgateway-sandbox-e2e-"
 
 @pytest.fixture(scope="session")
 def sandbox() -> Iterator[Sandbox]:
+    if kept := os.environ.get("EGW_E2E_KEPT"):  # a sandbox kept by `--keep --state-dir <dir>`: debugging
+        yield Sandbox.attach(Path(kept), say=lambda line: print(line, flush=True))
+        return
     # Several people run the suite at once on this machine: every session gets its own names.
     sweep_stale(f"{E2E_STATE_PREFIX}*")
     session = uuid.uuid4().hex[:4]

@@ -64,7 +64,7 @@ def test_helm_upgrade_rolls_every_pod_without_dropping_a_probe(cluster: Cluster,
     with Prober(probing, interval=0.2) as prober:
         wait_for(lambda: any(p.ok(EIP) for p in prober.snapshot()) or None, "a probe leaves with the EIP", 30)
         started = time.time()
-        helm(cluster, "upgrade", components.RELEASE, str(components.CHART), "--reuse-values",
+        helm(cluster, "upgrade", components.RELEASE, str(components.CHART), "--reset-then-reuse-values",
              "--set", "feature.gatewayFailover.eipEvictionTimeout=21")
         def replaced() -> dict[str, str] | None:
             now = our_pods(cluster)

@@ -54,6 +54,18 @@ class Sandbox:
         self.timings: dict[str, float] = {}
         self.log_dir = LOG_ROOT / self.work_dir.name  # one per sandbox (the e2e one has its own)
 
+    @classmethod
+    def attach(cls, state_dir: Path, say: Callable[[str], None] = print) -> Sandbox:
+        """A running sandbox started by another process (`--keep`), rebuilt from its state file."""
+        from devtools.sandbox.plan import build_plan
+
+        state = SandboxState.load(state_dir)
+        if state is None:
+            raise RuntimeError(f"no sandbox recorded in {state_dir}")
+        sb = cls(build_plan(state_dir=state_dir, **state.plan_args), say=say)
+        sb.state = state
+        return sb
+
     # --- helpers usable from any process (they only need the state file) -----------------------------
 
     def node_paths(self, name: str) -> containerd.NodePaths:
@@ -104,7 +116,8 @@ class Sandbox:
             self.say(f"==> a previous sandbox is recorded in {self.work_dir}: tearing it down first")
             self.down()
         self.state = SandboxState(self.work_dir, netns=list(self.plan.netns_names),
-                                  control_plane_netns=self.plan.control_plane.netns, kubeconfig=str(self.kubeconfig))
+                                  control_plane_netns=self.plan.control_plane.netns, kubeconfig=str(self.kubeconfig),
+                                  plan_args=self.plan.args)
         self.state.save()
         shutil.rmtree(self.log_dir, ignore_errors=True)  # logs of the previous run of this sandbox
         with self.step("network: underlay bridge, control-plane, 3 node and external-server namespaces"):
@@ -300,9 +313,7 @@ def sweep_stale(pattern: str, say: Callable[[str], None] = print) -> list[str]:
         state = SandboxState.load(state_file.parent)
         if state is None or any(procs.alive(p) for p in state.processes):
             continue
-        from devtools.sandbox.plan import build_plan
-
-        Sandbox(build_plan(state_dir=state_file.parent), say=say).down()
+        Sandbox.attach(state_file.parent, say=say).down()
         swept.append(str(state_file.parent))
     return swept
 

@@ -80,6 +80,12 @@ class SandboxPlan:
     nodes: tuple[NodePlan, ...]
     state_dir: Path
     cni: str = "bridge"
+    prefix: str = PREFIX
+
+    @property
+    def args(self) -> dict[str, object]:
+        """What build_plan needs to build this plan again (saved in the sandbox state)."""
+        return {"node_count": len(self.nodes), "prefix": self.prefix, "cni": self.cni}
 
     @property
     def underlay_pods(self) -> bool:
@@ -138,7 +144,7 @@ def build_plan(node_count: int = 3, state_dir: Path = STATE_DIR, prefix: str = P
     return SandboxPlan(
         underlay_netns=f"{prefix}-underlay", bridge="br-underlay", router_v4=router_v4, router_v6=router_v6,
         control_plane=_endpoint(prefix, "cp", CONTROL_PLANE_HOST), external=_endpoint(prefix, "ext", EXTERNAL_HOST),
-        nodes=nodes, state_dir=state_dir, cni=cni,
+        nodes=nodes, state_dir=state_dir, cni=cni, prefix=prefix,
     )
 
 

@@ -24,6 +24,7 @@ class SandboxState:
     kubeconfig: str = ""
     control_plane_netns: str = ""
     created_dirs: list[str] = field(default_factory=list)  # host dirs that did not exist before the sandbox
+    plan_args: dict[str, Any] = field(default_factory=dict)  # build_plan's arguments: another process rebuilds the plan
 
     @property
     def path(self) -> Path:
@@ -40,6 +41,7 @@ class SandboxState:
             "netns": self.netns, "node_dirs": self.node_dirs, "cgroup_roots": self.cgroup_roots,
             "processes": [p.to_dict() for p in self.processes], "kubeconfig": self.kubeconfig,
             "control_plane_netns": self.control_plane_netns, "created_dirs": self.created_dirs,
+            "plan_args": self.plan_args,
         }
         tmp = self.path.with_suffix(".tmp")
         tmp.write_text(json.dumps(raw, indent=2))
@@ -53,4 +55,4 @@ class SandboxState:
             return None
         return cls(work_dir, list(raw["netns"]), list(raw["node_dirs"]), list(raw["cgroup_roots"]),
                    [ProcessRecord.from_dict(p) for p in raw["processes"]], str(raw["kubeconfig"]),
-                   str(raw["control_plane_netns"]), list(raw.get("created_dirs", [])))
+                   str(raw["control_plane_netns"]), list(raw.get("created_dirs", [])), dict(raw.get("plan_args", {})))
