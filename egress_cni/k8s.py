@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import socket
 import threading
 import time
 import urllib.parse
@@ -176,6 +177,26 @@ def parse_time(text: str) -> float | None:
 # --- client -------------------------------------------------------------------------------------
 
 
+# A watch only reads: when its connection dies silently (the NAT or conntrack entry of a Service
+# address gone, the API server's FIN lost during a link outage), nothing but the read timeout (the
+# watch's own, minutes) would notice, and the cache goes stale meanwhile. TCP keepalive probes an
+# idle connection after KEEPALIVE_IDLE seconds; a reset or KEEPALIVE_COUNT unanswered probes end it,
+# and the watch starts again. client-go keeps API connections alive too (30 s); ours is quicker
+# because the controller decides EIP placement from what its watches deliver.
+KEEPALIVE_IDLE, KEEPALIVE_INTERVAL, KEEPALIVE_COUNT = 10, 5, 3
+
+
+def keepalive_socket_options() -> list[tuple[int, int, int]]:
+    import urllib3
+
+    options: list[tuple[int, int, int]] = list(urllib3.connection.HTTPConnection.default_socket_options)
+    options.append((socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1))
+    for name, value in (("TCP_KEEPIDLE", KEEPALIVE_IDLE), ("TCP_KEEPINTVL", KEEPALIVE_INTERVAL), ("TCP_KEEPCNT", KEEPALIVE_COUNT)):
+        if hasattr(socket, name):
+            options.append((socket.IPPROTO_TCP, getattr(socket, name), value))
+    return options
+
+
 class Client:
     """JSON-in, JSON-out access to any resource type over one thread-safe connection pool."""
 
@@ -183,6 +204,7 @@ class Client:
         from kubernetes.client import rest
 
         configuration.connection_pool_maxsize = max(configuration.connection_pool_maxsize or 0, 32)
+        configuration.socket_options = keepalive_socket_options()
         self._config = configuration
         self._rest = rest.RESTClientObject(configuration)
         self.host = str(configuration.host).rstrip("/")
