@@ -213,10 +213,24 @@ class Sandbox:
         self.say((result.stdout + result.stderr).rstrip())
         if result.returncode != 0:
             raise RuntimeError(f"helm install exited {result.returncode}: {result.stderr.strip()}")
+        if self.plan.underlay_pods:
+            self._restart_unchained_pods()
         self.wait_installed()
         listing = self.kubectl("get", "pod", "-n", components.NAMESPACE, "-o", "wide").stdout
         self.say("$ kubectl get pod -n kube-system | grep egressgateway\n" +
                  "\n".join(line for line in listing.splitlines() if "egress" in line))
+
+    def _restart_unchained_pods(self, timeout: float = 300.0) -> None:
+        """Underlay: the controller and webhook pods that started before the agents' init containers
+        chained egress-cni have no route to the Service CIDR (in the seed's cluster Spiderpool's
+        coordinator is chained from the start); once every agent is ready, they are replaced."""
+        ns, deadline = components.NAMESPACE, time.monotonic() + timeout
+        while components.agents_missing(self.get_or_none("daemonset", "-n", ns, "egressgateway-agent"), len(self.plan.nodes)):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"agents not ready after {timeout:.0f}s")
+            time.sleep(1.0)
+        self.say("    (pods started before egress-cni was chained get no hijack routes: replacing the controller and webhook pods)")
+        self.kubectl("-n", ns, "rollout", "restart", *(f"deployment/{name}" for name in components.DEPLOYMENTS))
 
     def wait_installed(self, timeout: float = 300.0) -> None:
         """Until every agent and Deployment replica is ready, the webhook answers through its Service,

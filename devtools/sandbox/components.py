@@ -43,13 +43,20 @@ def environment_values(underlay_pods: bool, service_cidr: str) -> tuple[str, ...
     return ("--set", f"agent.cni.hijackCIDR={{{service_cidr},10.6.168.63/32}}") if underlay_pods else ()
 
 
-def workloads_ready(daemonset: dict[str, Any] | None, deployments: list[dict[str, Any] | None], nodes: int) -> str:
-    """'' when every agent and every Deployment replica is ready; else what is still missing."""
+def agents_missing(daemonset: dict[str, Any] | None, nodes: int) -> str:
+    """'' when an agent is ready on each of `nodes`; else what is still missing."""
     if daemonset is None:
         return "no DaemonSet egressgateway-agent"
     status = daemonset.get("status", {})
     if status.get("numberReady", 0) < nodes or status.get("updatedNumberScheduled", 0) < nodes:
         return f"agents ready {status.get('numberReady', 0)}/{nodes}"
+    return ""
+
+
+def workloads_ready(daemonset: dict[str, Any] | None, deployments: list[dict[str, Any] | None], nodes: int) -> str:
+    """'' when every agent and every Deployment replica is ready; else what is still missing."""
+    if missing := agents_missing(daemonset, nodes):
+        return missing
     for name, deployment in zip(DEPLOYMENTS, deployments, strict=True):
         if deployment is None:
             return f"no Deployment {name}"

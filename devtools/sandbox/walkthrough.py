@@ -46,7 +46,8 @@ class FailoverResult:
     failed_node: str
     new_node: str
     eip: str
-    seconds: float
+    seconds: float  # until the pod left with the EIP again (the data path)
+    status_seconds: float  # until the policy status named the new node (the controller)
 
 
 class Walkthrough:
@@ -79,8 +80,8 @@ class Walkthrough:
             return
         if failover:
             result = self.failover(pod, eip, str(status.get("node", "")))
-            self.say(f"    failover: {result.failed_node} down -> {result.new_node} serves {result.eip} "
-                     f"after {result.seconds:.2f}s")
+            self.say(f"    failover: {result.failed_node} down -> the pod leaves with {result.eip} again after "
+                     f"{result.seconds:.2f}s; the policy status names {result.new_node} after {result.status_seconds:.2f}s")
 
     # --- steps ------------------------------------------------------------------------------------------
 
@@ -130,23 +131,27 @@ class Walkthrough:
                                  check=False, timeout=timeout + 60)
         return (result.stdout or result.stderr).strip()
 
-    def failover(self, pod: str, eip: str, gateway: str, timeout: float = 60.0) -> FailoverResult:
-        """The gateway node goes down (underlay link down, agent stopped); poll until the EIP works again."""
-        self.say(f"$ # gateway node {gateway} goes down: its underlay link and its agent stop")
+    def failover(self, pod: str, eip: str, gateway: str, timeout: float = 90.0) -> FailoverResult:
+        """The gateway node goes down (underlay link, kubelet and agent stop); poll until the pod leaves
+        with the EIP again and until the policy status names another node."""
+        self.say(f"$ # gateway node {gateway} goes down: its underlay link, kubelet and agent stop")
         started = time.monotonic()
         nodeops.power_off(self.sb, gateway)
+        served_after = status_after = 0.0
         try:
-            while True:
+            while not (served_after and status_after):
                 remote = self.fetch_from_pod(pod, timeout=1)
+                if not served_after and remote == f"Remote IP: {eip}":
+                    served_after = time.monotonic() - started
+                    self.say(f"$ kubectl exec -it {pod} -- wget -qO- {EXTERNAL_URL}\n{remote}")
                 policy = self.sb.get_or_none("egresspolicy", "test", "-n", "default") or {}
                 new_node = str((policy.get("status") or {}).get("node", ""))
-                if remote == f"Remote IP: {eip}" and new_node and new_node != gateway:
-                    elapsed = time.monotonic() - started
+                if not status_after and new_node and new_node != gateway:
+                    status_after = time.monotonic() - started
                     self.shell("kubectl get egp -A", "get", "egp", "-A")
-                    self.say(f"$ kubectl exec -it {pod} -- wget -qO- {EXTERNAL_URL}\n{remote}")
-                    return FailoverResult(gateway, new_node, eip, elapsed)
                 if time.monotonic() - started > timeout:
                     raise RuntimeError(f"failover: after {timeout:.0f}s the pod gets `{remote}`, policy node {new_node!r}")
+            return FailoverResult(gateway, new_node, eip, served_after, status_after)
         finally:
             nodeops.power_on(self.sb, gateway)
 
