@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat setup.cfg pyproject.toml | sha1sum | cut -c1-12)
 LOGDIR ?= /tmp/egressgateway-logs
 
-.PHONY: test sandbox deps venv kube helm manifests image image-for-tests lint unit help
+.PHONY: test sandbox deps venv kube helm flannel manifests image image-for-tests lint unit help
 
 help:
 	@echo "make sandbox   bring up a local multi-node cluster and show a pod leaving with its EIP"
@@ -48,6 +48,15 @@ helm:
 	  if $(IN_CI); then echo "CI=true: the chart must be linted and rendered here, so this fails the run"; exit 1; fi; \
 	  echo "chart lint and chart tests will skip"; fi
 
+# flanneld from the Go module proxy (hack/build-flannel.sh: the newest v0.28.x), cached like helm, for
+# `--cni flannel`. Under CI a failed build fails the run; elsewhere the flannel mode says why it cannot run.
+flannel:
+	@mkdir -p $(LOGDIR)
+	@if bash hack/build-flannel.sh > $(LOGDIR)/build-flannel.log 2>&1; then tail -n 1 $(LOGDIR)/build-flannel.log; \
+	else echo "flanneld build failed (see $(LOGDIR)/build-flannel.log):"; tail -n 20 $(LOGDIR)/build-flannel.log; \
+	  if $(IN_CI); then echo "CI=true: the sandbox's flannel mode must run here, so this fails the run"; exit 1; fi; \
+	  echo "the sandbox's --cni flannel will not run"; fi
+
 # The plain manifests are the chart's rendering (hack/render_manifests.py); tests/unit/test_chart.py checks them.
 manifests: venv helm
 	EGW_HELM_VERSION=$(HELM_VERSION) $(PY) hack/render_manifests.py
@@ -77,7 +86,7 @@ unit: venv
 # $(call phase,NAME,COMMAND): run COMMAND, then print and record how long it took (also when it fails).
 PHASES := $(LOGDIR)/test-phases.txt
 phase = start=$$(date +%s%N); $(2); rc=$$?; ms=$$(( ($$(date +%s%N) - start) / 1000000 )); \
-  printf 'phase %-6s %5d.%03d s%s\n' '$(1)' $$((ms / 1000)) $$((ms % 1000)) "$$([ $$rc = 0 ] || echo "  FAILED (exit $$rc)")" >> $(PHASES); \
+  printf 'phase %-7s %5d.%03d s%s\n' '$(1)' $$((ms / 1000)) $$((ms % 1000)) "$$([ $$rc = 0 ] || echo "  FAILED (exit $$rc)")" >> $(PHASES); \
   tail -n 1 $(PHASES); if [ $$rc != 0 ]; then echo "--- time per phase"; cat $(PHASES); fi; exit $$rc
 
 # The phases run one after another; each prints its time, and all are listed again at the end.
@@ -87,10 +96,11 @@ test:
 	@$(call phase,venv,$(MAKE) --no-print-directory venv)
 	@$(call phase,kube,$(MAKE) --no-print-directory kube)
 	@$(call phase,helm,$(MAKE) --no-print-directory helm)
+	@$(call phase,flannel,$(MAKE) --no-print-directory flannel)
 	@$(call phase,image,$(MAKE) --no-print-directory image-for-tests)
 	@$(call phase,lint,$(MAKE) --no-print-directory lint)
 	@$(call phase,tests,$(VENV)/bin/pytest)
 	@echo "--- time per phase"; cat $(PHASES)
 
-sandbox: deps venv kube helm image
+sandbox: deps venv kube helm flannel image
 	$(PY) -m devtools.sandbox $(SANDBOX_ARGS)
