@@ -8,6 +8,8 @@
 # CGO_ENABLED=0 when the module builds that way, else with cgo (its udp backend has C in it).
 # Nothing here is committed; the script alone reproduces the build.
 set -euo pipefail
+# shellcheck source=hack/cached-build.sh
+source "$(dirname "$0")/cached-build.sh"
 
 SERIES="v0.28"
 CACHE_ROOT="${EGW_FLANNEL_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/egressgateway/flannel}"
@@ -32,12 +34,7 @@ fi
 
 OUT="$CACHE_ROOT/$version"
 BIN="$OUT/bin"
-if [[ -x "$BIN/flanneld" ]]; then
-  echo "flanneld $version already built in $BIN"
-  exit 0
-fi
-
-command -v go >/dev/null || { echo "build-flannel: go not found (needs Go >= 1.26 and the Go module proxy)" >&2; exit 2; }
+cached_or_go "$BIN/flanneld" "flanneld $version"
 export GOTOOLCHAIN=local GOFLAGS=-mod=mod
 start=$(date +%s)
 
@@ -45,7 +42,9 @@ start=$(date +%s)
 # github.com/tencentcloud/tencentcloud-sdk-go/tencentcloud/vpc, whose zips the proxy does not serve
 # (403 "not available"). So build the release's own main.go in a throwaway consumer module, with only
 # that import removed (the vxlan backend the sandbox uses, and all others, stay).
-src_dir=$(go mod download -json "$MODULE@$version" | python3 -c 'import json,sys; print(json.load(sys.stdin)["Dir"])')
+src_dir=$(go mod download -json "$MODULE@$version" | python3 -c 'import json, sys
+d = json.load(sys.stdin)
+print(d.get("Dir") or sys.exit("build-flannel: go mod download: " + d.get("Error", "no source dir")))')
 work="$OUT/src"
 rm -rf "$work"; mkdir -p "$work" "$BIN"
 cd "$work"
