@@ -4,18 +4,15 @@
 # Output: $EGW_HELM_CACHE/<version>/bin/helm; reused when present.
 # Nothing here is committed; the script alone reproduces the build.
 set -euo pipefail
+# shellcheck source=hack/cached-build.sh
+source "$(dirname "$0")/cached-build.sh"
 
 HELM_VERSION="${EGW_HELM_VERSION:-v3.22.0}"
 CACHE_ROOT="${EGW_HELM_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/egressgateway/helm}"
 OUT="$CACHE_ROOT/$HELM_VERSION"
 BIN="$OUT/bin"
 
-if [[ -x "$BIN/helm" ]]; then
-  echo "helm $HELM_VERSION already built in $BIN"
-  exit 0
-fi
-
-command -v go >/dev/null || { echo "build-helm: go not found (needs Go and the Go module proxy)" >&2; exit 2; }
+cached_or_go "$BIN/helm" "helm $HELM_VERSION"
 export GOTOOLCHAIN=local CGO_ENABLED=0
 mkdir -p "$BIN"
 start=$(date +%s)

@@ -26,14 +26,16 @@ LOG_ROOT = Path(os.environ.get("LOGDIR", "/tmp/egressgateway-logs"))
 REQUIRED_TOOLS = ("ip", "nsenter", "unshare", "containerd", "runc", "ctr", "gcc", "curl", "iptables", "conntrack")
 
 
-def missing_prerequisites(with_components: bool = True) -> list[str]:
-    from devtools.devkube.binaries import KUBE_TOOLS, helm_binary, kube_bin_dir
+def missing_prerequisites(with_components: bool = True, cni_mode: str = "bridge") -> list[str]:
+    from devtools.devkube.binaries import KUBE_TOOLS, flannel_binary, helm_binary, kube_bin_dir
 
     missing = [f"{tool} (apt: see hack/install-deps.sh)" for tool in REQUIRED_TOOLS if not shutil.which(tool)]
     missing += [f"{kube_bin_dir() / t} (run hack/build-kube.sh)" for t in (*KUBE_TOOLS, "kubelet", "kube-proxy")
                 if not (kube_bin_dir() / t).exists()]
     if not Path("/usr/lib/cni/bridge").exists():
         missing.append("/usr/lib/cni/bridge (apt: containernetworking-plugins)")
+    if cni_mode == "flannel" and flannel_binary() is None:
+        missing.append("flanneld (make flannel: hack/build-flannel.sh)")
     if with_components and helm_binary() is None:
         missing.append("helm (make helm: hack/build-helm.sh)")
     if with_components and not components.IMAGE_ARCHIVE.exists():
@@ -110,7 +112,7 @@ class Sandbox:
     # --- up ---------------------------------------------------------------------------------------------
 
     def up(self) -> None:
-        if missing := missing_prerequisites(self.with_components):
+        if missing := missing_prerequisites(self.with_components, self.plan.cni):
             raise RuntimeError("sandbox prerequisites missing:\n  " + "\n  ".join(missing))
         if SandboxState.load(self.work_dir) is not None:
             self.say(f"==> a previous sandbox is recorded in {self.work_dir}: tearing it down first")
@@ -164,11 +166,11 @@ class Sandbox:
         self.state.created_dirs += nodehost.ensure_mount_points()
         self.state.save()
         started = []
+        flannel_mode = self.plan.cni == "flannel"
         for node in self.plan.nodes:
             paths = self.node_paths(node.name)
             self.state.node_dirs.append(str(paths.root))
             self.state.cgroup_roots.append(cgroups.node_root(node))
-            flannel_mode = self.plan.cni == "flannel"
             main = None if flannel_mode else cni.main_plugin(self.plan, node, str(paths.ipam_dir))
             containerd.prepare_node(node, paths, plugin="none", in_node_namespace=True, main=main, with_conflist=not flannel_mode)
             holder = self.state.add_process(nodehost.start_holder(node, paths.root, kubelet.kernel_default_overlays(paths.root)))
@@ -179,19 +181,37 @@ class Sandbox:
             started.append((node, holder, self.state.add_process(record)))
         proxy_kubeconfig = self.control_plane.kubeconfig_for(kubeproxy.USER)
         for node, holder, record in started:
-            kubelet.wait_ready(record, lambda name: self.get_or_none("node", name), node.name)
+            # flannel: NotReady until flanneld's subnet gives containerd a network (kubelet reports it).
+            kubelet.wait_ready(record, lambda name: self.get_or_none("node", name), node.name, registered_only=flannel_mode)
             # Like a cluster whose node IPAM hands out the subnets the CNI config uses.
             self.kubectl("patch", "node", node.name, "--type=merge", "-p",
                          json.dumps({"spec": {"podCIDR": node.pod_cidr_v4, "podCIDRs": [node.pod_cidr_v4, node.pod_cidr_v6]}}),
                          check=False)
             self.state.add_process(kubeproxy.start(node, self.node_paths(node.name).root, proxy_kubeconfig, holder,
                                                    self.plan.cluster_pod_cidrs, masquerade_all=self.plan.underlay_pods))
-        if self.plan.cni == "flannel":
+        if flannel_mode:
             self._start_flannel(started)
 
     def _start_flannel(self, nodes: list[tuple[NodePlan, procs.ProcessRecord, procs.ProcessRecord]]) -> None:
         """flanneld on every node (kube subnet manager), then the conflist from its subnet.env."""
-        raise NotImplementedError("--cni flannel: devtools/sandbox/flannel.py")
+        from devtools.sandbox import flannel
+
+        self.kubectl("apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": flannel.RBAC}))
+        kubeconfig = self.control_plane.kubeconfig_for(flannel.USER)
+        daemons = []
+        for node, holder, _ in nodes:
+            root = self.node_paths(node.name).root
+            daemons.append(self.state.add_process(flannel.start(node, root, kubeconfig, holder, self.plan.cluster_pod_cidrs)))
+        for (node, _, kubelet_record), daemon in zip(nodes, daemons, strict=True):
+            paths = self.node_paths(node.name)
+            env = flannel.wait_subnet_env(paths.root, daemon)
+            containerd.write_conflist(paths, containerd.conflist(
+                node, paths, chained=False, main=flannel.cni_plugin(env, node.pod_bridge, str(paths.ipam_dir))))
+            containerd.wait_ready(node, paths, self._by_name(f"containerd-{node.name}"))
+            kubelet.wait_ready(kubelet_record, lambda name: self.get_or_none("node", name), node.name)
+
+    def _by_name(self, name: str) -> procs.ProcessRecord:
+        return next(p for p in self.state.processes if p.name == name)
 
     def install_chart(self) -> None:
         from devtools.devkube.binaries import helm_binary
@@ -285,7 +305,7 @@ class Sandbox:
         state = SandboxState.load(self.work_dir) or SandboxState(self.work_dir, netns=list(self.plan.netns_names))
         report: dict[str, Any] = {}
         by_name = {p.name: p for p in state.processes}
-        first = [p for n, p in by_name.items() if n.startswith(("kubelet-", "kube-proxy-"))]
+        first = [p for n, p in by_name.items() if n.startswith(("kubelet-", "kube-proxy-", "flanneld-"))]
         for record in first:  # nothing may recreate pods or rules while we remove them
             procs.stop(record)
         report["pods_removed"] = 0

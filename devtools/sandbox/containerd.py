@@ -193,19 +193,27 @@ def start(node: NodePlan, paths: NodePaths, holder: procs.ProcessRecord | None =
     argv = ["containerd", "--config", str(paths.config)]
     record = procs.launch(f"containerd-{node.name}", nodehost.enter_argv(holder, argv) if holder else argv,
                           paths.log_dir, netns=node.netns)
+    wait_ready(node, paths, record, timeout, network)
+    return record
+
+
+def wait_ready(node: NodePlan, paths: NodePaths, record: procs.ProcessRecord, timeout: float = 120.0,
+               network: bool = True) -> None:
+    """Until CRI answers and (`network`) containerd reports its network ready (a conflist it can load)."""
     client = CRIClient(str(paths.socket))
     deadline = time.monotonic() + timeout
     try:
         while True:
             try:
                 if client.network_ready() or (not network and client.version()):
-                    return record
+                    return
             except Exception:  # socket not there yet / still initialising: poll again
                 pass
             if not procs.alive(record):
                 raise RuntimeError(f"containerd on {node.name} exited; log tail:\n{procs.tail(record)}")
             if time.monotonic() > deadline:
-                raise RuntimeError(f"containerd on {node.name} not ready after {timeout:.0f}s:\n{procs.tail(record)}")
+                what = "network not ready" if network else "not answering"
+                raise RuntimeError(f"containerd on {node.name}: {what} after {timeout:.0f}s:\n{procs.tail(record)}")
             time.sleep(0.1)
     finally:
         client.close()

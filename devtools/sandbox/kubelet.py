@@ -86,12 +86,14 @@ def node_ready(node_obj: dict[str, Any]) -> bool:
                for c in node_obj.get("status", {}).get("conditions", []))
 
 
-def wait_ready(record: procs.ProcessRecord, get_node: Any, name: str, timeout: float = 180.0) -> None:
-    """Poll until Node `name` is Ready; fail early with the log tail when kubelet exits."""
+def wait_ready(record: procs.ProcessRecord, get_node: Any, name: str, timeout: float = 180.0,
+               registered_only: bool = False) -> None:
+    """Poll until Node `name` is Ready (`registered_only`: exists, e.g. while its CNI is not there yet);
+    fail early with the log tail when kubelet exits."""
     deadline = time.monotonic() + timeout
     while True:
         obj = get_node(name)
-        if obj is not None and node_ready(obj):
+        if obj is not None and (registered_only or node_ready(obj)):
             return
         if not procs.alive(record):
             raise RuntimeError(f"kubelet {name} exited; log tail:\n{procs.tail(record, 25)}")

@@ -22,7 +22,8 @@ from devtools.sandbox import procs
 from devtools.sandbox.plan import NodePlan
 
 NODE_LOCAL_DIRS = ("/opt/cni/bin", "/etc/cni/net.d", "/opt/egressgateway", "/run/egressgateway",
-                   "/var/lib/egressgateway", "/var/lib/cni", "/var/log/containers")
+                   "/var/lib/egressgateway", "/var/lib/cni", "/var/log/containers",
+                   "/run/flannel")  # flanneld's subnet.env (--cni flannel)
 NODE_LOCAL_FILES = ("/run/xtables.lock",)
 READY_MARK = ".mounted"
 
