@@ -12,13 +12,14 @@ from typing import Any
 
 from egress_cni.api.net import IP, parse_cidr
 from egress_cni.dataplane import announce, conntrack
+from egress_cni.dataplane.drift import Glance
 from egress_cni.dataplane.eipdev import EipHolder
 from egress_cni.dataplane.inputs import DataplaneConfig
 from egress_cni.dataplane.netlink import Netlink
-from egress_cni.dataplane.plan import Address, Chain, Dataplane, Plan, Sysctl, diff, rule_tag
+from egress_cni.dataplane.plan import Address, Chain, Dataplane, Plan, Sysctl, diff, fingerprint, rule_tag
 from egress_cni.dataplane.probe import address_in_use
 from egress_cni.dataplane.render import ipset_script, restore_text
-from egress_cni.dataplane.xtables import SavedTable, Xtables, detect_backend, ipset_restore, read_ipsets
+from egress_cni.dataplane.xtables import SavedTable, Xtables, detect_backend, ipset_restore, ipset_sizes, read_ipsets
 
 log = logging.getLogger(__name__)
 IPSET_ERR_EXIST = 4103
@@ -120,6 +121,25 @@ class KernelDataplane:
             ipsets=frozenset(read_ipsets(self.config.ipset_prefix)),
             chains=frozenset(chains),
             sysctls=frozenset(s for s in sysctls if _read_sysctl(s.path) == s.value),
+            jumps_ok=frozenset(jumps_ok),
+        )
+
+    def glance(self) -> Glance:
+        """The drift check's cheap read (dataplane/drift.py): set sizes, one `iptables-save` per
+        family, netlink dumps of our links, addresses, rules, routes, neighbours and FDB entries."""
+        nl = self.netlink
+        rules = nl.read_rules()
+        neighbours, fdb = nl.read_neighbours()
+        chains, jumps_ok = self.xtables.glance(self.families)
+        return Glance(
+            link=nl.read_link(),
+            addresses=frozenset(nl.read_addresses(self.parent)),
+            routes=frozenset(nl.read_routes({r.table for r in rules} | self._tables_hint)),
+            rules=frozenset(rules),
+            neighbours=frozenset(neighbours),
+            fdb=frozenset(fdb),
+            set_sizes=tuple(sorted(ipset_sizes(self.config.ipset_prefix).items())),
+            chains=tuple(sorted((c.key, fingerprint(c)) for c in chains)),
             jumps_ok=frozenset(jumps_ok),
         )
 
