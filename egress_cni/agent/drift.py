@@ -7,8 +7,8 @@ asks for a full reconcile at once when it differs from the last applied desired 
 - It compares only after a successful reconcile from a complete view (before that the plan does not
   prune, so the kernel may hold more than is desired; the worker's retries cover a failure).
 - A drift that the repair did not remove (the same differences found again right after it, e.g. a
-  rule the kernel refuses) is logged once and left to the periodic resync, so the check never turns
-  into a reconcile every second.
+  rule the kernel refuses, or someone re-tampering at once) is repaired again only after a growing
+  backoff (1 s, 2 s, ... up to 10 s), so the check never turns into a reconcile every second.
 - Repairs are counted by kind (`repairs`, exported as `egress_agent_drift_repairs_total{kind}`) and
   each is logged with what drifted.
 """
@@ -22,6 +22,7 @@ from collections.abc import Callable
 from typing import Protocol
 
 from egress_cni.agent.reconcile import Status
+from egress_cni.backoff import Backoff
 from egress_cni.dataplane.drift import Drift, Glance, compare
 
 log = logging.getLogger(__name__)
@@ -35,22 +36,26 @@ class GlancePort(Protocol):
 
 class DriftCheck:
     def __init__(self, port: GlancePort, *, pending: Callable[[], frozenset[tuple[str, str]]],
-                 contested: Callable[[], frozenset[str]], clock: Callable[[], float] = time.monotonic) -> None:
+                 contested: Callable[[], frozenset[str]], clock: Callable[[], float] = time.monotonic,
+                 backoff: Backoff | None = None) -> None:
         self.port, self._pending, self._contested, self._clock = port, pending, contested, clock
+        self._backoff = backoff or Backoff(base=1.0, cap=10.0, jitter=0.0)
+        self._retry_at = 0.0  # an unrepaired drift is not repaired again before this
         self.repairs: Counter[str] = Counter()  # by kind
         self.checks = 0
         self.last_seconds = 0.0  # how long the last check took
         self.found: tuple[Drift, ...] = ()  # what the last check found, until the repair is reported
-        self._unrepaired: tuple[Drift, ...] = ()  # found again right after its repair: left to the resync
+        self._unrepaired: tuple[Drift, ...] = ()  # found again right after its repair
 
     def check(self, status: Status) -> tuple[Drift, ...]:
         """Glance and compare; the differences that call for a reconcile now (none: nothing to do)."""
         found = self._compare(status)
         if not found:
-            if found is not None:  # compared and equal: a drift left to the resync is gone too
+            if found is not None:  # compared and equal: an unrepaired drift is gone too
                 self._unrepaired = ()
+                self._backoff.reset()
             return ()
-        if found == self._unrepaired:
+        if found == self._unrepaired and self._clock() < self._retry_at:
             return ()
         log.warning("drift found", extra={"kinds": kinds(found), "drift": [str(d) for d in found[:SHOWN]],
                                           "differences": len(found)})
@@ -73,10 +78,14 @@ class DriftCheck:
         if repaired:
             log.warning("drift repaired", extra={"kinds": repaired, "drift": [str(d) for d in found[:SHOWN]],
                                                  "reconcile_seconds": round(status.reconcile_seconds, 3)})
-        if left:
-            log.warning("drift persists after its repair; left to the resync",
-                        extra={"kinds": kinds(left), "drift": [str(d) for d in left[:SHOWN]]})
         self._unrepaired = left
+        if left:
+            delay = self._backoff.next()
+            self._retry_at = self._clock() + delay
+            log.warning("drift persists after its repair", extra={
+                "kinds": kinds(left), "drift": [str(d) for d in left[:SHOWN]], "retry_seconds": delay})
+        else:
+            self._backoff.reset()
 
     def _compare(self, status: Status) -> tuple[Drift, ...] | None:
         """The differences now; None when there is nothing to compare with, or the glance failed."""
