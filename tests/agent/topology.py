@@ -71,6 +71,7 @@ class Topology:
         self.dir = Path(tempfile.mkdtemp(prefix=f"egwt-{self.id}-"))
         self.inputs = self.dir / "inputs"
         self.inputs.mkdir()
+        self.resync_seconds = 1.0  # agents' full resync; tests of the drift check raise it out of their way
 
     # --- names ----------------------------------------------------------------------------------
 
@@ -220,7 +221,7 @@ class Topology:
         args = ["ip", "netns", "exec", self.node(n), PYTHON, "-m", "egress_cni.agent.main", command,
                 "--node", f"node{n}", "--source", f"yaml:{self.inputs}", "--parent", "eth0",
                 "--registry-dir", str(self.dir / f"registry-node{n}"), "--metrics-address", "",
-                "--resync-seconds", "1", "--log-level", "WARNING"]
+                "--resync-seconds", str(self.resync_seconds), "--log-level", "WARNING"]
         # `once` leaves no agent behind to renew the EIPs' kernel lifetime: give them long enough to
         # outlive the test's next look (a running agent renews them with its own, 1 s by default)
         once = ["--eip-lifetime-seconds", "60"] if command == "once" else []
