@@ -14,6 +14,7 @@ from egress_cni.api.net import IP, parse_cidr
 from egress_cni.dataplane import announce, conntrack
 from egress_cni.dataplane.drift import Glance
 from egress_cni.dataplane.eipdev import EipHolder
+from egress_cni.dataplane.glance import Glancer, nft_generation
 from egress_cni.dataplane.inputs import DataplaneConfig
 from egress_cni.dataplane.netlink import Netlink
 from egress_cni.dataplane.plan import Address, Chain, Dataplane, Plan, Sysctl, diff, fingerprint, rule_tag
@@ -45,6 +46,8 @@ class KernelDataplane:
         self._tables_hint: set[int] = set()
         self._ipset: Any = None  # tables of desired routes: a route whose rule vanished is still seen
         self._holder: EipHolder | None = None
+        self._glancer: Glancer | None = None  # the drift check's raw netlink socket (the worker thread's)
+        self._glanced: tuple[int | None, tuple[tuple[tuple[int, str, str], tuple[str, ...]], ...], frozenset[tuple[int, str, str]]] | None = None
 
     def hold_eips(self, *, persist: bool = False) -> str:
         """Open the EIP holder (dataplane/eipdev.py) for the life of this process; the link IPv4 EIPs
@@ -57,6 +60,8 @@ class KernelDataplane:
 
     def close(self) -> None:
         self.netlink.close()
+        if self._glancer is not None:
+            self._glancer.close()
         if self._fast is not None:
             self._fast.close()
 
@@ -125,23 +130,21 @@ class KernelDataplane:
         )
 
     def glance(self) -> Glance:
-        """The drift check's cheap read (dataplane/drift.py): set sizes, one `iptables-save` per
-        family, netlink dumps of our links, addresses, rules, routes, neighbours and FDB entries."""
-        nl = self.netlink
-        rules = nl.read_rules()
-        neighbours, fdb = nl.read_neighbours()
-        chains, jumps_ok = self.xtables.glance(self.families)
-        return Glance(
-            link=nl.read_link(),
-            addresses=frozenset(nl.read_addresses(self.parent)),
-            routes=frozenset(nl.read_routes({r.table for r in rules} | self._tables_hint)),
-            rules=frozenset(rules),
-            neighbours=frozenset(neighbours),
-            fdb=frozenset(fdb),
-            set_sizes=tuple(sorted(ipset_sizes(self.config.ipset_prefix).items())),
-            chains=tuple(sorted((c.key, fingerprint(c)) for c in chains)),
-            jumps_ok=frozenset(jumps_ok),
-        )
+        """The drift check's cheap read (dataplane/drift.py): raw netlink dumps (dataplane/glance.py),
+        set sizes from `ipset list -t`, and one `iptables-save` per family, skipped while the nftables
+        generation is the one the last save saw (nft backend)."""
+        if self._glancer is None:
+            self._glancer = Glancer(self.config)
+        link, addresses, rules, routes, neighbours, fdb = self._glancer.read(self.parent, self._tables_hint)
+        gen = nft_generation() if self.xtables.backend == "nft" else None  # before the save: a commit during it shows next time
+        if gen is None or self._glanced is None or self._glanced[0] != gen:
+            chains, jumps_ok = self.xtables.glance(self.families)
+            self._glanced = (gen, tuple(sorted((c.key, fingerprint(c)) for c in chains)), frozenset(jumps_ok))
+        _, fingerprints, ok = self._glanced
+        return Glance(link=link, addresses=frozenset(addresses), routes=frozenset(routes), rules=frozenset(rules),
+                      neighbours=frozenset(neighbours), fdb=frozenset(fdb),
+                      set_sizes=tuple(sorted(ipset_sizes(self.config.ipset_prefix).items())),
+                      chains=fingerprints, jumps_ok=ok)
 
     def hint_tables(self, tables: set[int]) -> None:
         self._tables_hint = set(tables)

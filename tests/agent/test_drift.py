@@ -234,3 +234,17 @@ def test_the_worker_repairs_a_tampered_kernel_within_the_check_period(tmp_path: 
     text = {m.name: {tuple(s.labels.values()): s.value for s in m.samples} for m in collector.collect()}
     assert text["egress_agent_drift_repairs"][("ipset",)] == 1 and text["egress_agent_drift_repairs"][("chain",)] == 0
     assert text["egress_agent_drift_checks"][()] >= 3
+
+
+def test_the_nftables_generation_is_read_from_a_newgen_reply() -> None:
+    import struct
+
+    from egress_cni.dataplane.glance import parse_generation
+
+    attr = struct.pack("=HH", 8, 1) + struct.pack("!I", 4242)  # NFTA_GEN_ID, big endian
+    body = struct.pack("=BBH", 0, 0, 0) + attr
+    reply = struct.pack("=IHHII", 16 + len(body), (10 << 8) | 15, 0, 1, 0) + body
+    assert parse_generation(reply) == 4242
+    error = struct.pack("=IHHII", 36, 2, 0, 1, 0) + struct.pack("=i", -2) + b"\0" * 16  # NLMSG_ERROR
+    assert parse_generation(error) is None
+    assert parse_generation(b"") is None
