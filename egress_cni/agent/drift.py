@@ -6,9 +6,10 @@ asks for a full reconcile at once when it differs from the last applied desired 
   pure `dataplane.drift.compare`; the repair is the ordinary full reconcile, the only writer.
 - It compares only after a successful reconcile from a complete view (before that the plan does not
   prune, so the kernel may hold more than is desired; the worker's retries cover a failure).
-- A drift that the repair did not remove (the same differences found again right after it, e.g. a
-  rule the kernel refuses, or someone re-tampering at once) is repaired again only after a growing
-  backoff (1 s, 2 s, ... up to 10 s), so the check never turns into a reconcile every second.
+- A drift that the repair did not remove (the same differences found again right after it) is
+  repaired again at the check's pace twice (someone re-tampering at once, as a rule-order adversary
+  does now and then, must not delay the next repair), then only after a growing backoff (2 s, 4 s,
+  ... up to 10 s): a rule the kernel refuses never turns the check into a reconcile every second.
 - Repairs are counted by kind (`repairs`, exported as `egress_agent_drift_repairs_total{kind}`) and
   each is logged with what drifted.
 """
@@ -27,6 +28,7 @@ from egress_cni.dataplane.drift import Drift, Glance, compare
 
 log = logging.getLogger(__name__)
 SHOWN = 20  # differences named in one log record
+STRIKES = 2  # repairs that did not hold, retried at the check's pace before the backoff starts
 
 
 class GlancePort(Protocol):
@@ -39,7 +41,8 @@ class DriftCheck:
                  contested: Callable[[], frozenset[str]], clock: Callable[[], float] = time.monotonic,
                  backoff: Backoff | None = None) -> None:
         self.port, self._pending, self._contested, self._clock = port, pending, contested, clock
-        self._backoff = backoff or Backoff(base=1.0, cap=10.0, jitter=0.0)
+        self._backoff = backoff or Backoff(base=2.0, cap=10.0, jitter=0.0)
+        self._strikes = 0  # verifies in a row that found the drift still there
         self._retry_at = 0.0  # an unrepaired drift is not repaired again before this
         self.repairs: Counter[str] = Counter()  # by kind
         self.checks = 0
@@ -52,7 +55,7 @@ class DriftCheck:
         found = self._compare(status)
         if not found:
             if found is not None:  # compared and equal: an unrepaired drift is gone too
-                self._unrepaired = ()
+                self._unrepaired, self._strikes = (), 0
                 self._backoff.reset()
             return ()
         if found == self._unrepaired and self._clock() < self._retry_at:
@@ -80,11 +83,13 @@ class DriftCheck:
                                                  "reconcile_seconds": round(status.reconcile_seconds, 3)})
         self._unrepaired = left
         if left:
-            delay = self._backoff.next()
+            self._strikes += 1
+            delay = self._backoff.next() if self._strikes > STRIKES else 0.0
             self._retry_at = self._clock() + delay
             log.warning("drift persists after its repair", extra={
                 "kinds": kinds(left), "drift": [str(d) for d in left[:SHOWN]], "retry_seconds": delay})
         else:
+            self._strikes = 0
             self._backoff.reset()
 
     def _compare(self, status: Status) -> tuple[Drift, ...] | None:

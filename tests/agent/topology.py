@@ -72,6 +72,7 @@ class Topology:
         self.inputs = self.dir / "inputs"
         self.inputs.mkdir()
         self.resync_seconds = 1.0  # agents' full resync; tests of the drift check raise it out of their way
+        self.agent_extra: list[str] = []  # more flags for every agent (e.g. --drift-seconds)
 
     # --- names ----------------------------------------------------------------------------------
 
@@ -225,7 +226,7 @@ class Topology:
         # `once` leaves no agent behind to renew the EIPs' kernel lifetime: give them long enough to
         # outlive the test's next look (a running agent renews them with its own, 1 s by default)
         once = ["--eip-lifetime-seconds", "60"] if command == "once" else []
-        return args + once + (["--ipv6"] if self.dual else [])
+        return args + once + self.agent_extra + (["--ipv6"] if self.dual else [])
 
     def once(self, n: int) -> str:
         proc = subprocess.run(self.agent_args(n, "once"), capture_output=True, text=True, timeout=120, cwd=ROOT)
