@@ -102,13 +102,7 @@ def main() -> None:
     t.agent_extra = ["--drift-seconds", str(args.drift_seconds)]
     stop = threading.Event()
     try:
-        t.build()
-        t.set_policies("node2", web_pods=[(1, "a")])
-        for n in (1, 2):
-            t.once(n)
-        for n in (1, 2):
-            t.start_agent(n)
-        if t.wait_probe(1, "a", EIP4) != EIP4:
+        if not t.start_web_on_node2():
             raise SystemExit("the pod never left with the EIP:\n" + t.agent_log(1))
         # the server can answer a pod IP too, so a datagram that left un-NATed is counted, not lost
         subprocess.run(["ip", "-n", t.ns("ext"), "route", "add", "10.244.1.0/24", "via", "10.100.0.1"], check=True)

@@ -141,10 +141,9 @@ class KernelDataplane:
             chains, jumps_ok = self.xtables.glance(self.families)
             self._glanced = (gen, tuple(sorted((c.key, fingerprint(c)) for c in chains)), frozenset(jumps_ok))
         _, fingerprints, ok = self._glanced
-        return Glance(link=link, addresses=frozenset(addresses), routes=frozenset(routes), rules=frozenset(rules),
-                      neighbours=frozenset(neighbours), fdb=frozenset(fdb),
-                      set_sizes=tuple(sorted(ipset_sizes(self.config.ipset_prefix).items())),
-                      chains=fingerprints, jumps_ok=ok)
+        net = Dataplane(link=link, addresses=frozenset(addresses), routes=frozenset(routes), rules=frozenset(rules),
+                        neighbours=frozenset(neighbours), fdb=frozenset(fdb), jumps_ok=ok)
+        return Glance(net=net, set_sizes=tuple(sorted(ipset_sizes(self.config.ipset_prefix).items())), chains=fingerprints)
 
     def hint_tables(self, tables: set[int]) -> None:
         self._tables_hint = set(tables)

@@ -11,9 +11,9 @@ that changes the kernel.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
-from egress_cni.dataplane.plan import Address, Dataplane, Fdb, Neighbour, Route, Rule, VxlanLink, fingerprint
+from egress_cni.dataplane.plan import Dataplane, fingerprint
 
 ChainKey = tuple[int, str, str]  # (family, table, chain)
 KINDS = ("link", "address", "eip", "route", "rule", "neighbour", "fdb", "ipset", "chain", "jump")
@@ -21,15 +21,12 @@ KINDS = ("link", "address", "eip", "route", "rule", "neighbour", "fdb", "ipset",
 
 @dataclass(frozen=True)
 class Glance:
-    link: VxlanLink | None = None
-    addresses: frozenset[Address] = frozenset()
-    routes: frozenset[Route] = frozenset()
-    rules: frozenset[Rule] = frozenset()
-    neighbours: frozenset[Neighbour] = frozenset()
-    fdb: frozenset[Fdb] = frozenset()
+    """`net` holds what netlink shows as the full read would (link, addresses, routes, rules,
+    neighbours, FDB entries, and `jumps_ok`); sets and chains are summed up instead."""
+
+    net: Dataplane = field(default_factory=Dataplane)
     set_sizes: tuple[tuple[str, int], ...] = ()  # our sets (by prefix) and their member counts
     chains: tuple[tuple[ChainKey, tuple[str, ...]], ...] = ()  # our chains and their rules' tags
-    jumps_ok: frozenset[ChainKey] = frozenset()  # chains whose jump sits first in its built-in chain
 
 
 @dataclass(frozen=True, order=True)
@@ -43,9 +40,9 @@ class Drift:
 
 def glance_of(dp: Dataplane) -> Glance:
     """What a glance at a kernel holding exactly `dp` sees (the fake kernel, tests)."""
-    return Glance(link=dp.link, addresses=dp.addresses, routes=dp.routes, rules=dp.rules, neighbours=dp.neighbours,
-                  fdb=dp.fdb, set_sizes=tuple(sorted((s.name, len(s.members)) for s in dp.ipsets)),
-                  chains=tuple(sorted((c.key, fingerprint(c)) for c in dp.chains)), jumps_ok=dp.jumps_ok)
+    return Glance(net=replace(dp, ipsets=frozenset(), chains=frozenset(), sysctls=frozenset()),
+                  set_sizes=tuple(sorted((s.name, len(s.members)) for s in dp.ipsets)),
+                  chains=tuple(sorted((c.key, fingerprint(c)) for c in dp.chains)))
 
 
 def _sets_of(kind: str, want: Iterable[object], have: Iterable[object]) -> list[Drift]:
@@ -61,15 +58,15 @@ def compare(desired: Dataplane, seen: Glance, *, pending: Iterable[tuple[str, st
     as desired; `contested`: EIPs that apply left unclaimed because another node answers for them
     (retried by the fencing thread's backoff, not here)."""
     out: list[Drift] = []
-    if desired.link != seen.link:
-        out.append(Drift("link", "missing" if seen.link is None else f"differs: {seen.link!r}"))
+    if desired.link != seen.net.link:
+        out.append(Drift("link", "missing" if seen.net.link is None else f"differs: {seen.net.link!r}"))
     want_addr = {a for a in desired.addresses if not (a.eip and a.cidr.split("/")[0] in contested)}
-    out += _sets_of("eip", (a for a in want_addr if a.eip), (a for a in seen.addresses if a.eip))
-    out += _sets_of("address", (a for a in want_addr if not a.eip), (a for a in seen.addresses if not a.eip))
-    out += _sets_of("route", desired.routes, seen.routes)
-    out += _sets_of("rule", desired.rules, seen.rules)
-    out += _sets_of("neighbour", desired.neighbours, seen.neighbours)
-    out += _sets_of("fdb", desired.fdb, seen.fdb)
+    out += _sets_of("eip", (a for a in want_addr if a.eip), (a for a in seen.net.addresses if a.eip))
+    out += _sets_of("address", (a for a in want_addr if not a.eip), (a for a in seen.net.addresses if not a.eip))
+    out += _sets_of("route", desired.routes, seen.net.routes)
+    out += _sets_of("rule", desired.rules, seen.net.rules)
+    out += _sets_of("neighbour", desired.neighbours, seen.net.neighbours)
+    out += _sets_of("fdb", desired.fdb, seen.net.fdb)
     out += _set_sizes(desired, dict(seen.set_sizes), pending)
     have_chains: Mapping[ChainKey, tuple[str, ...]] = dict(seen.chains)
     for c in sorted(desired.chains):
@@ -79,7 +76,7 @@ def compare(desired: Dataplane, seen: Glance, *, pending: Iterable[tuple[str, st
         elif have != fingerprint(c):
             counts = f"has {len(have)} rules, want {len(c.rules)}" if len(have) != len(c.rules) else "rules differ"
             out.append(Drift("chain", f"{c.table} {c.name} (v{c.family}) {counts}"))
-        if c.key not in seen.jumps_ok:
+        if c.key not in seen.net.jumps_ok:
             out.append(Drift("jump", f"{c.table} {c.hook} -> {c.name} (v{c.family}) not first"))
     want_keys = {c.key for c in desired.chains}
     out += [Drift("chain", f"{t} {n} (v{f}) unexpected") for (f, t, n) in sorted(have_chains) if (f, t, n) not in want_keys]

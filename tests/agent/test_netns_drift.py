@@ -51,13 +51,7 @@ def topo() -> Iterator[Topology]:
     t = Topology(pods={1: ["a"]})
     t.resync_seconds = 60  # out of the way: only the drift check can repair within the deadlines
     try:
-        t.build()
-        t.set_policies("node2", web_pods=[(1, "a")])
-        for n in (1, 2):
-            t.once(n)
-        for n in (1, 2):
-            t.start_agent(n)
-        assert t.wait_probe(1, "a", EIP4) == EIP4, t.agent_log(1)
+        assert t.start_web_on_node2(), t.agent_log(1)
         yield t
     finally:
         t.close()

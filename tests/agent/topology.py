@@ -240,6 +240,17 @@ class Topology:
         self.agents[n] = proc
         self.procs.append(proc)
 
+    def start_web_on_node2(self) -> bool:
+        """Build; policy default/web selects p1a only, gateway node2; a one-shot reconcile, then agents,
+        on node1 and node2. Whether p1a leaves with the EIP then."""
+        self.build()
+        self.set_policies("node2", web_pods=[(1, "a")])
+        for n in (1, 2):
+            self.once(n)
+        for n in (1, 2):
+            self.start_agent(n)
+        return self.wait_probe(1, "a", EIP4) == EIP4
+
     def stop_agent(self, n: int, sig: int = signal.SIGKILL) -> None:
         proc = self.agents.pop(n, None)
         if proc is not None and proc.poll() is None:
