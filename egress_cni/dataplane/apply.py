@@ -14,7 +14,7 @@ from egress_cni.api.net import IP, parse_cidr
 from egress_cni.dataplane import announce, conntrack
 from egress_cni.dataplane.drift import Glance
 from egress_cni.dataplane.eipdev import EipHolder
-from egress_cni.dataplane.glance import Glancer, nft_generation
+from egress_cni.dataplane.glance import Glancer, legacy_fingerprint, nft_generation
 from egress_cni.dataplane.inputs import DataplaneConfig
 from egress_cni.dataplane.netlink import Netlink
 from egress_cni.dataplane.plan import Address, Chain, Dataplane, Plan, Sysctl, diff, fingerprint, rule_tag
@@ -47,7 +47,7 @@ class KernelDataplane:
         self._ipset: Any = None  # tables of desired routes: a route whose rule vanished is still seen
         self._holder: EipHolder | None = None
         self._glancer: Glancer | None = None  # the drift check's raw netlink socket (the worker thread's)
-        self._glanced: tuple[int | None, tuple[tuple[tuple[int, str, str], tuple[str, ...]], ...], frozenset[tuple[int, str, str]]] | None = None
+        self._glanced: tuple[object, tuple[tuple[tuple[int, str, str], tuple[str, ...]], ...], frozenset[tuple[int, str, str]]] | None = None
 
     def hold_eips(self, *, persist: bool = False) -> str:
         """Open the EIP holder (dataplane/eipdev.py) for the life of this process; the link IPv4 EIPs
@@ -136,7 +136,8 @@ class KernelDataplane:
         if self._glancer is None:
             self._glancer = Glancer(self.config)
         link, addresses, rules, routes, neighbours, fdb = self._glancer.read(self.parent, self._tables_hint)
-        gen = nft_generation() if self.xtables.backend == "nft" else None  # before the save: a commit during it shows next time
+        # before the save: a change during it shows next time
+        gen = nft_generation() if self.xtables.backend == "nft" else legacy_fingerprint(self.families)
         if gen is None or self._glanced is None or self._glanced[0] != gen:
             chains, jumps_ok = self.xtables.glance(self.families)
             self._glanced = (gen, tuple(sorted((c.key, fingerprint(c)) for c in chains)), frozenset(jumps_ok))

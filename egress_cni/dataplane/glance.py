@@ -11,10 +11,14 @@ checks that on every golden case.
 `nft_generation()` is the nftables ruleset's generation id: the kernel bumps it on every commit in
 the netns (ours, kube-proxy's, Calico's, a hand-run `iptables-nft`), so an unchanged id means the
 iptables-nft state is the one the last `iptables-save` showed and the check need not run it again.
+`legacy_fingerprint()` is the same for iptables-legacy, which has no generation: a hash of each
+table's rule blob as the kernel hands it to iptables-save (`IPT_SO_GET_ENTRIES`), counters zeroed.
 """
 
 from __future__ import annotations
 
+import ctypes
+import hashlib
 import socket
 import struct
 
@@ -201,3 +205,64 @@ def parse_generation(data: bytes) -> int | None:
         return None
     raw = ll.parse_attrs(data, _HDR.size + _NFGEN.size).get(NFTA_GEN_ID)
     return struct.unpack("!I", raw[:4])[0] if raw and len(raw) >= 4 else None
+
+
+SOL_IP, SOL_IPV6 = 0, 41
+SO_GET_INFO, SO_GET_ENTRIES = 64, 65  # IPT_/IP6T_SO_GET_*
+XT_TABLES = ("raw", "mangle", "nat", "filter")
+_GETINFO_SIZE = 84  # struct ipt_getinfo: name[32], valid_hooks, hook_entry[5], underflow[5], num_entries, size
+_GET_ENTRIES_HEAD = 40  # struct ipt_get_entries: name[32], size, then the 8-aligned entry table
+# (offset of next_offset, offset of the counters) in struct ipt_entry / ip6t_entry
+_ENTRY = {IPV4: (90, 96), IPV6: (142, 152)}
+
+
+def legacy_fingerprint(families: list[int]) -> tuple[str, ...] | None:
+    """One hash per (family, table) of the iptables-legacy rules, counters left out; None when the
+    kernel cannot be asked (then the check runs iptables-save every time)."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        out = []
+        for f in families:
+            level = SOL_IP if f == IPV4 else SOL_IPV6
+            with socket.socket(AF[f], socket.SOCK_RAW, socket.IPPROTO_RAW) as s:
+                for table in XT_TABLES:
+                    out.append(_table_hash(libc, s.fileno(), level, f, table))
+        return tuple(out)
+    except (OSError, AttributeError):
+        return None
+
+
+def _getsockopt(libc: ctypes.CDLL, fd: int, level: int, opt: int, buf: ctypes.Array[ctypes.c_char]) -> int:
+    size = ctypes.c_uint(len(buf))
+    if libc.getsockopt(fd, level, opt, buf, ctypes.byref(size)) != 0:
+        return ctypes.get_errno()
+    return 0
+
+
+def _table_hash(libc: ctypes.CDLL, fd: int, level: int, family: int, table: str) -> str:
+    name = table.encode()
+    info = ctypes.create_string_buffer(name, _GETINFO_SIZE)
+    error = _getsockopt(libc, fd, level, SO_GET_INFO, info)
+    if error:
+        return f"{table}:errno{error}"  # ENOENT: the table is not loaded (stable until someone loads it)
+    size = struct.unpack_from("=I", info.raw, 80)[0]
+    buf = ctypes.create_string_buffer(_GET_ENTRIES_HEAD + size)
+    struct.pack_into("=32sI", buf, 0, name, size)
+    error = _getsockopt(libc, fd, level, SO_GET_ENTRIES, buf)
+    if error:
+        return f"{table}:errno{error}"  # EAGAIN: changed since GET_INFO; a changed hash either way
+    return table + ":" + blob_hash(buf.raw[_GET_ENTRIES_HEAD:], family) + ":" + info.raw[32:].hex()
+
+
+def blob_hash(blob: bytes, family: int) -> str:
+    """sha256 of a table's entries with each entry's packet and byte counters zeroed."""
+    next_at, counters_at = _ENTRY[family]
+    data = bytearray(blob)
+    offset = 0
+    while offset + counters_at + 16 <= len(data):
+        step = struct.unpack_from("=H", data, offset + next_at)[0]
+        data[offset + counters_at:offset + counters_at + 16] = bytes(16)
+        if step <= 0:
+            break
+        offset += step
+    return hashlib.sha256(bytes(data)).hexdigest()

@@ -17,6 +17,7 @@ from egress_cni.dataplane.compute import desired_dataplane
 from egress_cni.dataplane.drift import compare
 from egress_cni.dataplane.inputs import DataplaneConfig
 from egress_cni.dataplane.plan import diff
+from egress_cni.dataplane.xtables import run
 
 # one-shot runs: no agent stays to renew EIPs, so the 1 s default would let them lapse between two runs
 CONFIG = DataplaneConfig(eip_lifetime=60)
@@ -43,8 +44,16 @@ def main() -> None:
     first = reconcile(kernel, directory)
     second = reconcile(kernel, directory)
     after = [[str(d) for d in compare(desired, kernel.glance())] for _ in range(2)]
+    # someone else's rule above our jump: seen although the glance may reuse its last iptables-save
+    # (nft generation, legacy blob hash), and gone again once that rule is
+    foreign = ["-t", "mangle", "PREROUTING", "-s", "192.0.2.3", "-j", "ACCEPT"]
+    run([f"iptables-{backend}", *foreign[:2], "-I", *foreign[2:3], "1", *foreign[3:]])
+    tampered = sorted({d.kind for d in compare(desired, kernel.glance())})
+    run([f"iptables-{backend}", *foreign[:2], "-D", *foreign[2:]])
+    untampered = [str(d) for d in compare(desired, kernel.glance())]
     print(json.dumps({"first": first, "second": second, "backend": kernel.xtables.backend,
-                      "drift_before": before, "drift_after": after}))
+                      "drift_before": before, "drift_after": after, "drift_tampered": tampered,
+                      "drift_untampered": untampered}))
 
 
 if __name__ == "__main__":

@@ -252,3 +252,20 @@ def test_the_nftables_generation_is_read_from_a_newgen_reply() -> None:
     error = struct.pack("=IHHII", 36, 2, 0, 1, 0) + struct.pack("=i", -2) + b"\0" * 16  # NLMSG_ERROR
     assert parse_generation(error) is None
     assert parse_generation(b"") is None
+
+
+def test_the_legacy_blob_hash_ignores_counters_and_sees_order() -> None:
+    import struct
+
+    from egress_cni.dataplane.glance import blob_hash
+
+    def entry(tag: bytes, packets: int, size: int = 152) -> bytes:  # struct ipt_entry (112 bytes) + a target
+        e = bytearray(size)
+        struct.pack_into("=H", e, 90, size)  # next_offset
+        struct.pack_into("=QQ", e, 96, packets, packets * 60)  # counters
+        e[112:112 + len(tag)] = tag
+        return bytes(e)
+
+    a, b = entry(b"ACCEPT", 1), entry(b"EGRESS", 2)
+    assert blob_hash(a + b, 4) == blob_hash(entry(b"ACCEPT", 99) + entry(b"EGRESS", 7), 4)
+    assert blob_hash(a + b, 4) != blob_hash(b + a, 4)

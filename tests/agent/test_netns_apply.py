@@ -50,6 +50,7 @@ def test_scenario_applies_and_second_reconcile_is_empty(case: str, backend: str,
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["backend"] == backend and result["first"] and result["second"] == {}, result
     assert result["drift_before"] and result["drift_after"] == [[], []], result
+    assert result["drift_tampered"] == ["jump"] and result["drift_untampered"] == [], result
     # a CNI/kube-proxy style rewrite puts its rule above our jump: the next reconcile moves ours back up
     in_ns(node_ns, ipt, "-t", "mangle", "-I", "PREROUTING", "1", "-s", "192.0.2.2", "-j", "ACCEPT")
     proc = in_ns(node_ns, PYTHON, HELPER, str(GOLDEN / case), backend)
