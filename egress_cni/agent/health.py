@@ -15,6 +15,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
 from egress_cni.agent.loop import Agent
+from egress_cni.dataplane.drift import KINDS
 
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
@@ -75,6 +76,18 @@ class AgentCollector:
         lease = GaugeMetricFamily("egress_agent_lease_held", "1 while the liveness lease is renewed in time")
         lease.add_metric([], 1 if st.lease_held else 0)
         yield lease
+        drift = self.agent.drift
+        repairs = CounterMetricFamily("egress_agent_drift_repairs", "Reconciles the drift check asked for that "
+                                      "repaired a drift, by what had drifted", labels=["kind"])
+        for kind in KINDS:
+            repairs.add_metric([kind], drift.repairs[kind])
+        yield repairs
+        checks = CounterMetricFamily("egress_agent_drift_checks", "Drift checks run")
+        checks.add_metric([], drift.checks)
+        yield checks
+        took = GaugeMetricFamily("egress_agent_drift_check_seconds", "Duration of the last drift check")
+        took.add_metric([], drift.last_seconds)
+        yield took
         invalid = GaugeMetricFamily("egress_agent_invalid_objects", "Objects skipped because they do not parse")
         invalid.add_metric([], st.invalid)
         yield invalid

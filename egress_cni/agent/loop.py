@@ -8,8 +8,9 @@ Parts (each its own module):
 - uninstall.py: the chart's pre-delete signal; once seen the worker never reconciles again.
 
 The worker coalesces events (at most one reconcile per `min_interval`), repeats the reconcile every
-`resync_seconds` to repair drift, and after a failure retries with exponential backoff and jitter
-(reset by a success). A carrier flip or a contested EIP's retry cuts any wait short: fencing must not queue.
+`resync_seconds`, glances at the kernel every `drift_seconds` in between and reconciles at once on
+any drift (drift.py), and after a failure retries with exponential backoff and jitter (reset by a
+success). A carrier flip or a contested EIP's retry cuts any wait short: fencing must not queue.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from typing import Protocol
 
 from egress_cni import registry
 from egress_cni.agent.cni_bridge import CniBridge, SetWriter
+from egress_cni.agent.drift import DriftCheck, GlancePort
 from egress_cni.agent.fencing import EipPort, EipRefresher, Fencing, Lease, NoLease
 from egress_cni.agent.peer_socket import PeerService
 from egress_cni.agent.peers import HANDOVER
@@ -40,7 +42,7 @@ log = logging.getLogger(__name__)
 __all__ = ["Agent", "Kernel", "Lease", "NoLease", "Status"]
 
 
-class Kernel(DataplanePort, Conntrack, SetWriter, Counters, EipPort, Protocol):
+class Kernel(DataplanePort, GlancePort, Conntrack, SetWriter, Counters, EipPort, Protocol):
     """Every kernel port at once: what `dataplane.apply.KernelDataplane` (and the fake) provide."""
 
     def uninstall(self) -> None:
@@ -53,12 +55,13 @@ class Agent:
                  reporter: TunnelReporter | None = None, resync_seconds: float = 10.0, lease_seconds: float = 1.0,
                  lease_renew: float = 0.2, heartbeat_seconds: float = 0.25, min_interval: float = 0.1,
                  retry: Backoff | None = None, clock: Callable[[], float] = time.monotonic,
-                 peers: PeerService | None = None) -> None:
+                 peers: PeerService | None = None, drift_seconds: float = 1.0) -> None:
         self.node, self.source, self.kernel, self.config = node, source, kernel, config
         self.registry_dir = registry_dir
         self.reporter: TunnelReporter = reporter or RecordingReporter()
         self.resync_seconds, self.lease_renew, self.heartbeat_seconds = resync_seconds, lease_renew, heartbeat_seconds
         self.min_interval = min_interval  # coalesces event bursts: at most one full reconcile per interval
+        self.drift_seconds = drift_seconds  # the drift check's period between reconciles; 0: none
         self.retry = retry or Backoff(base=0.5, cap=10.0)
         self.on_reconciled: Callable[[Status], None] | None = None
         self.on_uninstall: Callable[[str], None] | None = None  # the pre-delete hook's token was seen
@@ -81,6 +84,7 @@ class Agent:
                                      synced=lambda: self.source.synced, holds_lease=lambda: self.fencing.holds_lease,
                                      dataplane=kernel, conntrack=kernel, reporter=self.reporter, cni=self.cni,
                                      clock=clock, on_reconciled=self._reconciled)
+        self.drift = DriftCheck(kernel, pending=lambda: self.cni.pending, contested=lambda: kernel.contested)
 
     @property
     def status(self) -> Status:
@@ -169,10 +173,22 @@ class Agent:
             self.on_uninstall(token)
         return True
 
+    def _idle(self, since: float) -> bool:
+        """Wait for an event, the resync (`since` the last reconcile) or a drift; False: none of them
+        yet (a drift check found nothing), wait again."""
+        due = since + self.resync_seconds - time.monotonic()
+        if self.drift_seconds <= 0 or due <= self.drift_seconds:
+            self._dirty.wait(max(0.0, due))
+            return True
+        if self._dirty.wait(self.drift_seconds) or self._stop.is_set():
+            return True
+        return bool(self.drift.check(self.status))
+
     def _worker(self) -> None:
-        not_before = 0.0
+        not_before, since = 0.0, time.monotonic()
         while not self._stop.is_set():
-            self._dirty.wait(self.resync_seconds)
+            if not self._idle(since):
+                continue
             hold = not_before - time.monotonic()
             if hold > 0 and self._urgent.wait(hold):
                 self._urgent.clear()
@@ -180,6 +196,8 @@ class Agent:
                 break
             self._dirty.clear()
             ok = self.reconcile() is not None
+            since = time.monotonic()
+            self.drift.verify(self.status)  # after a reconcile the drift check asked for: was it repaired?
             if ok:
                 self.retry.reset()
                 not_before = time.monotonic() + self.min_interval

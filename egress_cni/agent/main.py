@@ -60,6 +60,9 @@ def build_parser(env: Mapping[str, str] | None = None) -> argparse.ArgumentParse
         p.add_argument("--iptables-backend", default=None, choices=settings.IPTABLES_BACKENDS,
                        help="file iptablesBackend/iptables.backendMode; default auto")
         p.add_argument("--resync-seconds", type=float, default=10.0)
+        p.add_argument("--drift-seconds", type=float, default=1.0,
+                       help="between reconciles, compare the kernel with the desired state this often and "
+                            "reconcile at once on drift (docs/dataplane.md, Drift); 0 turns the check off; default 1")
         p.add_argument("--lease-seconds", type=int, default=None,
                        help=f"env EGRESS_LEASE_SECONDS, file agentLeaseSeconds; default {settings.Agent.lease_seconds}")
         p.add_argument("--lease-renew-seconds", type=float, default=None,
@@ -112,6 +115,8 @@ def parse_args(argv: list[str] | None, env: Mapping[str, str] | None = None) -> 
             parser.error("EGRESS_EIP_LIFETIME_SECONDS: not a whole number of seconds")
     if args.eip_lifetime_seconds < 1:
         parser.error("--eip-lifetime-seconds must be at least 1")
+    if args.drift_seconds < 0:
+        parser.error("--drift-seconds must not be negative")
     if args.lease_renew_seconds >= args.lease_seconds:
         parser.error(f"--lease-renew-seconds ({args.lease_renew_seconds}) must be shorter than --lease-seconds ({args.lease_seconds})")
     args.settings = installed
@@ -170,7 +175,7 @@ def make_agent(args: argparse.Namespace) -> Agent:
     report_in_lease(lease, peers, node_facts, config)
     return Agent(node=args.node, source=source, kernel=kernel, facts=facts, config=config, registry_dir=args.registry_dir,
                  lease=lease, reporter=reporter, resync_seconds=args.resync_seconds, lease_seconds=args.lease_seconds,
-                 lease_renew=args.lease_renew_seconds, peers=peers)
+                 lease_renew=args.lease_renew_seconds, peers=peers, drift_seconds=args.drift_seconds)
 
 
 def report_in_lease(lease: Lease | None, peers: PeerService, node: NodeFacts, config: DataplaneConfig) -> None:

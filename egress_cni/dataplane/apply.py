@@ -12,13 +12,15 @@ from typing import Any
 
 from egress_cni.api.net import IP, parse_cidr
 from egress_cni.dataplane import announce, conntrack
+from egress_cni.dataplane.drift import Glance
 from egress_cni.dataplane.eipdev import EipHolder
+from egress_cni.dataplane.glance import Glancer, legacy_fingerprint, nft_generation
 from egress_cni.dataplane.inputs import DataplaneConfig
 from egress_cni.dataplane.netlink import Netlink
-from egress_cni.dataplane.plan import Address, Chain, Dataplane, Plan, Sysctl, diff, rule_tag
+from egress_cni.dataplane.plan import Address, Chain, Dataplane, Plan, Sysctl, diff, fingerprint, rule_tag
 from egress_cni.dataplane.probe import address_in_use
 from egress_cni.dataplane.render import ipset_script, restore_text
-from egress_cni.dataplane.xtables import SavedTable, Xtables, detect_backend, ipset_restore, read_ipsets
+from egress_cni.dataplane.xtables import SavedTable, Xtables, detect_backend, ipset_restore, ipset_sizes, read_ipsets
 
 log = logging.getLogger(__name__)
 IPSET_ERR_EXIST = 4103
@@ -44,6 +46,8 @@ class KernelDataplane:
         self._tables_hint: set[int] = set()
         self._ipset: Any = None  # tables of desired routes: a route whose rule vanished is still seen
         self._holder: EipHolder | None = None
+        self._glancer: Glancer | None = None  # the drift check's raw netlink socket (the worker thread's)
+        self._glanced: tuple[object, tuple[tuple[tuple[int, str, str], tuple[str, ...]], ...], frozenset[tuple[int, str, str]]] | None = None
 
     def hold_eips(self, *, persist: bool = False) -> str:
         """Open the EIP holder (dataplane/eipdev.py) for the life of this process; the link IPv4 EIPs
@@ -56,6 +60,8 @@ class KernelDataplane:
 
     def close(self) -> None:
         self.netlink.close()
+        if self._glancer is not None:
+            self._glancer.close()
         if self._fast is not None:
             self._fast.close()
 
@@ -122,6 +128,23 @@ class KernelDataplane:
             sysctls=frozenset(s for s in sysctls if _read_sysctl(s.path) == s.value),
             jumps_ok=frozenset(jumps_ok),
         )
+
+    def glance(self) -> Glance:
+        """The drift check's cheap read (dataplane/drift.py): raw netlink dumps (dataplane/glance.py),
+        set sizes from `ipset list -t`, and one `iptables-save` per family, skipped while the nftables
+        generation is the one the last save saw (nft backend)."""
+        if self._glancer is None:
+            self._glancer = Glancer(self.config)
+        link, addresses, rules, routes, neighbours, fdb = self._glancer.read(self.parent, self._tables_hint)
+        # before the save: a change during it shows next time
+        gen = nft_generation() if self.xtables.backend == "nft" else legacy_fingerprint(self.families)
+        if gen is None or self._glanced is None or self._glanced[0] != gen:
+            chains, jumps_ok = self.xtables.glance(self.families)
+            self._glanced = (gen, tuple(sorted((c.key, fingerprint(c)) for c in chains)), frozenset(jumps_ok))
+        _, fingerprints, ok = self._glanced
+        net = Dataplane(link=link, addresses=frozenset(addresses), routes=frozenset(routes), rules=frozenset(rules),
+                        neighbours=frozenset(neighbours), fdb=frozenset(fdb), jumps_ok=ok)
+        return Glance(net=net, set_sizes=tuple(sorted(ipset_sizes(self.config.ipset_prefix).items())), chains=fingerprints)
 
     def hint_tables(self, tables: set[int]) -> None:
         self._tables_hint = set(tables)

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import replace
 
+from egress_cni.dataplane.drift import Glance, glance_of
 from egress_cni.dataplane.plan import Address, Dataplane, IPSet, Plan, Sysctl
 
 
@@ -55,6 +56,9 @@ class FakeKernel:
     def apply(self, plan: Plan) -> None:
         self.applied.append(plan)
         self.state = apply_plan(self.state, plan)
+
+    def glance(self) -> Glance:
+        return glance_of(self.state)
 
     def hint_tables(self, tables: set[int]) -> None:
         return None

@@ -72,7 +72,7 @@ class Netlink:
         parent = self.ipr.get_links(parent_idx)[0].get_attr("IFLA_IFNAME") if parent_idx else ""
         local = data.get_attr("IFLA_VXLAN_LOCAL") or data.get_attr("IFLA_VXLAN_LOCAL6") or ""
         return VxlanLink(self.config.vxlan_name, data.get_attr("IFLA_VXLAN_ID"), data.get_attr("IFLA_VXLAN_PORT"),
-                         parent, local, msg.get_attr("IFLA_ADDRESS"), msg.get_attr("IFLA_MTU"))
+                         parent, local, msg.get_attr("IFLA_ADDRESS"), msg.get_attr("IFLA_MTU"), bool(msg["flags"] & IFF_UP))
 
     def read_addresses(self, parent: str) -> set[Address]:
         out = {Address(dev, f"{ip}/{plen}", eip=True) for _, dev, ip, plen, _ in self._held_eips(parent)}

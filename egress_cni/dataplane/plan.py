@@ -25,6 +25,7 @@ class VxlanLink:
     local: str  # parent's underlay IP (the VTEP source)
     mac: str
     mtu: int
+    up: bool = True  # administratively up (read back: a link set down differs, so the apply sets it up)
 
 
 @dataclass(frozen=True, order=True)

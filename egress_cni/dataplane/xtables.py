@@ -68,14 +68,18 @@ class Xtables:
         for f in families:
             for table in TABLES:
                 st = saved[(f, table)] = self.save(f, table)
-                hook_of = {_target(r): hook for hook, rules in st.hooks.items() for r in rules if JUMP_COMMENT in r}
-                for name, rules in st.chains.items():
-                    chains.add(Chain(f, table, name, hook_of.get(name, ""), tuple(rules)))
-                for rules in st.hooks.values():
-                    jumps = [_target(r) for r in rules if JUMP_COMMENT in r]
-                    if jumps and JUMP_COMMENT in rules[0] and jumps.count(jumps[0]) == 1:
-                        jumps_ok.add((f, table, jumps[0]))
+                _collect(f, table, st, chains, jumps_ok)
         return chains, jumps_ok, saved
+
+    def glance(self, families: list[int]) -> tuple[set[Chain], set[tuple[int, str, str]]]:
+        """`read` for the drift check: one `iptables-save` per family (every table), no counters."""
+        chains: set[Chain] = set()
+        jumps_ok: set[tuple[int, str, str]] = set()
+        for f in families:
+            for table, text in split_tables(run([self._bin(f, "save")])).items():
+                if table in TABLES:
+                    _collect(f, table, parse_save(text, self.prefix), chains, jumps_ok)
+        return chains, jumps_ok
 
     def restore(self, family: int, text: str) -> None:
         if text.strip():
@@ -105,6 +109,30 @@ def parse_save(text: str, prefix: str) -> SavedTable:
     return SavedTable(chains, hooks, counters)
 
 
+def _collect(family: int, table: str, st: SavedTable, chains: set[Chain], jumps_ok: set[tuple[int, str, str]]) -> None:
+    """Our chains of one saved table into `chains`, the keys whose jump is first in its built-in chain
+    (and there once) into `jumps_ok`."""
+    hook_of = {_target(r): hook for hook, rules in st.hooks.items() for r in rules if JUMP_COMMENT in r}
+    for name, rules in st.chains.items():
+        chains.add(Chain(family, table, name, hook_of.get(name, ""), tuple(rules)))
+    for rules in st.hooks.values():
+        jumps = [_target(r) for r in rules if JUMP_COMMENT in r]
+        if jumps and JUMP_COMMENT in rules[0] and jumps.count(jumps[0]) == 1:
+            jumps_ok.add((family, table, jumps[0]))
+
+
+def split_tables(text: str) -> dict[str, str]:
+    """Whole `iptables-save` output -> each table's part (from its `*table` line to its COMMIT)."""
+    out: dict[str, list[str]] = {}
+    lines: list[str] | None = None
+    for line in text.splitlines():
+        if line.startswith("*"):
+            lines = out.setdefault(line[1:].strip(), [])
+        elif lines is not None:
+            lines.append(line)
+    return {table: "\n".join(lines) for table, lines in out.items()}
+
+
 def _target(spec: str) -> str:
     return spec.rstrip().rsplit(" ", 1)[-1]
 
@@ -122,6 +150,24 @@ def read_ipsets(prefix: str) -> set[IPSet]:
         elif parts[0] == "add" and parts[1] in sets:
             sets[parts[1]][1].add(parts[2])
     return {IPSet(n, f, frozenset(m)) for n, (f, m) in sets.items()}
+
+
+def ipset_sizes(prefix: str) -> dict[str, int]:
+    """Our sets and their member counts, from `ipset list -t` (headers only: its cost does not grow
+    with the members)."""
+    return parse_ipset_terse(run(["ipset", "list", "-t"]), prefix)
+
+
+def parse_ipset_terse(text: str, prefix: str) -> dict[str, int]:
+    sizes: dict[str, int] = {}
+    name = ""
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key == "Name":
+            name = value.strip()
+        elif key == "Number of entries" and name.startswith(prefix + "-"):
+            sizes[name] = int(value)
+    return sizes
 
 
 def ipset_restore(script: str) -> None:

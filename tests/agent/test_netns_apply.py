@@ -1,6 +1,7 @@
 """Every golden scenario applied to a real kernel with iptables-nft and iptables-legacy: the second
-reconcile is empty, a foreign rule inserted above our jump is answered by moving our jump back to
-the top (the foreign rule stays), and uninstall leaves nothing of ours behind."""
+reconcile is empty, the drift check's cheap read sees no drift then (so it reads the kernel as the
+full read does), a foreign rule inserted above our jump is seen by the drift check and answered by
+moving our jump back to the top (the foreign rule stays), and uninstall leaves nothing of ours behind."""
 
 from __future__ import annotations
 
@@ -48,11 +49,14 @@ def test_scenario_applies_and_second_reconcile_is_empty(case: str, backend: str,
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["backend"] == backend and result["first"] and result["second"] == {}, result
+    assert result["drift_before"] and result["drift_after"] == [[], []], result
+    assert result["drift_tampered"] == ["jump"] and result["drift_untampered"] == [], result
     # a CNI/kube-proxy style rewrite puts its rule above our jump: the next reconcile moves ours back up
     in_ns(node_ns, ipt, "-t", "mangle", "-I", "PREROUTING", "1", "-s", "192.0.2.2", "-j", "ACCEPT")
     proc = in_ns(node_ns, PYTHON, HELPER, str(GOLDEN / case), backend)
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["first"] == {"write_chains": 1} and result["second"] == {}, result
+    assert result["drift_before"] == ["jump"] and result["drift_after"] == [[], []], result
     rules = [r for r in in_ns(node_ns, f"{ipt}-save", "-t", "mangle").stdout.splitlines() if r.startswith("-A PREROUTING")]
     assert "EGRESS-PREROUTING" in rules[0] and len(rules) == 3, rules
     proc = in_ns(node_ns, PYTHON, "-m", "egress_cni.agent.main", "uninstall", "--parent", facts.parent,

@@ -71,6 +71,8 @@ class Topology:
         self.dir = Path(tempfile.mkdtemp(prefix=f"egwt-{self.id}-"))
         self.inputs = self.dir / "inputs"
         self.inputs.mkdir()
+        self.resync_seconds = 1.0  # agents' full resync; tests of the drift check raise it out of their way
+        self.agent_extra: list[str] = []  # more flags for every agent (e.g. --drift-seconds)
 
     # --- names ----------------------------------------------------------------------------------
 
@@ -220,11 +222,11 @@ class Topology:
         args = ["ip", "netns", "exec", self.node(n), PYTHON, "-m", "egress_cni.agent.main", command,
                 "--node", f"node{n}", "--source", f"yaml:{self.inputs}", "--parent", "eth0",
                 "--registry-dir", str(self.dir / f"registry-node{n}"), "--metrics-address", "",
-                "--resync-seconds", "1", "--log-level", "WARNING"]
+                "--resync-seconds", str(self.resync_seconds), "--log-level", "WARNING"]
         # `once` leaves no agent behind to renew the EIPs' kernel lifetime: give them long enough to
         # outlive the test's next look (a running agent renews them with its own, 1 s by default)
         once = ["--eip-lifetime-seconds", "60"] if command == "once" else []
-        return args + once + (["--ipv6"] if self.dual else [])
+        return args + once + self.agent_extra + (["--ipv6"] if self.dual else [])
 
     def once(self, n: int) -> str:
         proc = subprocess.run(self.agent_args(n, "once"), capture_output=True, text=True, timeout=120, cwd=ROOT)
@@ -237,6 +239,17 @@ class Topology:
         proc = subprocess.Popen(self.agent_args(n), stdout=log, stderr=log, text=True, cwd=ROOT)
         self.agents[n] = proc
         self.procs.append(proc)
+
+    def start_web_on_node2(self) -> bool:
+        """Build; policy default/web selects p1a only, gateway node2; a one-shot reconcile, then agents,
+        on node1 and node2. Whether p1a leaves with the EIP then."""
+        self.build()
+        self.set_policies("node2", web_pods=[(1, "a")])
+        for n in (1, 2):
+            self.once(n)
+        for n in (1, 2):
+            self.start_agent(n)
+        return self.wait_probe(1, "a", EIP4) == EIP4
 
     def stop_agent(self, n: int, sig: int = signal.SIGKILL) -> None:
         proc = self.agents.pop(n, None)

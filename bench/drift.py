@@ -1,0 +1,145 @@
+"""Cost of the agent's drift check (root; everything inside a network namespace this script creates and removes).
+
+    .venv/bin/python bench/drift.py [--policies 200] [--endpoints 1000] [--runs 30] [--backend nft|legacy]
+
+One node of bench/agent.py's synthetic cluster (P policies, N endpoints; gateway of half the
+policies) is applied into a fresh netns with the real dataplane. Then, interleaved in each round:
+
+- the drift check: `KernelDataplane.glance()` (raw netlink dumps, ipset list -t, iptables-save
+  unless the nftables generation is unchanged) and the pure `compare` with the desired state (which
+  must find nothing); measured twice: as it runs on a quiet node (nft: generation unchanged, no
+  iptables-save) and with the iptables-save forced (a node where someone committed rules since);
+- peer: one bare `iptables-save` call, the cheapest read of the iptables state there is;
+- second peer: the full `read_actual` + `diff` the periodic resync does.
+
+Each is measured in wall time and in CPU time (this process plus the commands it ran). Prints the
+medians and the ratios against the peers; exits 0 either way (it reports, it does not assert).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+PYTHON = str(ROOT / ".venv" / "bin" / "python")
+
+
+def _synthetic_objects(endpoints: int, policies: int) -> list[dict[str, Any]]:
+    spec = importlib.util.spec_from_file_location("bench_agent", Path(__file__).with_name("agent.py"))
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return list(module.synthetic_objects(endpoints, policies))
+
+
+def _cpu() -> float:
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def _measure(fn: Callable[[], object]) -> tuple[float, float]:
+    wall, cpu = time.perf_counter(), _cpu()
+    fn()
+    return time.perf_counter() - wall, _cpu() - cpu
+
+
+def inner(args: argparse.Namespace) -> None:
+    from egress_cni.agent.sources import state_from_objects
+    from egress_cni.dataplane.apply import KernelDataplane
+    from egress_cni.dataplane.compute import desired_dataplane
+    from egress_cni.dataplane.drift import compare
+    from egress_cni.dataplane.inputs import DataplaneConfig, NodeFacts
+    from egress_cni.dataplane.plan import diff
+    from egress_cni.dataplane.xtables import run
+
+    config = DataplaneConfig(eip_lifetime=3600)  # no fencing thread renews them here
+    facts = NodeFacts("node1", "eth0", "10.100.0.1", "", 1500)
+    state = state_from_objects(_synthetic_objects(args.endpoints, args.policies), "node1")
+    desired = desired_dataplane(state, facts, config).dataplane
+    kernel = KernelDataplane(config, "eth0", [4], args.backend, probe=lambda _dev, _ip: False)
+    kernel.hint_tables({r.table for r in desired.routes})
+    kernel.apply(diff(desired, kernel.read_actual(desired.sysctls)))
+    assert diff(desired, kernel.read_actual(desired.sysctls)).empty
+
+    def check() -> None:
+        found = compare(desired, kernel.glance())
+        assert not found, found[:5]
+
+    def forget() -> None:
+        kernel._glanced = None  # as after a commit by anyone: the next glance runs iptables-save
+
+    def peer() -> None:
+        run([kernel.xtables._bin(4, "save")])
+
+    def resync() -> None:
+        assert diff(desired, kernel.read_actual(desired.sysctls)).empty
+
+    runs: dict[str, list[tuple[float, float]]] = {"check": [], "forced": [], "peer": [], "resync": []}
+    check()
+    for _ in range(args.runs):
+        for name, fn in (("check", check), ("forced", check), ("peer", peer), ("resync", resync)):
+            if name == "forced":
+                forget()
+            runs[name].append(_measure(fn))
+    out: dict[str, Any] = {
+        "members": sum(len(s.members) for s in desired.ipsets), "sets": len(desired.ipsets),
+        "rules": sum(len(c.rules) for c in desired.chains), "backend": kernel.xtables.backend,
+    }
+    for name, values in runs.items():
+        out[f"{name}_wall_s"] = statistics.median(w for w, _ in values)
+        out[f"{name}_cpu_s"] = statistics.median(c for _, c in values)
+    kernel.uninstall()
+    print(json.dumps(out))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("mode", nargs="?", default="outer", choices=["outer", "inner"])
+    parser.add_argument("--policies", type=int, default=200)
+    parser.add_argument("--endpoints", type=int, default=1000)
+    parser.add_argument("--runs", type=int, default=30)
+    parser.add_argument("--backend", default="nft", choices=["nft", "legacy"])
+    args = parser.parse_args()
+    if args.mode == "inner":
+        inner(args)
+        return
+    ns = f"egwb-{uuid.uuid4().hex[:6]}"
+    subprocess.run(["ip", "netns", "add", ns], check=True)
+    try:
+        for cmd in (["link", "set", "lo", "up"], ["link", "add", "eth0", "type", "veth", "peer", "name", "eth1"],
+                    ["addr", "add", "10.100.0.1/24", "dev", "eth0"], ["link", "set", "eth0", "up"],
+                    ["link", "set", "eth1", "up"]):
+            subprocess.run(["ip", "-n", ns, *cmd], check=True)
+        proc = subprocess.run(["ip", "netns", "exec", ns, PYTHON, __file__, "inner", "--policies", str(args.policies),
+                               "--endpoints", str(args.endpoints), "--runs", str(args.runs), "--backend", args.backend],
+                              check=True, capture_output=True, text=True, timeout=600)
+        r = json.loads(proc.stdout.strip().splitlines()[-1])
+    finally:
+        subprocess.run(["ip", "netns", "del", ns], check=False)
+    print(f"{args.policies} policies, {r['members']} set members in {r['sets']} sets, {r['rules']} rules "
+          f"(iptables {r['backend']}), medians of {args.runs} interleaved rounds:")
+    for name, label in (("check", "drift check (glance + compare)"), ("forced", "drift check, iptables-save forced"),
+                        ("peer", "peer: one iptables-save"),
+                        ("resync", "second peer: full read + diff (the resync)")):
+        print(f"  {label:45s} wall {r[f'{name}_wall_s'] * 1000:7.2f} ms   cpu {r[f'{name}_cpu_s'] * 1000:7.2f} ms")
+    for check in ("check", "forced"):
+        for peer in ("peer", "resync"):
+            print(f"  {check} / {peer}: wall {r[f'{check}_wall_s'] / r[f'{peer}_wall_s']:.2f}x, "
+                  f"cpu {r[f'{check}_cpu_s'] / r[f'{peer}_cpu_s']:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
