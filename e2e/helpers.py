@@ -65,6 +65,14 @@ class Cluster:
     def node_ip(self, name: str) -> str:
         return self.sb.plan.node(name).endpoint.ipv4
 
+    def unsteered_source(self, namespace: str, pod: str) -> str:
+        """The source the external server sees for a pod's traffic no policy steers: its node's address
+        (bridge, flannel: masqueraded), or its own (macvlan: the pod is on the underlay itself)."""
+        obj = self.get("pod", pod, "-n", namespace) or {}
+        if self.sb.plan.underlay_pods:
+            return str(obj.get("status", {}).get("podIP", ""))
+        return self.node_ip(str(obj.get("spec", {}).get("nodeName", "")))
+
     # --- objects ------------------------------------------------------------------------------------
 
     def gateway(self, name: str, pool: list[str], nodes: list[str]) -> None:

@@ -9,9 +9,11 @@ from collections import Counter
 
 import pytest
 
+from devtools.sandbox.plan import CNI_MODES
 from e2e.helpers import Cluster, wait_for
 
 pytestmark = pytest.mark.e2e
+SANDBOX_CNIS = CNI_MODES  # e2e/conftest.py: these tests run on a sandbox of each CNI mode
 
 REPLICAS = int(os.environ.get("EGW_E2E_LEAK_PODS", "50"))
 EIP = "10.6.168.230"
