@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from devtools.sandbox import cgroups, cni, components, containerd, footprint, images, kubelet, kubeproxy, netns, nodehost, procs
-from devtools.sandbox.plan import NodePlan, SandboxPlan
+from devtools.sandbox.plan import OVERLAY_PODS, NodePlan, SandboxPlan
 from devtools.sandbox.state import SandboxState
 
 LOG_ROOT = Path(os.environ.get("LOGDIR", "/tmp/egressgateway-logs"))
@@ -201,7 +201,7 @@ class Sandbox:
         daemons = []
         for node, holder, _ in nodes:
             root = self.node_paths(node.name).root
-            daemons.append(self.state.add_process(flannel.start(node, root, kubeconfig, holder, self.plan.cluster_pod_cidrs)))
+            daemons.append(self.state.add_process(flannel.start(node, root, kubeconfig, holder, OVERLAY_PODS)))
         for (node, _, kubelet_record), daemon in zip(nodes, daemons, strict=True):
             paths = self.node_paths(node.name)
             env = flannel.wait_subnet_env(paths.root, daemon)

@@ -20,12 +20,13 @@ USER = "system:kube-proxy"
 HEALTHZ = "127.0.0.1:10256"
 
 
-def proxy_config(node: NodePlan, kubeconfig: Path, cluster_cidrs: tuple[str, str], masquerade_all: bool = False) -> dict[str, Any]:
+def proxy_config(node: NodePlan, kubeconfig: Path, cluster_cidrs: tuple[str, ...], masquerade_all: bool = False) -> dict[str, Any]:
     return {
         "apiVersion": "kubeproxy.config.k8s.io/v1alpha1", "kind": "KubeProxyConfiguration",
         "clientConnection": {"kubeconfig": str(kubeconfig)},
         "hostnameOverride": node.name, "mode": "iptables",
-        "clusterCIDR": ",".join(cluster_cidrs), "detectLocalMode": "ClusterCIDR",
+        # local traffic: from the node's own pod subnets (its spec.podCIDRs, set before kube-proxy starts)
+        "clusterCIDR": ",".join(cluster_cidrs), "detectLocalMode": "NodeCIDR",
         # Underlay pods: the API server is on their own segment, so without SNAT its replies would
         # bypass the node that DNATed the Service address.
         "iptables": {"masqueradeAll": masquerade_all},
@@ -35,7 +36,7 @@ def proxy_config(node: NodePlan, kubeconfig: Path, cluster_cidrs: tuple[str, str
 
 
 def start(node: NodePlan, root: Path, kubeconfig: Path, holder: procs.ProcessRecord,
-          cluster_cidrs: tuple[str, str], masquerade_all: bool = False) -> procs.ProcessRecord:
+          cluster_cidrs: tuple[str, ...], masquerade_all: bool = False) -> procs.ProcessRecord:
     from devtools.devkube.binaries import kube_bin_dir
 
     config = root / "kube-proxy.yaml"

@@ -8,7 +8,8 @@ seed YAML applies verbatim. Nothing gets an address in the host namespace.
 
 Pod addresses depend on the CNI the nodes run (`CNI_MODES`): `bridge` and `flannel` give each node a
 subnet of 10.244.0.0/16 (an overlay's own range); `macvlan` gives each node a slice of the underlay
-itself (10.6.168.128/28, .144/28, .160/28: addresses beside the nodes', like the seed's 10.6.168.208).
+itself (10.6.168.96/27, .128/27, .160/27: addresses beside the nodes', like the seed's 10.6.168.208;
+below the EIP pools the tests use, .201 and up).
 """
 
 from __future__ import annotations
@@ -23,9 +24,8 @@ UNDERLAY_V6 = ipaddress.IPv6Network("fd10:6:168::/64")
 POD_V4 = "10.244.{index}.0/24"
 POD_V6 = "fd44:{index}::/64"
 OVERLAY_PODS = ("10.244.0.0/16", "fd44::/16")
-UNDERLAY_POD_V4 = "10.6.168.{first}/28"  # first = 112 + 16 * index: node1 .128/28, node2 .144/28, ...
+UNDERLAY_POD_V4 = "10.6.168.{first}/27"  # first = 64 + 32 * index: node1 .96/27, node2 .128/27, node3 .160/27
 UNDERLAY_POD_V6 = "fd10:6:168:0:1:{index}::/96"
-UNDERLAY_PODS = ("10.6.168.128/26", "fd10:6:168:0:1::/80")
 CNI_MODES = ("bridge", "macvlan", "flannel")
 EXTERNAL_HOST = 63  # the walkthrough's `curl 10.6.168.63:8080`
 ROUTER_HOST = 1  # the underlay bridge's own address: every netns' default gateway
@@ -93,11 +93,10 @@ class SandboxPlan:
         return self.cni == "macvlan"
 
     @property
-    def cluster_pod_cidrs(self) -> tuple[str, str]:
-        """One IPv4 and one IPv6 CIDR holding every node's pods."""
-        if self.underlay_pods:
-            return UNDERLAY_PODS
-        return OVERLAY_PODS
+    def cluster_pod_cidrs(self) -> tuple[str, ...]:
+        """One IPv4 and one IPv6 CIDR holding every node's pods (an overlay's); () for underlay pods,
+        whose node slices no single CIDR per family holds."""
+        return () if self.underlay_pods else OVERLAY_PODS
 
     @property
     def endpoints(self) -> tuple[Endpoint, ...]:
@@ -128,7 +127,7 @@ def _endpoint(prefix: str, role: str, host: int) -> Endpoint:
 def build_plan(node_count: int = 3, state_dir: Path = STATE_DIR, prefix: str = PREFIX, cni: str = "bridge") -> SandboxPlan:
     if cni not in CNI_MODES:
         raise ValueError(f"cni={cni!r}: expected one of {', '.join(CNI_MODES)}")
-    if not 1 <= node_count <= (4 if cni == "macvlan" else 9):
+    if not 1 <= node_count <= (3 if cni == "macvlan" else 9):
         raise ValueError(f"node_count={node_count}: the sandbox supports 1..9 nodes")
     if len(f"{prefix}-node{node_count}") > 15:
         raise ValueError(f"prefix={prefix!r}: veth names `<prefix>-node<N>` must fit in 15 characters")
@@ -136,7 +135,7 @@ def build_plan(node_count: int = 3, state_dir: Path = STATE_DIR, prefix: str = P
     nodes = tuple(
         NodePlan(
             name=f"node{i}", index=i, endpoint=_endpoint(prefix, f"node{i}", NODE_HOST_BASE + i),
-            pod_cidr_v4=(UNDERLAY_POD_V4.format(first=112 + 16 * i) if cni == "macvlan" else POD_V4.format(index=i)),
+            pod_cidr_v4=(UNDERLAY_POD_V4.format(first=64 + 32 * i) if cni == "macvlan" else POD_V4.format(index=i)),
             pod_cidr_v6=(UNDERLAY_POD_V6.format(index=i) if cni == "macvlan" else POD_V6.format(index=i)),
         )
         for i in range(1, node_count + 1)

@@ -9,7 +9,7 @@ import pytest
 
 from devtools.devkube import binaries
 from devtools.sandbox import flannel, nodehost
-from devtools.sandbox.plan import build_plan
+from devtools.sandbox.plan import OVERLAY_PODS, build_plan
 
 pytestmark = pytest.mark.unit
 
@@ -24,7 +24,7 @@ FLANNEL_IPMASQ=true
 
 
 def test_net_conf_is_the_clusters_pod_networks_over_flannels_own_vxlan() -> None:
-    conf = flannel.net_conf(build_plan(cni="flannel").cluster_pod_cidrs)
+    conf = flannel.net_conf(OVERLAY_PODS)
     assert conf == {"Network": "10.244.0.0/16", "EnableIPv6": True, "IPv6Network": "fd44::/16",
                     "Backend": {"Type": "vxlan", "VNI": 1, "Port": 8472}}
     # Not the agents' tunnel (chart values egress.vxlan: id 100, port 7789).

@@ -93,9 +93,10 @@ def test_macvlan_pods_get_a_slice_of_the_underlay_beside_the_nodes() -> None:
     conf = cni.main_plugin(plan, plan.node("node2"), "/x/ipam")
     assert conf["type"] == "macvlan" and conf["master"] == "eth0"
     v4, v6 = conf["ipam"]["ranges"]
-    assert v4 == [{"subnet": "10.6.168.0/24", "rangeStart": "10.6.168.145", "rangeEnd": "10.6.168.158", "gateway": "10.6.168.1"}]
+    assert v4 == [{"subnet": "10.6.168.0/24", "rangeStart": "10.6.168.129", "rangeEnd": "10.6.168.158", "gateway": "10.6.168.1"}]
     assert v6[0]["subnet"] == "fd10:6:168::/64" and v6[0]["rangeStart"] == "fd10:6:168:0:1:2:0:1"
-    assert plan.cluster_pod_cidrs == ("10.6.168.128/26", "fd10:6:168:0:1::/80") and plan.underlay_pods
+    assert plan.cluster_pod_cidrs == () and plan.underlay_pods
+    assert [n.pod_cidr_v4 for n in plan.nodes] == ["10.6.168.96/27", "10.6.168.128/27", "10.6.168.160/27"]
     assert components.environment_values(True, "10.0.0.0/24") == ("--set", "agent.cni.hijackCIDR={10.0.0.0/24,10.6.168.63/32}")
     assert components.environment_values(False, "10.0.0.0/24") == ()
     with pytest.raises(ValueError, match="expected one of"):
