@@ -15,6 +15,7 @@ SANDBOX_CNIS = CNI_MODES  # e2e/conftest.py: these tests run on a sandbox of eac
 
 
 def test_pod_reaches_external_server_with_its_node_or_own_address(cluster: Cluster, ns: str) -> None:
+    cluster.skip_unsteered_hijacked()
     cluster.pod(ns, "plain", {"app": "plain"}, node="node1")
     cluster.wait_running(ns, "plain")
     expected = cluster.unsteered_source(ns, "plain")
