@@ -268,6 +268,8 @@ class Sandbox:
                 missing = f"agent /readyz not 200 on {unready}"
             if not missing and self.get_or_none("lease", "-n", ns, components.LEADER_LEASE) is None:
                 missing = "no controller leader Lease"
+            if not missing and (leaving := components.terminating(self.get_or_none("pods", "-n", ns) or {})):
+                missing = f"pods still terminating: {leaving}"
             if not missing:
                 return
             time.sleep(1.0)
@@ -314,7 +316,9 @@ class Sandbox:
                 try:
                     report["pods_removed"] += containerd.remove_all_pods(containerd.NodePaths(Path(node_dir)))
                 except Exception as error:  # keep tearing down; the sweeps below catch what is left
-                    self.say(f"    removing pods of {node_dir} via CRI failed: {error}")
+                    details = getattr(error, "details", None)  # a grpc.RpcError's one-line reason
+                    detail = str(details() if callable(details) else error)
+                    self.say(f"    removing pods of {node_dir} via CRI failed ({detail}); the sweeps below clean up")
         for record in reversed(state.processes):
             procs.stop(record)
         report["processes"] = len(state.processes)

@@ -67,6 +67,12 @@ def workloads_ready(daemonset: dict[str, Any] | None, deployments: list[dict[str
     return ""
 
 
+def terminating(pods: dict[str, Any]) -> list[str]:
+    """Names of the release's pods that are being deleted (a rollout not finished)."""
+    return [p["metadata"]["name"] for p in pods.get("items", [])
+            if p["metadata"].get("deletionTimestamp") and p["metadata"]["name"].startswith("egress")]
+
+
 def pod_summary(pods: dict[str, Any]) -> str:
     return json.dumps([(p["metadata"]["name"], p.get("status", {}).get("phase"),
                         [c.get("state") for c in p.get("status", {}).get("containerStatuses", [])])
