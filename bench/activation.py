@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT))
 from devtools.sandbox import nodeops  # noqa: E402
 from devtools.sandbox.cluster import Sandbox  # noqa: E402
 from devtools.sandbox.plan import STATE_DIR, build_plan  # noqa: E402
-from e2e.helpers import Cluster, wait_for  # noqa: E402
+from e2e.helpers import Cluster, agent_ready, node_addresses, wait_for  # noqa: E402
 
 NS = "bench"
 EIP = "10.6.168.240"
@@ -86,14 +86,22 @@ def failover(cluster: Cluster, sb: Sandbox, runs: int) -> list[float]:
     cluster.policy(NS, "fo", "bench", {"app": "act"})
     samples = []
     for _ in range(runs):
-        node = cluster.wait_policy(NS, "fo")["node"]
+        cluster.wait_policy(NS, "fo")
+        # The node that holds the EIP now (the policy status may still name the previous holder for a
+        # moment after a move: powering that one off would measure nothing).
+        node = wait_for(lambda: next((n for n in cluster.node_names if EIP in node_addresses(sb, n)), None),
+                        f"a node holding {EIP}", 60)
         first_packet(cluster, "act", EIP, time.time())
         started = time.time()
         nodeops.power_off(sb, node)
         try:
             samples.append(first_packet(cluster, "act", EIP, started + 0.05))
+            print(f"failover run {len(samples)}: {node} off -> EIP again after {samples[-1]:.3f} s", file=sys.stderr, flush=True)
         finally:
             nodeops.power_on(sb, node)
+        # Settled before the next run: the restarted agent answers /readyz (the gateway's status may say
+        # Ready from a Lease that has not expired yet) and both gateway nodes are Ready.
+        wait_for(lambda: all(agent_ready(sb, n) for n in cluster.node_names) or None, "every agent ready again", 90)
         wait_for(lambda: all(n.get("status") == "Ready" for n in
                              (cluster.get("egressgateway", "bench") or {}).get("status", {}).get("nodeList", [])) or None,
                  "both gateway nodes Ready again", 90)
