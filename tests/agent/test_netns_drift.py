@@ -141,9 +141,10 @@ def test_every_kind_of_drift_is_repaired_within_two_seconds(topo: Topology) -> N
     try:
         for what, n, tamper in CASES:
             before = settled(t, n)
-            tamper(t)
+            tamper(t)  # its command checked: it did change the state
             t0 = time.monotonic()
-            assert snapshot(t, n) != before, f"{what}: the tamper changed nothing"
+            # No "the state differs now" check: a deleted VXLAN device is back within tens of ms
+            # (the link event wakes the agent), before a snapshot could see it gone.
             repaired = probed = float("inf")
             while time.monotonic() - t0 < 10:
                 if snapshot(t, n) == before:
