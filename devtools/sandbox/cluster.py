@@ -6,7 +6,6 @@ waiting, so a failure at any point still leaves a state file `down()` can clean 
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
@@ -163,7 +162,7 @@ class Sandbox:
         archives = images.build_images(self.work_dir / "images")
         if self.with_components:
             archives.append(components.IMAGE_ARCHIVE)
-        self.state.created_dirs += nodehost.ensure_mount_points()
+        self.state.created_dirs += nodehost.ensure_mount_points()  # the record nodehost keeps is what teardown uses
         self.state.save()
         started = []
         flannel_mode = self.plan.cni == "flannel"
@@ -331,12 +330,7 @@ class Sandbox:
         report["cgroups_left"] = [c for root in state.cgroup_roots for c in cgroups.remove(root)]
         report["netns_removed"] = netns.remove_topology(state.netns or list(self.plan.netns_names))
         if not _other_sandboxes(self.work_dir):  # their nodes may have mounts on these mount points
-            for created in reversed(state.created_dirs):
-                with contextlib.suppress(OSError):  # only when empty: it may have gained other users meanwhile
-                    if Path(created).is_dir():
-                        Path(created).rmdir()
-                    else:
-                        Path(created).unlink()
+            report["mount_points_removed"] = nodehost.remove_mount_points()
         for log in self.work_dir.glob("*/logs/*.log"):  # control-plane, containerd and kubelet logs outlive the run
             shutil.copy2(log, self.log_dir / f"{log.parent.parent.name}-{log.name}")
         shutil.rmtree(self.work_dir, ignore_errors=True)

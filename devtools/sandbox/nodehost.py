@@ -13,6 +13,8 @@ host only sees the empty mount points; the ones the sandbox had to create are re
 
 from __future__ import annotations
 
+import contextlib
+import json
 import shlex
 import time
 from collections.abc import Sequence
@@ -26,6 +28,7 @@ NODE_LOCAL_DIRS = ("/opt/cni/bin", "/etc/cni/net.d", "/opt/egressgateway", "/run
                    "/run/flannel")  # flanneld's subnet.env (--cni flannel)
 NODE_LOCAL_FILES = ("/run/xtables.lock",)
 READY_MARK = ".mounted"
+CREATED_RECORD = Path("/run/egressgateway-sandbox-mount-points.json")
 
 
 def host_dir(root: Path) -> Path:
@@ -39,7 +42,9 @@ def node_path(root: Path, path: str) -> Path:
 
 
 def ensure_mount_points() -> list[str]:
-    """Create the missing mount points on the host; return what was created, outermost first."""
+    """Create the missing mount points on the host; return what was created, outermost first. They
+    are also added to CREATED_RECORD, shared by every sandbox of the machine: sandboxes overlap (a kept
+    one, e2e sessions), and whichever is torn down last removes them (`remove_mount_points`)."""
     created: list[str] = []
     for path in (*NODE_LOCAL_DIRS, *NODE_LOCAL_FILES):
         target = Path(path)
@@ -50,7 +55,32 @@ def ensure_mount_points() -> list[str]:
             else:
                 item.mkdir()
             created.append(str(item))
+    if created:
+        CREATED_RECORD.write_text(json.dumps([*recorded_mount_points(), *created]))
     return created
+
+
+def recorded_mount_points() -> list[str]:
+    try:
+        return [str(p) for p in json.loads(CREATED_RECORD.read_text())]
+    except (OSError, ValueError, TypeError):
+        return []
+
+
+def remove_mount_points() -> list[str]:
+    """Remove every mount point a sandbox created (only when empty, deepest first) and the record;
+    call only when no other sandbox runs: its nodes may have mounts on them. What was removed."""
+    removed = []
+    for created in reversed(recorded_mount_points()):
+        path = Path(created)
+        with contextlib.suppress(OSError):  # not empty: it gained other users meanwhile
+            if path.is_dir() and not path.is_symlink():
+                path.rmdir()
+            else:
+                path.unlink()
+            removed.append(created)
+    CREATED_RECORD.unlink(missing_ok=True)
+    return removed
 
 
 def setup_script(root: Path, sysctl_overlays: Sequence[tuple[Path, Path]]) -> str:
