@@ -136,6 +136,9 @@ class EipRefresher:
         self._retry = retry or Backoff(base=0.25, cap=5.0)
         self._retry_at = 0.0
         self._lock = threading.Lock()
+        # One user of the kernel port at a time: hand_over/release run on the main thread while a
+        # tick may be in flight, and a netlink socket shared by two threads can lose a reply (and hang).
+        self._kernel_lock = threading.Lock()
         self._want: frozenset[Address] | None = None  # None: adopt every EIP present (no synced reconcile yet)
         self._carrier = True
         self._released = False
@@ -155,6 +158,10 @@ class EipRefresher:
 
     def tick(self) -> None:
         """One round: carrier check, renewal, contested retry."""
+        with self._kernel_lock:
+            self._tick()
+
+    def _tick(self) -> None:
         carrier = self.kernel.carrier()
         if carrier != self._carrier:
             log.warning("parent link carrier changed", extra={"carrier": carrier})
@@ -185,18 +192,20 @@ class EipRefresher:
     def hand_over(self, seconds: int) -> list[str]:
         """SIGTERM: stop renewing and leave every EIP to the next agent for `seconds` (the kernel
         removes them then if none came back to renew them)."""
-        with self._lock:
-            self._released = True
-        kept = self.kernel.hand_over_eips(seconds)
+        with self._kernel_lock:
+            with self._lock:
+                self._released = True
+            kept = self.kernel.hand_over_eips(seconds)
         if kept:
             log.info("eips handed over to the next agent", extra={"eips": kept, "seconds": seconds})
         return kept
 
     def release(self) -> list[str]:
         """Uninstall: stop renewing and remove every EIP now."""
-        with self._lock:
-            self._released = True
-        released = self.kernel.release_eips()
+        with self._kernel_lock:
+            with self._lock:
+                self._released = True
+            released = self.kernel.release_eips()
         if released:
             log.info("released eips", extra={"eips": released})
         return released
