@@ -38,6 +38,7 @@ from egress_cni.dataplane.inputs import ClusterState, DataplaneConfig, NodeFacts
 from egress_cni.dataplane.plan import Plan
 
 log = logging.getLogger(__name__)
+STOP_SECONDS = 5.0  # every thread joined within this, well inside the pod's termination grace
 
 __all__ = ["Agent", "Kernel", "Lease", "NoLease", "Status"]
 
@@ -151,12 +152,18 @@ class Agent:
         if release_eips:
             self.refresher.release()
         self.source.stop()
+        deadline = time.monotonic() + STOP_SECONDS  # one budget for all: a pod has terminationGracePeriod
         for t in self._threads:
-            t.join(timeout=5)
+            t.join(timeout=max(0.0, deadline - time.monotonic()))
+        late = [t.name for t in self._threads if t.is_alive()]
+        if late:
+            log.warning("threads still running at stop", extra={"threads": late})
         if hand_over:
             self.refresher.hand_over(HANDOVER)
         if release_eips:
             self.refresher.release()
+        if self.peers is not None:
+            self.peers.close()
 
     def alive(self) -> bool:
         """Every thread runs; or the node is being uninstalled, when stopping them is the point (the
