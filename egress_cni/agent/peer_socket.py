@@ -78,4 +78,9 @@ class PeerService:
                 except OSError:
                     break
                 self.monitor.receive(data)
-        sock.close()
+        # the socket stays open: the farewell goes out on it after the thread stopped (`close`)
+
+    def close(self) -> None:
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None

@@ -44,7 +44,9 @@ MISSED = 3
 # An agent stopped by SIGTERM (a DaemonSet rollout, most of the time) tells its peers it will be back:
 # they hold off a takeover this long, so a restart moves nothing. A node that stays down fails over
 # RESTART_GRACE later than a node that vanished without a word.
-RESTART_GRACE = 5.0
+# A DaemonSet pod replacement took 4-5 s on a loaded 2-core machine (old container stopped, new
+# sandbox, init container, imports, first renewal): the grace leaves twice that.
+RESTART_GRACE = 10.0
 # The last lifetime (whole seconds) of the EIPs of an agent stopped by SIGTERM: it answers for them
 # while it restarts; the kernel expires addresses up to ~1 s late, so this ends before RESTART_GRACE.
 HANDOVER = int(RESTART_GRACE) - 2
@@ -134,7 +136,10 @@ class Liveness:
         last = self._heard.get(node)
         if last is not None and (incarnation, seq) <= (last.incarnation, last.seq):
             return False
-        self._heard[node] = _Heard(incarnation, seq, self._clock() + grace)
+        at = self._clock() + grace
+        if last is not None:
+            at = max(at, last.at)  # a heartbeat sent after the farewell does not cut the grace short
+        self._heard[node] = _Heard(incarnation, seq, at)
         return True
 
     def alive(self, node: str) -> bool:

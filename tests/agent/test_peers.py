@@ -368,3 +368,39 @@ def test_a_restarting_peer_is_held_alive_for_its_grace() -> None:
     assert live.alive("node2")  # restarting: no takeover yet
     now[0] += 1.5
     assert not live.alive("node2") and live.lost_for("node2") > 0  # never came back: fail over
+
+
+def test_a_heartbeat_sent_after_the_farewell_does_not_cut_the_grace_short() -> None:
+    now = [100.0]
+    live = Liveness(0.3, lambda: now[0])
+    live.watch(["node2"])
+    assert live.heard("node2", 1.0, 2, grace=5.0)  # the farewell
+    assert live.heard("node2", 1.0, 3)  # the peer thread's last tick, racing the stop
+    now[0] += 4.0
+    assert live.alive("node2")
+
+
+def test_the_farewell_goes_out_after_the_peer_thread_stopped() -> None:
+    import socket
+    import threading
+
+    from egress_cni.agent.peer_socket import PeerService
+
+    receiver = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    receiver.bind(("127.0.0.2", 0))  # node2; node1 sends from 127.0.0.1 to the same port
+    receiver.settimeout(5)
+    port = receiver.getsockname()[1]
+    monitor = PeerMonitor("node1")
+    monitor._view = peers._View(peers=frozenset({"node2"}), addresses={"node2": "127.0.0.2"})
+    service = PeerService(monitor, address="127.0.0.1", port=port)
+    service.bind()
+    stop = threading.Event()
+    stop.set()
+    service.run(stop)  # the thread ends first on SIGTERM: the socket must outlive it
+    service.farewell()
+    try:
+        got = decode(receiver.recv(65535), None)
+        assert got.node == "node1" and got.grace == peers.RESTART_GRACE
+    finally:
+        service.close()
+        receiver.close()
