@@ -441,6 +441,19 @@ def longest_double(samples: list[tuple[float, frozenset[str]]]) -> float:
     return longest
 
 
+def longest_unheld(samples: list[tuple[float, frozenset[str]]]) -> float:
+    """The longest time no node held the EIP (first sample without to first sample with)."""
+    longest, since = 0.0, None
+    for at, holders in samples:
+        if not holders and since is None:
+            since = at
+        elif holders and since is not None:
+            longest, since = max(longest, at - since), None
+    if since is not None and samples:
+        longest = max(longest, samples[-1][0] - since)
+    return longest
+
+
 def longest_outage(probes: list[Probe], eip: str) -> float:
     """The longest time without egress: between the sends of two good probes that have only failed
     ones (no reply, or another source) between them; 0 when none failed. A single lost probe at an
