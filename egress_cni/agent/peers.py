@@ -163,14 +163,17 @@ def decide(entries: Sequence[Entry], me: str, serving: Mapping[str, str], alive:
     """The entries this node takes over now, each with the node it replaces.
 
     `serving`: entry id -> the node serving it by the last takeover seen (else its nodeList node).
-    An entry is taken when its server is lost, this node is the k-th of its standbys (the server left
-    out), every earlier standby is lost too, and the server has been lost for k * `step`."""
+    An entry is taken when its server is lost, this node is the k-th of its standbys then its owner
+    (the server left out), every earlier one is lost too, and the server has been lost for k * `step`."""
     out = []
     for e in entries:
         server = serving.get(e.id, e.owner)
         if server == me or alive(server) or skip(e.id):
             continue
-        candidates = [n for n in e.standbys if n != server]
+        # The API's owner is a candidate too, after the standbys, once someone else serves the entry:
+        # a takeover that dies before the controller catches up goes back to it (it is no standby of
+        # its own entry, and a lone pair would otherwise wait for the controller).
+        candidates = [n for n in (*e.standbys, e.owner) if n != server]
         if me not in candidates:
             continue
         k = candidates.index(me)

@@ -140,6 +140,17 @@ def test_a_takeover_chain_follows_the_last_server() -> None:
     assert judge("node3", set(), 5.0, serving) == []  # ours already
 
 
+def test_the_owner_takes_its_entry_back_when_the_node_that_took_it_over_is_lost() -> None:
+    pair = Entry("gw|" + EIP, "node3", (EIP,), ("default/web",), ("node2",))
+    serving = {pair.id: "node2"}  # node2 took it over; the controller has not moved it yet
+    assert [r for _, r in decide([pair], "node3", serving, lambda n: False, lambda _n: 0.0)] == ["node2"]
+    assert decide([pair], "node3", serving, lambda n: n == "node2", lambda _n: 0.0) == ()
+    assert decide([pair], "node2", serving, lambda n: False, lambda _n: 5.0) == ()  # ours already
+    three = Entry("gw|" + EIP, "node3", (EIP,), ("default/web",), ("node2", "node4"))
+    assert decide([three], "node3", serving, lambda n: n == "node4", lambda _n: 5.0) == ()  # node4 first
+    assert [r for _, r in decide([three], "node3", serving, lambda n: False, lambda _n: 0.2)] == ["node2"]
+
+
 # --- the monitor ----------------------------------------------------------------------------------
 
 def tunnel(n: int) -> dict[str, Any]:
