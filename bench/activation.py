@@ -1,6 +1,10 @@
 """End-to-end egress figures on the sandbox (real apiserver, kubelets, controller, webhook, agents).
 
-    sudo .venv/bin/python bench/activation.py [--runs 20] [--failovers 5] [--leak-pods 50] [--kept]
+    sudo .venv/bin/python bench/activation.py [--cni macvlan,flannel,bridge] [--runs 20] [--failovers 5]
+                                             [--leak-pods 50] [--kept]
+
+Every CNI mode of the sandbox in one run (`--cni`, all three by default; one sandbox each, brought up
+and torn down in turn), then a table of the figures per mode.
 
 - activation: `kubectl apply` of an EgressPolicy -> first packet with the EIP at the external server
   (a selected pod on node1 sends a DNS query every 20 ms, none waiting for the previous; the server
@@ -12,8 +16,8 @@
   bench policies while those pods start (no node fails then, so every move is a flap).
 Peer, measured in the same run: `kubectl apply` of a ConfigMap -> the object readable (the API round
 trip every API-driven activation pays at least); ratios are printed against it.
---kept uses a sandbox kept with `make sandbox SANDBOX_ARGS=--keep`; otherwise one is brought up
-(prefix egwb-<id>, its own state dir) and torn down at the end.
+--kept uses a sandbox kept with `make sandbox SANDBOX_ARGS=--keep` (its own mode only); otherwise one is
+brought up per mode (prefix egwb<id><mode initial>, its own state dir) and torn down after it.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ sys.path.insert(0, str(ROOT))
 
 from devtools.sandbox import nodeops  # noqa: E402
 from devtools.sandbox.cluster import Sandbox  # noqa: E402
-from devtools.sandbox.plan import STATE_DIR, build_plan  # noqa: E402
+from devtools.sandbox.plan import CNI_MODES, STATE_DIR, build_plan  # noqa: E402
 from e2e.helpers import Cluster, agent_ready, node_addresses, wait_for  # noqa: E402
 
 NS = "bench"
@@ -68,11 +72,11 @@ def api_round_trip(cluster: Cluster) -> float:
 
 def activation(cluster: Cluster, runs: int) -> tuple[list[float], list[float]]:
     cluster.gateway("bench", [EIP], ["node2", "node3"])
-    node1 = cluster.node_ip("node1")
     sender_pod(cluster, "act", "act", "node1", {"app": "act"})
+    unsteered = cluster.unsteered_source(NS, "act")  # node1's address, or the pod's own on an underlay
     samples, peers = [], []
     for run in range(runs):
-        first_packet(cluster, "act", node1, time.time() - 1)  # not selected: leaving with its node address
+        first_packet(cluster, "act", unsteered, time.time() - 1)  # not selected yet
         started = time.time()
         cluster.policy(NS, f"act-{run}", "bench", {"app": "act"})
         samples.append(first_packet(cluster, "act", EIP, started))
@@ -142,20 +146,8 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--runs", type=int, default=20)
-    parser.add_argument("--failovers", type=int, default=5)
-    parser.add_argument("--leak-pods", type=int, default=50)
-    parser.add_argument("--kept", action="store_true", help="use the sandbox kept by `make sandbox SANDBOX_ARGS=--keep`")
-    args = parser.parse_args()
-    session = uuid.uuid4().hex[:4]
-    plan = build_plan() if args.kept else build_plan(state_dir=Path(f"{STATE_DIR}-bench-{session}"), prefix=f"egwb-{session}")
-    sb = Sandbox(plan, say=lambda line: print(line, file=sys.stderr, flush=True))
-    if args.kept:
-        sb = Sandbox.attach(plan.state_dir, say=sb.say)
-    else:
-        sb.up()
+def bench_mode(sb: Sandbox, args: argparse.Namespace) -> dict[str, object]:
+    """Every figure on one sandbox."""
     cluster = Cluster(sb)
     try:
         cluster.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS}})
@@ -166,10 +158,9 @@ def main() -> int:
         cluster.delete("namespace", NS)
         cluster.move_gateway("bench", [])
         cluster.delete("egressgateway", "bench")
-        if not args.kept:
-            sb.down()
     peer_p50 = statistics.median(peer)
-    result = {
+    return {
+        "cni": sb.plan.cni,
         "activation_p50_s": round(statistics.median(act), 3), "activation_p99_s": round(pct(act, 0.99), 3),
         "activation_runs": len(act), "peer_api_round_trip_p50_s": round(peer_p50, 3),
         "activation_p50_vs_peer": round(statistics.median(act) / peer_p50, 1),
@@ -180,7 +171,48 @@ def main() -> int:
         "bars": {"activation_p99<=1s": pct(act, 0.99) <= 1.0, "failover_median<=2s": bool(fo) and statistics.median(fo) <= 2.0,
                  "leaked==0": leaked == 0},
     }
-    print(json.dumps(result, indent=2))
+
+
+def table(results: list[dict[str, object]]) -> str:
+    rows = [f"{'cni':8} {'act p50':>8} {'act p99':>8} {'peer p50':>8} {'ratio':>6} {'failover':>9} {'leaked':>12}"]
+    for r in results:
+        fo = r["failover_median_s"]
+        rows.append(f"{r['cni']!s:8} {r['activation_p50_s']!s:>8} {r['activation_p99_s']!s:>8} "
+                    f"{r['peer_api_round_trip_p50_s']!s:>8} {r['activation_p50_vs_peer']!s:>5}x "
+                    f"{'-' if fo is None else fo!s:>9} {r['leaked_packets']!s:>5} of {r['leak_packets_total']!s:<5}")
+    return "\n".join(rows)
+
+
+def say(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--cni", default=",".join(CNI_MODES), help="comma-separated modes (default: every mode)")
+    parser.add_argument("--runs", type=int, default=20)
+    parser.add_argument("--failovers", type=int, default=5)
+    parser.add_argument("--leak-pods", type=int, default=50)
+    parser.add_argument("--kept", action="store_true", help="use the sandbox kept by `make sandbox SANDBOX_ARGS=--keep`")
+    args = parser.parse_args()
+    modes = [m for m in args.cni.split(",") if m]
+    if unknown := [m for m in modes if m not in CNI_MODES]:
+        parser.error(f"--cni: unknown mode(s) {', '.join(unknown)}; expected some of {', '.join(CNI_MODES)}")
+    results = []
+    if args.kept:
+        results.append(bench_mode(Sandbox.attach(build_plan().state_dir, say=say), args))
+    session = uuid.uuid4().hex[:4]
+    for mode in [] if args.kept else modes:
+        plan = build_plan(state_dir=Path(f"{STATE_DIR}-bench-{session}{mode[0]}"), prefix=f"egwb{session}{mode[0]}", cni=mode)
+        sb = Sandbox(plan, say=say)
+        sb.up()
+        try:
+            results.append(bench_mode(sb, args))
+        finally:
+            sb.down()
+        say(f"[{mode}] {json.dumps(results[-1])}")
+    print(json.dumps(results, indent=2))
+    print(table(results))
     return 0
 
 
