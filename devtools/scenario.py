@@ -25,7 +25,8 @@ def facts_from(raw: Mapping[str, Any]) -> NodeFacts:
 
 
 def endpoints_from(raw: Mapping[str, Any]) -> tuple[LocalEndpoint, ...]:
-    return tuple(LocalEndpoint.of(e["key"], e["namespace"], e["pod"], e.get("ipv4", ()), e.get("ipv6", ()))
+    return tuple(LocalEndpoint.of(e["key"], e["namespace"], e["pod"], e.get("ipv4", ()), e.get("ipv6", ()),
+                                     e.get("underlay", False))
                  for e in raw.get("endpoints") or ())
 
 

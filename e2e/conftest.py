@@ -48,7 +48,9 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 @pytest.fixture(scope="session")
 def sandbox(request: pytest.FixtureRequest) -> Iterator[Sandbox]:
     if kept := os.environ.get("EGW_E2E_KEPT"):  # a sandbox kept by `--keep --state-dir <dir>`: debugging
-        yield Sandbox.attach(Path(kept), say=lambda line: print(line, flush=True))
+        sb = Sandbox.attach(Path(kept), say=lambda line: print(line, flush=True))
+        _second_destination(sb)
+        yield sb
         return
     cni = str(getattr(request, "param", "bridge"))
     # Several people run the suite at once on this machine: every session gets its own names.
@@ -58,13 +60,17 @@ def sandbox(request: pytest.FixtureRequest) -> Iterator[Sandbox]:
     sb = Sandbox(plan, say=lambda line: print(line, flush=True))
     try:
         sb.up()
-        # A second destination outside the cluster, on the same external server.
-        netns.run(["ip", "-n", sb.plan.external.netns, "addr", "replace", f"{EXTERNAL_OTHER}/24", "dev", "eth0"])
+        _second_destination(sb)
         if sb.pending:
             pytest.fail("sandbox came up without: " + "; ".join(sb.pending))
         yield sb
     finally:
         sb.down()
+
+
+def _second_destination(sb: Sandbox) -> None:
+    """A second destination outside the cluster, on the same external server (a kept sandbox too)."""
+    netns.run(["ip", "-n", sb.plan.external.netns, "addr", "replace", f"{EXTERNAL_OTHER}/24", "dev", "eth0"])
 
 
 @pytest.fixture(scope="session")

@@ -18,8 +18,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Self, TypeVar
 
-import pytest
-
 from devtools.sandbox import netns, nodeops, procs
 from devtools.sandbox.cluster import Sandbox
 
@@ -27,10 +25,6 @@ T = TypeVar("T")
 EXTERNAL = "10.6.168.63"
 EXTERNAL_OTHER = "10.6.168.64"  # a second address of the external server: "some other destination"
 GROUP = "egressgateway.spidernet.io/v1beta1"
-UNSTEERED_HIJACKED_BUG = (
-    "known bug (macvlan): an unselected underlay pod's flow to a hijacked destination (10.6.168.63 is in "
-    "hijackCIDR) leaves through the host but its replies reach the pod's macvlan directly; the host sees "
-    "half the flow and kube-proxy drops the rest as INVALID (docs/cni.md, Known limitations)")
 
 
 def wait_for(probe: Callable[[], T | None], what: str, timeout: float = 90.0, interval: float = 0.3) -> T:
@@ -71,17 +65,12 @@ class Cluster:
     def node_ip(self, name: str) -> str:
         return self.sb.plan.node(name).endpoint.ipv4
 
-    def skip_unsteered_hijacked(self) -> None:
-        """Known bug on underlay pods: skip the tests that need an unselected pod to reach a hijacked
-        destination (docs/cni.md, Known limitations)."""
-        if self.sb.plan.underlay_pods:
-            pytest.skip(UNSTEERED_HIJACKED_BUG)
-
-    def unsteered_source(self, namespace: str, pod: str) -> str:
+    def unsteered_source(self, namespace: str, pod: str, dst: str = EXTERNAL) -> str:
         """The source the external server sees for a pod's traffic no policy steers: its node's address
-        (bridge, flannel: masqueraded), or its own (macvlan: the pod is on the underlay itself)."""
+        (bridge, flannel, and macvlan to EXTERNAL: hijackCIDR routes it via the host, which masquerades
+        it), else on macvlan its own (the pod is on the underlay itself)."""
         obj = self.get("pod", pod, "-n", namespace) or {}
-        if self.sb.plan.underlay_pods:
+        if self.sb.plan.underlay_pods and dst != EXTERNAL:
             return str(obj.get("status", {}).get("podIP", ""))
         return self.node_ip(str(obj.get("spec", {}).get("nodeName", "")))
 

@@ -56,7 +56,7 @@ def test_p00012_destination_inside_cluster_info_is_not_eip(cluster: Cluster, ns:
                     f'{{"spec": {{"extraCidr": ["{EXTERNAL_OTHER}/32"]}}}}')
     try:
         assert cluster.wait_source(ns, pod, "10.6.168.211", dst=EXTERNAL) == "10.6.168.211"
-        plain = cluster.unsteered_source(ns, pod)
+        plain = cluster.unsteered_source(ns, pod, dst=EXTERNAL_OTHER)
         assert cluster.wait_source(ns, pod, plain, dst=EXTERNAL_OTHER) == plain  # "in-cluster": not via the gateway
     finally:
         cluster.kubectl("patch", "egressclusterinfo", "default", "--type=merge", "-p", '{"spec": {"extraCidr": []}}')
@@ -69,12 +69,11 @@ def test_p00013_dest_subnet_limits_the_eip_to_matching_destinations(cluster: Clu
     cluster.policy(ns, "p", "p13", {"app": "client"}, destSubnet=[f"{EXTERNAL}/32"])
     cluster.wait_policy(ns, "p")
     assert cluster.wait_source(ns, pod, "10.6.168.212", dst=EXTERNAL) == "10.6.168.212"
-    plain = cluster.unsteered_source(ns, pod)
+    plain = cluster.unsteered_source(ns, pod, dst=EXTERNAL_OTHER)
     assert cluster.wait_source(ns, pod, plain, dst=EXTERNAL_OTHER) == plain
 
 
 def test_p00014_changing_the_pod_selector_moves_the_eip(cluster: Cluster, ns: str, gateways: list[str]) -> None:
-    cluster.skip_unsteered_hijacked()
     gateways.append("p14")
     cluster.gateway("p14", ["10.6.168.213"], ["node2"])
     a = _selected_pod(cluster, ns, "a", {"app": "a"})
@@ -111,7 +110,6 @@ def test_p00016_use_node_ip_follows_the_gateway_node(cluster: Cluster, ns: str, 
 
 
 def test_p00021_namespaced_policy_only_affects_its_namespace(cluster: Cluster, gateways: list[str]) -> None:
-    cluster.skip_unsteered_hijacked()
     from e2e.helpers import namespaces
 
     gateways.append("p21")

@@ -35,6 +35,7 @@ AGENT_FILE = "agent.json"
 HIJACK_FILE = "hijack.json"
 DEFAULT_ALIVE_SECONDS = 3.0
 MODES = ("overlay", "underlay")
+HOST_VETH_PREFIX = "egw"  # the plugin's default hostVethPrefix: the agent masquerades what enters by `egw+`
 
 
 def endpoint_key(container_id: str, ifname: str) -> str:

@@ -129,8 +129,10 @@ class CniBridge:
                 return selects(p, ep.namespace, labels, ns_labels, ips)  # noqa: B023  (called at once)
 
             chosen = [k for k in last.order if (p := by_key.get(k)) is not None and selected(p)]
-            # a policy newer than the last reconcile has no sets yet: acking now would start the pod unsteered
-            ready = not any(k not in last.policies and selected(p) for k, p in by_key.items())
+            # a policy newer than the last reconcile has no sets yet: acking now would start the pod unsteered;
+            # the node's first underlay pod waits for the masquerade of its unsteered traffic
+            ready = not any(k not in last.policies and selected(p) for k, p in by_key.items()) \
+                and (last.underlay_masq or not local.underlay)
             for k in chosen:
                 sets = last.policies[k]
                 if sets.gateway and sets.gateway != self.node and sets.gateway not in last.peers:
@@ -153,4 +155,4 @@ class CniBridge:
 
 def local_endpoint(e: registry.Endpoint) -> LocalEndpoint:
     """The registry's record as the dataplane reads it (addresses parsed once, here)."""
-    return LocalEndpoint.of(e.key, e.namespace, e.pod, e.ipv4, e.ipv6)
+    return LocalEndpoint.of(e.key, e.namespace, e.pod, e.ipv4, e.ipv6, e.mode == "underlay")

@@ -9,7 +9,7 @@ from __future__ import annotations
 from egress_cni.cni import errors
 from egress_cni.lowlevel import jsonlite
 from egress_cni.lowlevel.record import Record
-from egress_cni.registry import DEFAULT_ALIVE_SECONDS, DEFAULT_DIR
+from egress_cni.registry import DEFAULT_ALIVE_SECONDS, DEFAULT_DIR, HOST_VETH_PREFIX
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -210,7 +210,7 @@ def parse_netconf(stdin: bytes, command: str) -> NetConf:
     priority = _get(raw, "hostRulePriority", int, 1000, "a rule priority 1..32765")
     if not (0 < priority < 32766):
         raise _bad("hostRulePriority", priority, "a rule priority 1..32765 (before the main table)")
-    prefix = _get(raw, "hostVethPrefix", str, "egw", "1..3 letters")
+    prefix = _get(raw, "hostVethPrefix", str, HOST_VETH_PREFIX, "1..3 letters")
     if not (0 < len(prefix) <= 3 and prefix.isalnum()):
         raise _bad("hostVethPrefix", prefix, "1..3 alphanumeric characters (the rest of the 15-char name is a hash)")
     pod_veth = _get(raw, "podVethName", str, "veth0", "an interface name of 1..15 chars")

@@ -11,6 +11,10 @@ Packet walk (pod on worker W selected by policy P whose gateway node is G):
      useNodeIP). G claims the EIP as a /32 or /128 on its parent link.
      The reply's connmark is restored into the mark, which routes it back through the tunnel to W.
 A policy with no usable gateway drops its selected traffic instead of letting it leave unmasked.
+
+Underlay pods (macvlan, ...) reach the host by our veths only for hijacked destinations, and replies
+to their own address would come back on their macvlan, past the host's conntrack. So what enters by
+a veth and leaves by the parent unsteered, to outside the cluster, is masqueraded to the node.
 """
 
 from __future__ import annotations
@@ -76,6 +80,7 @@ class Desired:
     policies: Mapping[str, PolicySets] = field(default_factory=dict)  # policy key -> its sets here
     guard: Mapping[int, str] = field(default_factory=dict)  # family -> the set of every selected source
     cluster: Mapping[int, str] = field(default_factory=dict)  # family -> the set of in-cluster destinations
+    underlay_masq: bool = False  # unsteered traffic from underlay veths is masqueraded (the CNI fast path needs it)
 
 
 def policy_key(p: EgressPolicy) -> str:
@@ -211,6 +216,9 @@ def desired_dataplane(state: ClusterState, facts: NodeFacts, config: DataplaneCo
     # A flow whose first packet went into the tunnel gets no NAT; its conntrack entry is marked so that
     # none of its later packets can leave another way with that binding (the pod IP), whatever changed.
     tunnelled = f"0x{config.mark_base | (~config.mark_mask & FULL & ~1):x}"
+    # Above the tunnels' marks too (controller: 0x..000001-0x..fffffe): a veth's unsteered flow to leave masqueraded.
+    unsteered = f"0x{config.mark_base | (~config.mark_mask & FULL):x}"
+    underlay_masq = any(ep.underlay for ep in state.local_endpoints)
     nat: dict[int, list[str]] = {f: [tagged(f"-o {vx} -j CONNMARK --set-xmark {tunnelled}/0x{FULL:x}", "tunnelled"),
                                      tagged(f"-o {vx} -j ACCEPT", "tunnel")] if link else [] for f in families}
     accept: dict[int, list[str]] = {f: [] for f in families}
@@ -290,6 +298,8 @@ def desired_dataplane(state: ClusterState, facts: NodeFacts, config: DataplaneCo
                 hijack[f].update(_hijack(p.spec.dest_subnet, f))
 
     for f in families:
+        if underlay_masq:  # last: the EIP SNATs and the tunnel's ACCEPT come first
+            nat[f].append(tagged(f"-m mark --mark {unsteered}/0x{FULL:x} -j MASQUERADE", "underlay-masq"))
         ipsets.add(IPSet(cluster_set(config, f), f, _cluster_members(state, f)))
         ipsets.add(IPSet(selected_set(config, f), f, frozenset(selected[f])))
 
@@ -339,6 +349,12 @@ def desired_dataplane(state: ClusterState, facts: NodeFacts, config: DataplaneCo
                 tagged(f"! -o {vx} -m connmark --mark {tunnelled} -m conntrack ! --ctstate SNAT --ctdir ORIGINAL -j DROP",
                        "tunnelled-elsewhere"),
             ]
+        if underlay_masq:
+            # FORWARD sees both links (nat POSTROUTING has no -i); no mark of ours = not steered; DNAT = kube-proxy's
+            filt.append(tagged(f"-i {config.host_veth_prefix}+ -o {facts.parent} -m mark ! --mark {base}"
+                               f" -m set ! --match-set {cluster_set(config, f)} dst -m conntrack --ctstate NEW"
+                               f" -m conntrack ! --ctstate DNAT -j MARK --set-xmark {unsteered}/0x{FULL:x}",
+                               "underlay-unsteered"))
         chains.add(Chain(f, "filter", config.filter_chain, "FORWARD", tuple(filt)))
         # The outer VXLAN packets need no conntrack entry (one per inner flow and node otherwise).
         untracked = link is not None and f == underlay_family
@@ -364,4 +380,5 @@ def desired_dataplane(state: ClusterState, facts: NodeFacts, config: DataplaneCo
                    frozenset(ruled),
                    {k: PolicySets(dict(sources.get(k, {})), frozenset(f for f in families if (k, f) in ruled), gw)
                     for k, gw in gateway_of.items()},
-                   {f: selected_set(config, f) for f in families}, {f: cluster_set(config, f) for f in families})
+                   {f: selected_set(config, f) for f in families}, {f: cluster_set(config, f) for f in families},
+                   underlay_masq)

@@ -18,6 +18,7 @@ from egress_cni.api.model import (
     EgressTunnel,
 )
 from egress_cni.api.net import IP, AddressError, parse_ip
+from egress_cni.registry import HOST_VETH_PREFIX
 
 
 @dataclass(frozen=True)
@@ -29,13 +30,15 @@ class LocalEndpoint:
     pod: str
     ipv4: tuple[IP, ...] = ()
     ipv6: tuple[IP, ...] = ()
+    underlay: bool = False  # the plugin gave the pod a host veth (its own interface is macvlan, ipvlan, ...)
 
     @classmethod
-    def of(cls, key: str, namespace: str, pod: str, ipv4: Iterable[str], ipv6: Iterable[str]) -> LocalEndpoint:
+    def of(cls, key: str, namespace: str, pod: str, ipv4: Iterable[str], ipv6: Iterable[str],
+           underlay: bool = False) -> LocalEndpoint:
         """From the registry's text. Our plugin validated these addresses before writing them; one
         that still does not parse cannot be programmed, and must not stop the endpoints next to it."""
         return cls(key, namespace, pod, tuple(ip for t in ipv4 if (ip := _address(t, 4)) is not None),
-                   tuple(ip for t in ipv6 if (ip := _address(t, 6)) is not None))
+                   tuple(ip for t in ipv6 if (ip := _address(t, 6)) is not None), underlay)
 
 
 def _address(text: str, family: int) -> IP | None:
@@ -86,6 +89,7 @@ class DataplaneConfig:
     eip_dev: str = "egress.eip"  # the EIP holder: a TUN device that dies with the agent (dataplane/eipdev.py)
     chain_prefix: str = "EGRESS"
     ipset_prefix: str = "egress"
+    host_veth_prefix: str = HOST_VETH_PREFIX  # the plugin's hostVethPrefix: underlay pods enter the host by `<prefix>+`
 
     @property
     def mangle_chain(self) -> str:

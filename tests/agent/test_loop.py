@@ -315,6 +315,25 @@ def test_the_fast_path_does_not_ack_for_a_policy_newer_than_the_last_reconcile(t
     assert kernel.forgotten == [frozenset({"10.244.1.16"})]  # a new policy: its pods' un-NATed flows start over
 
 
+def test_the_first_underlay_pod_waits_for_the_masquerade_of_its_unsteered_traffic(tmp_path: Path) -> None:
+    """Until the reconcile masquerades what enters by our veths, its hijacked flows would half-bypass the host."""
+    agent = make_agent(tmp_path, "worker-basic")
+    reg = str(tmp_path / "registry")
+    agent.reconcile()
+    masq = [r for c in fake(agent).state.chains for r in c.rules if "underlay-" in r]
+    assert masq == []  # overlay pods only: nothing changes
+    registry.write_endpoint(reg, registry.Endpoint("c6", "eth0", "ns1", "other-1", ipv4=["10.244.1.16"], mode="underlay"))
+    agent.cni.fast_path()
+    assert registry.read_ack(reg, "c6_eth0") is None
+    agent.reconcile()
+    assert registry.read_ack(reg, "c6_eth0") is not None
+    masq = sorted(r.rsplit(":", 1)[1] for c in fake(agent).state.chains for r in c.rules if "underlay-" in r)
+    assert masq == ["underlay-masq -j MASQUERADE", "underlay-unsteered -j MARK --set-xmark 0x26ffffff/0xffffffff"]
+    registry.write_endpoint(reg, registry.Endpoint("c5", "eth0", "ns1", "other-1", ipv4=["10.244.1.15"], mode="underlay"))
+    agent.cni.fast_path()
+    assert registry.read_ack(reg, "c5_eth0") is not None  # the next one takes the fast path
+
+
 def test_a_gateway_move_forgets_the_unnatted_flows_of_the_policys_pods(tmp_path: Path) -> None:
     """A flow tunnelled before the move has a "no NAT" conntrack entry: it is deleted, not blackholed."""
     agent = make_agent(tmp_path, "worker-basic")
