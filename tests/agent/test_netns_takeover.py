@@ -73,7 +73,9 @@ def test_the_standby_takes_over_a_dead_gateway_without_any_api_server() -> None:
         assert held is not None, f"node3 never took the EIP\n{t.agent_log(3)}"
         after_detection = held - t0 - DETECT
         print(f"takeover: node3 holds {EIP4} {held - t0:.3f} s after the loss, {after_detection:.3f} s after detection")
-        assert after_detection <= 1.0, t.agent_log(3)
+        # behaviour, not speed (bench/failover.py measures that): within the failover bar, far below the
+        # 10 s a restarting peer is waited for or a controller's Lease expiry (1 s flaked on a loaded CI)
+        assert after_detection <= 2.0, t.agent_log(3)
         until = t.start_until(1, "a", EIP4, EXT4, deadline=20)
         out, err = until.communicate(timeout=60)
         assert until.returncode == 0, f"no reply with the EIP after the takeover: {out} {err}\n{t.agent_log(1)}"
