@@ -100,6 +100,24 @@ def test_controller_replicas(helm: str) -> None:
     assert find(objects(helm, "--set", "controller.replicas=3"), "Deployment", "egressgateway-controller")["spec"]["replicas"] == 3
 
 
+def test_controller_placement(helm: str) -> None:
+    spec = find(objects(helm), "Deployment", "egressgateway-controller")["spec"]["template"]["spec"]
+    assert "nodeSelector" not in spec and "tolerations" not in spec
+    assert spec["affinity"]["podAntiAffinity"]  # spread by default
+    spec = find(objects(helm, "--set-string", "controller.nodeSelector.egress-controller=true",
+                        "--set", "controller.tolerations[0].key=dedicated", "--set", "controller.tolerations[0].operator=Exists",
+                        "--set", "controller.affinity.nodeAffinity.preferredDuringSchedulingIgnoredDuringExecution[0].weight=1",
+                        "--set", "controller.affinity.nodeAffinity.preferredDuringSchedulingIgnoredDuringExecution[0]"
+                                 ".preference.matchExpressions[0].key=egress",
+                        "--set", "controller.affinity.nodeAffinity.preferredDuringSchedulingIgnoredDuringExecution[0]"
+                                 ".preference.matchExpressions[0].operator=DoesNotExist"),
+                "Deployment", "egressgateway-controller")["spec"]["template"]["spec"]
+    assert spec["nodeSelector"] == {"egress-controller": "true"}
+    assert spec["tolerations"] == [{"key": "dedicated", "operator": "Exists"}]
+    assert list(spec["affinity"]) == ["nodeAffinity"]  # given, it replaces the default spread
+    assert "nodeSelector" in render.template(helm, ["--set", "controller.nodeSelector=x"]).stderr
+
+
 def test_image_overrides(helm: str) -> None:
     docs = objects(helm, "--set", "global.imageRegistryOverride=registry.example:5000", "--set", "global.imageTagOverride=v9")
     images = {c["image"] for d in docs if d["kind"] in ("Deployment", "DaemonSet") for c in containers(d)}
