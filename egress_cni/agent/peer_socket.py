@@ -59,6 +59,9 @@ class PeerService:
         while not stop.is_set():
             now = time.monotonic()
             if now >= next_tick:
+                # what arrived while this thread stalled (GIL, load) first: a tick that judged liveness
+                # before reading it would count live peers as lost
+                self._drain(sock)
                 try:
                     self.monitor.update(self.state(), held())
                     for address, data in self.monitor.tick():
@@ -70,15 +73,18 @@ class PeerService:
                     log.exception("peer tick failed")
                 next_tick = max(next_tick + interval, now)
             ready, _, _ = select.select([sock], [], [], max(0.0, next_tick - time.monotonic()))
-            while ready:
-                try:
-                    data = sock.recv(65535)
-                except (BlockingIOError, InterruptedError):
-                    break
-                except OSError:
-                    break
-                self.monitor.receive(data)
+            if ready:
+                self._drain(sock)
         # the socket stays open: the farewell goes out on it after the thread stopped (`close`)
+
+    def _drain(self, sock: socket.socket) -> None:
+        """Every datagram waiting on the (non-blocking) socket, to the monitor."""
+        while True:
+            try:
+                data = sock.recv(65535)
+            except OSError:  # BlockingIOError: nothing left; any other: the next round tries again
+                return
+            self.monitor.receive(data)
 
     def close(self) -> None:
         if self.sock is not None:

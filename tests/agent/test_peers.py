@@ -415,3 +415,25 @@ def test_the_farewell_goes_out_after_the_peer_thread_stopped() -> None:
     finally:
         service.close()
         receiver.close()
+
+
+def test_datagrams_queued_during_a_stall_are_read_before_liveness_is_judged() -> None:
+    import socket
+
+    from egress_cni.agent.peer_socket import PeerService
+
+    now = [100.0]
+    monitor = PeerMonitor("node1", clock=lambda: now[0])
+    monitor.liveness.watch(["node2"])
+    service = PeerService(monitor, address="127.0.0.3", port=0)
+    sock = service.bind()
+    sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        now[0] += 2.0  # this thread stalled for 2 s; node2's heartbeat waits in the socket
+        sender.sendto(encode(Message("node2", 1.0, 1), None), sock.getsockname())
+        assert not monitor.liveness.alive("node2")
+        service._drain(sock)
+        assert monitor.liveness.alive("node2")
+    finally:
+        sender.close()
+        service.close()
