@@ -417,30 +417,27 @@ def moves(samples: list[tuple[float, frozenset[str]]]) -> int:
     return count
 
 
-def longest_double(samples: list[tuple[float, frozenset[str]]]) -> float:
-    """The longest time two or more nodes held the EIP together (first sample seen to first sample without)."""
+def _longest(samples: list[tuple[float, frozenset[str]]], held: Callable[[frozenset[str]], bool]) -> float:
+    """The longest time `held(holders)` was true (first sample with it to first sample without)."""
     longest, since = 0.0, None
     for at, holders in samples:
-        if len(holders) > 1 and since is None:
+        if held(holders) and since is None:
             since = at
-        elif len(holders) <= 1 and since is not None:
+        elif not held(holders) and since is not None:
             longest, since = max(longest, at - since), None
     if since is not None and samples:
         longest = max(longest, samples[-1][0] - since)
     return longest
+
+
+def longest_double(samples: list[tuple[float, frozenset[str]]]) -> float:
+    """The longest time two or more nodes held the EIP together."""
+    return _longest(samples, lambda holders: len(holders) > 1)
 
 
 def longest_unheld(samples: list[tuple[float, frozenset[str]]]) -> float:
-    """The longest time no node held the EIP (first sample without to first sample with)."""
-    longest, since = 0.0, None
-    for at, holders in samples:
-        if not holders and since is None:
-            since = at
-        elif holders and since is not None:
-            longest, since = max(longest, at - since), None
-    if since is not None and samples:
-        longest = max(longest, samples[-1][0] - since)
-    return longest
+    """The longest time no node held the EIP."""
+    return _longest(samples, lambda holders: not holders)
 
 
 def longest_outage(probes: list[Probe], eip: str) -> float:

@@ -9,6 +9,7 @@ import pytest
 
 from devtools.sandbox import components
 from e2e.helpers import Cluster, wait_for
+from egress_cni.controller.config import Config
 
 pytestmark = pytest.mark.e2e
 
@@ -37,7 +38,7 @@ def _setup(cluster: Cluster, ns: str, gateways: list[str], name: str, eip: str,
 
 def _leader_node(cluster: Cluster) -> str:
     """The node of the controller replica holding the leader Lease."""
-    lease = cluster.get("lease", "-n", components.NAMESPACE, "egressgateway-controller") or {}
+    lease = cluster.get("lease", "-n", components.NAMESPACE, Config.leader_lease) or {}
     holder = (lease.get("spec") or {}).get("holderIdentity") or ""
     pod = cluster.get("pod", "-n", components.NAMESPACE, holder) if holder else None
     node = ((pod or {}).get("spec") or {}).get("nodeName")
