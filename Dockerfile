@@ -1,7 +1,7 @@
 # The image the manifests use (egressgateway:dev): controller, webhook, agent and the CNI installer.
 #   docker build -t egressgateway:dev .
 # Same content as `make image` (devtools/image.py, no Docker needed; docs/image.md): Debian bookworm's
-# python3, iptables, ipset, iproute2 and conntrack, user 65532, the wheels pinned in
+# python3, iptables, ipset, nftables, iproute2 and conntrack, user 65532, the wheels pinned in
 # hack/image-requirements.txt and our package, under /usr/local (Debian's python3 path for pip installs).
 
 # Builder: Debian's python3 with pip (not in the final image) installs everything into /install.
@@ -21,7 +21,7 @@ RUN python3 -m pip install --root /install --no-deps .
 FROM debian:bookworm-slim
 # The agent programs the node's data path with these; the CNI plugin needs iproute2 only.
 RUN apt-get update \
- && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends python3 iptables ipset iproute2 conntrack \
+ && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends python3 iptables ipset nftables iproute2 conntrack \
  && rm -rf /var/lib/apt/lists/* /var/cache/apt/* /var/log/* \
  && echo "nonroot:x:65532:65532:nonroot:/nonexistent:/usr/sbin/nologin" >> /etc/passwd \
  && echo "nonroot:x:65532:" >> /etc/group

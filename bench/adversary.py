@@ -1,6 +1,7 @@
 """The rule-order adversary against the drift check (root; the three-node netns topology of tests/agent).
 
-    .venv/bin/python bench/adversary.py [--seconds 30] [--period 1.0] [--drift-seconds 1.0] [--resync-seconds 10]
+    .venv/bin/python bench/adversary.py [--engine nftables,nft] [--seconds 30] [--period 1.0] [--drift-seconds 1.0]
+                                        [--resync-seconds 10]
 
 Pod p1a (node1) is selected by default/web, gateway node2, EIP 10.100.0.200; agents run on node1 and
 node2 with the given drift-check and resync periods. An adversary in both nodes' netns does what
@@ -12,7 +13,10 @@ every 50 ms and records the source the server saw: the EIP, node1's IP (left uns
 CNI's MASQUERADE), the pod IP (left the gateway un-SNATed), or nothing. First the same probing
 without the adversary (the peer: what the topology does undisturbed).
 
-Prints the counts of both phases and the agents' repairs; exits 0 either way (it reports).
+Runs once per `--engine` (the agents' --iptables-backend): `nftables`, our own table whose base
+chains run before iptables' (nothing anyone inserts in a built-in chain comes first), and `nft`, the
+iptables engine (iptables-nft + ipset, jumps at position 1 kept there by the drift check). Prints
+the counts of both phases per engine and the agents' repairs; exits 0 either way (it reports).
 """
 
 from __future__ import annotations
@@ -24,80 +28,26 @@ import threading
 import time
 from collections import Counter
 from pathlib import Path
+from typing import NamedTuple
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.agent.topology import EIP4, EXT4, PORT, PYTHON, Topology  # noqa: E402
-
-FOREIGN = {  # (table, chain) -> the foreign rules Calico-like software keeps at the top
-    ("raw", "PREROUTING"): ["-j ADV-RAW"],
-    ("raw", "OUTPUT"): ["-j ADV-RAW"],
-    ("mangle", "PREROUTING"): ["-j ADV-MANGLE", "-m comment --comment adv-accept -j ACCEPT"],
-    ("mangle", "POSTROUTING"): ["-j ADV-MANGLE"],
-    ("nat", "POSTROUTING"): ["-j ADV-NAT", "-m comment --comment adv-accept -j ACCEPT"],
-    ("filter", "FORWARD"): ["-j ADV-FILTER"],
-}
-OWN = {"raw": "ADV-RAW", "mangle": "ADV-MANGLE", "nat": "ADV-NAT", "filter": "ADV-FILTER"}
-
-PROBER = """
-import socket, sys, time
-end = time.monotonic() + float(sys.argv[1])
-while time.monotonic() < end:
-    t = time.monotonic()
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.settimeout(0.2)
-        try:
-            s.sendto(b"x", (sys.argv[2], int(sys.argv[3])))
-            print(s.recv(256).decode().strip(), flush=True)
-        except OSError:
-            print("-", flush=True)
-    time.sleep(max(0.0, 0.05 - (time.monotonic() - t)))
-"""
+from tests.agent.adversary import adversary, probe  # noqa: E402
+from tests.agent.topology import EIP4, Topology  # noqa: E402
 
 
-def restore_text(first: bool) -> str:
-    lines = []
-    for table in ("raw", "mangle", "nat", "filter"):
-        lines.append(f"*{table}")
-        if first:
-            lines.append(f":{OWN[table]} - [0:0]")
-        for (t, chain), rules in FOREIGN.items():
-            if t != table:
-                continue
-            if not first:
-                lines += [f"-D {chain} {r}" for r in rules]
-            lines += [f"-I {chain} 1 {r}" for r in reversed(rules)]
-        lines.append("COMMIT")
-    return "\n".join(lines) + "\n"
+class Result(NamedTuple):
+    quiet: Counter[str]
+    loud: Counter[str]
+    rounds: Counter[str]
+    repairs: dict[int, int]
+    pod_ip: str
 
 
-def adversary(t: Topology, period: float, stop: threading.Event, rounds: Counter[str]) -> None:
-    first = True
-    while not stop.is_set():
-        for n in (1, 2):
-            proc = subprocess.run(["ip", "netns", "exec", t.node(n), "iptables-restore", "--noflush"],
-                                  input=restore_text(first), capture_output=True, text=True, timeout=30)
-            rounds["ok" if proc.returncode == 0 else "failed"] += 1
-        first = False
-        stop.wait(period)
-
-
-def probe(t: Topology, seconds: float) -> Counter[str]:
-    proc = subprocess.run(["ip", "netns", "exec", t.pod(1, "a"), PYTHON, "-c", PROBER, str(seconds), EXT4, str(PORT)],
-                          capture_output=True, text=True, timeout=seconds + 60)
-    return Counter(proc.stdout.split())
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seconds", type=float, default=30.0)
-    parser.add_argument("--period", type=float, default=1.0)
-    parser.add_argument("--drift-seconds", type=float, default=1.0)
-    parser.add_argument("--resync-seconds", type=float, default=10.0)
-    parser.add_argument("--verbose", action="store_true", help="print the agents' logs and rules at the end")
-    args = parser.parse_args()
+def run(engine: str, args: argparse.Namespace) -> Result:
     t = Topology(pods={1: ["a"]})
+    t.engine = engine
     t.resync_seconds = args.resync_seconds
     t.agent_extra = ["--drift-seconds", str(args.drift_seconds)]
     stop = threading.Event()
@@ -118,20 +68,35 @@ def main() -> None:
         if args.verbose:
             for n in (1, 2):
                 print(f"--- node{n} log (tail)\n{t.agent_log(n)[-3000:]}")
-                print(t.exec_in(t.node(n), "iptables-save").stdout)
+        return Result(quiet, loud, rounds, repairs, t.pod_ip(1, "a"))
     finally:
         stop.set()
         t.close()
-    node_ip, pod_ip = "10.100.0.1", t.pod_ip(1, "a")
-    for name, counts in (("peer: no adversary", quiet), (f"adversary every {args.period} s", loud)):
-        total = sum(counts.values())
-        print(f"{name}: {total} probes: EIP {counts[EIP4]}, node IP {counts[node_ip]}, pod IP {counts[pod_ip]}, "
-              f"lost {counts['-']}, other {total - counts[EIP4] - counts[node_ip] - counts[pod_ip] - counts['-']}")
-    leaked = loud[node_ip] + loud[pod_ip]
-    print(f"leaked (not the EIP, answered): {leaked} of {sum(loud.values())} "
-          f"({100.0 * leaked / max(1, sum(loud.values())):.1f} %); adversary rounds {dict(rounds)}; "
-          f"drift repairs logged: node1 {repairs[1]}, node2 {repairs[2]}; drift check every {args.drift_seconds} s, "
-          f"resync {args.resync_seconds} s")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--engine", default="nftables,nft", help="comma-separated agent engines")
+    parser.add_argument("--seconds", type=float, default=30.0)
+    parser.add_argument("--period", type=float, default=1.0)
+    parser.add_argument("--drift-seconds", type=float, default=1.0)
+    parser.add_argument("--resync-seconds", type=float, default=10.0)
+    parser.add_argument("--verbose", action="store_true", help="print the agents' logs at the end")
+    args = parser.parse_args()
+    node_ip = "10.100.0.1"
+    for engine in args.engine.split(","):
+        r = run(engine, args)
+        print(f"== engine {engine}")
+        for name, counts in (("peer: no adversary", r.quiet), (f"adversary every {args.period} s", r.loud)):
+            total = sum(counts.values())
+            print(f"{name}: {total} probes: EIP {counts[EIP4]}, node IP {counts[node_ip]}, pod IP {counts[r.pod_ip]}, "
+                  f"lost {counts['-']}, other {total - counts[EIP4] - counts[node_ip] - counts[r.pod_ip] - counts['-']}")
+        leaked = r.loud[node_ip] + r.loud[r.pod_ip]
+        eip_share = r.loud[EIP4] / max(1, sum(r.loud.values())) / max(1e-9, r.quiet[EIP4] / max(1, sum(r.quiet.values())))
+        print(f"leaked (not the EIP, answered): {leaked} of {sum(r.loud.values())} "
+              f"({100.0 * leaked / max(1, sum(r.loud.values())):.1f} %); share with the EIP vs the peer {eip_share:.2f}x; "
+              f"adversary rounds {dict(r.rounds)}; drift repairs logged: node1 {r.repairs[1]}, node2 {r.repairs[2]}; "
+              f"drift check every {args.drift_seconds} s, resync {args.resync_seconds} s")
 
 
 if __name__ == "__main__":

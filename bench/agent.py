@@ -1,10 +1,12 @@
 """Agent benchmarks (root; everything inside network namespaces this script creates and removes).
 
-    .venv/bin/python bench/agent.py [--endpoints 10000] [--policies 200] [--runs 20] [--iperf-gigabytes 3] [--iperf-rounds 5]
+    .venv/bin/python bench/agent.py [--engine auto] [--endpoints 10000] [--policies 200] [--runs 20] [--iperf-gigabytes 3]
+                                    [--iperf-rounds 5]
 
 1. Full reconcile of N endpoints and P policies on one node (gateway for half the policies, worker
    for the rest): compute, first apply into an empty netns, and a steady-state resync (read + diff).
-   Peer: a bare `ipset restore` of the same set members (the kernel write we cannot avoid).
+   Peer: a bare `ipset restore` (iptables engines) or `nft -f` into a scratch table (nftables engine)
+   of the same set members (the kernel write we cannot avoid).
 2. One new CNI endpoint programmed: registry file written -> ack file present (fast path), median
    over runs. Peer: a full reconcile after the same change.
 3. Rule count grows with policies, not pods: iptables rules for P policies at N/10 and N endpoints.
@@ -82,6 +84,7 @@ def inner(args: argparse.Namespace) -> None:
     from egress_cni.agent.loop import Agent
     from egress_cni.agent.sources import MemorySource, state_from_objects
     from egress_cni.agent.state import StateView
+    from egress_cni.dataplane import nftrender
     from egress_cni.dataplane.apply import KernelDataplane
     from egress_cni.dataplane.compute import desired_dataplane
     from egress_cni.dataplane.inputs import DataplaneConfig, NodeFacts
@@ -114,7 +117,8 @@ def inner(args: argparse.Namespace) -> None:
     t = time.perf_counter()
     desired = desired_dataplane(state, facts, config)
     out["compute_s"] = time.perf_counter() - t
-    kernel = KernelDataplane(config, "eth0", [4])
+    kernel = KernelDataplane(config, "eth0", [4], args.engine)
+    out["engine"] = kernel.engine
     t = time.perf_counter()
     kernel.hint_tables({r.table for r in desired.dataplane.routes})
     actual = kernel.read_actual(desired.dataplane.sysctls)
@@ -133,12 +137,18 @@ def inner(args: argparse.Namespace) -> None:
     out["resync_median_s"] = statistics.median(resync)
     out["members"] = sum(len(s.members) for s in desired.dataplane.ipsets)
     out["iptables_rules"] = sum(len(c.rules) for c in desired.dataplane.chains)
-    # peer: writing the same members with a bare ipset restore into scratch sets
+    # peer: writing the same members with a bare ipset restore (nft -f) into scratch sets
     scratch = [type(s)("bench-" + s.name[-20:], s.family, s.members) for s in desired.dataplane.ipsets]
     t = time.perf_counter()
-    ipset_restore(ipset_script(scratch, ()))
+    if kernel.nft is not None:
+        run(["nft", "-f", "-"], stdin=nftrender.script("egwbench", 4, sets=scratch))
+    else:
+        ipset_restore(ipset_script(scratch, ()))
     out["peer_ipset_restore_s"] = time.perf_counter() - t
-    ipset_restore(ipset_script((), (), (), [s.name for s in scratch]))
+    if kernel.nft is not None:
+        run(["nft", "delete", "table", "ip", "egwbench"])
+    else:
+        ipset_restore(ipset_script((), (), (), [s.name for s in scratch]))
     out["rule_count_small"] = sum(len(c.rules) for c in desired_dataplane(
         state_from_objects(synthetic_objects(args.endpoints // 10, args.policies), "node1"), facts, config).dataplane.chains)
 
@@ -163,7 +173,8 @@ def inner(args: argparse.Namespace) -> None:
             writer.stdin.write(f"bench{i} {ip}\n")
             writer.stdin.flush()
             lat.append(float(writer.stdout.readline()))
-            assert ip in run(["ipset", "list", new_set]), "acked endpoint is not in its policy's set"
+            listed = run(["nft", "list", "set", "ip", kernel.nft.table, new_set]) if kernel.nft else run(["ipset", "list", new_set])
+            assert ip in listed, "acked endpoint is not in its policy's set"
             while agent.status.reconciles == before:  # the full reconcile the event triggers (the peer)
                 time.sleep(0.005)
             time.sleep(0.1)
@@ -212,7 +223,7 @@ def reconcile_bench(args: argparse.Namespace) -> dict[str, Any]:
         sh("ip", "-n", ns, "link", "set", "eth0", "up")
         sh("ip", "-n", ns, "link", "set", "eth1", "up")
         out = sh("ip", "netns", "exec", ns, PYTHON, __file__, "inner", "--endpoints", str(args.endpoints),
-                 "--policies", str(args.policies), "--runs", str(args.runs))
+                 "--policies", str(args.policies), "--runs", str(args.runs), "--engine", args.engine)
         return dict(json.loads(out.strip().splitlines()[-1]))
     finally:
         subprocess.run(["ip", "netns", "del", ns], check=False)
@@ -350,6 +361,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("mode", nargs="?", default="all", choices=("all", "inner", "reconcile", "iperf", "writer"))
     parser.add_argument("registry", nargs="?", default="")
+    parser.add_argument("--engine", default="auto", choices=("auto", "nftables", "nft", "legacy"))
     parser.add_argument("--endpoints", type=int, default=10000)
     parser.add_argument("--policies", type=int, default=200)
     parser.add_argument("--runs", type=int, default=20)
@@ -367,14 +379,14 @@ def main() -> None:
         sys.exit("needs root (creates network namespaces)")
     if args.mode in ("all", "reconcile"):
         r = reconcile_bench(args)
-        print(f"reconcile: {args.endpoints} endpoints, {args.policies} policies, {r['members']} set members, "
+        print(f"reconcile ({r['engine']} engine): {args.endpoints} endpoints, {args.policies} policies, {r['members']} set members, "
               f"{r['iptables_rules']} iptables rules")
         print(f"  parse {r['parse_s'] * 1000:.0f} ms, compute {r['compute_s'] * 1000:.0f} ms, first apply "
               f"{r['first_apply_s'] * 1000:.0f} ms -> full reconcile {r['full_reconcile_s'] * 1000:.0f} ms (bar <= 1000 ms)")
         print(f"  steady-state resync (compute+read+diff, empty plan) median {r['resync_median_s'] * 1000:.0f} ms")
         print(f"  one endpoint slice changed -> state rebuilt from the typed stores {r['reparse_one_s'] * 1000:.1f} ms "
               f"(peer: parsing the whole cluster again {r['reparse_all_s'] * 1000:.0f} ms)")
-        print(f"  peer: bare ipset restore of the same members {r['peer_ipset_restore_s'] * 1000:.0f} ms "
+        print(f"  peer: bare {'nft -f' if r['engine'] == 'nftables' else 'ipset restore'} of the same members {r['peer_ipset_restore_s'] * 1000:.0f} ms "
               f"(ratio full/peer {r['full_reconcile_s'] / r['peer_ipset_restore_s']:.1f}x)")
         print(f"  new endpoint -> ack: median {r['new_endpoint_median_s'] * 1000:.2f} ms, max "
               f"{r['new_endpoint_max_s'] * 1000:.2f} ms over {args.runs} runs (bar <= 10 ms); peer full reconcile "

@@ -2,7 +2,7 @@
 
 Three gzip layers in one OCI archive (build/egressgateway-image.oci.tar), each cached on its own key:
   1. Debian: an mmdebstrap rootfs of bookworm (minbase, like debian:bookworm-slim) with python3,
-     iptables, ipset, iproute2 and conntrack; docs, man pages, apt lists and caches removed; user and
+     iptables, ipset, nftables, iproute2 and conntrack; docs, man pages, apt lists and caches removed; user and
      group 65532 (nonroot). Key: the package list, sources and hooks.
   2. Python dependencies: the wheels pinned with hashes in hack/image-requirements.txt, installed by
      the image's own python3 (pip run in a chroot on an overlayfs over layer 1, offline, from wheels
@@ -45,7 +45,7 @@ BUILDER_VERSION = "1"  # bump when a step below changes what it produces
 SUITE = "bookworm"
 PYTHON_VERSION = "3.11"  # bookworm's python3
 GLIBC_VERSION = (2, 36)  # bookworm's libc6: the newest manylinux tag its python accepts
-PACKAGES = ("python3", "iptables", "ipset", "iproute2", "conntrack")
+PACKAGES = ("python3", "iptables", "ipset", "nftables", "iproute2", "conntrack")
 SOURCES = (f"deb http://deb.debian.org/debian {SUITE} main",
            f"deb http://deb.debian.org/debian {SUITE}-updates main",
            f"deb http://deb.debian.org/debian-security {SUITE}-security main")

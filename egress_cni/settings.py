@@ -29,7 +29,7 @@ import yaml
 T = TypeVar("T")
 
 CONFIG_ENV = "EGRESS_CONFIG"  # the file's path when a daemon gets no --config
-IPTABLES_BACKENDS = ("auto", "nft", "legacy")
+IPTABLES_BACKENDS = ("auto", "nftables", "nft", "legacy")
 MARK_BASE = 0x26000000  # dataplane.inputs.DataplaneConfig.mark_base; upstream's `mark` must match it
 
 

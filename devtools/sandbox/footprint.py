@@ -5,7 +5,7 @@ Left out: what others own and change on their own (kube-proxy's KUBE-* rules, th
 per-pod CNI-* chains, pod veths and the pod bridge the first pod creates, IPAM leases), iptables
 counters, and tables that hold nothing (`*raw` with its built-in chains at policy ACCEPT and no rule:
 with the nft backend a table stays once created, and an empty one changes no packet's fate). Everything else counts: chains and rules of every table in both families, ip rules,
-routes of every table, links and addresses, ipsets, and each file below the node-local paths a
+routes of every table, links and addresses, ipsets, nftables tables, and each file below the node-local paths a
 DaemonSet's hostPath volumes name, with the conflists' content.
 """
 
@@ -22,6 +22,7 @@ from devtools.sandbox.netns import in_netns_argv
 from devtools.sandbox.plan import NodePlan
 
 FOREIGN = re.compile(r"KUBE-|CNI-|\bveth")
+XTABLES = re.compile(r"^table (ip|ip6) (filter|nat|mangle|raw|security)$")  # iptables-nft's: they stay, empty
 COUNTERS = re.compile(r"\[\d+:\d+\]")
 EMPTY = re.compile(r"^(\*\w+|COMMIT|:(PREROUTING|INPUT|FORWARD|OUTPUT|POSTROUTING) ACCEPT)$")  # in every table
 WATCHED_DIRS = ("/etc/cni/net.d", "/opt/cni/bin", "/opt/egressgateway", "/run/egressgateway", "/var/lib/egressgateway")
@@ -40,11 +41,12 @@ def kernel(node: NodePlan) -> dict[str, list[str]]:
         "rules4": ["ip", "-4", "rule", "show"], "rules6": ["ip", "-6", "rule", "show"],
         "routes4": ["ip", "-4", "route", "show", "table", "all"], "routes6": ["ip", "-6", "route", "show", "table", "all"],
         "links": ["ip", "-o", "link", "show"], "addresses": ["ip", "-o", "addr", "show"], "ipsets": ["ipset", "list", "-n"],
+        "nftables": ["nft", "list", "tables"],  # the nftables engine's own table (iptables-nft's left out)
     }
     found = {}
     for key, argv in commands.items():
         lines = [line for line in _lines(ns, argv) if line and not line.startswith("#") and not FOREIGN.search(line)
-                 and not bridge.search(line) and not (key.endswith("tables") and EMPTY.match(line))]
+                 and not bridge.search(line) and not (key.endswith("tables") and EMPTY.match(line)) and not XTABLES.match(line)]
         if key == "links":  # link indexes and state flags change with every veth: keep name and kind
             lines = [" ".join(line.split()[1:2]) for line in lines]
         found[key] = sorted(set(lines))

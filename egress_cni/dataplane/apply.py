@@ -11,19 +11,29 @@ from dataclasses import replace
 from typing import Any
 
 from egress_cni.api.net import IP, parse_cidr
-from egress_cni.dataplane import announce, conntrack
+from egress_cni.dataplane import announce, conntrack, nft, nftrender
 from egress_cni.dataplane.drift import Glance
 from egress_cni.dataplane.eipdev import EipHolder
 from egress_cni.dataplane.glance import Glancer, legacy_fingerprint, nft_generation
 from egress_cni.dataplane.inputs import DataplaneConfig
 from egress_cni.dataplane.netlink import Netlink
-from egress_cni.dataplane.plan import Address, Chain, Dataplane, Plan, Sysctl, diff, fingerprint, rule_tag
+from egress_cni.dataplane.plan import IPV4, IPV6, Address, Chain, Dataplane, IPSet, Plan, Sysctl, diff, fingerprint, rule_tag
 from egress_cni.dataplane.probe import address_in_use
 from egress_cni.dataplane.render import ipset_script, restore_text
 from egress_cni.dataplane.xtables import SavedTable, Xtables, detect_backend, ipset_restore, ipset_sizes, read_ipsets
 
 log = logging.getLogger(__name__)
 IPSET_ERR_EXIST = 4103
+ENGINES = ("nftables", "nft", "legacy")  # our own nftables table; iptables-nft + ipset; iptables-legacy + ipset
+
+
+def choose_engine(mode: str = "auto") -> str:
+    """`nftables` (rules and sets in our own table, hooked before iptables' tables: no rule someone
+    inserts at the top of a built-in chain comes before ours) where the `nft` tool works; else the
+    iptables backend `detect_backend` picks (old kernels, hosts without nft)."""
+    if mode == "nftables" or (mode == "auto" and nft.usable()):
+        return "nftables"
+    return detect_backend(mode)
 
 
 class KernelDataplane:
@@ -41,13 +51,19 @@ class KernelDataplane:
         self._fast_lock = threading.Lock()
         self._probe = probe
         self.contested: frozenset[str] = frozenset()  # EIPs the last apply did not claim: someone answers
-        self.xtables = Xtables(detect_backend(backend), config.chain_prefix)
+        self.engine = choose_engine(backend)
+        # with the nftables engine, xtables only finds what an iptables-engine agent left (removed)
+        self.xtables = Xtables(detect_backend("auto" if self.engine == "nftables" else self.engine), config.chain_prefix)
+        self.nft = nft.Nftables(config.ipset_prefix) if self.engine == "nftables" else None
+        self._nft_view = nft.NftView()
+        self._leftovers: tuple[set[Chain], set[str]] | None = None  # iptables-engine chains and ipsets, once
         self.saved: dict[tuple[int, str], SavedTable] = {}
         self._tables_hint: set[int] = set()
         self._ipset: Any = None  # tables of desired routes: a route whose rule vanished is still seen
         self._holder: EipHolder | None = None
         self._glancer: Glancer | None = None  # the drift check's raw netlink socket (the worker thread's)
-        self._glanced: tuple[object, tuple[tuple[tuple[int, str, str], tuple[str, ...]], ...], frozenset[tuple[int, str, str]]] | None = None
+        self._glanced: tuple[object, tuple[tuple[tuple[int, str, str], tuple[str, ...]], ...], frozenset[tuple[int, str, str]],
+                             tuple[tuple[str, int], ...]] | None = None
 
     def hold_eips(self, *, persist: bool = False) -> str:
         """Open the EIP holder (dataplane/eipdev.py) for the life of this process; the link IPv4 EIPs
@@ -111,11 +127,21 @@ class KernelDataplane:
             return plan
         return replace(plan, add_addresses=tuple(a for a in plan.add_addresses if a not in contested))
 
+    def _read_rules(self) -> tuple[set[Chain], set[tuple[int, str, str]], set[IPSet]]:
+        if self.nft is None:
+            chains, jumps_ok, self.saved = self.xtables.read(self.families)
+            return chains, jumps_ok, read_ipsets(self.config.ipset_prefix)
+        if self._leftovers is None:  # an agent of the iptables engine ran here before: its state goes after our first write
+            old_chains, _, self.saved = self.xtables.read(self.families)
+            self._leftovers = (old_chains, {s.name for s in read_ipsets(self.config.ipset_prefix)})
+        self._nft_view = self.nft.read(self.families)
+        return self._nft_view.chains, self._nft_view.jumps_ok, self._nft_view.sets
+
     def read_actual(self, sysctls: frozenset[Sysctl] = frozenset()) -> Dataplane:
         nl = self.netlink
         rules = nl.read_rules()
         neighbours, fdb = nl.read_neighbours()
-        chains, jumps_ok, self.saved = self.xtables.read(self.families)
+        chains, jumps_ok, sets = self._read_rules()
         return Dataplane(
             link=nl.read_link(),
             addresses=frozenset(nl.read_addresses(self.parent)),
@@ -123,7 +149,7 @@ class KernelDataplane:
             rules=frozenset(rules),
             neighbours=frozenset(neighbours),
             fdb=frozenset(fdb),
-            ipsets=frozenset(read_ipsets(self.config.ipset_prefix)),
+            ipsets=frozenset(sets),
             chains=frozenset(chains),
             sysctls=frozenset(s for s in sysctls if _read_sysctl(s.path) == s.value),
             jumps_ok=frozenset(jumps_ok),
@@ -137,20 +163,30 @@ class KernelDataplane:
             self._glancer = Glancer(self.config)
         link, addresses, rules, routes, neighbours, fdb = self._glancer.read(self.parent, self._tables_hint)
         # before the save: a change during it shows next time
-        gen = nft_generation() if self.xtables.backend == "nft" else legacy_fingerprint(self.families)
+        gen = nft_generation() if self.xtables.backend == "nft" or self.nft else legacy_fingerprint(self.families)
         if gen is None or self._glanced is None or self._glanced[0] != gen:
-            chains, jumps_ok = self.xtables.glance(self.families)
-            self._glanced = (gen, tuple(sorted((c.key, fingerprint(c)) for c in chains)), frozenset(jumps_ok))
-        _, fingerprints, ok = self._glanced
+            if self.nft is not None:  # one listing holds chains and sets: their sizes come with it
+                view = self.nft.read(self.families)
+                chains, jumps_ok = view.chains, view.jumps_ok
+                sizes = tuple(sorted((s.name, len(s.members)) for s in view.sets))
+            else:
+                chains, jumps_ok = self.xtables.glance(self.families)
+                sizes = ()
+            self._glanced = (gen, tuple(sorted((c.key, fingerprint(c)) for c in chains)), frozenset(jumps_ok), sizes)
+        _, fingerprints, ok, sizes = self._glanced
+        if self.nft is None:
+            sizes = tuple(sorted(ipset_sizes(self.config.ipset_prefix).items()))
         net = Dataplane(link=link, addresses=frozenset(addresses), routes=frozenset(routes), rules=frozenset(rules),
                         neighbours=frozenset(neighbours), fdb=frozenset(fdb), jumps_ok=ok)
-        return Glance(net=net, set_sizes=tuple(sorted(ipset_sizes(self.config.ipset_prefix).items())), chains=fingerprints)
+        return Glance(net=net, set_sizes=sizes, chains=fingerprints)
 
     def hint_tables(self, tables: set[int]) -> None:
         self._tables_hint = set(tables)
 
     def counters(self) -> dict[str, tuple[int, int]]:
         """rule tag -> (packets, bytes), from the last read."""
+        if self.nft is not None:
+            return dict(self._nft_view.counters)
         out: dict[str, tuple[int, int]] = {}
         for st in self.saved.values():
             for tag, (p, b) in st.counters.items():
@@ -159,7 +195,11 @@ class KernelDataplane:
         return out
 
     def ipset_add(self, entries: list[tuple[str, str]]) -> None:
-        """Members straight over netlink (no fork/exec): the new-endpoint fast path."""
+        """Members straight over netlink (no fork/exec): the new-endpoint fast path (the nftables
+        engine: one `nft` transaction)."""
+        if self.nft is not None:
+            self.nft.add_elements(entries)
+            return
         if self._ipset is None:
             from pyroute2 import IPSet as NetlinkIPSet
 
@@ -185,6 +225,43 @@ class KernelDataplane:
         nl.apply_adds(plan)
         for s in plan.sysctls:
             _write_sysctl(s.path, s.value)
+        if self.nft is not None:
+            self._apply_nft(plan)
+        else:
+            self._apply_xtables(plan)
+        nl.apply_removes(plan)
+        eips = [a.cidr.split("/")[0] for a in plan.add_addresses if a.eip]
+        if eips:
+            announce.announce(self.parent, eips)
+        log.info("applied plan", extra={"changes": plan.summary()})
+
+    def _apply_nft(self, plan: Plan) -> None:
+        """One transaction per family: sets, members and chains change together."""
+        assert self.nft is not None
+        family_of = {s.name: s.family for s in self._nft_view.sets} | {s.name: s.family for s in plan.create_ipsets}
+
+        def fam(member: str) -> int:
+            return IPV6 if ":" in member else IPV4
+
+        for f in self.families:
+            text = nftrender.script(
+                self.nft.table, f, sets=[s for s in plan.create_ipsets if s.family == f],
+                add_members=[(n, m) for n, m in plan.add_members if fam(m) == f],
+                del_members=[(n, m) for n, m in plan.del_members if fam(m) == f],
+                chains=[c for c in plan.write_chains if c.family == f],
+                drop_chains=[c for c in plan.drop_chains if c.family == f],
+                destroy_sets=[n for n in plan.destroy_ipsets if family_of.get(n, IPV4) == f])
+            if text.count("\n") > 1:  # more than "add table": something to write
+                self.nft.apply(text)
+        if plan.prune and self._leftovers is not None and any(self._leftovers):
+            chains, sets = self._leftovers
+            for f in self.families:
+                self._restore(f, [], [c for c in chains if c.family == f], jumps=False)
+            ipset_restore(ipset_script((), (), (), sorted(sets)))
+            log.info("removed the iptables engine's chains and ipsets", extra={"chains": len(chains), "ipsets": len(sets)})
+            self._leftovers = (set(), set())
+
+    def _apply_xtables(self, plan: Plan) -> None:
         ipset_restore(ipset_script(plan.create_ipsets, plan.add_members))
         for f in self.families:
             write = [c for c in plan.write_chains if c.family == f]
@@ -198,11 +275,6 @@ class KernelDataplane:
         for f in self.families:
             self._restore(f, [], [c for c in plan.drop_chains if c.family == f], jumps=False)
         ipset_restore(ipset_script((), (), (), plan.destroy_ipsets))
-        nl.apply_removes(plan)
-        eips = [a.cidr.split("/")[0] for a in plan.add_addresses if a.eip]
-        if eips:
-            announce.announce(self.parent, eips)
-        log.info("applied plan", extra={"changes": plan.summary()})
 
     def _nat_union(self, family: int, write: list[Chain]) -> list[Chain]:
         """The nat chains with both their new rules and the old ones they drop, for a first write.
@@ -243,6 +315,8 @@ class KernelDataplane:
         """Remove everything we own: chains and jumps, sets, rules, routes, EIPs, the VXLAN link, the
         EIP holder."""
         self.apply(diff(Dataplane(), self.read_actual()))
+        if self.nft is not None:
+            self.nft.delete_tables(self.families)
         self.netlink.delete_eip_holder()
 
 

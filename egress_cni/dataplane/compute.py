@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 
 from egress_cni.api import semantics
 from egress_cni.api.model import EgressClusterEndpointSlice, EgressPolicy, EgressTunnel
-from egress_cni.api.net import IP, Cidr, Mac
+from egress_cni.api.net import IP, Cidr, CidrMode, Mac, parse_cidr
 from egress_cni.dataplane.inputs import ClusterState, DataplaneConfig, NodeFacts
 from egress_cni.dataplane.plan import (
     IPV4,
@@ -117,6 +117,22 @@ def members(entries: Iterable[IP | Cidr], family: int) -> frozenset[str]:
             out.update(SPLIT_DEFAULT[family] if e.is_default else (e.member,))
         else:
             out.add(str(e))  # exact str: set lookups against kernel-read members stay on the fast path
+    return frozenset(out)
+
+
+def uncovered(ms: frozenset[str]) -> frozenset[str]:
+    """The members no other member covers: the same addresses matched, and no overlap (an nftables
+    interval set refuses one; a later set change would have to keep a covered member in step)."""
+    if not any("/" in m for m in ms):
+        return ms  # distinct addresses never cover each other
+    nets = sorted((parse_cidr(m, CidrMode.BARE_IP) for m in ms), key=lambda c: (c.first, c.prefixlen))
+    out: set[str] = set()
+    end = -1
+    for net in nets:
+        if net.first <= end:
+            continue  # prefixes nest or are disjoint: one that starts inside the last kept lies in it
+        out.add(net.member)
+        end = net.last
     return frozenset(out)
 
 
@@ -253,7 +269,7 @@ def desired_dataplane(state: ClusterState, facts: NodeFacts, config: DataplaneCo
                 continue  # no egress IP of this family: the policy does not steer it
             src_name, dst_name = set_name(config, "s", f, p), set_name(config, "d", f, p)
             if dst:
-                ipsets.add(IPSet(dst_name, f, dst))
+                ipsets.add(IPSet(dst_name, f, uncovered(dst)))
                 dst_match = f"-m set --match-set {dst_name} dst"
             else:
                 dst_match = f"-m set ! --match-set {cluster_set(config, f)} dst"
@@ -269,7 +285,7 @@ def desired_dataplane(state: ClusterState, facts: NodeFacts, config: DataplaneCo
                     addresses.add(Address(dev, f"{eips[f]}/{32 if f == IPV4 else 128}", eip=True))
             else:
                 src = {m for node, ips in eps if node == me for m in members(ips, f)} | subnet
-            ipsets.add(IPSet(src_name, f, frozenset(src)))
+            ipsets.add(IPSet(src_name, f, uncovered(frozenset(src))))
             sources[key][f] = src_name
             if not src:
                 continue  # no source on this node: its rules could never match (a packet meets one rule per policy)
@@ -300,8 +316,8 @@ def desired_dataplane(state: ClusterState, facts: NodeFacts, config: DataplaneCo
     for f in families:
         if underlay_masq:  # last: the EIP SNATs and the tunnel's ACCEPT come first
             nat[f].append(tagged(f"-m mark --mark {unsteered}/0x{FULL:x} -j MASQUERADE", "underlay-masq"))
-        ipsets.add(IPSet(cluster_set(config, f), f, _cluster_members(state, f)))
-        ipsets.add(IPSet(selected_set(config, f), f, frozenset(selected[f])))
+        ipsets.add(IPSet(cluster_set(config, f), f, uncovered(_cluster_members(state, f))))
+        ipsets.add(IPSet(selected_set(config, f), f, uncovered(frozenset(selected[f]))))
 
     routes: set[Route] = set()
     rules: set[Rule] = set()

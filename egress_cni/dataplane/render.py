@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from egress_cni.dataplane import nftrender
 from egress_cni.dataplane.plan import IPV4, TABLES, Chain, Dataplane, IPSet
 
 JUMP_COMMENT = "egw:jump"
@@ -18,7 +19,7 @@ def _family(f: int) -> str:
     return "inet" if f == IPV4 else "inet6"
 
 
-def golden_files(dp: Dataplane) -> dict[str, str]:
+def golden_files(dp: Dataplane, nft_table: str = "egress") -> dict[str, str]:
     """expected_<name>.txt contents for a golden scenario directory."""
     link = []
     if dp.link:
@@ -39,6 +40,7 @@ def golden_files(dp: Dataplane) -> dict[str, str]:
     out = {"link": link, "routes": routes, "rules": rules, "ipsets": ipsets}
     for f in sorted({c.family for c in dp.chains}):
         out[f"iptables_v{f}"] = restore_text([c for c in dp.chains if c.family == f]).splitlines()
+        out[f"nft_v{f}"] = nftrender.golden_text(nft_table, f, dp.ipsets, dp.chains).splitlines()
     return {name: "\n".join(lines) + "\n" for name, lines in out.items()}
 
 

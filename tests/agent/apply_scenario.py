@@ -1,4 +1,4 @@
-"""Helper run inside a test netns: apply a golden scenario with a given iptables backend, then
+"""Helper run inside a test netns: apply a golden scenario with a given engine (nftables, nft, legacy), then
 report what a second reconcile would change (must be nothing), and what the drift check saw before
 the first and after the second (twice: the second glance may reuse the last iptables-save).
 
@@ -46,12 +46,14 @@ def main() -> None:
     after = [[str(d) for d in compare(desired, kernel.glance())] for _ in range(2)]
     # someone else's rule above our jump: seen although the glance may reuse its last iptables-save
     # (nft generation, legacy blob hash), and gone again once that rule is
+    # (the nftables engine's chains are its own: nothing of ours is moved, so nothing is seen)
     foreign = ["-t", "mangle", "PREROUTING", "-s", "192.0.2.3", "-j", "ACCEPT"]
-    run([f"iptables-{backend}", *foreign[:2], "-I", *foreign[2:3], "1", *foreign[3:]])
+    ipt = "iptables-nft" if backend == "nftables" else f"iptables-{backend}"
+    run([ipt, *foreign[:2], "-I", *foreign[2:3], "1", *foreign[3:]])
     tampered = sorted({d.kind for d in compare(desired, kernel.glance())})
-    run([f"iptables-{backend}", *foreign[:2], "-D", *foreign[2:]])
+    run([ipt, *foreign[:2], "-D", *foreign[2:]])
     untampered = [str(d) for d in compare(desired, kernel.glance())]
-    print(json.dumps({"first": first, "second": second, "backend": kernel.xtables.backend,
+    print(json.dumps({"first": first, "second": second, "backend": kernel.engine,
                       "drift_before": before, "drift_after": after, "drift_tampered": tampered,
                       "drift_untampered": untampered}))
 

@@ -91,6 +91,22 @@ def test_ipv6_selected_and_unselected(topo: Topology) -> None:
 
 def test_tamper_is_repaired_by_resync(topo: Topology) -> None:
     node1 = topo.node(1)
+    if "table ip egress" in topo.exec_in(node1, "nft", "list", "tables").stdout:  # the nftables engine
+        chain = "mangle-EGRESS-PREROUTING"
+        listing = topo.exec_in(node1, "nft", "-a", "list", "chain", "ip", "egress", chain).stdout
+        handle = next(line.rsplit("# handle ", 1)[1] for line in listing.splitlines() if "steer:default/web" in line)
+        topo.exec_in(node1, "nft", "delete", "rule", "ip", "egress", chain, "handle", handle)
+        topo.exec_in(node1, "ip", "rule", "del", "fwmark", "0x26000002", "lookup", "0x26000002", check=False)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            ruled = "0x26000002" in topo.exec_in(node1, "ip", "rule").stdout
+            if "steer:default/web" in topo.exec_in(node1, "nft", "list", "chain", "ip", "egress", chain).stdout and ruled:
+                break
+            time.sleep(0.2)
+        else:
+            pytest.fail("tampered rules were not restored:\n" + topo.agent_log(1))
+        assert topo.wait_probe(1, "a", EIP4) == EIP4
+        return
     rules = topo.exec_in(node1, "iptables-save", "-t", "mangle").stdout
     steer = next(line for line in rules.splitlines() if "steer:default/web" in line)
     topo.exec_in(node1, "iptables", "-t", "mangle", *steer.split()[0:1], "EGRESS-PREROUTING", "1", check=False)

@@ -73,6 +73,7 @@ class Topology:
         self.inputs.mkdir()
         self.resync_seconds = 1.0  # agents' full resync; tests of the drift check raise it out of their way
         self.agent_extra: list[str] = []  # more flags for every agent (e.g. --drift-seconds)
+        self.engine = "auto"  # --iptables-backend: auto (nftables where nft works), nftables, nft, legacy
 
     # --- names ----------------------------------------------------------------------------------
 
@@ -171,6 +172,11 @@ class Topology:
         sh("ip", "-n", self.node(n), "link", "set", "eth0", "up")
         self.node_routes(n)
 
+    def our_rules(self, n: int) -> str:
+        """Our rules on node n in either engine's words: iptables-save, then our nftables table."""
+        script = "iptables-save; ip6tables-save; nft list table ip egress 2>/dev/null; nft list table ip6 egress 2>/dev/null"
+        return self.exec_in(self.node(n), "sh", "-c", script, check=False).stdout
+
     def exec_in_input(self, ns: str, cmd: list[str], text: str) -> None:
         sh("ip", "netns", "exec", ns, *cmd, input=text)
 
@@ -222,7 +228,7 @@ class Topology:
         args = ["ip", "netns", "exec", self.node(n), PYTHON, "-m", "egress_cni.agent.main", command,
                 "--node", f"node{n}", "--source", f"yaml:{self.inputs}", "--parent", "eth0",
                 "--registry-dir", str(self.dir / f"registry-node{n}"), "--metrics-address", "",
-                "--resync-seconds", str(self.resync_seconds), "--log-level", "WARNING"]
+                "--resync-seconds", str(self.resync_seconds), "--log-level", "WARNING", "--iptables-backend", self.engine]
         # `once` leaves no agent behind to renew the EIPs' kernel lifetime: give them long enough to
         # outlive the test's next look (a running agent renews them with its own, 1 s by default)
         once = ["--eip-lifetime-seconds", "60"] if command == "once" else []

@@ -33,6 +33,7 @@ CHECKS = [
     (["iptables-legacy", "-V"], "(legacy)"),
     (["iptables-nft", "-V"], "(nf_tables)"),
     (["ipset", "-v"], "ipset v7"),
+    (["nft", "--version"], "nftables v1.0"),
     (["ip", "-V"], "iproute2"),
     (["conntrack", "-V"], "conntrack v1.4"),
     (["id", "65532"], "uid=65532(nonroot) gid=65532(nonroot)"),

@@ -146,7 +146,7 @@ def test_every_problem_is_reported_at_once() -> None:
     ({"vxlan": {"name": "a-name-longer-than-15"}}, "vxlan.name: must be a link name"),
     ({"tunnelIPv4Subnet": 10}, "tunnelIPv4Subnet: expected a string, got 10 (integer)"),
     ({"tunnelDetectMethod": "eth0"}, "tunnelDetectMethod: must be defaultRouteInterface or interface=<link name>"),
-    ({"iptables": {"backendMode": "xt"}}, "iptables.backendMode: must be one of auto, nft, legacy, got 'xt'"),
+    ({"iptables": {"backendMode": "xt"}}, "iptables.backendMode: must be one of auto, nftables, nft, legacy, got 'xt'"),
     ({"vxlan": 5}, "vxlan: expected a mapping of "),
     ({"tunnelParent": {"name": "eth0"}}, "tunnelParent: expected a string, got a mapping"),
     ({"clusterCIDR": {"extraCidr": "10.0.0.0/8"}}, "clusterCIDR.extraCidr: expected a list"),
