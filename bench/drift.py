@@ -1,15 +1,17 @@
 """Cost of the agent's drift check (root; everything inside a network namespace this script creates and removes).
 
-    .venv/bin/python bench/drift.py [--policies 200] [--endpoints 1000] [--runs 30] [--backend nft|legacy]
+    .venv/bin/python bench/drift.py [--policies 200] [--endpoints 1000] [--runs 30] [--backend nftables|nft|legacy]
 
 One node of bench/agent.py's synthetic cluster (P policies, N endpoints; gateway of half the
 policies) is applied into a fresh netns with the real dataplane. Then, interleaved in each round:
 
-- the drift check: `KernelDataplane.glance()` (raw netlink dumps, ipset list -t, iptables-save
-  unless the nftables generation is unchanged) and the pure `compare` with the desired state (which
-  must find nothing); measured twice: as it runs on a quiet node (nft: generation unchanged, no
-  iptables-save) and with the iptables-save forced (a node where someone committed rules since);
-- peer: one bare `iptables-save` call, the cheapest read of the iptables state there is;
+- the drift check: `KernelDataplane.glance()` (raw netlink dumps; with the nftables engine one
+  `nft -j list table`, with the iptables engines ipset list -t and iptables-save, each skipped while
+  the nftables generation is unchanged) and the pure `compare` with the desired state (which must
+  find nothing); measured twice: as it runs on a quiet node (generation unchanged) and with the read
+  of the rules forced (a node where someone committed rules since);
+- peer: one bare `nft -j list table` (nftables engine) or `iptables-save`, the cheapest full read of
+  the rules there is;
 - second peer: the full `read_actual` + `diff` the periodic resync does.
 
 Each is measured in wall time and in CPU time (this process plus the commands it ran). Prints the
@@ -79,10 +81,10 @@ def inner(args: argparse.Namespace) -> None:
         assert not found, found[:5]
 
     def forget() -> None:
-        kernel._glanced = None  # as after a commit by anyone: the next glance runs iptables-save
+        kernel._glanced = None  # as after a commit by anyone: the next glance reads the rules again
 
-    def peer() -> None:
-        run([kernel.xtables._bin(4, "save")])
+    def peer() -> None:  # the cheapest full read of the rules there is, for the engine
+        run(["nft", "-j", "list", "table", "ip", config.ipset_prefix] if kernel.nft else [kernel.xtables._bin(4, "save")])
 
     def resync() -> None:
         assert diff(desired, kernel.read_actual(desired.sysctls)).empty
@@ -96,7 +98,7 @@ def inner(args: argparse.Namespace) -> None:
             runs[name].append(_measure(fn))
     out: dict[str, Any] = {
         "members": sum(len(s.members) for s in desired.ipsets), "sets": len(desired.ipsets),
-        "rules": sum(len(c.rules) for c in desired.chains), "backend": kernel.xtables.backend,
+        "rules": sum(len(c.rules) for c in desired.chains), "backend": kernel.engine,
     }
     for name, values in runs.items():
         out[f"{name}_wall_s"] = statistics.median(w for w, _ in values)
@@ -111,7 +113,7 @@ def main() -> None:
     parser.add_argument("--policies", type=int, default=200)
     parser.add_argument("--endpoints", type=int, default=1000)
     parser.add_argument("--runs", type=int, default=30)
-    parser.add_argument("--backend", default="nft", choices=["nft", "legacy"])
+    parser.add_argument("--backend", default="nftables", choices=["nftables", "nft", "legacy"])
     args = parser.parse_args()
     if args.mode == "inner":
         inner(args)
@@ -130,9 +132,10 @@ def main() -> None:
     finally:
         subprocess.run(["ip", "netns", "del", ns], check=False)
     print(f"{args.policies} policies, {r['members']} set members in {r['sets']} sets, {r['rules']} rules "
-          f"(iptables {r['backend']}), medians of {args.runs} interleaved rounds:")
-    for name, label in (("check", "drift check (glance + compare)"), ("forced", "drift check, iptables-save forced"),
-                        ("peer", "peer: one iptables-save"),
+          f"(engine {r['backend']}), medians of {args.runs} interleaved rounds:")
+    read = "nft -j list table" if r["backend"] == "nftables" else "iptables-save"
+    for name, label in (("check", "drift check (glance + compare)"), ("forced", f"drift check, {read} forced"),
+                        ("peer", f"peer: one {read}"),
                         ("resync", "second peer: full read + diff (the resync)")):
         print(f"  {label:45s} wall {r[f'{name}_wall_s'] * 1000:7.2f} ms   cpu {r[f'{name}_cpu_s'] * 1000:7.2f} ms")
     for check in ("check", "forced"):

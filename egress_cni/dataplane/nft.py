@@ -1,29 +1,83 @@
-"""The `nftables` engine's kernel side: our own table per family, read with `nft -j`, written with one
-`nft -f` transaction per family (the scripts come from dataplane/nftrender.py)."""
+"""The `nftables` engine's kernel side: our own table per family, read as JSON and written as one
+transaction per family (the scripts come from dataplane/nftrender.py), through libnftables in this
+process (ctypes): the `nft` program spends ~35 ms initialising itself on every run, the library once.
+"""
 
 from __future__ import annotations
 
+import ctypes
 import json
 import logging
-import shutil
+import threading
 from dataclasses import dataclass, field
 from typing import Any
 
+from egress_cni.dataplane import nftlink
 from egress_cni.dataplane.nftrender import BASE, nft_family, split_chain_name
 from egress_cni.dataplane.plan import IPV4, IPV6, Chain, IPSet, rule_tag
-from egress_cni.lowlevel.command import CommandError, run
+from egress_cni.lowlevel.command import CommandError
 
 log = logging.getLogger(__name__)
 _HOOK_OF = {spec: key for key, spec in BASE.items()}  # (type, hook, priority) -> (table, built-in chain)
+_OUTPUT_JSON = 1 << 4  # NFT_CTX_OUTPUT_JSON (libnftables.h)
+
+
+class NftError(CommandError):
+    """libnftables refused a command; the message is its error buffer."""
+
+
+class Libnft:
+    """One libnftables context for the life of the process (not thread-safe: one lock)."""
+
+    def __init__(self) -> None:
+        lib = ctypes.CDLL("libnftables.so.1")
+        lib.nft_ctx_new.restype = ctypes.c_void_p
+        lib.nft_ctx_new.argtypes = [ctypes.c_uint32]
+        for name in ("nft_ctx_buffer_output", "nft_ctx_buffer_error"):
+            getattr(lib, name).argtypes = [ctypes.c_void_p]
+            getattr(lib, name).restype = ctypes.c_int
+        for name in ("nft_ctx_get_output_buffer", "nft_ctx_get_error_buffer"):
+            getattr(lib, name).argtypes = [ctypes.c_void_p]
+            getattr(lib, name).restype = ctypes.c_char_p
+        lib.nft_ctx_output_set_flags.argtypes = [ctypes.c_void_p, ctypes.c_uint]
+        lib.nft_run_cmd_from_buffer.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
+        lib.nft_run_cmd_from_buffer.restype = ctypes.c_int
+        self._lib = lib
+        self._ctx = lib.nft_ctx_new(0)
+        if not self._ctx:
+            raise OSError("nft_ctx_new failed")
+        lib.nft_ctx_buffer_output(self._ctx)
+        lib.nft_ctx_buffer_error(self._ctx)
+        self._lock = threading.Lock()
+
+    def run(self, commands: str, *, json_output: bool = False) -> str:
+        with self._lock:
+            self._lib.nft_ctx_output_set_flags(self._ctx, _OUTPUT_JSON if json_output else 0)
+            rc = self._lib.nft_run_cmd_from_buffer(self._ctx, commands.encode())
+            out = (self._lib.nft_ctx_get_output_buffer(self._ctx) or b"").decode()
+            err = (self._lib.nft_ctx_get_error_buffer(self._ctx) or b"").decode()
+        if rc != 0:
+            raise NftError(["libnftables"], rc, err, commands)
+        return out
+
+
+_shared: Libnft | None = None
+_shared_lock = threading.Lock()
+
+
+def library() -> Libnft:
+    global _shared
+    with _shared_lock:
+        if _shared is None:
+            _shared = Libnft()
+        return _shared
 
 
 def usable() -> bool:
-    """The `nft` tool is here and this kernel answers it."""
-    if not shutil.which("nft"):
-        return False
+    """libnftables loads and this kernel answers it."""
     try:
-        run(["nft", "list", "tables"])
-    except (CommandError, OSError):
+        library().run("list tables")
+    except (OSError, CommandError):
         return False
     return True
 
@@ -39,12 +93,13 @@ class NftView:
 class Nftables:
     def __init__(self, table: str) -> None:
         self.table = table
+        self.lib = library()
 
     def read(self, families: list[int]) -> NftView:
         view = NftView()
         for f in families:
             try:
-                text = run(["nft", "-j", "list", "table", nft_family(f), self.table])
+                text = self.lib.run(f"list table {nft_family(f)} {self.table}", json_output=True)
             except CommandError as exc:
                 if "No such file" in str(exc):
                     continue  # not created yet
@@ -53,22 +108,29 @@ class Nftables:
         return view
 
     def apply(self, script: str) -> None:
-        run(["nft", "-f", "-"], stdin=script)
+        self.lib.run(script)
 
     def add_elements(self, entries: list[tuple[str, str]]) -> None:
-        """The fast path's members in one transaction; when it is refused (a member inside a prefix
-        already there: it matches already), one at a time, ignoring exactly that refusal."""
-        lines = [f"add element {nft_family(IPV6 if ':' in m else IPV4)} {self.table} {name} {{ {m} }}" for name, m in entries]
-        if not lines:
+        """The fast path's members in one nfnetlink batch (dataplane/nftlink.py); when it is refused
+        (a member inside a prefix already there: it matches already), one at a time through
+        libnftables, ignoring exactly that refusal."""
+        if not entries:
             return
+        if all("/" not in m for _, m in entries):
+            try:
+                nftlink.add_addresses(self.table, entries)
+                return
+            except (OSError, ValueError) as exc:  # refused as a whole (e.g. inside a prefix): the slow path says which
+                log.debug("fast path batch refused", extra={"error": str(exc)})
+        lines = [f"add element {nft_family(IPV6 if ':' in m else IPV4)} {self.table} {name} {{ {m} }}" for name, m in entries]
         try:
-            run(["nft", "-f", "-"], stdin="\n".join(lines) + "\n")
+            self.lib.run("\n".join(lines) + "\n")
             return
         except CommandError:
             pass
         for line in lines:
             try:
-                run(["nft", "-f", "-"], stdin=line + "\n")
+                self.lib.run(line + "\n")
             except CommandError as exc:
                 if "overlaps" not in str(exc) and "conflicting" not in str(exc):
                     raise
@@ -76,7 +138,7 @@ class Nftables:
     def delete_tables(self, families: list[int]) -> None:
         for f in families:
             try:
-                run(["nft", "delete", "table", nft_family(f), self.table])
+                self.lib.run(f"delete table {nft_family(f)} {self.table}")
             except CommandError as exc:
                 if "No such file" not in str(exc):
                     raise
