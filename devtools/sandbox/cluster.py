@@ -163,6 +163,7 @@ class Sandbox:
         if self.with_components:
             archives.append(components.IMAGE_ARCHIVE)
         self.state.created_dirs += nodehost.ensure_mount_points()  # the record nodehost keeps is what teardown uses
+        nodehost.register_sandbox(self.work_dir)  # found by another sandbox's teardown, whatever its --state-dir
         self.state.save()
         started = []
         flannel_mode = self.plan.cni == "flannel"
@@ -365,8 +366,9 @@ def _kill(pid: int) -> None:
 def _other_sandboxes(own: Path) -> list[Path]:
     """State dirs of other sandboxes with a live process (concurrent e2e sessions, a kept sandbox)."""
     others = []
-    for state_file in Path("/run").glob("egressgateway-sandbox*/state.json"):
-        state = SandboxState.load(state_file.parent)
-        if state_file.parent != own and state is not None and any(procs.alive(p) for p in state.processes):
-            others.append(state_file.parent)
+    dirs = {p.parent for p in Path("/run").glob("egressgateway-sandbox*/state.json")} | set(nodehost.registered_sandboxes())
+    for state_dir in sorted(dirs):
+        state = SandboxState.load(state_dir)
+        if state_dir != own and state is not None and any(procs.alive(p) for p in state.processes):
+            others.append(state_dir)
     return others

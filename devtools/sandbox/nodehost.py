@@ -29,6 +29,7 @@ NODE_LOCAL_DIRS = ("/opt/cni/bin", "/etc/cni/net.d", "/opt/egressgateway", "/run
 NODE_LOCAL_FILES = ("/run/xtables.lock",)
 READY_MARK = ".mounted"
 CREATED_RECORD = Path("/run/egressgateway-sandbox-mount-points.json")
+SANDBOXES_RECORD = Path("/run/egressgateway-sandboxes.json")  # every sandbox's state dir (any --state-dir)
 
 
 def host_dir(root: Path) -> Path:
@@ -60,6 +61,20 @@ def ensure_mount_points() -> list[str]:
     return created
 
 
+def register_sandbox(state_dir: Path) -> None:
+    """Record a sandbox's state dir for the teardown of the others: removing a mount point detaches
+    every mount on it in every namespace (Linux >= 3.18), so no teardown may while a sandbox lives."""
+    dirs = [str(d) for d in registered_sandboxes() if d.exists() and d != state_dir] + [str(state_dir)]
+    SANDBOXES_RECORD.write_text(json.dumps(dirs))
+
+
+def registered_sandboxes() -> list[Path]:
+    try:
+        return [Path(p) for p in json.loads(SANDBOXES_RECORD.read_text())]
+    except (OSError, ValueError, TypeError):
+        return []
+
+
 def recorded_mount_points() -> list[str]:
     try:
         return [str(p) for p in json.loads(CREATED_RECORD.read_text())]
@@ -80,6 +95,7 @@ def remove_mount_points() -> list[str]:
                 path.unlink()
             removed.append(created)
     CREATED_RECORD.unlink(missing_ok=True)
+    SANDBOXES_RECORD.unlink(missing_ok=True)
     return removed
 
 
