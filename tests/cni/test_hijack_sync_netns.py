@@ -114,7 +114,7 @@ def test_running_underlay_pod_follows_hijack_json(lab: Lab, record_property: Cal
     lab.runner.delete(lab.underlay_conflist(), "c1", path, args=ARGS)
 
 
-def test_pod_gone_or_record_without_facts_is_skipped(lab: Lab) -> None:
+def test_sync_is_idempotent_and_skips_gone_reused_and_old_records(lab: Lab) -> None:
     lab.underlay_parent()
     pod, path = lab.pod()
     reg = str(lab.registry_dir)
@@ -127,6 +127,7 @@ def test_pod_gone_or_record_without_facts_is_skipped(lab: Lab) -> None:
     sync = HijackSync(reg)
     results = sync.sync()
     assert [(r.key, r.error) for r in results] == [("c1_eth0", "")] and ours(pod) == {"192.0.2.0/24"}
+    assert results[0].changes.create and not sync.sync()[0].changes, "a second sync changes nothing"
     lab.drop_pod(pod)  # the pod's netns is gone before its DEL: reported, nothing else entered
     results = sync.sync()
     assert [r.key for r in results] == ["c1_eth0"] and "FileNotFoundError" in results[0].error
