@@ -57,7 +57,7 @@ def add(conf: NetConf, inv: Invocation, log: Logger) -> dict[str, Any]:
     base: dict[str, Any] = {"containerID": inv.container_id, "ifname": inv.ifname, "network": conf.name, "ipv4": list(v4), "ipv6": list(v6)}
     facts: dict[str, Any] = {}
     if mode != "overlay":
-        mode = _add_underlay(conf, inv, v4, v6, log, base, facts)
+        mode, facts = _add_underlay(conf, inv, v4, v6, log, base)
     else:
         state.save(conf.state_dir, inv.container_id, inv.ifname, {**base, "mode": "overlay"})
     endpoint = _endpoint(conf, inv, v4, v6, mode, facts)
@@ -69,9 +69,9 @@ def add(conf: NetConf, inv: Invocation, log: Logger) -> dict[str, Any]:
     return {**conf.prev_result, "cniVersion": conf.cni_version}
 
 
-def _add_underlay(conf: NetConf, inv: Invocation, v4: tuple[str, ...], v6: tuple[str, ...], log: Logger, base: dict[str, Any],
-                  facts: dict[str, Any]) -> str:
-    """Set up the veth and routes; fills `facts` for the endpoint record (the agent's view of the pod)."""
+def _add_underlay(conf: NetConf, inv: Invocation, v4: tuple[str, ...], v6: tuple[str, ...], log: Logger,
+                  base: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """Set up the veth and routes: the mode, and the facts for the endpoint record (the agent's view of the pod)."""
     from egress_cni.cni import underlay
     from egress_cni.lowlevel import netns
 
@@ -87,7 +87,7 @@ def _add_underlay(conf: NetConf, inv: Invocation, v4: tuple[str, ...], v6: tuple
             if kind not in UNDERLAY_KINDS:
                 log.info("pod interface is not underlay; overlay mode", kind=kind)
                 state.save(conf.state_dir, inv.container_id, inv.ifname, {**base, "mode": "overlay"})
-                return "overlay"
+                return "overlay", {}
         extra = registry.read_hijack(conf.registry_dir)
         dynamic = []
         for text in (*extra.ipv4, *extra.ipv6):
@@ -117,10 +117,10 @@ def _add_underlay(conf: NetConf, inv: Invocation, v4: tuple[str, ...], v6: tuple
                 underlay.teardown(plan.host_veth)
                 raise errors.CNIError(errors.SETUP_FAILED, f"underlay setup failed: {exc.strerror or exc}",
                                       f"hostVeth={plan.host_veth} podVeth={plan.pod_veth}") from None
-        facts.update(netns=inv.netns, netns_inode=os.fstat(switch.target_fd).st_ino, pod_veth=plan.pod_veth,
-                     node_ips=tuple(ip for _, ip in nodes), static_hijack=tuple(str(c) for c in conf.hijack))
+        facts = {"netns": inv.netns, "netns_inode": os.fstat(switch.target_fd).st_ino, "pod_veth": plan.pod_veth,
+                 "node_ips": tuple(ip for _, ip in nodes), "static_hijack": tuple(str(c) for c in conf.hijack)}
     log.info("underlay routes installed", hostVeth=plan.host_veth, routes=len(plan.pod_routes))
-    return "underlay"
+    return "underlay", facts
 
 
 def delete(conf: NetConf, inv: Invocation, log: Logger) -> None:
