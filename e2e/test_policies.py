@@ -73,6 +73,19 @@ def test_p00013_dest_subnet_limits_the_eip_to_matching_destinations(cluster: Clu
     assert cluster.wait_source(ns, pod, plain, dst=EXTERNAL_OTHER) == plain
 
 
+def test_running_underlay_pod_gets_a_destination_added_later(cluster: Cluster, ns: str, gateways: list[str]) -> None:
+    """On macvlan the pod started with routes for hijackCIDR only: the agent routes the policy's new
+    destination via the host in the running pod (docs/cni.md, "Running pods follow hijack.json")."""
+    gateways.append("p13r")
+    cluster.gateway("p13r", ["10.6.168.219"], ["node2"])
+    pod = _selected_pod(cluster, ns)
+    plain = cluster.unsteered_source(ns, pod, dst=EXTERNAL_OTHER)
+    assert cluster.wait_source(ns, pod, plain, dst=EXTERNAL_OTHER) == plain
+    cluster.policy(ns, "p", "p13r", {"app": "client"}, destSubnet=[f"{EXTERNAL_OTHER}/32"])
+    cluster.wait_policy(ns, "p")
+    assert cluster.wait_source(ns, pod, "10.6.168.219", dst=EXTERNAL_OTHER) == "10.6.168.219"
+
+
 def test_p00014_changing_the_pod_selector_moves_the_eip(cluster: Cluster, ns: str, gateways: list[str]) -> None:
     gateways.append("p14")
     cluster.gateway("p14", ["10.6.168.213"], ["node2"])

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import time
+from _socket import AF_INET  # not `socket`: it costs the plugin ~4 ms
 
 from egress_cni.lowlevel import jsonlite
 from egress_cni.lowlevel.record import Record
@@ -52,9 +53,16 @@ class RegistryError(ValueError):
 
 
 class Endpoint(Record):
-    """One pod attachment as seen by CNI ADD."""
+    """One pod attachment as seen by CNI ADD.
 
-    __slots__ = ("container_id", "created_at", "ifname", "ipv4", "ipv6", "mode", "namespace", "node", "pod", "uid")
+    Underlay pods also carry what the agent needs to keep their hijack routes in step with hijack.json:
+    the pod's netns path (CNI_NETNS) and its inode (the agent enters only that netns), the pod veth, the
+    node IPs the routes go via, and the conflist's static hijackCIDR (routes the agent never touches).
+    All optional: records of older plugins lack them, and the agent then leaves the pod alone.
+    """
+
+    __slots__ = ("container_id", "created_at", "ifname", "ipv4", "ipv6", "mode", "namespace", "netns", "netns_inode", "node",
+                 "node_ips", "pod", "pod_veth", "static_hijack", "uid")
     container_id: str
     ifname: str
     namespace: str
@@ -65,6 +73,11 @@ class Endpoint(Record):
     ipv6: tuple[str, ...]
     mode: str
     created_at: str
+    netns: str  # underlay: CNI_NETNS as ADD saw it ("" = not recorded)
+    netns_inode: int  # underlay: that netns' inode (0 = not recorded)
+    pod_veth: str  # underlay: the pod end of the veth
+    node_ips: tuple[str, ...]  # underlay: the node IPs (one per family) the hijack routes go via
+    static_hijack: tuple[str, ...]  # underlay: the conflist's hijackCIDR, routed for the pod's whole life
 
     def __init__(
         self,
@@ -78,24 +91,39 @@ class Endpoint(Record):
         ipv6: Iterable[str] = (),
         mode: str = "overlay",
         created_at: str = "",
+        netns: str = "",
+        netns_inode: int = 0,
+        pod_veth: str = "",
+        node_ips: Iterable[str] = (),
+        static_hijack: Iterable[str] = (),
     ) -> None:
         if mode not in MODES:
             raise RegistryError(f"endpoint mode {mode!r} is not one of {', '.join(MODES)}")
         self._init(
             container_id=container_id, ifname=ifname, namespace=namespace, pod=pod, uid=uid, node=node,
-            ipv4=tuple(ipv4), ipv6=tuple(ipv6), mode=mode, created_at=created_at or rfc3339(),
+            ipv4=tuple(ipv4), ipv6=tuple(ipv6), mode=mode, created_at=created_at or rfc3339(), netns=netns,
+            netns_inode=netns_inode, pod_veth=pod_veth, node_ips=tuple(node_ips), static_hijack=tuple(static_hijack),
         )  # fmt: skip
+
+    @property
+    def routable(self) -> bool:
+        """An underlay record with what the agent needs to keep the pod's hijack routes (newer plugins)."""
+        return self.mode == "underlay" and bool(self.netns and self.netns_inode and self.pod_veth and self.node_ips)
 
     @property
     def key(self) -> str:
         return endpoint_key(self.container_id, self.ifname)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        d: dict[str, Any] = {
             "containerID": self.container_id, "ifname": self.ifname, "namespace": self.namespace, "pod": self.pod,
             "uid": self.uid, "node": self.node, "ipv4": list(self.ipv4), "ipv6": list(self.ipv6), "mode": self.mode,
             "createdAt": self.created_at,
         }  # fmt: skip
+        if self.netns:
+            d.update({"netns": self.netns, "netnsInode": self.netns_inode, "podVeth": self.pod_veth,
+                      "nodeIPs": list(self.node_ips), "staticHijack": list(self.static_hijack)})
+        return d
 
     @classmethod
     def from_dict(cls, raw: Any, where: str = "endpoint") -> Endpoint:
@@ -105,6 +133,8 @@ class Endpoint(Record):
             namespace=_text(d, "namespace", where), pod=_text(d, "pod", where), uid=_text(d, "uid", where),
             node=_text(d, "node", where), ipv4=_texts(d, "ipv4", where), ipv6=_texts(d, "ipv6", where),
             mode=_text(d, "mode", where) or "overlay", created_at=_text(d, "createdAt", where),
+            netns=_text(d, "netns", where), netns_inode=_count(d, "netnsInode", where), pod_veth=_text(d, "podVeth", where),
+            node_ips=_texts(d, "nodeIPs", where), static_hijack=_texts(d, "staticHijack", where),
         )  # fmt: skip
 
 
@@ -195,6 +225,15 @@ class Hijack(Record):
         return cls(ipv4=_texts(d, "ipv4", where), ipv6=_texts(d, "ipv6", where))
 
 
+def hijack_destinations(family: int, network: str, prefixlen: int) -> tuple[tuple[str, int], ...]:
+    """The route destinations for one hijack.json CIDR in an underlay pod (plugin and agent alike): the
+    CIDR itself, but a default (`0.0.0.0/0`, a policy without destSubnet) as its two halves, so the pod's
+    own default route is never displaced and serves again once the CIDR leaves hijack.json."""
+    if prefixlen:
+        return ((network, prefixlen),)
+    return (("0.0.0.0", 1), ("128.0.0.0", 1)) if family == AF_INET else (("::", 1), ("8000::", 1))
+
+
 # --- endpoints ---------------------------------------------------------------------------------
 
 
@@ -267,11 +306,17 @@ def agent_alive(root: str, max_age: float = DEFAULT_ALIVE_SECONDS, now: float | 
 
 def read_hijack(root: str) -> Hijack:
     """The agent-maintained hijack set; empty when the agent has not written one (or it is unreadable)."""
+    return load_hijack(root) or Hijack()
+
+
+def load_hijack(root: str) -> Hijack | None:
+    """The hijack set, empty when there is no file yet; None when the file is unreadable (nothing to
+    prune by: the agent's route sync then leaves every pod as it is)."""
     try:
         raw = _read(os.path.join(root, HIJACK_FILE))
         return Hijack() if raw is None else Hijack.from_dict(raw, HIJACK_FILE)
     except RegistryError:
-        return Hijack()
+        return None
 
 
 def write_hijack(root: str, hijack: Hijack) -> str:
@@ -351,6 +396,13 @@ def _text(d: dict[str, Any], key: str, where: str, required: bool = False) -> st
     value = d.get(key, "")
     if not isinstance(value, str) or (required and not value):
         raise RegistryError(f"{where}.{key}: {value!r} is not a {'non-empty ' if required else ''}string")
+    return value
+
+
+def _count(d: dict[str, Any], key: str, where: str) -> int:
+    value = d.get(key, 0)
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise RegistryError(f"{where}.{key}: {value!r} is not a non-negative integer")
     return value
 
 

@@ -100,7 +100,8 @@ def remove_mount_points() -> list[str]:
 
 
 def setup_script(root: Path, sysctl_overlays: Sequence[tuple[Path, Path]]) -> str:
-    binds = ["mount -t tmpfs -o mode=0755 egw-node-netns /run/netns"]
+    # shared within the node: the agent mounts it HostToContainer, so pods' netns mounted later reach it
+    binds = ["mount -t tmpfs -o mode=0755 egw-node-netns /run/netns", "mount --make-shared /run/netns"]
     for path in NODE_LOCAL_DIRS:
         source = node_path(root, path)
         source.mkdir(parents=True, exist_ok=True)

@@ -42,13 +42,15 @@ def _names(buf: bytes) -> list[str]:
     return out
 
 
-def watch(folder: str, on_change: Callable[[], None], stopped: Callable[[], bool], poll_seconds: float = 0.02) -> None:
-    """Call on_change once at start and after every change to a non-hidden entry, until stopped()."""
+def watch(folder: str, on_change: Callable[[], None], stopped: Callable[[], bool], poll_seconds: float = 0.02,
+          only: Callable[[str], bool] | None = None) -> None:
+    """Call on_change once at start and after every change to a non-hidden entry (one `only` accepts), until stopped()."""
     os.makedirs(folder, exist_ok=True)
     fd = _inotify(folder)
     on_change()
+    wanted = only or (lambda _name: True)
     if fd is None:
-        _poll(folder, on_change, stopped, poll_seconds)
+        _poll(folder, on_change, stopped, poll_seconds, wanted)
         return
     try:
         while not stopped():
@@ -59,18 +61,19 @@ def watch(folder: str, on_change: Callable[[], None], stopped: Callable[[], bool
                 names = _names(os.read(fd, 65536))
             except BlockingIOError:
                 continue
-            if any(n and not n.startswith(".") for n in names):
+            if any(n and not n.startswith(".") and wanted(n) for n in names):
                 on_change()
     finally:
         os.close(fd)
 
 
-def _poll(folder: str, on_change: Callable[[], None], stopped: Callable[[], bool], poll_seconds: float) -> None:
+def _poll(folder: str, on_change: Callable[[], None], stopped: Callable[[], bool], poll_seconds: float,
+          wanted: Callable[[str], bool]) -> None:
     seen: frozenset[tuple[str, int]] | None = None
     while not stopped():
         try:
             with os.scandir(folder) as it:
-                now = frozenset((e.name, e.inode()) for e in it if not e.name.startswith("."))
+                now = frozenset((e.name, e.inode()) for e in it if not e.name.startswith(".") and wanted(e.name))
         except FileNotFoundError:
             now = frozenset()
         if now != seen:

@@ -5,6 +5,7 @@ Parts (each its own module):
 - reconcile.py: compute -> diff -> apply behind narrow kernel ports, then acks and tunnel report;
 - fencing.py: the EIPs' kernel lifetime renewed by its own thread (released on SIGTERM), Lease renewal, heartbeat;
 - cni_bridge.py: the registry watch, the fast path for new endpoints, the acks;
+- hijack_sync.py: running underlay pods' hijack routes kept in step with hijack.json (its own threads);
 - uninstall.py: the chart's pre-delete signal; once seen the worker never reconciles again.
 
 The worker coalesces events (at most one reconcile per `min_interval`), repeats the reconcile every
@@ -27,6 +28,7 @@ from egress_cni import registry
 from egress_cni.agent.cni_bridge import CniBridge, SetWriter
 from egress_cni.agent.drift import DriftCheck, GlancePort
 from egress_cni.agent.fencing import EipPort, EipRefresher, Fencing, Lease, NoLease
+from egress_cni.agent.hijack_sync import HijackSync
 from egress_cni.agent.peer_socket import PeerService
 from egress_cni.agent.peers import HANDOVER
 from egress_cni.agent.reconcile import Conntrack, Counters, DataplanePort, Reconciler, Status
@@ -86,6 +88,7 @@ class Agent:
                                      dataplane=kernel, conntrack=kernel, reporter=self.reporter, cni=self.cni,
                                      clock=clock, on_reconciled=self._reconciled)
         self.drift = DriftCheck(kernel, pending=lambda: self.cni.pending, contested=lambda: kernel.contested)
+        self.hijack = HijackSync(registry_dir, resync_seconds=resync_seconds)
 
     @property
     def status(self) -> Status:
@@ -99,6 +102,11 @@ class Agent:
     def _lease_changed(self) -> None:
         self.mark_dirty()
         self._urgent.set()
+
+    def _registry_changed(self) -> None:
+        """An endpoint came or went: a reconcile, and a hijack route sync (its ADD may have read an older hijack.json)."""
+        self.mark_dirty()
+        self.hijack.kick()
 
     def _wake(self) -> None:
         """A reconcile now: the parent link's carrier flipped, or a contested EIP is due a new probe."""
@@ -126,7 +134,9 @@ class Agent:
         self.source.start(self.mark_dirty)
         bodies: list[tuple[Callable[[], None], str]] = [
             (self._worker, "reconcile"),
-            (lambda: self.cni.watch(self._stop, self.mark_dirty), "registry"),
+            (lambda: self.cni.watch(self._stop, self._registry_changed), "registry"),
+            (lambda: self.hijack.run(self._stop), "hijack-routes"),
+            (lambda: self.hijack.watch(self._stop), "hijack-watch"),
             (lambda: self.fencing.heartbeat(self._stop, self.heartbeat_seconds, self.registry_dir, self.node), "heartbeat"),
             (lambda: self.fencing.keep(self._stop, self.lease_renew), "lease")]
         if self.peers is not None:
@@ -145,6 +155,7 @@ class Agent:
         self._stop.set()
         self._urgent.set()
         self._dirty.set()
+        self.hijack.kick()
         if hand_over:
             self.refresher.hand_over(HANDOVER)  # before the farewell: they expire before a peer may claim
         if (hand_over or release_eips) and self.peers is not None:

@@ -31,11 +31,13 @@ def node_name(conf: NetConf) -> str:
     return agent.node if agent else os.uname().nodename
 
 
-def _endpoint(conf: NetConf, inv: Invocation, v4: tuple[str, ...], v6: tuple[str, ...], mode: str) -> registry.Endpoint:
+def _endpoint(conf: NetConf, inv: Invocation, v4: tuple[str, ...], v6: tuple[str, ...], mode: str,
+              facts: dict[str, Any]) -> registry.Endpoint:
+    """facts: underlay only, what the agent needs to keep the pod's hijack routes (netns, pod_veth, ...)."""
     return registry.Endpoint(
         container_id=inv.container_id, ifname=inv.ifname, namespace=inv.args.get("K8S_POD_NAMESPACE", ""),
         pod=inv.args.get("K8S_POD_NAME", ""), uid=inv.args.get("K8S_POD_UID", ""), node=node_name(conf),
-        ipv4=v4, ipv6=v6, mode=mode,
+        ipv4=v4, ipv6=v6, mode=mode, **facts,
     )  # fmt: skip
 
 
@@ -53,11 +55,12 @@ def add(conf: NetConf, inv: Invocation, log: Logger) -> dict[str, Any]:
                               "egress-cni registers the pod's IPs; chain it after the plugin that assigns them")
     mode = conf.mode
     base: dict[str, Any] = {"containerID": inv.container_id, "ifname": inv.ifname, "network": conf.name, "ipv4": list(v4), "ipv6": list(v6)}
+    facts: dict[str, Any] = {}
     if mode != "overlay":
-        mode = _add_underlay(conf, inv, v4, v6, log, base)
+        mode, facts = _add_underlay(conf, inv, v4, v6, log, base)
     else:
         state.save(conf.state_dir, inv.container_id, inv.ifname, {**base, "mode": "overlay"})
-    endpoint = _endpoint(conf, inv, v4, v6, mode)
+    endpoint = _endpoint(conf, inv, v4, v6, mode, facts)
     try:
         register(conf, endpoint)
     except OSError as exc:
@@ -66,8 +69,11 @@ def add(conf: NetConf, inv: Invocation, log: Logger) -> dict[str, Any]:
     return {**conf.prev_result, "cniVersion": conf.cni_version}
 
 
-def _add_underlay(conf: NetConf, inv: Invocation, v4: tuple[str, ...], v6: tuple[str, ...], log: Logger, base: dict[str, Any]) -> str:
-    from egress_cni.cni import netns, underlay
+def _add_underlay(conf: NetConf, inv: Invocation, v4: tuple[str, ...], v6: tuple[str, ...], log: Logger,
+                  base: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """Set up the veth and routes: the mode, and the facts for the endpoint record (the agent's view of the pod)."""
+    from egress_cni.cni import underlay
+    from egress_cni.lowlevel import netns
 
     try:
         if netns.same_as_current(inv.netns):
@@ -81,12 +87,12 @@ def _add_underlay(conf: NetConf, inv: Invocation, v4: tuple[str, ...], v6: tuple
             if kind not in UNDERLAY_KINDS:
                 log.info("pod interface is not underlay; overlay mode", kind=kind)
                 state.save(conf.state_dir, inv.container_id, inv.ifname, {**base, "mode": "overlay"})
-                return "overlay"
+                return "overlay", {}
         extra = registry.read_hijack(conf.registry_dir)
-        hijack = list(conf.hijack)
+        dynamic = []
         for text in (*extra.ipv4, *extra.ipv6):
             try:
-                hijack.append(parse_cidr(text, strict=False))
+                dynamic.append(parse_cidr(text, strict=False))
             except ValueError as exc:
                 log.warning("ignoring bad hijack.json entry", error=str(exc))
         pods = tuple((AF_INET, ip) for ip in v4) + tuple((AF_INET6, ip) for ip in v6)
@@ -99,8 +105,8 @@ def _add_underlay(conf: NetConf, inv: Invocation, v4: tuple[str, ...], v6: tuple
             if not nodes:
                 raise errors.CNIError(errors.SETUP_FAILED, f"no host route towards pod IPs {', '.join(v4 + v6)}; cannot pick the node IP")
             plan, warnings = underlay.plan(identity=identity, pod_veth=conf.pod_veth_name, mtu=conf.veth_mtu, pod_ips=pods,
-                                           node_ips=nodes, hijack=tuple(hijack), table=conf.host_rule_table, priority=conf.host_rule_priority,
-                                           reply_via_veth=conf.reply_via_veth)
+                                           node_ips=nodes, hijack=conf.hijack, table=conf.host_rule_table, priority=conf.host_rule_priority,
+                                           reply_via_veth=conf.reply_via_veth, dynamic=tuple(dynamic))
             for w in warnings:
                 log.warning("hijack route skipped", detail=w)
             # State first: a DEL after a half-done ADD must know the veth name.
@@ -111,8 +117,10 @@ def _add_underlay(conf: NetConf, inv: Invocation, v4: tuple[str, ...], v6: tuple
                 underlay.teardown(plan.host_veth)
                 raise errors.CNIError(errors.SETUP_FAILED, f"underlay setup failed: {exc.strerror or exc}",
                                       f"hostVeth={plan.host_veth} podVeth={plan.pod_veth}") from None
+        facts = {"netns": inv.netns, "netns_inode": os.fstat(switch.target_fd).st_ino, "pod_veth": plan.pod_veth,
+                 "node_ips": tuple(ip for _, ip in nodes), "static_hijack": tuple(str(c) for c in conf.hijack)}
     log.info("underlay routes installed", hostVeth=plan.host_veth, routes=len(plan.pod_routes))
-    return "underlay"
+    return "underlay", facts
 
 
 def delete(conf: NetConf, inv: Invocation, log: Logger) -> None:
@@ -145,7 +153,8 @@ def check(conf: NetConf, inv: Invocation, log: Logger) -> None:
     elif sorted(endpoint.ipv4) != sorted(saved["ipv4"]) or sorted(endpoint.ipv6) != sorted(saved["ipv6"]):
         problems.append("registered endpoint IPs differ from the ADD state")
     if saved.get("mode") == "underlay":
-        from egress_cni.cni import netns, underlay
+        from egress_cni.cni import underlay
+        from egress_cni.lowlevel import netns
 
         try:
             switch = netns.Switch(inv.netns)

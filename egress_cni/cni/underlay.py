@@ -13,10 +13,19 @@ from __future__ import annotations
 import _sha1  # type: ignore[import-not-found]  # hashlib would load OpenSSL (~3 ms)
 
 from egress_cni.cni.config import AF_INET, AF_INET6, Cidr
-from egress_cni.cni.netns import Switch
 from egress_cni.lowlevel import netlink
-from egress_cni.lowlevel.netlink import RT_SCOPE_LINK, RT_SCOPE_UNIVERSE, RT_TABLE_MAIN, Netlink, Route
+from egress_cni.lowlevel.netlink import (
+    RT_SCOPE_LINK,
+    RT_SCOPE_UNIVERSE,
+    RT_TABLE_MAIN,
+    RTPROT_EGRESS_HIJACK,
+    RTPROT_STATIC,
+    Netlink,
+    Route,
+)
+from egress_cni.lowlevel.netns import Switch
 from egress_cni.lowlevel.record import Record
+from egress_cni.registry import hijack_destinations
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -89,7 +98,7 @@ class Plan(Record):
 
 
 def _route_state(r: Route) -> list[Any]:
-    return [r.family, r.dst, r.dst_len, r.table, r.oif, r.gateway, r.prefsrc, r.scope]
+    return [r.family, r.dst, r.dst_len, r.table, r.oif, r.gateway, r.prefsrc, r.scope, r.protocol]
 
 
 def plan(
@@ -103,8 +112,11 @@ def plan(
     table: int,
     priority: int,
     reply_via_veth: bool = False,
+    dynamic: tuple[Cidr, ...] = (),
 ) -> tuple[Plan, list[str]]:
-    """The objects to create, plus warnings (hijacked CIDRs of a family the pod or node lacks)."""
+    """The objects to create, plus warnings (hijacked CIDRs of a family the pod or node lacks).
+    hijack: the conflist's CIDRs (RTPROT_STATIC, the plugin's for the pod's life); dynamic: hijack.json's
+    (RTPROT_EGRESS_HIJACK, the agent keeps them in step with the file afterwards; a CIDR in both is static)."""
     warnings: list[str] = []
     first_v4 = next((ip for fam, ip in pod_ips if fam == AF_INET), "")
     pod_families = {fam for fam, _ in pod_ips}
@@ -116,16 +128,18 @@ def plan(
         src = first_v4 if fam == AF_INET else ""  # no src on v6 routes (kernel bug 107071)
         pod_routes.append(Route(fam, ip, full_len(fam), RT_TABLE_MAIN, 0, "", src, RT_SCOPE_LINK))
     seen: set[tuple[int, str, int]] = set()
-    for cidr in hijack:
+    for cidr, protocol in [(c, RTPROT_STATIC) for c in hijack] + [(c, RTPROT_EGRESS_HIJACK) for c in dynamic]:
         gateway = node_by_family.get(cidr.family)
         if cidr.family not in pod_families or not gateway:
             warnings.append(f"hijackCIDR {cidr} skipped: no {'IPv4' if cidr.family == AF_INET else 'IPv6'} on the pod or the node")
             continue
-        key = (cidr.family, cidr.address, cidr.prefixlen)
-        if key not in seen:
-            seen.add(key)
-            src = first_v4 if cidr.family == AF_INET else ""
-            pod_routes.append(Route(cidr.family, cidr.address, cidr.prefixlen, RT_TABLE_MAIN, 0, gateway, src, RT_SCOPE_UNIVERSE))
+        dsts = ((cidr.address, cidr.prefixlen),) if protocol == RTPROT_STATIC else \
+            hijack_destinations(cidr.family, cidr.address, cidr.prefixlen)
+        for address, prefixlen in dsts:
+            if (cidr.family, address, prefixlen) not in seen:
+                seen.add((cidr.family, address, prefixlen))
+                src = first_v4 if cidr.family == AF_INET else ""
+                pod_routes.append(Route(cidr.family, address, prefixlen, RT_TABLE_MAIN, 0, gateway, src, RT_SCOPE_UNIVERSE, protocol))
     host_routes = tuple(Route(fam, ip, full_len(fam), table, 0, "", "", RT_SCOPE_LINK) for fam, ip in pod_ips)
     rules = tuple((fam, priority, table) for fam in sorted(pod_families))
     reply_families = tuple(sorted(f for f in pod_families if f in node_by_family)) if reply_via_veth else ()
@@ -185,7 +199,10 @@ def apply(p: Plan, switch: Switch, stale_neighbours: tuple[tuple[int, int, str],
                 for fam, ip in p.node_ips:
                     pod.neigh_replace(fam, pod_link.index, _packed(fam, ip), p.host_mac)
                 for r in p.pod_routes:
-                    pod.route_replace(_on(r, pod_link.index))
+                    if r.protocol != RTPROT_EGRESS_HIJACK:
+                        pod.route_replace(_on(r, pod_link.index))
+                    else:  # hijack.json's: never displaces a route the pod has (its IPAM's), as the agent never does
+                        pod.route_add(_on(r, pod_link.index))
                 for r in p.reply_routes:
                     pod.route_replace(_on(r, pod_link.index))
                 for fam in p.reply_families:
@@ -230,7 +247,8 @@ def check(p: Plan, switch: Switch) -> list[str]:
             if pod_link is None:
                 problems.append(f"pod veth {p.pod_veth} is missing")
             else:
-                problems += _missing_routes(pod, p.pod_routes + p.reply_routes, pod_link.index, "pod")
+                static = tuple(r for r in p.pod_routes if r.protocol != RTPROT_EGRESS_HIJACK)  # the agent's follow hijack.json
+                problems += _missing_routes(pod, static + p.reply_routes, pod_link.index, "pod")
             for fam in p.reply_families:
                 if not any(r.fwmark == REPLY_MARK and r.table == REPLY_TABLE for r in pod.rules(fam)):
                     problems.append(f"pod rule 'fwmark {REPLY_MARK:#x} lookup {REPLY_TABLE}' is missing")
@@ -261,7 +279,7 @@ def _iptables_restore(family: int, rules: str) -> None:
 
 
 def _on(r: Route, oif: int) -> Route:
-    return Route(r.family, r.dst, r.dst_len, r.table, oif, r.gateway, r.prefsrc, r.scope)
+    return Route(r.family, r.dst, r.dst_len, r.table, oif, r.gateway, r.prefsrc, r.scope, r.protocol)
 
 
 def _packed(family: int, ip: str) -> bytes:

@@ -40,6 +40,9 @@ NUD_PERMANENT = 0x80
 RT_SCOPE_UNIVERSE, RT_SCOPE_LINK = 0, 253
 RTN_UNICAST = 1
 RTPROT_STATIC = 4
+# Our route protocol for the underlay pods' hijack routes that follow hijack.json: the agent adds and
+# removes only routes of this protocol in a pod (docs/cni.md). Unused in iproute2's rt_protos.
+RTPROT_EGRESS_HIJACK = 231
 RT_TABLE_MAIN = 254
 
 _HDR = struct.Struct("=IHHII")  # nlmsghdr
@@ -99,7 +102,7 @@ class Link(Record):
 
 
 class Route(Record):
-    __slots__ = ("dst", "dst_len", "family", "gateway", "oif", "prefsrc", "scope", "table")
+    __slots__ = ("dst", "dst_len", "family", "gateway", "oif", "prefsrc", "protocol", "scope", "table")
     family: int
     dst: str
     dst_len: int
@@ -108,9 +111,12 @@ class Route(Record):
     gateway: str
     prefsrc: str
     scope: int
+    protocol: int  # rtm_protocol: who owns the route (RTPROT_STATIC for what the plugin alone manages)
 
-    def __init__(self, family: int, dst: str, dst_len: int, table: int, oif: int = 0, gateway: str = "", prefsrc: str = "", scope: int = 0) -> None:
-        self._init(family=family, dst=dst, dst_len=dst_len, table=table, oif=oif, gateway=gateway, prefsrc=prefsrc, scope=scope)
+    def __init__(self, family: int, dst: str, dst_len: int, table: int, oif: int = 0, gateway: str = "", prefsrc: str = "",
+                 scope: int = 0, protocol: int = RTPROT_STATIC) -> None:
+        self._init(family=family, dst=dst, dst_len=dst_len, table=table, oif=oif, gateway=gateway, prefsrc=prefsrc, scope=scope,
+                   protocol=protocol)
 
 
 class Rule(Record):
@@ -251,7 +257,7 @@ class Netlink:
 
     def _route_body(self, r: Route) -> bytes:
         table_byte = r.table if r.table < 256 else 0
-        body = _RTMSG.pack(r.family, r.dst_len, 0, 0, table_byte, RTPROT_STATIC, r.scope, RTN_UNICAST, 0)
+        body = _RTMSG.pack(r.family, r.dst_len, 0, 0, table_byte, r.protocol, r.scope, RTN_UNICAST, 0)
         body += attr(RTA_DST, _socket.inet_pton(r.family, r.dst)) + attr_u32(RTA_TABLE, r.table)
         if r.oif:
             body += attr_u32(RTA_OIF, r.oif)
@@ -264,7 +270,18 @@ class Netlink:
     def route_replace(self, route: Route) -> None:
         self.call(RTM_NEWROUTE, NLM_F_CREATE | NLM_F_REPLACE, self._route_body(route))
 
+    def route_add(self, route: Route) -> bool:
+        """Create the route; False when one with the same destination already exists (whoever owns it)."""
+        try:
+            self.call(RTM_NEWROUTE, NLM_F_CREATE | NLM_F_EXCL, self._route_body(route))
+        except OSError as exc:
+            if exc.errno == 17:
+                return False
+            raise
+        return True
+
     def route_delete(self, route: Route) -> bool:
+        """Delete the route; the kernel matches its protocol too, so another owner's route stays. False when absent."""
         try:
             self.call(RTM_DELROUTE, 0, self._route_body(route))
         except OSError as exc:
@@ -276,13 +293,14 @@ class Netlink:
     def routes(self, family: int, table: int) -> list[Route]:
         out = []
         for p in self.dump(RTM_GETROUTE, _RTMSG.pack(family, 0, 0, 0, 0, 0, 0, 0, 0)):
-            fam, dst_len, _, _, tbl, _, scope, rtype, _ = _RTMSG.unpack_from(p)
+            fam, dst_len, _, _, tbl, proto, scope, rtype, _ = _RTMSG.unpack_from(p)
             attrs = parse_attrs(p, _RTMSG.size)
             tbl = _u32(attrs, RTA_TABLE, tbl)
             if tbl != table or rtype != RTN_UNICAST:
                 continue
             dst = _ip(attrs, RTA_DST, fam) or ("0.0.0.0" if fam == AF_INET else "::")
-            out.append(Route(fam, dst, dst_len, tbl, _u32(attrs, RTA_OIF), _ip(attrs, RTA_GATEWAY, fam), _ip(attrs, RTA_PREFSRC, fam), scope))
+            out.append(Route(fam, dst, dst_len, tbl, _u32(attrs, RTA_OIF), _ip(attrs, RTA_GATEWAY, fam), _ip(attrs, RTA_PREFSRC, fam),
+                             scope, proto))
         return out
 
     def route_get(self, family: int, dst: str) -> Route | None:

@@ -116,6 +116,18 @@ def test_plan_orders_host_routes_before_hijack_routes_and_skips_missing_families
     assert underlay.Plan.from_state(json.loads(json.dumps(p.to_state()))) == p
 
 
+def test_plan_gives_hijack_json_routes_our_protocol_and_conflist_ones_static() -> None:
+    from egress_cni.lowlevel.netlink import RTPROT_EGRESS_HIJACK, RTPROT_STATIC
+
+    p, _ = underlay.plan(identity=underlay.veth_identity("egw", "n", "c", "eth0"), pod_veth="veth0", mtu=1500,
+                         pod_ips=((AF_INET, "10.0.0.5"),), node_ips=((AF_INET, "10.0.0.1"),), hijack=(parse_cidr("10.96.0.0/12"),),
+                         dynamic=(parse_cidr("10.96.0.0/12"), parse_cidr("192.0.2.0/24"), parse_cidr("0.0.0.0/0")), table=500, priority=1000)
+    assert [(r.dst, r.dst_len, r.protocol) for r in p.pod_routes] == [
+        ("10.0.0.1", 32, RTPROT_STATIC), ("10.96.0.0", 12, RTPROT_STATIC), ("192.0.2.0", 24, RTPROT_EGRESS_HIJACK),
+        ("0.0.0.0", 1, RTPROT_EGRESS_HIJACK), ("128.0.0.0", 1, RTPROT_EGRESS_HIJACK)]
+    assert underlay.Plan.from_state(json.loads(json.dumps(p.to_state()))) == p
+
+
 def test_plan_dual_stack_v6_routes_have_no_src() -> None:
     p, _ = underlay.plan(identity=underlay.veth_identity("egw", "n", "c", "eth0"), pod_veth="veth0", mtu=1500,
                          pod_ips=((AF_INET, "10.0.0.5"), (AF_INET6, "fd00::5")), node_ips=((AF_INET, "10.0.0.1"), (AF_INET6, "fd00::1")),

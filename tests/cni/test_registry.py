@@ -93,3 +93,32 @@ def test_jsonlite_matches_json(text: str) -> None:
 def test_jsonlite_rejects_bad_input(text: str) -> None:
     with pytest.raises(jsonlite.DecodeError):
         jsonlite.loads(text)
+
+
+def test_underlay_facts_round_trip_and_are_optional(tmp_path: Path) -> None:
+    ep = endpoint(netns="/var/run/netns/cni-1", netns_inode=4026532000, pod_veth="veth0", node_ips=["10.0.0.1", "fd00::1"],
+                  static_hijack=["10.96.0.0/12"])
+    reg.write_endpoint(str(tmp_path), ep)
+    raw = json.loads((tmp_path / "endpoints" / "abc_eth0.json").read_text())
+    assert {k: raw[k] for k in ("netns", "netnsInode", "podVeth", "nodeIPs", "staticHijack")} == {
+        "netns": "/var/run/netns/cni-1", "netnsInode": 4026532000, "podVeth": "veth0", "nodeIPs": ["10.0.0.1", "fd00::1"],
+        "staticHijack": ["10.96.0.0/12"]}
+    assert reg.read_endpoint(str(tmp_path), "abc_eth0") == ep and ep.routable
+    old = endpoint()  # a record of an older plugin: no facts, not routable, and none written
+    assert not old.routable and "netns" not in old.to_dict()
+    with pytest.raises(reg.RegistryError, match="netnsInode"):
+        reg.Endpoint.from_dict({**raw, "netnsInode": "4026532000"})
+
+
+def test_hijack_destinations_split_a_default_in_halves() -> None:
+    import socket
+
+    assert reg.hijack_destinations(socket.AF_INET, "10.0.0.0", 8) == (("10.0.0.0", 8),)
+    assert reg.hijack_destinations(socket.AF_INET, "0.0.0.0", 0) == (("0.0.0.0", 1), ("128.0.0.0", 1))
+    assert reg.hijack_destinations(socket.AF_INET6, "::", 0) == (("::", 1), ("8000::", 1))
+
+
+def test_load_hijack_tells_unreadable_from_absent(tmp_path: Path) -> None:
+    assert reg.load_hijack(str(tmp_path)) == reg.Hijack()
+    (tmp_path / reg.HIJACK_FILE).write_text("{not json")
+    assert reg.load_hijack(str(tmp_path)) is None and reg.read_hijack(str(tmp_path)) == reg.Hijack()

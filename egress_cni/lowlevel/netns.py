@@ -2,8 +2,9 @@
 
 pyroute2's NetNS/IPRoute(netns=...) default to O_CREAT and bind-mount a new empty netns at a
 missing path; here a missing path is FileNotFoundError, and a path that is not a netns (a stale
-file after unmount) is NotANetns. The plugin process is single-threaded, so setns() on the
-calling thread is the whole process.
+file after unmount) is NotANetns. setns() moves the calling thread only: the plugin process is
+single-threaded, so that is the whole process; the agent calls it only from a short-lived thread of
+its own (agent/hijack_sync.py).
 """
 
 from __future__ import annotations
