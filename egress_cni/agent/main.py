@@ -208,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
         config = config_from(args)
         parent = facts_reader(args, config)().parent if args.node or args.parent else (args.parent or "")
         kernel = KernelDataplane(config, parent, families(args), args.iptables_backend)
-        failed = clean_node(kernel.uninstall, node_paths(args))
+        failed = clean_node(kernel.uninstall, node_paths(args), kernel.detach_underlay)
         print("uninstalled" if not failed else f"uninstall incomplete: {'; '.join(failed)}")
         return 1 if failed else 0
     if not args.node:
@@ -271,7 +271,7 @@ def uninstall_node(agent: Agent, args: argparse.Namespace, stopped: Callable[[],
     """The pre-delete signal was seen: every thread stops (the EIPs go at once, peers are told, as on
     SIGTERM), then the node is cleaned and the hook told so, retried until it is or a signal comes."""
     agent.stop(release_eips=True)
-    failed = clean_node(agent.kernel.uninstall, node_paths(args))
+    failed = clean_node(agent.kernel.uninstall, node_paths(args), getattr(agent.kernel, "detach_underlay", None))
     confirm = confirm or confirmer(agent, args.namespace)
     retry = Backoff(base=0.5, cap=10.0)
     while not stopped():

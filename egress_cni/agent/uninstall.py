@@ -10,15 +10,19 @@ as no liveness at all: controller/liveness.py).
 What is removed, in this order:
 1. the dataplane (`KernelDataplane.uninstall`: chains and jumps, ipsets, ip rules, routes in our
    tables, EIP addresses, the VXLAN device, the EIP holder);
-2. the CNI files (lowlevel/cnifiles.py: our conflist entry first, so no new pod runs the plugin, then
+2. the CNI files (lowlevel/cnifiles.py, after step 3 has read our conflist entry: our conflist entry first, so no new pod runs the plugin, then
    the wrapper, then the private runtime);
-3. the plugin's per-pod state dir and everything inside the registry dir (endpoints, acks, heartbeat).
+3. what the plugin put in the host netns for underlay pods (`KernelDataplane.detach_underlay`: their
+   host veths, which takes the pod ends and every route through them along, the shared host rule and
+   its table's routes): running underlay pods are left with their own link only, as before the install;
+4. the plugin's per-pod state dir and everything inside the registry dir (endpoints, acks, heartbeat).
 The registry dir itself and the parents of the runtime and state dirs stay, empty: they are the
 DaemonSet's hostPath volumes (docs/install.md says why).
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import shutil
@@ -26,6 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from egress_cni import registry
 from egress_cni.agent.sources import ClusterStores
 from egress_cni.api.names import ANNOTATION_UNINSTALL
 from egress_cni.lowlevel import cnifiles
@@ -66,7 +71,30 @@ def empty_dir(path: str) -> list[str]:
     return removed
 
 
-def clean_node(dataplane_uninstall: Callable[[], None], paths: NodePaths) -> list[str]:
+@dataclass(frozen=True)
+class UnderlayHost:
+    """What the plugin put in the host netns for underlay pods: veths named `<prefix><hash>`, the
+    rule `pref <priority> lookup <table>` and that table's routes (cni/underlay.py)."""
+
+    veth_prefix: str = registry.HOST_VETH_PREFIX
+    table: int = 500
+    priority: int = 1000
+
+
+def underlay_hosts(conf_dir: str) -> set[UnderlayHost]:
+    """The plugin's defaults and whatever its conflist entries configured instead."""
+    out = {UnderlayHost()}
+    for e in cnifiles.plugin_entries(Path(conf_dir)) if conf_dir else []:
+        try:
+            out.add(UnderlayHost(str(e.get("hostVethPrefix", registry.HOST_VETH_PREFIX)), int(e.get("hostRuleTable", 500)),
+                                 int(e.get("hostRulePriority", 1000))))
+        except (TypeError, ValueError):
+            continue  # the plugin refused such an entry too: nothing of it is on the node
+    return out
+
+
+def clean_node(dataplane_uninstall: Callable[[], None], paths: NodePaths,
+               detach_underlay: Callable[[UnderlayHost], list[str]] | None = None) -> list[str]:
     """Run every removal step, each on its own (one failing does not keep the others from running);
     returns the steps that failed ([] when the node is clean)."""
     failed: list[str] = []
@@ -80,6 +108,10 @@ def clean_node(dataplane_uninstall: Callable[[], None], paths: NodePaths) -> lis
             log.error("uninstall step failed", extra={"step": name, "error": str(exc)})
 
     step("dataplane", dataplane_uninstall)
+    if detach_underlay is not None:  # running underlay pods go back to their own link alone
+        detach = detach_underlay
+        for host in sorted(underlay_hosts(paths.cni_conf_dir), key=repr):
+            step("underlay", functools.partial(detach, host))
     if paths.cni_conf_dir and paths.cni_bin_dir:
         runtime = Path(paths.cni_runtime_dir) if paths.cni_runtime_dir else None
         step("cni", lambda: cnifiles.remove(Path(paths.cni_conf_dir), Path(paths.cni_bin_dir), runtime))

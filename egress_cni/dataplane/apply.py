@@ -311,6 +311,11 @@ class KernelDataplane:
                 if st is not None:
                     st.hooks[c.hook] = [f"-m comment --comment egw:jump -j {c.name}", *rules]
 
+    def detach_underlay(self, host: Any) -> list[str]:
+        """Uninstall: the plugin's host side for underlay pods (agent/uninstall.py UnderlayHost): its
+        veths (the pod ends and their routes go with them), its rule and its table's routes."""
+        return self.netlink.detach_underlay(host.veth_prefix, host.table, host.priority)
+
     def uninstall(self) -> None:
         """Remove everything we own: chains and jumps, sets, rules, routes, EIPs, the VXLAN link, the
         EIP holder."""

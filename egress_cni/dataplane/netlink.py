@@ -44,6 +44,16 @@ def _family_of(ip: str) -> int:
     return IPV6 if ":" in ip else IPV4
 
 
+def _route_key(msg: Any, table: int) -> dict[str, Any]:
+    """The keys that name one dumped route for its delete."""
+    key: dict[str, Any] = {"family": msg["family"], "table": table, "dst_len": msg["dst_len"]}
+    for attr, name in (("RTA_DST", "dst"), ("RTA_OIF", "oif")):
+        value = msg.get_attr(attr)
+        if value:
+            key[name] = value
+    return key
+
+
 class Netlink:
     def __init__(self, config: DataplaneConfig, eip_lock: threading.Lock | None = None) -> None:
         self.config = config
@@ -151,6 +161,25 @@ class Netlink:
                           vxlan_link=parent, vxlan_learning=0, vxlan_udp_csum=0, address=link.mac, mtu=link.mtu, **local)
             idx = self.index(link.name)
         self.ipr.link("set", index=idx, address=link.mac, mtu=link.mtu, state="up")
+
+    def detach_underlay(self, veth_prefix: str, table: int, priority: int) -> list[str]:
+        removed = []
+        for msg in self.ipr.get_links():
+            name = msg.get_attr("IFLA_IFNAME") or ""
+            info = msg.get_attr("IFLA_LINKINFO")
+            kind = info.get_attr("IFLA_INFO_KIND") if info is not None else ""
+            if kind == "veth" and name.startswith(veth_prefix):
+                self._quiet({errno.ENODEV}, self.ipr.link, "del", index=msg["index"])
+                removed.append(f"link {name}")
+        for family in (socket.AF_INET, socket.AF_INET6):
+            for r in self.ipr.get_rules(family=family):
+                if r.get_attr("FRA_PRIORITY") == priority and (r.get_attr("FRA_TABLE") or r["table"]) == table:
+                    self._quiet({errno.ENOENT}, self.ipr.rule, "del", family=family, priority=priority, table=table)
+                    removed.append(f"rule {family} {priority} {table}")
+            for route in self.ipr.get_routes(family=family, table=table):
+                self._quiet({errno.ESRCH, errno.ENOENT}, self.ipr.route, "del", **_route_key(route, table))
+                removed.append(f"route {route.get_attr('RTA_DST')} table {table}")
+        return removed
 
     def delete_link(self) -> None:
         idx = self.index(self.config.vxlan_name)

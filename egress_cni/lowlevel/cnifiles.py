@@ -32,6 +32,22 @@ def without_plugin(conf: dict[str, Any]) -> dict[str, Any]:
     return {**conf, "plugins": [p for p in conf["plugins"] if not (isinstance(p, dict) and p.get("type") == PLUGIN_TYPE)]}
 
 
+def plugin_entries(conf_dir: Path) -> list[dict[str, Any]]:
+    """Our plugin's entries in every conflist of `conf_dir` (what they configured, e.g. its host
+    rule table), read before `remove` takes them out."""
+    out: list[dict[str, Any]] = []
+    for path in sorted(conf_dir.iterdir()) if conf_dir.is_dir() else []:
+        if path.suffix not in CONF_SUFFIXES or not path.is_file() or path.name.startswith("."):
+            continue
+        try:
+            conf = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(conf, dict) and isinstance(conf.get("plugins"), list):
+            out += [p for p in conf["plugins"] if isinstance(p, dict) and p.get("type") == PLUGIN_TYPE]
+    return out
+
+
 def remove(conf_dir: Path, bin_dir: Path, runtime_dir: Path | None) -> list[str]:
     """Take our entry out of every conflist in `conf_dir`, delete the wrapper in `bin_dir` and the
     runtime tree `runtime_dir` (None: keep it). Idempotent; returns what it changed, for the log."""

@@ -7,6 +7,7 @@ registry files. Checked while the helper still holds the EIP holder's descriptor
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -36,6 +37,9 @@ def node_ns() -> Iterator[str]:
         yield name
 
 
+XTABLES = re.compile(r"^table (ip|ip6) (filter|nat|mangle|raw|security)$")  # iptables-nft's own
+
+
 def kernel_view(ns: str, backend: str) -> dict[str, Any]:
     """What the checks compare: rules, routes of every table, addresses, links, ipsets, xtables rules."""
     def rule_lines(text: str) -> list[str]:
@@ -49,9 +53,15 @@ def kernel_view(ns: str, backend: str) -> dict[str, Any]:
         "addresses": sorted(" ".join(line.split()[1:4]) for line in in_ns(ns, "ip", "-o", "addr").splitlines()),
         "links": sorted(line.split(":")[1].strip().split("@")[0] for line in in_ns(ns, "ip", "-o", "link").splitlines()),
         "ipsets": in_ns(ns, "ipset", "list", "-n").split(),
-        "iptables": rule_lines(in_ns(ns, f"iptables-{backend}-save")),
-        "ip6tables": rule_lines(in_ns(ns, f"ip6tables-{backend}-save")),
+        "iptables": rule_lines(in_ns(ns, f"iptables-{xt(backend)}-save")),
+        "ip6tables": rule_lines(in_ns(ns, f"ip6tables-{xt(backend)}-save")),
+        "nftables": sorted(t for t in in_ns(ns, "nft", "list", "tables").splitlines() if not XTABLES.match(t)),
     }
+
+
+def xt(backend: str) -> str:
+    """The iptables backend to look at (the nftables engine's leftovers would be in iptables-nft)."""
+    return "nft" if backend == "nftables" else backend
 
 
 def cni_dirs(root: Path) -> list[str]:
@@ -68,7 +78,18 @@ def cni_dirs(root: Path) -> list[str]:
     return [str(registry), str(conf), str(bin_dir), str(runtime), str(state)]
 
 
-@pytest.mark.parametrize("backend", ["nft", "legacy"])
+def underlay_host_side(ns: str) -> None:
+    """What the plugin leaves in the host netns for one underlay pod (cni/underlay.py): its host veth
+    (the pod end stays in this netns here), the shared rule and a route in its table."""
+    sh("ip", "-n", ns, "link", "add", "egw0123456789ab", "type", "veth", "peer", "name", "podend0")
+    sh("ip", "-n", ns, "link", "set", "egw0123456789ab", "up")
+    for family in ("-4", "-6"):
+        sh("ip", family, "-n", ns, "rule", "add", "pref", "1000", "lookup", "500")
+    sh("ip", "-n", ns, "route", "add", "10.100.0.50/32", "dev", "egw0123456789ab", "table", "500")
+    sh("ip", "-6", "-n", ns, "route", "add", "fd00:100::50/128", "dev", "egw0123456789ab", "table", "500")
+
+
+@pytest.mark.parametrize("backend", ["nftables", "nft", "legacy"])
 def test_the_agents_uninstall_path_leaves_the_node_as_before(backend: str, node_ns: str, tmp_path: Path) -> None:
     _, facts = load_scenario(str(SCENARIO))
     for scope in ("all", "default"):  # link-local addresses at once: no DAD finishing between two views
@@ -79,8 +100,9 @@ def test_the_agents_uninstall_path_leaves_the_node_as_before(backend: str, node_
     for link in (facts.parent, "peer0", "lo"):
         sh("ip", "-n", node_ns, "link", "set", link, "up")
     sh("ip", "-n", node_ns, "route", "add", "default", "via", "10.100.0.1", "dev", facts.parent)
-    in_ns(node_ns, f"iptables-{backend}", "-t", "nat", "-A", "POSTROUTING", "-s", "192.0.2.0/24", "-j", "MASQUERADE")  # not ours
+    in_ns(node_ns, f"iptables-{xt(backend)}", "-t", "nat", "-A", "POSTROUTING", "-s", "192.0.2.0/24", "-j", "MASQUERADE")  # not ours
     before = kernel_view(node_ns, backend)
+    underlay_host_side(node_ns)
     dirs = cni_dirs(tmp_path)
     registry, conf, bin_dir, runtime, state = (Path(d) for d in dirs)
 
@@ -91,10 +113,14 @@ def test_the_agents_uninstall_path_leaves_the_node_as_before(backend: str, node_
         applied = json.loads(proc.stdout.readline() or "{}")
         assert applied.get("eip_dev") == "egress.eip", proc.stderr.read() if proc.poll() is not None else applied
         installed = kernel_view(node_ns, backend)  # the checks below are not vacuous: all of it was there
-        assert {"egress.vxlan", "egress.eip"} <= set(installed["links"])
-        assert any("EGRESS" in r for r in installed["iptables"]), installed
-        assert any("EGRESS" in r for r in installed["ip6tables"]), installed
-        assert installed["ipsets"] and "0x26000001" in str(installed["rules"])
+        assert {"egress.vxlan", "egress.eip", "egw0123456789ab"} <= set(installed["links"])
+        if backend == "nftables":
+            assert installed["nftables"] == ["table ip egress", "table ip6 egress"], installed
+        else:
+            assert any("EGRESS" in r for r in installed["iptables"]), installed
+            assert any("EGRESS" in r for r in installed["ip6tables"]), installed
+            assert installed["ipsets"]
+        assert "0x26000001" in str(installed["rules"]) and "lookup 500" in str(installed["rules"])
         assert any("table 0x26000001" in r or "table 637534209" in r for r in installed["routes"])
         assert any("10.100.0.200" in a for a in installed["addresses"]) and any("fd00:100::200" in a for a in installed["addresses"])
 
@@ -105,7 +131,7 @@ def test_the_agents_uninstall_path_leaves_the_node_as_before(backend: str, node_
         after = kernel_view(node_ns, backend)  # the helper still lives, holding the EIP holder's descriptor
         for key, value in before.items():
             assert after[key] == value, f"{key} differs after uninstall:\n{after[key]}\nbefore:\n{value}"
-        saved = in_ns(node_ns, f"iptables-{backend}-save") + in_ns(node_ns, f"ip6tables-{backend}-save")
+        saved = in_ns(node_ns, f"iptables-{xt(backend)}-save") + in_ns(node_ns, f"ip6tables-{xt(backend)}-save")
         assert "EGRESS" not in saved and "egw:" not in saved and "MASQUERADE" in saved
     finally:
         if proc.stdin is not None:

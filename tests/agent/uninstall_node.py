@@ -39,7 +39,8 @@ def main() -> None:
     print(json.dumps({"applied": plan.summary(), "eip_dev": facts.eip_dev}), flush=True)
     sys.stdin.readline()
     failed = clean_node(kernel.uninstall, NodePaths(registry_dir=registry_dir, cni_conf_dir=conf, cni_bin_dir=bin_dir,
-                                                    cni_runtime_dir=runtime, cni_state_dir=state_dir))
+                                                    cni_runtime_dir=runtime, cni_state_dir=state_dir),
+                        kernel.detach_underlay)
     print(json.dumps({"failed": failed}), flush=True)
     sys.stdin.read()
 
