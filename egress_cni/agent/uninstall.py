@@ -12,9 +12,9 @@ What is removed, in this order:
    tables, EIP addresses, the VXLAN device, the EIP holder);
 2. the CNI files (lowlevel/cnifiles.py, after step 3 has read our conflist entry: our conflist entry first, so no new pod runs the plugin, then
    the wrapper, then the private runtime);
-3. what the plugin put in the host netns for underlay pods (`KernelDataplane.detach_underlay`: their
-   host veths, which takes the pod ends and every route through them along, the shared host rule and
-   its table's routes): running underlay pods are left with their own link only, as before the install;
+3. the plugin's shared host rule for underlay pods and its table (`KernelDataplane.detach_underlay`),
+   when no underlay pod of ours runs: a running one reaches Services and the node through its host
+   veth (the uninstall hook's own pod may be one), which goes with the pod's netns;
 4. the plugin's per-pod state dir and everything inside the registry dir (endpoints, acks, heartbeat).
 The registry dir itself and the parents of the runtime and state dirs stay, empty: they are the
 DaemonSet's hostPath volumes (docs/install.md says why).

@@ -313,7 +313,7 @@ class KernelDataplane:
 
     def detach_underlay(self, host: Any) -> list[str]:
         """Uninstall: the plugin's host side for underlay pods (agent/uninstall.py UnderlayHost): its
-        veths (the pod ends and their routes go with them), its rule and its table's routes."""
+        shared rule and its table's routes, when no underlay pod of ours runs any more."""
         return self.netlink.detach_underlay(host.veth_prefix, host.table, host.priority)
 
     def uninstall(self) -> None:

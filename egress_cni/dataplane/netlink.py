@@ -46,7 +46,7 @@ def _family_of(ip: str) -> int:
 
 def _route_key(msg: Any, table: int) -> dict[str, Any]:
     """The keys that name one dumped route for its delete."""
-    key: dict[str, Any] = {"family": msg["family"], "table": table, "dst_len": msg["dst_len"]}
+    key: dict[str, Any] = {"family": msg["family"], "table": table, "dst_len": msg["dst_len"], "scope": msg["scope"]}
     for attr, name in (("RTA_DST", "dst"), ("RTA_OIF", "oif")):
         value = msg.get_attr(attr)
         if value:
@@ -163,20 +163,24 @@ class Netlink:
         self.ipr.link("set", index=idx, address=link.mac, mtu=link.mtu, state="up")
 
     def detach_underlay(self, veth_prefix: str, table: int, priority: int) -> list[str]:
-        removed = []
+        """The plugin's shared host rule and its table, once no pod of ours is left on its veth (a
+        running underlay pod reaches Services and the node through them, the uninstall hook's pod too;
+        its veth goes with its netns)."""
         for msg in self.ipr.get_links():
             name = msg.get_attr("IFLA_IFNAME") or ""
             info = msg.get_attr("IFLA_LINKINFO")
-            kind = info.get_attr("IFLA_INFO_KIND") if info is not None else ""
-            if kind == "veth" and name.startswith(veth_prefix):
-                self._quiet({errno.ENODEV}, self.ipr.link, "del", index=msg["index"])
-                removed.append(f"link {name}")
+            if info is not None and info.get_attr("IFLA_INFO_KIND") == "veth" and name.startswith(veth_prefix):
+                log.info("underlay pods still run: their host rule stays", extra={"veth": name, "table": table})
+                return []
+        removed = []
         for family in (socket.AF_INET, socket.AF_INET6):
             for r in self.ipr.get_rules(family=family):
                 if r.get_attr("FRA_PRIORITY") == priority and (r.get_attr("FRA_TABLE") or r["table"]) == table:
                     self._quiet({errno.ENOENT}, self.ipr.rule, "del", family=family, priority=priority, table=table)
                     removed.append(f"rule {family} {priority} {table}")
-            for route in self.ipr.get_routes(family=family, table=table):
+            for route in self.ipr.route("dump", family=family):  # every table: filtered here (ids > 255)
+                if route.get_attr("RTA_TABLE") != table:
+                    continue
                 self._quiet({errno.ESRCH, errno.ENOENT}, self.ipr.route, "del", **_route_key(route, table))
                 removed.append(f"route {route.get_attr('RTA_DST')} table {table}")
         return removed
