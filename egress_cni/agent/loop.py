@@ -38,6 +38,7 @@ from egress_cni.agent.uninstall import requested
 from egress_cni.backoff import Backoff
 from egress_cni.dataplane.inputs import ClusterState, DataplaneConfig, NodeFacts
 from egress_cni.dataplane.plan import Plan
+from egress_cni.lowlevel.cnifiles import UnderlayHost
 
 log = logging.getLogger(__name__)
 STOP_SECONDS = 5.0  # every thread joined within this, well inside the pod's termination grace
@@ -50,6 +51,9 @@ class Kernel(DataplanePort, GlancePort, Conntrack, SetWriter, Counters, EipPort,
 
     def uninstall(self) -> None:
         """Remove everything we own from the node's kernel (the pre-delete hook's signal)."""
+
+    def detach_underlay(self, host: UnderlayHost) -> list[str]:
+        """The CNI plugin's shared host rule for underlay pods and its table, once none runs."""
 
 
 class Agent:

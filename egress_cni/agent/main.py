@@ -271,7 +271,7 @@ def uninstall_node(agent: Agent, args: argparse.Namespace, stopped: Callable[[],
     """The pre-delete signal was seen: every thread stops (the EIPs go at once, peers are told, as on
     SIGTERM), then the node is cleaned and the hook told so, retried until it is or a signal comes."""
     agent.stop(release_eips=True)
-    failed = clean_node(agent.kernel.uninstall, node_paths(args), getattr(agent.kernel, "detach_underlay", None))
+    failed = clean_node(agent.kernel.uninstall, node_paths(args), agent.kernel.detach_underlay)
     confirm = confirm or confirmer(agent, args.namespace)
     retry = Backoff(base=0.5, cap=10.0)
     while not stopped():

@@ -71,22 +71,12 @@ def empty_dir(path: str) -> list[str]:
     return removed
 
 
-@dataclass(frozen=True)
-class UnderlayHost:
-    """What the plugin put in the host netns for underlay pods: veths named `<prefix><hash>`, the
-    rule `pref <priority> lookup <table>` and that table's routes (cni/underlay.py)."""
-
-    veth_prefix: str = registry.HOST_VETH_PREFIX
-    table: int = 500
-    priority: int = 1000
-
-
-def underlay_hosts(conf_dir: str) -> set[UnderlayHost]:
+def underlay_hosts(conf_dir: str) -> set[cnifiles.UnderlayHost]:
     """The plugin's defaults and whatever its conflist entries configured instead."""
-    out = {UnderlayHost()}
+    out = {cnifiles.UnderlayHost(registry.HOST_VETH_PREFIX)}
     for e in cnifiles.plugin_entries(Path(conf_dir)) if conf_dir else []:
         try:
-            out.add(UnderlayHost(str(e.get("hostVethPrefix", registry.HOST_VETH_PREFIX)), int(e.get("hostRuleTable", 500)),
+            out.add(cnifiles.UnderlayHost(str(e.get("hostVethPrefix", registry.HOST_VETH_PREFIX)), int(e.get("hostRuleTable", 500)),
                                  int(e.get("hostRulePriority", 1000))))
         except (TypeError, ValueError):
             continue  # the plugin refused such an entry too: nothing of it is on the node
@@ -94,7 +84,7 @@ def underlay_hosts(conf_dir: str) -> set[UnderlayHost]:
 
 
 def clean_node(dataplane_uninstall: Callable[[], None], paths: NodePaths,
-               detach_underlay: Callable[[UnderlayHost], list[str]] | None = None) -> list[str]:
+               detach_underlay: Callable[[cnifiles.UnderlayHost], list[str]] | None = None) -> list[str]:
     """Run every removal step, each on its own (one failing does not keep the others from running);
     returns the steps that failed ([] when the node is clean)."""
     failed: list[str] = []

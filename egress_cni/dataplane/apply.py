@@ -21,6 +21,7 @@ from egress_cni.dataplane.plan import IPV4, IPV6, Address, Chain, Dataplane, IPS
 from egress_cni.dataplane.probe import address_in_use
 from egress_cni.dataplane.render import ipset_script, restore_text
 from egress_cni.dataplane.xtables import SavedTable, Xtables, detect_backend, ipset_restore, ipset_sizes, read_ipsets
+from egress_cni.lowlevel.cnifiles import UnderlayHost
 
 log = logging.getLogger(__name__)
 IPSET_ERR_EXIST = 4103
@@ -311,7 +312,7 @@ class KernelDataplane:
                 if st is not None:
                     st.hooks[c.hook] = [f"-m comment --comment egw:jump -j {c.name}", *rules]
 
-    def detach_underlay(self, host: Any) -> list[str]:
+    def detach_underlay(self, host: UnderlayHost) -> list[str]:
         """Uninstall: the plugin's host side for underlay pods (agent/uninstall.py UnderlayHost): its
         shared rule and its table's routes, when no underlay pod of ours runs any more."""
         return self.netlink.detach_underlay(host.veth_prefix, host.table, host.priority)

@@ -8,6 +8,7 @@ from dataclasses import replace
 
 from egress_cni.dataplane.drift import Glance, glance_of
 from egress_cni.dataplane.plan import Address, Dataplane, IPSet, Plan, Sysctl
+from egress_cni.lowlevel.cnifiles import UnderlayHost
 
 
 def apply_plan(dp: Dataplane, plan: Plan) -> Dataplane:
@@ -66,6 +67,9 @@ class FakeKernel:
     def uninstall(self) -> None:
         self.state = Dataplane()
         self.uninstalled = True
+
+    def detach_underlay(self, host: UnderlayHost) -> list[str]:
+        return []
 
     def refresh_eips(self, addresses: Iterable[Address] | None) -> int:
         self.refreshed.append(None if addresses is None else frozenset(addresses))

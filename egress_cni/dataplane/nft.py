@@ -1,6 +1,6 @@
 """The `nftables` engine's kernel side: our own table per family, read as JSON and written as one
 transaction per family (the scripts come from dataplane/nftrender.py), through libnftables in this
-process (ctypes): the `nft` program spends ~35 ms initialising itself on every run, the library once.
+process (ctypes): the `nft` program initialises its parser and tables on every run, the library once.
 """
 
 from __future__ import annotations

@@ -171,23 +171,19 @@ def chain_decl(c: Chain) -> str:
     return f"{{ type {kind} hook {hook} priority {priority}; policy accept; }}"
 
 
-def script(table: str, family: int, *, sets: Iterable[IPSet] = (), rewrite_sets: Iterable[IPSet] = (),
+def script(table: str, family: int, *, sets: Iterable[IPSet] = (),
            add_members: Iterable[tuple[str, str]] = (), del_members: Iterable[tuple[str, str]] = (),
            chains: Iterable[Chain] = (), drop_chains: Iterable[Chain] = (), destroy_sets: Iterable[str] = ()) -> str:
     """One `nft -f` transaction for one family's table: it all applies or none of it does, so no
     packet meets half a change (no nat-before-mangle ordering as with iptables-restore's per-table
-    commits). `sets` are created (idempotent), `rewrite_sets` flushed and refilled whole; members are
-    removed before others are added (an interval set refuses an overlap even with an element the same
-    transaction deletes later); chains and sets are dropped last."""
+    commits). `sets` are created (idempotent) with their members; members are removed before others
+    are added (an interval set refuses an overlap even with an element the same transaction deletes
+    later); chains and sets are dropped last."""
     fam = nft_family(family)
     where = f"{fam} {table}"
     lines = [f"add table {where}"]
     for s in sorted(sets):
         lines.append(f"add set {where} {s.name} {set_decl(s)}")
-        if s.members:
-            lines.append(f"add element {where} {s.name} {{ {_elements(s.members)} }}")
-    for s in sorted(rewrite_sets):
-        lines.append(f"flush set {where} {s.name}")
         if s.members:
             lines.append(f"add element {where} {s.name} {{ {_elements(s.members)} }}")
     lines += _member_lines("delete", where, del_members)  # first: a prefix replacing the addresses it covers

@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,26 +34,18 @@ def without_plugin(conf: dict[str, Any]) -> dict[str, Any]:
     return {**conf, "plugins": [p for p in conf["plugins"] if not (isinstance(p, dict) and p.get("type") == PLUGIN_TYPE)]}
 
 
-def plugin_entries(conf_dir: Path) -> list[dict[str, Any]]:
-    """Our plugin's entries in every conflist of `conf_dir` (what they configured, e.g. its host
-    rule table), read before `remove` takes them out."""
-    out: list[dict[str, Any]] = []
-    for path in sorted(conf_dir.iterdir()) if conf_dir.is_dir() else []:
-        if path.suffix not in CONF_SUFFIXES or not path.is_file() or path.name.startswith("."):
-            continue
-        try:
-            conf = json.loads(path.read_text())
-        except (OSError, ValueError):
-            continue
-        if isinstance(conf, dict) and isinstance(conf.get("plugins"), list):
-            out += [p for p in conf["plugins"] if isinstance(p, dict) and p.get("type") == PLUGIN_TYPE]
-    return out
+@dataclass(frozen=True)
+class UnderlayHost:
+    """What the plugin puts in the host netns for underlay pods: veths named `<prefix><hash>`, the
+    rule `pref <priority> lookup <table>` and that table's routes (cni/underlay.py)."""
+
+    veth_prefix: str
+    table: int = 500
+    priority: int = 1000
 
 
-def remove(conf_dir: Path, bin_dir: Path, runtime_dir: Path | None) -> list[str]:
-    """Take our entry out of every conflist in `conf_dir`, delete the wrapper in `bin_dir` and the
-    runtime tree `runtime_dir` (None: keep it). Idempotent; returns what it changed, for the log."""
-    changed: list[str] = []
+def _configs(conf_dir: Path) -> Iterator[tuple[Path, dict[str, Any]]]:
+    """Every CNI config of `conf_dir` that parses as an object, with its path."""
     for path in sorted(conf_dir.iterdir()) if conf_dir.is_dir() else []:
         if path.suffix not in CONF_SUFFIXES or not path.is_file() or path.name.startswith("."):
             continue
@@ -59,8 +53,22 @@ def remove(conf_dir: Path, bin_dir: Path, runtime_dir: Path | None) -> list[str]
             conf = json.loads(path.read_text())
         except (OSError, ValueError):
             continue  # not a config we could have written to
-        if not isinstance(conf, dict):
-            continue
+        if isinstance(conf, dict):
+            yield path, conf
+
+
+def plugin_entries(conf_dir: Path) -> list[dict[str, Any]]:
+    """Our plugin's entries in every conflist of `conf_dir` (what they configured, e.g. its host
+    rule table), read before `remove` takes them out."""
+    return [p for _, conf in _configs(conf_dir) if isinstance(conf.get("plugins"), list)
+            for p in conf["plugins"] if isinstance(p, dict) and p.get("type") == PLUGIN_TYPE]
+
+
+def remove(conf_dir: Path, bin_dir: Path, runtime_dir: Path | None) -> list[str]:
+    """Take our entry out of every conflist in `conf_dir`, delete the wrapper in `bin_dir` and the
+    runtime tree `runtime_dir` (None: keep it). Idempotent; returns what it changed, for the log."""
+    changed: list[str] = []
+    for path, conf in _configs(conf_dir):
         updated = without_plugin(conf)
         if updated != conf:
             write_atomic(path, json.dumps(updated, indent=2) + "\n")
