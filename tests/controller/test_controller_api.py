@@ -251,8 +251,10 @@ def test_failover_spreads_cordon_moves_and_restart_keeps_everything(env: Env, na
     assert sorted(len(after[n]) for n in nodes[1:]) == [3, 3], after  # spread, not piled onto one node
     assert all_eips(after) == all_eips(before)  # same EIPs
     assert status_of(env.client, GW, g)["nodeList"][0]["status"] == "HeartbeatTimeout"
-    events = env.client.list(k8s.EVENTS, "default", field_selector=f"involvedObject.name={g}")[0]
-    assert any(e["reason"] == "EIPMoved" for e in events)
+    # the Event is written after the status: poll for it (a CI run once listed before it was there)
+    assert wait_for("EIPMoved event", lambda: any(
+        e["reason"] == "EIPMoved"
+        for e in env.client.list(k8s.EVENTS, "default", field_selector=f"involvedObject.name={g}")[0]))
     env.agents.start(victim)
     wait_for("victim Ready again", lambda: status_of(env.client, GW, g)["nodeList"][0]["status"] == "Ready")
     time.sleep(1.0)
