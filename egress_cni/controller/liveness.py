@@ -4,7 +4,8 @@ passes a monotonic clock).
 - Skew-immune: a Lease is alive while less than `leaseDurationSeconds` + grace has passed on *our*
   clock since we last saw its renewTime change (what client-go's leader election does). Comparing
   the agent's renewTime with our wall clock would let a node whose clock runs 1 s behind look dead.
-  A Lease seen for the first time gets one full duration.
+  A Lease seen for the first time gets one full duration, and so does every Lease when this
+  controller starts leading again after it lost its own Lease (it was blind, not the agents).
 - Stale together: when an agent's Lease runs out while more than `stale_fraction` of the agents
   that were recently alive are late too (no renewal seen for half a lease duration, where healthy
   agents renew five times per duration), the control plane (API server, etcd, our watch) is the
@@ -93,6 +94,12 @@ class AgentLiveness:
             self._seen[name] = _Seen(renewal, now, duration, eips, peers)
         else:
             seen.duration, seen.eips, seen.peers = duration, eips, peers
+
+    def regained_sight(self, now: float) -> None:
+        """This controller could not see the API for a while (it had lost its own leader Lease): what
+        it missed is no agent's fault, so every Lease counts as seen now for the first time."""
+        for seen in self._seen.values():
+            seen.at = max(seen.at, now)
 
     def fresh(self, name: str, now: float) -> bool:
         """This one Lease renewed within its duration (O(1): called on every renewal event; holds are

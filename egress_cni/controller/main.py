@@ -65,12 +65,17 @@ class Controller:
     def run_worker(self) -> None:
         retry_at: float | None = None
         last_resync = time.monotonic()
+        leading = False
         while not self.stopping.is_set():
             self._worker_beat = time.monotonic()
             self.metrics.queue_depth.set(self.dirty.depth())
             if not self.is_leader() or not self.watchers.synced():
+                leading = False
                 self.stopping.wait(0.1)  # the standby only keeps its caches warm
                 continue
+            if not leading:  # leading (again): judge no agent by a time this replica may not have seen
+                leading = True
+                self.watchers.regained_sight()
             if time.monotonic() - last_resync > self.config.resync_seconds:
                 last_resync = time.monotonic()
                 self.watchers.start_optional()

@@ -145,8 +145,13 @@ def now_rfc3339() -> str:
 
 
 def node_view(node: Mapping[str, Any], agent_alive: bool) -> NodeView:
+    """Ready=Unknown is the node lifecycle controller's word that the kubelet stopped posting, which
+    every node gets at once when the API server comes back from a stall longer than its grace; a
+    fresh agent Lease is direct evidence that the node works, so it decides. Ready=False is the
+    kubelet's own verdict and always counts."""
     meta, spec, status = node.get("metadata") or {}, node.get("spec") or {}, node.get("status") or {}
-    ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions") or [])
+    word = next((c.get("status") for c in status.get("conditions") or [] if c.get("type") == "Ready"), None)
+    ready = word == "True" or (word == "Unknown" and agent_alive)
     return NodeView(str(meta.get("name", "")), dict(meta.get("labels") or {}), ready, bool(spec.get("unschedulable")), agent_alive)
 
 

@@ -226,6 +226,10 @@ class Watchers:
             return PodSnapshot({ns: dict(pods) for ns, pods in self.pods.items()}, dict(self._ns_versions),
                                self._pods_version, self._namespaces_version)
 
+    def regained_sight(self) -> None:
+        with self._liveness_lock:
+            self.liveness.regained_sight(time.monotonic())
+
     def agent_liveness(self) -> tuple[dict[str, bool], float | None]:
         """Node name -> agent alive (controller/liveness.py), and the seconds until a verdict may
         change without an event (a Lease running out, or a hold ending)."""

@@ -130,3 +130,17 @@ def test_fresh_leases_report_the_eips_they_hold() -> None:
     live = AgentLiveness(prefix="egress-agent-")
     live.observe("egress-agent-a", _reporting("t1", eips="10.6.1.2,10.6.1.1"), 0.0)
     assert live.evaluate(1.0).reports == {"egress-agent-a": ("10.6.1.1", "10.6.1.2")}
+
+
+def test_regaining_sight_gives_every_lease_a_full_duration_again() -> None:
+    # A 60 s API stall: this controller lost its own Lease and saw no renewal of anyone's; the first
+    # agent to renew afterwards must not make the slower ones look dead.
+    blind, seeing = AgentLiveness(hold=10), AgentLiveness(hold=10)
+    for live in (blind, seeing):
+        renew_all(live, ["a", "b", "c"], 1, 0.0)
+    seeing.regained_sight(60.0)
+    for live in (blind, seeing):
+        live.observe("a", lease("t2"), 60.3)
+    assert blind.evaluate(60.5).alive == {"a": True, "b": False, "c": False}
+    v = seeing.evaluate(60.5)
+    assert v.alive == {"a": True, "b": True, "c": True} and not v.held and v.next_change == pytest.approx(61.0)

@@ -20,6 +20,7 @@ from egress_cni.api.model import (
 from egress_cni.api.selectors import LabelSelector
 from egress_cni.controller.clusterinfo import cluster_info_status, service_cidrs
 from egress_cni.controller.placement import Assignment
+from egress_cni.controller.reconciler import node_view
 from egress_cni.controller.slices import PodView, plan_slices, selected_pods
 from egress_cni.controller.status import merge_patch, policy_status
 from egress_cni.controller.tunnels import plan_tunnels, tunnel_mac
@@ -148,3 +149,17 @@ def test_tunnel_phase_follows_node_health() -> None:
     assert tunnel_phase("Ready", True, node_ready=True, gateway_agent=False, agent_alive=False) == "Ready"  # a worker: no Lease
     assert tunnel_phase("HeartbeatTimeout", True, node_ready=True, gateway_agent=True, agent_alive=True) == "Ready"
     assert tunnel_phase("", False, node_ready=True, gateway_agent=False, agent_alive=False) == "Init"
+
+
+@pytest.mark.parametrize(("word", "agent_alive", "ready"), [
+    ("True", True, True), ("True", False, True),
+    ("Unknown", True, True),  # the kubelet stopped posting (every node after an API stall): the agent decides
+    ("Unknown", False, False),
+    ("False", True, False),  # the kubelet's own verdict
+    (None, True, False),  # not reported yet
+])
+def test_node_readiness_takes_the_agent_lease_over_an_unknown_ready_condition(word: str | None, agent_alive: bool,
+                                                                               ready: bool) -> None:
+    conditions = [{"type": "Ready", "status": word}] if word else []
+    view = node_view({"metadata": {"name": "n1"}, "status": {"conditions": conditions}}, agent_alive)
+    assert view.ready is ready
