@@ -34,6 +34,7 @@ from egress_cni import registry
 from egress_cni.agent.sources import ClusterStores
 from egress_cni.api.names import ANNOTATION_UNINSTALL
 from egress_cni.lowlevel import cnifiles
+from egress_cni.lowlevel.netlink import RT_TABLE_MAIN
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +77,7 @@ def underlay_hosts(conf_dir: str) -> set[cnifiles.UnderlayHost]:
     out = {cnifiles.UnderlayHost(registry.HOST_VETH_PREFIX)}
     for e in cnifiles.plugin_entries(Path(conf_dir)) if conf_dir else []:
         try:
-            out.add(cnifiles.UnderlayHost(str(e.get("hostVethPrefix", registry.HOST_VETH_PREFIX)), int(e.get("hostRuleTable", 500)),
+            out.add(cnifiles.UnderlayHost(str(e.get("hostVethPrefix", registry.HOST_VETH_PREFIX)), int(e.get("hostRuleTable", RT_TABLE_MAIN)),
                                  int(e.get("hostRulePriority", 1000))))
         except (TypeError, ValueError):
             continue  # the plugin refused such an entry too: nothing of it is on the node

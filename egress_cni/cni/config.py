@@ -21,6 +21,7 @@ COMMANDS = ("ADD", "DEL", "CHECK", "GC", "STATUS", "VERSION")
 MODES = ("auto", "overlay", "underlay")
 FAIL_POLICIES = ("open", "closed")
 DEFAULT_STATE_DIR = "/var/lib/egressgateway/cni"
+MAIN_TABLE = 254  # hostRuleTable's default (lowlevel.netlink's RT_TABLE_MAIN; not imported: overlay ADD never loads it)
 AF_INET, AF_INET6 = 2, 10  # linux values; `_socket` is loaded (0.4 ms) only when an address is parsed
 _ID_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-")
 
@@ -204,9 +205,10 @@ def parse_netconf(stdin: bytes, command: str) -> NetConf:
     fail_policy = _get(raw, "failPolicy", str, "open", "'open' or 'closed'")
     if fail_policy not in FAIL_POLICIES:
         raise _bad("failPolicy", fail_policy, "'open' or 'closed'")
-    table = _get(raw, "hostRuleTable", int, 500, "a routing table id 1..4294967295 other than 253-255")
-    if not (0 < table < 2**32) or table in (253, 254, 255):
-        raise _bad("hostRuleTable", table, "a routing table id 1..4294967295 other than 253-255 (default/main/local)")
+    table = _get(raw, "hostRuleTable", int, MAIN_TABLE, "a routing table id 1..4294967295 other than 253 and 255")
+    if not (0 < table < 2**32) or table in (253, 255):
+        raise _bad("hostRuleTable", table, "a routing table id 1..4294967295 other than 253 and 255 (default/local; "
+                                           "254, the default, is main: no rule)")
     priority = _get(raw, "hostRulePriority", int, 1000, "a rule priority 1..32765")
     if not (0 < priority < 32766):
         raise _bad("hostRulePriority", priority, "a rule priority 1..32765 (before the main table)")

@@ -2,9 +2,9 @@
 
 Like spiderpool's coordinator: a veth pair pod `veth0` <-> host `egw<hash>`, static neighbours both
 ways (no ARP over the veth), pod `/32` routes to the node IP(s) and then `<cidr> via <nodeIP> dev
-veth0`, and on the host `ip rule pref 1000 lookup 500` (shared, never deleted) with
-`<podIP>/32 dev <hostveth> table 500`, so gateway rules in the host netns see the pod's traffic and
-replies return the same way. plan() is pure; apply()/check()/teardown() do the netlink work.
+veth0`, and on the host `<podIP>/32 dev <hostveth>` in the main table (or, with `hostRuleTable`, in
+that table behind the shared `ip rule pref <hostRulePriority> lookup <table>`, as the coordinator
+does), so gateway rules in the host netns see the pod's traffic and replies return the same way. plan() is pure; apply()/check()/teardown() do the netlink work.
 Deleting the host veth removes its peer and every route/neighbour through either end.
 """
 
@@ -141,7 +141,7 @@ def plan(
                 src = first_v4 if cidr.family == AF_INET else ""
                 pod_routes.append(Route(cidr.family, address, prefixlen, RT_TABLE_MAIN, 0, gateway, src, RT_SCOPE_UNIVERSE, protocol))
     host_routes = tuple(Route(fam, ip, full_len(fam), table, 0, "", "", RT_SCOPE_LINK) for fam, ip in pod_ips)
-    rules = tuple((fam, priority, table) for fam in sorted(pod_families))
+    rules = () if table == RT_TABLE_MAIN else tuple((fam, priority, table) for fam in sorted(pod_families))
     reply_families = tuple(sorted(f for f in pod_families if f in node_by_family)) if reply_via_veth else ()
     reply_routes = tuple(
         Route(f, "0.0.0.0" if f == AF_INET else "::", 0, REPLY_TABLE, 0, node_by_family[f], first_v4 if f == AF_INET else "", RT_SCOPE_UNIVERSE)

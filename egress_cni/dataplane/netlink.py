@@ -24,6 +24,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 
 from egress_cni.dataplane.inputs import DataplaneConfig
 from egress_cni.dataplane.plan import IPV4, IPV6, Address, Fdb, Neighbour, Plan, Route, Rule, VxlanLink
+from egress_cni.lowlevel.netlink import RT_TABLE_MAIN
 
 log = logging.getLogger(__name__)
 AF = {IPV4: socket.AF_INET, IPV6: socket.AF_INET6}
@@ -165,7 +166,10 @@ class Netlink:
     def detach_underlay(self, veth_prefix: str, table: int, priority: int) -> list[str]:
         """The plugin's shared host rule and its table, once no pod of ours is left on its veth (a
         running underlay pod reaches Services and the node through them, the uninstall hook's pod too;
-        its veth goes with its netns)."""
+        its veth goes with its netns). In the main table (the default) the kernel removes a pod's
+        routes with its veth and there is no rule: nothing to do."""
+        if table == RT_TABLE_MAIN:
+            return []
         for msg in self.ipr.get_links():
             name = msg.get_attr("IFLA_IFNAME") or ""
             info = msg.get_attr("IFLA_LINKINFO")

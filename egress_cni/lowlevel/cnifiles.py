@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from egress_cni.lowlevel.netlink import RT_TABLE_MAIN
+
 PLUGIN_TYPE = "egress-cni"
 CONF_SUFFIXES = (".conflist", ".conf", ".json")
 
@@ -36,11 +38,12 @@ def without_plugin(conf: dict[str, Any]) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class UnderlayHost:
-    """What the plugin puts in the host netns for underlay pods: veths named `<prefix><hash>`, the
-    rule `pref <priority> lookup <table>` and that table's routes (cni/underlay.py)."""
+    """What the plugin puts in the host netns for underlay pods: veths named `<prefix><hash>` and,
+    with a `hostRuleTable` other than main, the rule `pref <priority> lookup <table>` and that
+    table's routes (cni/underlay.py)."""
 
     veth_prefix: str
-    table: int = 500
+    table: int = RT_TABLE_MAIN
     priority: int = 1000
 
 

@@ -68,7 +68,7 @@ def cni_dirs(root: Path) -> list[str]:
     conf, bin_dir, runtime, state, registry = (root / n for n in ("net.d", "bin", "opt-egw/cni", "var-lib-egw/cni", "run-egw"))
     for d in (conf, bin_dir, runtime / "1.0-abc" / "bin", state, registry / "endpoints", registry / "acks"):
         d.mkdir(parents=True)
-    (conf / "10-bridge.conflist").write_text(json.dumps({**PRIMARY, "plugins": [*PRIMARY["plugins"], {"type": "egress-cni"}]}))
+    (conf / "10-bridge.conflist").write_text(json.dumps({**PRIMARY, "plugins": [*PRIMARY["plugins"], {"type": "egress-cni", "hostRuleTable": 500}]}))
     (bin_dir / "egress-cni").write_text("#!/bin/sh\n")
     (bin_dir / "bridge").write_text("#!/bin/sh\n")
     (runtime / "current").symlink_to("1.0-abc")

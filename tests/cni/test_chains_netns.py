@@ -56,10 +56,15 @@ def test_overlay_chain_registers_endpoint_and_leaves_routes_alone(lab: Lab) -> N
     assert list(lab.state_dir.glob("*.json")) == []
 
 
-def test_underlay_chain_routes_hijacked_cidrs_through_the_host(lab: Lab) -> None:
+def host_rules(lab: Lab, family: str) -> list[dict[str, object]]:
+    return [r for r in ip_json(family, "rule", "show", netns=lab.host) if r["priority"] == 1000]
+
+
+@pytest.mark.parametrize("table", ["main", "500"])
+def test_underlay_chain_routes_hijacked_cidrs_through_the_host(lab: Lab, table: str) -> None:
     lab.underlay_parent()
     pod, path = lab.pod()
-    conflist = lab.underlay_conflist()
+    conflist = lab.underlay_conflist(**({} if table == "main" else {"hostRuleTable": int(table)}))
     registry.write_hijack(str(lab.registry_dir), registry.Hijack(["192.0.2.0/24"], []))
     result = lab.runner.add(conflist, "c1", path, args=ARGS)
     v4 = next(i["address"].split("/")[0] for i in result["ips"] if "." in i["address"])
@@ -75,12 +80,12 @@ def test_underlay_chain_routes_hijacked_cidrs_through_the_host(lab: Lab) -> None
     pod_neigh = {(n["dst"], n["lladdr"]) for n in ip_json("neigh", "show", "dev", "veth0", netns=pod)}
     host_mac = ip_json("link", "show", host_veth, netns=lab.host)[0]["address"]
     assert {(NODE_V4, host_mac), (NODE_V6, host_mac)} <= pod_neigh
-    # host side: shared rule + per-pod table route + static neighbour
-    rules = ip_json("rule", "show", netns=lab.host)
-    assert any(r["priority"] == 1000 and r["table"] == "500" for r in rules)
-    assert any(r["priority"] == 1000 and r["table"] == "500" for r in ip_json("-6", "rule", "show", netns=lab.host))
-    assert [(r["dst"], r["dev"]) for r in routes(lab.host, "table", "500")] == [(v4, host_veth)]
-    assert [(r["dst"], r["dev"]) for r in ip_json("-6", "route", "show", "table", "500", netns=lab.host)] == [(v6, host_veth)]
+    # host side: per-pod route (in main: no rule; in another table: behind the shared rule) + static neighbour
+    shared = [] if table == "main" else [{"priority": 1000, "src": "all", "table": table}]
+    assert host_rules(lab, "-4") == shared and host_rules(lab, "-6") == shared
+    assert [(r["dst"], r["dev"]) for r in routes(lab.host, "table", table) if r.get("dev") == host_veth] == [(v4, host_veth)]
+    assert [(r["dst"], r["dev"]) for r in ip_json("-6", "route", "show", "table", table, netns=lab.host)
+            if r.get("dev") == host_veth and not r["dst"].startswith("fe80:")] == [(v6, host_veth)]
     pod_mac = ip_json("link", "show", "veth0", netns=pod)[0]["address"]
     assert (v4, pod_mac) in {(n["dst"], n.get("lladdr")) for n in ip_json("neigh", "show", "dev", host_veth, netns=lab.host)}
     ep = registry.read_endpoint(str(lab.registry_dir), "c1_eth0")
@@ -88,7 +93,7 @@ def test_underlay_chain_routes_hijacked_cidrs_through_the_host(lab: Lab) -> None
     # the host reaches the macvlan pod through the veth (macvlan alone cannot talk to its parent)
     ping = subprocess.run(["ip", "netns", "exec", pod, "busybox", "ping", "-c1", "-W2", NODE_V4], capture_output=True, check=False)
     assert ping.returncode == 0, ping.stdout
-    # a hijacked destination (from hijack.json) is reached through the host, and the reply comes back via table 500
+    # a hijacked destination (from hijack.json) is reached through the host, and the reply comes back via the veth
     subprocess.run(["ip", "-n", lab.host, "addr", "add", "192.0.2.1/32", "dev", "lo"], check=True)
     ping = subprocess.run(["ip", "netns", "exec", pod, "busybox", "ping", "-c1", "-W2", "192.0.2.1"], capture_output=True, check=False)
     assert ping.returncode == 0, ping.stdout
@@ -97,7 +102,7 @@ def test_underlay_chain_routes_hijacked_cidrs_through_the_host(lab: Lab) -> None
     lab.runner.check(conflist, "c1", path, args=ARGS)
     lab.runner.delete(conflist, "c1", path, args=ARGS)
     assert host_veth not in host_links(lab)
-    assert routes(lab.host, "table", "500") == []
+    assert [r for r in routes(lab.host, "table", table) if r.get("dev") == host_veth] == []
     assert list(lab.state_dir.glob("*.json")) == [] and registry.list_endpoints(str(lab.registry_dir)) == []
 
 
@@ -212,9 +217,8 @@ def test_fifty_parallel_add_del_leave_nothing(lab: Lab) -> None:
     with ThreadPoolExecutor(max_workers=8) as pool:
         list(pool.map(cycle, range(50)))
     assert [name for name in host_links(lab) if name.startswith("egw")] == []
-    assert routes(lab.host, "table", "500") == []
-    assert [r for r in ip_json("rule", "show", netns=lab.host) if r["priority"] == 1000] == [
-        {"priority": 1000, "src": "all", "table": "500"}], "only the one shared rule, never per-pod rules"
+    assert [r for r in routes(lab.host) if r.get("dev", "").startswith("egw")] == []
+    assert host_rules(lab, "-4") == [], "the default (main table) needs no rule, never per-pod rules"
     assert list(lab.state_dir.glob("*.json")) == []
     assert registry.list_endpoints(str(lab.registry_dir)) == []
     for pod, _ in pods:

@@ -53,7 +53,7 @@ def test_version_echoes_the_request_and_tolerates_empty_stdin() -> None:
         ({"CNI_COMMAND": "GC"}, conf(), errors.INCOMPATIBLE_VERSION),
         (ENV, conf(name=""), errors.INVALID_CONFIG),
         (ENV, conf(failPolicy="maybe"), errors.INVALID_CONFIG),
-        (ENV, conf(hostRuleTable=254), errors.INVALID_CONFIG),
+        (ENV, conf(hostRuleTable=255), errors.INVALID_CONFIG),
         (ENV, conf(hostVethPrefix="toolong"), errors.INVALID_CONFIG),
         (ENV, conf(hijackCIDR=["10.0.0.0/33"]), errors.INVALID_CONFIG),
         (ENV, conf(vethMTU=True), errors.INVALID_CONFIG),
@@ -114,6 +114,9 @@ def test_plan_orders_host_routes_before_hijack_routes_and_skips_missing_families
     assert p.rules == ((AF_INET, 1000, 500),)
     assert warnings == ["hijackCIDR fd00::/64 skipped: no IPv6 on the pod or the node"]
     assert underlay.Plan.from_state(json.loads(json.dumps(p.to_state()))) == p
+    main, _ = underlay.plan(identity=ident, pod_veth="veth0", mtu=1500, pod_ips=((AF_INET, "10.33.0.10"),),
+                            node_ips=((AF_INET, "10.33.0.1"),), hijack=(), table=254, priority=1000)
+    assert main.rules == () and [r.table for r in main.host_routes] == [254]  # main: the default, no rule
 
 
 def test_plan_gives_hijack_json_routes_our_protocol_and_conflist_ones_static() -> None:
