@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 
 import pytest
 
@@ -26,13 +25,7 @@ ARGS = "IgnoreUnknown=1;K8S_POD_NAMESPACE=ns1;K8S_POD_NAME=web-0;K8S_POD_UID=uid
 BUDGET = 2.0  # seconds from a hijack.json change to the pod's routes
 
 
-@pytest.fixture
-def lab(tmp_path: Path) -> Iterator[Lab]:
-    lab = Lab(tmp_path, prefix="egwh")
-    try:
-        yield lab
-    finally:
-        lab.close()
+LAB_PREFIX = "egwh"  # tests/cni/conftest.py
 
 
 def routes(pod: str) -> dict[str, tuple[str, str]]:

@@ -6,7 +6,6 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -44,13 +43,7 @@ def bare_path(tmp_path: Path) -> str:
     return str(bindir)
 
 
-@pytest.fixture
-def lab(tmp_path: Path) -> Iterator[Lab]:
-    lab = Lab(tmp_path, prefix="egwi")
-    try:
-        yield lab
-    finally:
-        lab.close()
+LAB_PREFIX = "egwi"  # tests/cni/conftest.py
 
 
 def test_install_writes_wrapper_runtime_and_chains_the_primary_conflist(installed: Path) -> None:
