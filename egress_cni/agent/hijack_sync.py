@@ -142,22 +142,16 @@ def _sync_pod(pod: PodFacts, want: dict[podroutes.Key, Route]) -> Changes:
             raise OSError(116, f"{pod.netns} is not the netns ADD recorded (inode changed)")  # ESTALE
         if same_as_current(pod.netns):
             raise OSError(22, f"{pod.netns} is the agent's own netns")
-        switch.enter()
-        try:
-            with Netlink() as nl:
-                link = nl.link(pod.pod_veth)
-                if link is None:
-                    raise OSError(19, f"pod veth {pod.pod_veth} missing")
-                have = [r for fam in (AF_INET, AF_INET6) for r in nl.routes(fam, RT_TABLE_MAIN)]
-                todo = podroutes.changes(want, have, link.index)
-                for r in todo.create:
-                    nl.route_add(r)  # False: someone routed it meanwhile; theirs stays
-                for r in todo.replace:
-                    nl.route_replace(r)
-                for r in todo.remove:
-                    nl.route_delete(r)  # the kernel matches our protocol: nobody else's route goes
-        finally:
-            switch.leave()
+        with switch.inside(), Netlink() as nl:
+            link = nl.existing_link(pod.pod_veth, "pod veth")
+            have = [r for fam in (AF_INET, AF_INET6) for r in nl.routes(fam, RT_TABLE_MAIN)]
+            todo = podroutes.changes(want, have, link.index)
+            for r in todo.create:
+                nl.route_add(r)  # False: someone routed it meanwhile; theirs stays
+            for r in todo.replace:
+                nl.route_replace(r)
+            for r in todo.remove:
+                nl.route_delete(r)  # the kernel matches our protocol: nobody else's route goes
     return todo
 
 

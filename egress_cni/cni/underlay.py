@@ -170,12 +170,8 @@ def node_ips_for(host: Netlink, pod_ips: tuple[tuple[int, str], ...]) -> tuple[t
 
 def pod_link_kind(switch: Switch, ifname: str) -> str:
     """Kind of the pod's interface ('veth', 'macvlan', ...; '' when the kernel does not say)."""
-    switch.enter()
-    try:
-        with Netlink() as pod:
-            link = pod.link(ifname)
-    finally:
-        switch.leave()
+    with switch.inside(), Netlink() as pod:
+        link = pod.link(ifname)
     return link.kind if link else ""
 
 
@@ -189,27 +185,21 @@ def apply(p: Plan, switch: Switch, stale_neighbours: tuple[tuple[int, int, str],
         if host_link is None:
             raise OSError(19, f"host veth {p.host_veth} vanished after creation")
         host.set_up(host_link.index)
-        switch.enter()
-        try:
-            with Netlink() as pod:
-                pod_link = pod.link(p.pod_veth)
-                if pod_link is None:
-                    raise OSError(19, f"pod veth {p.pod_veth} missing after creation")
-                pod.set_up(pod_link.index)
-                for fam, ip in p.node_ips:
-                    pod.neigh_replace(fam, pod_link.index, _packed(fam, ip), p.host_mac)
-                for r in p.pod_routes:
-                    if r.protocol != RTPROT_EGRESS_HIJACK:
-                        pod.route_replace(_on(r, pod_link.index))
-                    else:  # hijack.json's: never displaces a route the pod has (its IPAM's), as the agent never does
-                        pod.route_add(_on(r, pod_link.index))
-                for r in p.reply_routes:
+        with switch.inside(), Netlink() as pod:
+            pod_link = pod.existing_link(p.pod_veth, "pod veth")
+            pod.set_up(pod_link.index)
+            for fam, ip in p.node_ips:
+                pod.neigh_replace(fam, pod_link.index, _packed(fam, ip), p.host_mac)
+            for r in p.pod_routes:
+                if r.protocol != RTPROT_EGRESS_HIJACK:
                     pod.route_replace(_on(r, pod_link.index))
-                for fam in p.reply_families:
-                    pod.rule_add(fam, REPLY_RULE_PRIORITY, REPLY_TABLE, REPLY_MARK)
-                    _iptables_restore(fam, REPLY_IPTABLES.format(veth=p.pod_veth))  # the child inherits the pod netns
-        finally:
-            switch.leave()
+                else:  # hijack.json's: never displaces a route the pod has (its IPAM's), as the agent never does
+                    pod.route_add(_on(r, pod_link.index))
+            for r in p.reply_routes:
+                pod.route_replace(_on(r, pod_link.index))
+            for fam in p.reply_families:
+                pod.rule_add(fam, REPLY_RULE_PRIORITY, REPLY_TABLE, REPLY_MARK)
+                _iptables_restore(fam, REPLY_IPTABLES.format(veth=p.pod_veth))  # the child inherits the pod netns
         for fam, index, ip in stale_neighbours:
             if index != host_link.index:
                 host.neigh_delete(fam, index, _packed(fam, ip))
@@ -240,20 +230,16 @@ def check(p: Plan, switch: Switch) -> list[str]:
             if not any(r.priority == priority and r.table == table and r.src_len == 0 and r.dst_len == 0 for r in host.rules(fam)):
                 problems.append(f"host rule 'pref {priority} lookup {table}' is missing")
         problems += _missing_routes(host, p.host_routes, host_link.index, "host")
-    switch.enter()
-    try:
-        with Netlink() as pod:
-            pod_link = pod.link(p.pod_veth)
-            if pod_link is None:
-                problems.append(f"pod veth {p.pod_veth} is missing")
-            else:
-                static = tuple(r for r in p.pod_routes if r.protocol != RTPROT_EGRESS_HIJACK)  # the agent's follow hijack.json
-                problems += _missing_routes(pod, static + p.reply_routes, pod_link.index, "pod")
-            for fam in p.reply_families:
-                if not any(r.fwmark == REPLY_MARK and r.table == REPLY_TABLE for r in pod.rules(fam)):
-                    problems.append(f"pod rule 'fwmark {REPLY_MARK:#x} lookup {REPLY_TABLE}' is missing")
-    finally:
-        switch.leave()
+    with switch.inside(), Netlink() as pod:
+        pod_link = pod.link(p.pod_veth)
+        if pod_link is None:
+            problems.append(f"pod veth {p.pod_veth} is missing")
+        else:
+            static = tuple(r for r in p.pod_routes if r.protocol != RTPROT_EGRESS_HIJACK)  # the agent's follow hijack.json
+            problems += _missing_routes(pod, static + p.reply_routes, pod_link.index, "pod")
+        for fam in p.reply_families:
+            if not any(r.fwmark == REPLY_MARK and r.table == REPLY_TABLE for r in pod.rules(fam)):
+                problems.append(f"pod rule 'fwmark {REPLY_MARK:#x} lookup {REPLY_TABLE}' is missing")
     return problems
 
 

@@ -206,6 +206,13 @@ class Netlink:
             raise
         return _parse_link(replies[0]) if replies else None
 
+    def existing_link(self, name: str, what: str) -> Link:
+        """The link, or OSError ENODEV naming `what` it was (a pod veth that should be there)."""
+        link = self.link(name)
+        if link is None:
+            raise OSError(19, f"{what} {name} missing")
+        return link
+
     def create_veth(self, name: str, mac: bytes, peer: str, peer_mac: bytes, mtu: int, peer_netns_fd: int) -> None:
         peer_info = _IFINFO.pack(0, 0, 0, 0, 0) + attr_str(IFLA_IFNAME, peer) + attr(IFLA_ADDRESS, peer_mac)
         peer_info += attr_u32(IFLA_MTU, mtu) + attr_u32(IFLA_NET_NS_FD, peer_netns_fd)

@@ -90,3 +90,20 @@ class Switch:
     def leave(self) -> None:
         _setns(self.home_fd)
 
+    def inside(self) -> _Inside:
+        """`with switch.inside(), Netlink() as nl:` - the socket opened in the target, closed before leaving."""
+        return _Inside(self)
+
+
+class _Inside:
+    __slots__ = ("switch",)
+
+    def __init__(self, switch: Switch) -> None:
+        self.switch = switch
+
+    def __enter__(self) -> None:
+        self.switch.enter()
+
+    def __exit__(self, *exc: object) -> None:
+        self.switch.leave()
+
