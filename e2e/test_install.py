@@ -49,6 +49,7 @@ def our_pods(cluster: Cluster) -> dict[str, str]:
 @pytest.fixture
 def probing(cluster: Cluster) -> Iterator[str]:
     """A pod on node1 selected by a policy whose EIP lives on node2 or node3; yields its netns path."""
+    cluster.sb.wait_installed()  # from a healthy release: the module before may have powered nodes off and on
     ns = f"e2e-install-{uuid.uuid4().hex[:6]}"
     cluster.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})
     try:
