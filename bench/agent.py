@@ -1,7 +1,7 @@
 """Agent benchmarks (root; everything inside network namespaces this script creates and removes).
 
     .venv/bin/python bench/agent.py [--engine auto] [--endpoints 10000] [--policies 200] [--runs 20] [--iperf-gigabytes 3]
-                                    [--iperf-rounds 5]
+                                    [--iperf-rounds 5] [--iperf-tune gro,udpcsum,...] [--iperf-tune-mtu 1400]
 
 1. Full reconcile of N endpoints and P policies on one node (gateway for half the policies, worker
    for the rest): compute, first apply into an empty netns, and a steady-state resync (read + diff).
@@ -17,6 +17,12 @@
    nodes share the machine's cores, so every extra hop costs the sender's core directly.
    Then the direct and gateway paths again with --iperf-policies more policies that select neither
    pod: the tax a cluster's policies put on traffic that is not theirs.
+5. `iperf --iperf-tune KNOB[,KNOB...]` (instead of 4): one tunnel tuning knob at a time on the gateway
+   path, A/B in one run: a fresh topology per knob, rounds alternate the baseline (what the product
+   does) and the variant (set by hand with ip/ethtool/nft in every node netns; order AB, BA, AB, ...),
+   the same pod and server; medians of Gbit/s and CPU-seconds per GB for both arms, their ratio and
+   how many rounds the variant won. The device (or rule) is read back after every run: a run whose
+   state is not its arm's (the agent repaired it back, say) is reported. Knobs: see TUNE_KNOBS.
 Every figure is printed; the script exits 0 either way (it reports, it does not assert).
 """
 
@@ -32,6 +38,8 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -288,8 +296,25 @@ def wait_rules(t: Any, policies: int, timeout: float = 60.0) -> None:
     raise TimeoutError(f"{policies} policies not programmed in {timeout} s")
 
 
+def start_iperf_server(t: Any) -> None:
+    server = subprocess.Popen(["ip", "netns", "exec", t.ns("ext"), "iperf3", "-s", "-p", "5201"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    t.procs.append(server)
+    time.sleep(0.5)
+
+
+def iperf_once(t: Any, pod: str, gigabytes: float) -> tuple[float, float]:
+    """One iperf3 TCP run from pod `pod` on node1 to the server in ext: (bit/s, busy CPU-s per GB)."""
+    from tests.agent.topology import EXT4
+
+    busy = _busy_cpu_seconds()
+    res = json.loads(sh("ip", "netns", "exec", t.pod(1, pod), "iperf3", "-c", EXT4, "-p", "5201", "-n",
+                        f"{int(gigabytes * 1e9)}", "-J"))["end"]["sum_received"]
+    return float(res["bits_per_second"]), (_busy_cpu_seconds() - busy) / (res["bytes"] / 1e9)
+
+
 def iperf_bench(gigabytes: float, rounds: int, others: int = 200) -> dict[str, Any]:
-    from tests.agent.topology import EIP4, EXT4, Topology
+    from tests.agent.topology import EIP4, Topology
 
     t = Topology(pods={1: ["a", "b", "c", "d"]})
     try:
@@ -302,16 +327,10 @@ def iperf_bench(gigabytes: float, rounds: int, others: int = 200) -> dict[str, A
         for pod, src in expect.items():
             got = t.wait_probe(1, pod, src)
             assert got == src, f"pod {pod} leaves as {got!r}, expected {src}"
-        server = subprocess.Popen(["ip", "netns", "exec", t.ns("ext"), "iperf3", "-s", "-p", "5201"],
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        t.procs.append(server)
-        time.sleep(0.5)
+        start_iperf_server(t)
 
         def run(pod: str) -> tuple[float, float]:
-            busy = _busy_cpu_seconds()
-            res = json.loads(sh("ip", "netns", "exec", t.pod(1, pod), "iperf3", "-c", EXT4, "-p", "5201", "-n",
-                                f"{int(gigabytes * 1e9)}", "-J"))["end"]["sum_received"]
-            return float(res["bits_per_second"]), (_busy_cpu_seconds() - busy) / (res["bytes"] / 1e9)
+            return iperf_once(t, pod, gigabytes)
 
         out: dict[str, list[tuple[float, float]]] = {p: [] for p in PATHS}
         for _ in range(rounds):  # interleaved so machine load hits every path alike
@@ -357,6 +376,217 @@ def print_iperf(runs: dict[str, list[tuple[float, float]]], gigabytes: float,
               f"gateway {[round(r[0] / 1e9, 1) for r in crowded['a']]}")
 
 
+# --- tunnel tuning: one knob at a time, A/B ----------------------------------------------------
+
+NODES = (1, 2, 3)
+VXLAN = "egress.vxlan"  # DataplaneConfig's default name, the topology's agents use it
+
+
+def _in(t: Any, n: int, *cmd: str) -> str:
+    return sh("ip", "netns", "exec", t.node(n), *cmd)
+
+
+def _ethtool_set(dev: str, features: dict[str, bool]) -> Callable[[Any, bool], None]:
+    """Variant: `features` as given; baseline: each the other way (what the kernel sets by default)."""
+    def apply(t: Any, variant: bool) -> None:
+        args = [x for name, on in features.items() for x in (name, "on" if on == variant else "off")]
+        for n in NODES:
+            _in(t, n, "ethtool", "-K", dev, *args)
+    return apply
+
+
+def _ethtool_state(dev: str, names: tuple[str, ...]) -> Callable[[Any], str]:
+    def state(t: Any) -> str:
+        out = []
+        for n in NODES:
+            have = dict(line.strip().split(": ", 1)[:2] for line in _in(t, n, "ethtool", "-k", dev).splitlines()
+                        if ": " in line)
+            out.append(f"n{n} " + " ".join(f"{k}={have.get(k, '?').split()[0]}" for k in names))
+        return "; ".join(out)
+    return state
+
+
+def _vxlan_details(t: Any, n: int) -> dict[str, Any]:
+    link = json.loads(_in(t, n, "ip", "-j", "-d", "link", "show", VXLAN))[0]
+    return dict(link, **link["linkinfo"]["info_data"])
+
+
+def _udpcsum(t: Any, variant: bool) -> None:
+    """The agent's link recreated by hand with the same parameters, the outer UDP checksum on (variant)
+    or off (baseline: what ensure_link creates); the kernel refuses to change it on a live link
+    ("Cannot change UDP_CSUM flag"). The agent's drift check puts back the addresses, neighbours, FDB
+    entries and routes the deletion took (it does not compare the checksum flag)."""
+    from tests.agent.topology import EIP4
+
+    for n in NODES:
+        d = _vxlan_details(t, n)
+        batch = (f"link del {VXLAN}\nlink add {VXLAN} address {d['address']} mtu {d['mtu']} type vxlan id {d['id']} "
+                 f"local {d['local']} dev {d['link']} dstport {d['port']} nolearning {'' if variant else 'no'}udpcsum\n"
+                 f"link set {VXLAN} up\n")
+        for _ in range(5):  # one batch: the agent's drift check may recreate the link between a del and an add
+            subprocess.run(["ip", "netns", "exec", t.node(n), "ip", "-batch", "-"], input=batch, text=True,
+                           capture_output=True, timeout=30, check=False)
+            if _vxlan_details(t, n).get("udp_csum") == variant:
+                break
+        else:
+            raise RuntimeError(f"node{n}: {VXLAN} not recreated with udpcsum={variant}")
+    got = t.wait_probe(1, "a", EIP4, timeout=30.0)
+    assert got == EIP4, f"gateway path not repaired after the link was recreated: {got!r}"
+    time.sleep(1.5)  # the drift check's pace on the other nodes too (one check per second)
+
+
+def _udpcsum_state(t: Any) -> str:
+    return "; ".join(f"n{n} udpcsum={_vxlan_details(t, n).get('udp_csum')}" for n in NODES)
+
+
+def _mss_rule(t: Any, n: int) -> tuple[str, int, str]:
+    """Our MSS clamp rule in node n's nftables table: (chain, handle, rule text without counters)."""
+    table = chain = ""
+    for line in _in(t, n, "nft", "-a", "list", "ruleset").splitlines():
+        words = line.split()
+        if words[:1] == ["table"]:
+            table = " ".join(words[1:3])
+        elif words[:1] == ["chain"]:
+            chain = words[1]
+        elif line.rstrip().split(" # handle ")[0].endswith(':mss"'):
+            text, handle = line.strip().split(" # handle ")
+            words = text.split()
+            if "packets" in words:  # counter packets N bytes M -> counter
+                i = words.index("packets")
+                del words[i:i + 4]
+            assert table == "ip egress", f"mss rule in table {table!r}"
+            return chain, int(handle), " ".join(words)
+    raise RuntimeError(f"node{n}: no mss rule of ours in nftables (the mss knob needs the nftables engine)")
+
+
+CLAMP = "tcp option maxseg size set rt mtu"
+
+
+def _mss(t: Any, variant: bool) -> None:
+    """Variant: our clamp rule replaced in place by the same match without the clamp (its comment, so
+    its tag, stays); baseline: the agent's rule. Before each run the pod's route cache (its learned
+    path MTU) is flushed, so that every variant flow discovers the path MTU again."""
+    for n in NODES:
+        chain, handle, text = _mss_rule(t, n)
+        if variant and CLAMP in text:
+            _in(t, n, "nft", "replace", "rule", "ip", "egress", chain, "handle", str(handle), *text.replace(CLAMP, "").split())
+        elif not variant and CLAMP not in text:
+            _in(t, n, "nft", "replace", "rule", "ip", "egress", chain, "handle", str(handle),
+                *text.replace("counter", f"counter {CLAMP}").split())
+    sh("ip", "-n", t.pod(1, "a"), "route", "flush", "cache")
+
+
+def _mss_state(t: Any) -> str:
+    return "; ".join(f"n{n} clamp={'on' if CLAMP in _mss_rule(t, n)[2] else 'off'}" for n in NODES)
+
+
+def _mtu(value: Callable[[], int]) -> Callable[[Any, bool], None]:
+    def apply(t: Any, variant: bool) -> None:
+        for n in NODES:
+            _in(t, n, "ip", "link", "set", VXLAN, "mtu", str(value() if variant else MTU_BASELINE[n]))
+        sh("ip", "-n", t.pod(1, "a"), "route", "flush", "cache")
+    return apply
+
+
+def _mtu_state(t: Any) -> str:
+    return "; ".join(f"n{n} mtu={_vxlan_details(t, n)['mtu']}" for n in NODES)
+
+
+@dataclass(frozen=True)
+class Knob:
+    label: str
+    apply: Callable[[Any, bool], None]  # (topology, variant?) -> that arm's setting on every node
+    state: Callable[[Any], str]  # what the nodes have now (read after every run)
+    owned: bool = False  # the agent owns it (its drift repair would revert it): agents run without the check
+
+
+TUNE_MTU = [1400]  # --iperf-tune-mtu
+MTU_BASELINE: dict[int, int] = {}  # node -> the MTU the agent gave the link
+TUNE_KNOBS: dict[str, Knob] = {
+    "gro": Knob("GRO on the parent veth (ethtool -K eth0 gro on; the veth default is off)",
+                _ethtool_set("eth0", {"gro": True}), _ethtool_state("eth0", ("generic-receive-offload",))),
+    "gro-fwd": Knob("GRO + UDP GRO forwarding on the parent veth (eth0 gro on rx-udp-gro-forwarding on)",
+                    _ethtool_set("eth0", {"gro": True, "rx-udp-gro-forwarding": True}),
+                    _ethtool_state("eth0", ("generic-receive-offload", "rx-udp-gro-forwarding"))),
+    "gro-list": Knob("GRO + fraglist GRO on the parent veth (eth0 gro on rx-gro-list on)",
+                     _ethtool_set("eth0", {"gro": True, "rx-gro-list": True}),
+                     _ethtool_state("eth0", ("generic-receive-offload", "rx-gro-list"))),
+    "gro-vxlan": Knob(f"GRO off on {VXLAN} (the kernel's default for it is on: the variant is off)",
+                      _ethtool_set(VXLAN, {"gro": False}), _ethtool_state(VXLAN, ("generic-receive-offload",))),
+    "udpcsum": Knob(f"outer UDP checksum on {VXLAN} (udpcsum; the agent creates it noudpcsum)", _udpcsum, _udpcsum_state),
+    "tx-csum": Knob(f"tx checksum offload off on {VXLAN} (ethtool -K tx off: what the reference's "
+                    "disableChecksumOffload does)", _ethtool_set(VXLAN, {"tx": False}),
+                    _ethtool_state(VXLAN, ("tx-checksumming", "tcp-segmentation-offload"))),
+    "mss": Knob("MSS clamp rule off (no TCPMSS on -o egress.vxlan; path MTU discovery instead)", _mss, _mss_state,
+                owned=True),
+    "mtu": Knob("tunnel MTU set by hand to --iperf-tune-mtu (the agent's: parent MTU - 50)", _mtu(lambda: TUNE_MTU[0]),
+                _mtu_state, owned=True),
+}
+
+
+def _loadavg() -> str:
+    with open("/proc/loadavg") as f:
+        return " ".join(f.read().split()[:3])
+
+
+def tune_bench(name: str, gigabytes: float, rounds: int) -> dict[str, Any]:
+    """Baseline and variant of one knob, alternating, on the gateway path (pod a)."""
+    from tests.agent.topology import EIP4, Topology
+
+    knob = TUNE_KNOBS[name]
+    load_before = _loadavg()
+    t = Topology(pods={1: ["a"]})
+    t.resync_seconds = 3600.0  # no full resync in the runs: repairs come from the drift check alone
+    if knob.owned:
+        t.agent_extra = ["--drift-seconds", "0"]
+    try:
+        t.build()
+        for n in NODES:
+            t.start_agent(n)
+        assert t.wait_probe(1, "a", EIP4) == EIP4
+        time.sleep(1.0)  # every node's first reconcile done
+        MTU_BASELINE.update({n: int(_vxlan_details(t, n)["mtu"]) for n in NODES})  # what the agent set
+        start_state = knob.state(t)
+        start_iperf_server(t)
+        arms: dict[bool, list[tuple[float, float]]] = {False: [], True: []}
+        states: dict[bool, set[str]] = {False: set(), True: set()}
+        for r in range(rounds):
+            for variant in ((False, True) if r % 2 == 0 else (True, False)):
+                knob.apply(t, variant)
+                assert t.wait_probe(1, "a", EIP4) == EIP4, "gateway path broken by the knob"
+                arms[variant].append(iperf_once(t, "a", gigabytes))
+                states[variant].add(knob.state(t))
+        knob.apply(t, False)
+        return {"knob": name, "arms": arms, "states": states, "start_state": start_state,
+                "load_before": load_before, "load_after": _loadavg(), "owned": knob.owned}
+    finally:
+        t.close()
+
+
+def print_tune(r: dict[str, Any], gigabytes: float) -> None:
+    knob = TUNE_KNOBS[r["knob"]]
+    base, var = r["arms"][False], r["arms"][True]
+    med = {arm: (statistics.median(x[0] for x in runs) / 1e9, statistics.median(x[1] for x in runs))
+           for arm, runs in r["arms"].items()}
+    faster = sum(v[0] > b[0] for b, v in zip(base, var, strict=True))
+    cheaper = sum(v[1] < b[1] for b, v in zip(base, var, strict=True))
+    paired = statistics.median(v[0] / b[0] for b, v in zip(base, var, strict=True))
+    paired_cpu = statistics.median(v[1] / b[1] for b, v in zip(base, var, strict=True))
+    agents = "agents: no full resync, " + ("drift check off (the agent owns this)" if r["owned"] else "drift check every 1 s")
+    print(f"tune {r['knob']}: {knob.label}")
+    print(f"  gateway path, {len(base)} rounds of {gigabytes:g} GB per arm, alternating AB/BA; {agents}; "
+          f"load average before {r['load_before']}, after {r['load_after']}")
+    for arm, label in ((False, "baseline"), (True, "variant")):
+        print(f"  {label:<8} {med[arm][0]:6.2f} Gbit/s  {med[arm][1]:.3f} CPU-s/GB  runs "
+              f"{[round(x[0] / 1e9, 2) for x in r['arms'][arm]]}  CPU {[round(x[1], 3) for x in r['arms'][arm]]}")
+    print(f"  variant/baseline: throughput {med[True][0] / med[False][0] * 100:.1f} % (paired rounds median "
+          f"{paired * 100:.1f} %, variant faster in {faster}/{len(base)}), CPU per GB {med[True][1] / med[False][1] * 100:.1f} % "
+          f"(paired {paired_cpu * 100:.1f} %, variant cheaper in {cheaper}/{len(base)})")
+    ok = len(r["states"][False]) == 1 and len(r["states"][True]) == 1 and r["states"][False] != r["states"][True]
+    print(f"  state read after each run {'matched its arm' if ok else 'DID NOT match its arm'}: product (at start) "
+          f"[{r['start_state']}], baseline {sorted(r['states'][False])}, variant {sorted(r['states'][True])}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("mode", nargs="?", default="all", choices=("all", "inner", "reconcile", "iperf", "writer"))
@@ -368,6 +598,9 @@ def main() -> None:
     parser.add_argument("--iperf-gigabytes", type=float, default=3.0, help="bytes per iperf3 run, per path")
     parser.add_argument("--iperf-rounds", type=int, default=5)
     parser.add_argument("--iperf-policies", type=int, default=200, help="unrelated policies for the crowded run (0: skip)")
+    parser.add_argument("--iperf-tune", default="", help=f"instead of the path comparison: A/B of each knob, comma-separated, of "
+                                                         f"{', '.join(TUNE_KNOBS)} (or all)")
+    parser.add_argument("--iperf-tune-mtu", type=int, default=TUNE_MTU[0], help="the mtu knob's variant tunnel MTU")
     args = parser.parse_args()
     if args.mode == "inner":
         inner(args)
@@ -393,6 +626,16 @@ def main() -> None:
               f"median {r['peer_full_reconcile_median_s'] * 1000:.0f} ms")
         print(f"  rule count: {r['rule_count_small']} rules with {args.endpoints // 10} endpoints, "
               f"{r['iptables_rules']} with {args.endpoints} (grows with policies, not pods)")
+    if args.iperf_tune:
+        TUNE_MTU[0] = args.iperf_tune_mtu
+        names = list(TUNE_KNOBS) if args.iperf_tune == "all" else args.iperf_tune.split(",")
+        unknown = [n for n in names if n not in TUNE_KNOBS]
+        if unknown:
+            sys.exit(f"unknown --iperf-tune knob(s) {unknown}: one of {', '.join(TUNE_KNOBS)}")
+        for name in names:
+            print_tune(tune_bench(name, args.iperf_gigabytes, args.iperf_rounds), args.iperf_gigabytes)
+            sys.stdout.flush()
+        return
     if args.mode in ("all", "iperf"):
         r = iperf_bench(args.iperf_gigabytes, args.iperf_rounds, args.iperf_policies)
         print_iperf(r["runs"], args.iperf_gigabytes, r["crowded"], args.iperf_policies)
