@@ -481,9 +481,12 @@ def _mss_state(t: Any) -> str:
 
 
 def _mtu(value: Callable[[], int]) -> Callable[[Any, bool], None]:
+    agents: dict[tuple[int, int], int] = {}  # (topology, node) -> the MTU the agent gave the link, read before the first change
+
     def apply(t: Any, variant: bool) -> None:
         for n in NODES:
-            _in(t, n, "ip", "link", "set", VXLAN, "mtu", str(value() if variant else MTU_BASELINE[n]))
+            baseline = agents.setdefault((id(t), n), int(_vxlan_details(t, n)["mtu"]))
+            _in(t, n, "ip", "link", "set", VXLAN, "mtu", str(value() if variant else baseline))
         sh("ip", "-n", t.pod(1, "a"), "route", "flush", "cache")
     return apply
 
@@ -501,7 +504,6 @@ class Knob:
 
 
 TUNE_MTU = [1400]  # --iperf-tune-mtu
-MTU_BASELINE: dict[int, int] = {}  # node -> the MTU the agent gave the link
 TUNE_KNOBS: dict[str, Knob] = {
     "gro": Knob("GRO on the parent veth (ethtool -K eth0 gro on; the veth default is off)",
                 _ethtool_set("eth0", {"gro": True}), _ethtool_state("eth0", ("generic-receive-offload",))),
@@ -545,7 +547,6 @@ def tune_bench(name: str, gigabytes: float, rounds: int) -> dict[str, Any]:
             t.start_agent(n)
         assert t.wait_probe(1, "a", EIP4) == EIP4
         time.sleep(1.0)  # every node's first reconcile done
-        MTU_BASELINE.update({n: int(_vxlan_details(t, n)["mtu"]) for n in NODES})  # what the agent set
         start_state = knob.state(t)
         start_iperf_server(t)
         arms: dict[bool, list[tuple[float, float]]] = {False: [], True: []}

@@ -4,7 +4,8 @@ Like spiderpool's coordinator: a veth pair pod `veth0` <-> host `egw<hash>`, sta
 ways (no ARP over the veth), pod `/32` routes to the node IP(s) and then `<cidr> via <nodeIP> dev
 veth0`, and on the host `<podIP>/32 dev <hostveth>` in the main table (or, with `hostRuleTable`, in
 that table behind the shared `ip rule pref <hostRulePriority> lookup <table>`, as the coordinator
-does), so gateway rules in the host netns see the pod's traffic and replies return the same way. plan() is pure; apply()/check()/teardown() do the netlink work.
+does), so gateway rules in the host netns see the pod's traffic and replies return the same way.
+plan() is pure; apply()/check()/teardown() do the netlink work.
 Deleting the host veth removes its peer and every route/neighbour through either end.
 """
 
