@@ -30,6 +30,8 @@ log = logging.getLogger(__name__)
 
 
 class DataplanePort(Protocol):
+    writes_decisions_together: bool  # plan.diff(together=...): the nftables engine's decision cache
+
     def hint_tables(self, tables: set[int]) -> None:
         """The routing tables the next read must include (ours are found by number)."""
 
@@ -127,7 +129,7 @@ class Reconciler:
         dp = desired.dataplane
         self.dataplane.hint_tables({r.table for r in dp.routes})
         actual = self.dataplane.read_actual(dp.sysctls)
-        plan = diff(dp, actual, prune=synced)
+        plan = diff(dp, actual, prune=synced, together=self.dataplane.writes_decisions_together)
         if not facts.carrier:
             plan = release_stale_eips(plan, actual, dp)
         plan = self.cni.protect(plan, listed)

@@ -11,7 +11,7 @@ from dataclasses import replace
 from typing import Any
 
 from egress_cni.api.net import IP, parse_cidr
-from egress_cni.dataplane import announce, conntrack, nft, nftrender
+from egress_cni.dataplane import announce, conntrack, nft, nftscript
 from egress_cni.dataplane.drift import Glance
 from egress_cni.dataplane.eipdev import EipHolder
 from egress_cni.dataplane.glance import Glancer, legacy_fingerprint, nft_generation
@@ -56,6 +56,7 @@ class KernelDataplane:
         # with the nftables engine, xtables only finds what an iptables-engine agent left (removed)
         self.xtables = Xtables(detect_backend("auto" if self.engine == "nftables" else self.engine), config.chain_prefix)
         self.nft = nft.Nftables(config.ipset_prefix) if self.engine == "nftables" else None
+        self.writes_decisions_together = self.nft is not None
         self._nft_view = nft.NftView()
         self._leftovers: tuple[set[Chain], set[str]] | None = None  # iptables-engine chains and ipsets, once
         self.saved: dict[tuple[int, str], SavedTable] = {}
@@ -199,7 +200,7 @@ class KernelDataplane:
         """Members straight over netlink (no fork/exec): the new-endpoint fast path (the nftables
         engine: one `nft` transaction)."""
         if self.nft is not None:
-            self.nft.add_elements(entries)
+            self.nft.add_elements(entries, self._nft_view.caches)
             return
         if self._ipset is None:
             from pyroute2 import IPSet as NetlinkIPSet
@@ -245,13 +246,14 @@ class KernelDataplane:
             return IPV6 if ":" in member else IPV4
 
         for f in self.families:
-            text = nftrender.script(
+            text = nftscript.script(
                 self.nft.table, f, sets=[s for s in plan.create_ipsets if s.family == f],
                 add_members=[(n, m) for n, m in plan.add_members if fam(m) == f],
                 del_members=[(n, m) for n, m in plan.del_members if fam(m) == f],
                 chains=[c for c in plan.write_chains if c.family == f],
                 drop_chains=[c for c in plan.drop_chains if c.family == f],
-                destroy_sets=[n for n in plan.destroy_ipsets if family_of.get(n, IPV4) == f])
+                destroy_sets=[n for n in plan.destroy_ipsets if family_of.get(n, IPV4) == f],
+                slot_chains=[n for g, n in self._nft_view.slot_chains if g == f])
             if text.count("\n") > 1:  # more than "add table": something to write
                 self.nft.apply(text)
         if plan.prune and self._leftovers is not None and any(self._leftovers):

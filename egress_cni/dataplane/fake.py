@@ -42,6 +42,8 @@ def apply_plan(dp: Dataplane, plan: Plan) -> Dataplane:
 
 
 class FakeKernel:
+    writes_decisions_together = False
+
     def __init__(self, state: Dataplane | None = None) -> None:
         self.state = state or Dataplane()
         self.applied: list[Plan] = []

@@ -1,5 +1,5 @@
 """The `nftables` engine's kernel side: our own table per family, read as JSON and written as one
-transaction per family (the scripts come from dataplane/nftrender.py), through libnftables in this
+transaction per family (the scripts come from dataplane/nftscript.py), through libnftables in this
 process (ctypes): the `nft` program initialises its parser and tables on every run, the library once.
 """
 
@@ -9,10 +9,11 @@ import ctypes
 import json
 import logging
 import threading
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from egress_cni.dataplane import nftlink
+from egress_cni.dataplane import nftcache, nftlink, nftread
 from egress_cni.dataplane.nftrender import BASE, nft_family, split_chain_name
 from egress_cni.dataplane.plan import IPV4, IPV6, Chain, IPSet, rule_tag
 from egress_cni.lowlevel.command import CommandError
@@ -88,6 +89,8 @@ class NftView:
     jumps_ok: set[tuple[int, str, str]] = field(default_factory=set)  # base chains on their hook and priority
     sets: set[IPSet] = field(default_factory=set)
     counters: dict[str, tuple[int, int]] = field(default_factory=dict)  # rule tag -> (packets, bytes)
+    slot_chains: set[tuple[int, str]] = field(default_factory=set)  # the decision cache's (dataplane/nftcache.py)
+    caches: set[tuple[int, str]] = field(default_factory=set)  # its maps of pairs: emptied with every new member
 
 
 class Nftables:
@@ -96,35 +99,35 @@ class Nftables:
         self.lib = library()
 
     def read(self, families: list[int]) -> NftView:
+        """Chains, rules and sets over nfnetlink, never the decision cache's pairs (dataplane/nftread.py)."""
         view = NftView()
         for f in families:
-            try:
-                text = self.lib.run(f"list table {nft_family(f)} {self.table}", json_output=True)
-            except CommandError as exc:
-                if "No such file" in str(exc):
-                    continue  # not created yet
-                raise
-            parse_table(json.loads(text), f, view)
+            doc = nftread.read_table(self.table, f, skip=nftcache.NAMES)
+            if doc is not None:  # else: not created yet
+                parse_table(doc, f, view)
         return view
 
     def apply(self, script: str) -> None:
         self.lib.run(script)
 
-    def add_elements(self, entries: list[tuple[str, str]]) -> None:
-        """The fast path's members in one nfnetlink batch (dataplane/nftlink.py); when it is refused
-        (a member inside a prefix already there: it matches already), one at a time through
-        libnftables, ignoring exactly that refusal."""
+    def add_elements(self, entries: list[tuple[str, str]], caches: Iterable[tuple[int, str]] = ()) -> None:
+        """The fast path's members in one nfnetlink batch (dataplane/nftlink.py), which also empties
+        the decision cache's maps of pairs (`caches`: (family, name)): a new member can change a pair's
+        decision. When the batch is refused (a member inside a prefix already there: it matches
+        already), one at a time through libnftables, ignoring exactly that refusal."""
         if not entries:
             return
+        caches = sorted(caches)
         if all("/" not in m for _, m in entries):
             try:
-                nftlink.add_addresses(self.table, entries)
+                nftlink.add_addresses(self.table, entries, flush=caches)
                 return
             except (OSError, ValueError) as exc:  # refused as a whole (e.g. inside a prefix): the slow path says which
                 log.debug("fast path batch refused", extra={"error": str(exc)})
         lines = [f"add element {nft_family(IPV6 if ':' in m else IPV4)} {self.table} {name} {{ {m} }}" for name, m in entries]
+        flushes = [f"flush {'map' if name == nftcache.DECIDED else 'set'} {nft_family(f)} {self.table} {name}" for f, name in caches]
         try:
-            self.lib.run("\n".join(lines) + "\n")
+            self.lib.run("\n".join(lines + flushes) + "\n")
             return
         except CommandError:
             pass
@@ -134,6 +137,8 @@ class Nftables:
             except CommandError as exc:
                 if "overlaps" not in str(exc) and "conflicting" not in str(exc):
                     raise
+        if flushes:
+            self.lib.run("\n".join(flushes) + "\n")
 
     def delete_tables(self, families: list[int]) -> None:
         for f in families:
@@ -161,15 +166,25 @@ def parse_table(doc: dict[str, Any], family: int, view: NftView) -> None:
     rules: dict[str, list[str]] = {}
     heads: dict[str, dict[str, Any]] = {}
     for item in doc.get("nftables", []):
-        if "set" in item:
-            s = item["set"]
-            view.sets.add(IPSet(s["name"], family, frozenset(_member(e) for e in s.get("elem", []))))
+        if "set" in item or "map" in item:
+            s = item.get("set") or item["map"]
+            if s["name"] in nftcache.NAMES:  # the cache's: their elements are the packets', not ours
+                if s["name"] in (nftcache.DECIDED, nftcache.UNDECIDED):
+                    view.caches.add((family, s["name"]))
+            elif "set" in item:
+                view.sets.add(IPSet(s["name"], family, frozenset(_member(e) for e in s.get("elem", []))))
         elif "chain" in item:
-            heads[item["chain"]["name"]] = item["chain"]
-            rules.setdefault(item["chain"]["name"], [])
+            name = item["chain"]["name"]
+            if nftcache.is_slot_chain(name):
+                view.slot_chains.add((family, name))
+                continue
+            heads[name] = item["chain"]
+            rules.setdefault(name, [])
         elif "rule" in item:
             r = item["rule"]
             comment = r.get("comment", "")
+            if comment.startswith(nftcache.RULE_COMMENT):
+                continue
             spec = f"-m comment --comment {comment}" if comment else "?" + json.dumps(r.get("expr"), sort_keys=True)
             rules.setdefault(r["chain"], []).append(spec)
             counter = next((e["counter"] for e in r.get("expr", []) if isinstance(e, dict) and "counter" in e), None)

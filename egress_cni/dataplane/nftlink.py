@@ -20,7 +20,7 @@ from egress_cni.lowlevel import netlink as ll
 NETLINK_NETFILTER = 12
 NFNL_SUBSYS_NFTABLES = 10
 NFNL_MSG_BATCH_BEGIN, NFNL_MSG_BATCH_END = 16, 17
-NFT_MSG_NEWSETELEM = 12
+NFT_MSG_NEWSETELEM, NFT_MSG_DELSETELEM = 12, 14
 NFTA_SET_ELEM_LIST_TABLE, NFTA_SET_ELEM_LIST_SET, NFTA_SET_ELEM_LIST_ELEMENTS = 1, 2, 3
 NFTA_LIST_ELEM = 1
 NFTA_SET_ELEM_KEY, NFTA_SET_ELEM_FLAGS = 1, 3
@@ -60,24 +60,29 @@ def interval_elements(address: str) -> tuple[int, bytes]:
     return ip.family, _element(start, False) + _element(end, True)
 
 
-def batch(table: str, entries: Iterable[tuple[str, str]], seq: int = 1) -> bytes:
-    """One transaction adding each (set, address) of `entries` to `table`'s set of its family."""
+def batch(table: str, entries: Iterable[tuple[str, str]], seq: int = 1, flush: Iterable[tuple[int, str]] = ()) -> bytes:
+    """One transaction adding each (set, address) of `entries` to `table`'s set of its family, then
+    emptying each (family, set) of `flush` (a NFT_MSG_DELSETELEM without elements)."""
     parts = [_msg(NFNL_MSG_BATCH_BEGIN, 0, seq, socket.AF_UNSPEC, b"", NFNL_SUBSYS_NFTABLES)]
-    for i, (name, address) in enumerate(entries, start=1):
+    for name, address in entries:
         family, elements = interval_elements(address)
         body = (ll.attr_str(NFTA_SET_ELEM_LIST_TABLE, table) + ll.attr_str(NFTA_SET_ELEM_LIST_SET, name)
                 + ll.attr(NFTA_SET_ELEM_LIST_ELEMENTS | NLA_F_NESTED, elements))
         parts.append(_msg((NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_NEWSETELEM, NLM_F_CREATE | NLM_F_ACK,
-                          seq + i, NFPROTO[family], body))
+                          seq + len(parts), NFPROTO[family], body))
+    for family, name in flush:
+        body = ll.attr_str(NFTA_SET_ELEM_LIST_TABLE, table) + ll.attr_str(NFTA_SET_ELEM_LIST_SET, name)
+        parts.append(_msg((NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_DELSETELEM, NLM_F_ACK, seq + len(parts), NFPROTO[family], body))
     parts.append(_msg(NFNL_MSG_BATCH_END, 0, seq + len(parts), socket.AF_UNSPEC, b"", NFNL_SUBSYS_NFTABLES))
     return b"".join(parts)
 
 
-def add_addresses(table: str, entries: list[tuple[str, str]]) -> None:
-    """Add the addresses in one batch; Refused (nothing applied) when the kernel says no, e.g.
-    EEXIST/ENOTEMPTY for an address inside a prefix already in the set."""
-    data = batch(table, entries)
-    want = set(range(2, len(entries) + 2))  # the NEWSETELEM messages' sequence numbers
+def add_addresses(table: str, entries: list[tuple[str, str]], flush: Iterable[tuple[int, str]] = ()) -> None:
+    """Add the addresses (and empty the `flush` sets) in one batch; Refused (nothing applied) when
+    the kernel says no, e.g. EEXIST/ENOTEMPTY for an address inside a prefix already in the set."""
+    flush = list(flush)
+    data = batch(table, entries, flush=flush)
+    want = set(range(2, len(entries) + len(flush) + 2))  # the SETELEM messages' sequence numbers
     with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_NETFILTER) as s:
         s.settimeout(2.0)
         s.send(data)

@@ -14,8 +14,6 @@ set up, the kernel runs no later nat chain for the flow: no CNI masquerade rewri
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-
 from egress_cni.dataplane.plan import IPV4, Chain, IPSet
 
 FULL = "0xffffffff"
@@ -91,10 +89,28 @@ def _target(table: str, family: int, words: list[str]) -> str:
     raise Untranslatable(f"-j {' '.join(words)}")
 
 
-def nft_rule(spec: str, table: str, family: int) -> str:
+def nft_rule(spec: str, table: str, family: int, *, then: str = "") -> str:
     """One of our iptables rule specs (without `-A chain`) as an nft rule body, with a counter and
-    its ownership comment."""
+    its ownership comment; `then` is a statement after a non-terminal verdict (dataplane/nftcache.py)."""
+    out, verdict, comment = _translate(spec, table, family)
+    if verdict is None:
+        raise Untranslatable(f"no target in {spec!r}")
+    tail = f' comment "{comment}"' if comment else ""
+    return " ".join([*out, "counter", verdict, *([then] if then else [])]) + tail
+
+
+def nft_matches(spec: str, family: int) -> str:
+    """The matches of a spec without a target, e.g. `-i egress.vxlan` -> `iifname "egress.vxlan"`."""
+    out, verdict, _ = _translate(spec, "filter", family)
+    if verdict is not None:
+        raise Untranslatable(f"a target in {spec!r}")
+    return " ".join(out)
+
+
+def _translate(spec: str, table: str, family: int) -> tuple[list[str], str | None, str]:
+    """(matches, verdict or None without a target, comment)."""
     words = spec.split()
+    verdict: str | None = None
     addr = "ip" if family == IPV4 else "ip6"
     out: list[str] = []
     comment = ""
@@ -149,16 +165,9 @@ def nft_rule(spec: str, table: str, family: int) -> str:
             raise Untranslatable(f"{w} in {spec!r}")
         neg = False
         i += 2
-    else:
-        raise Untranslatable(f"no target in {spec!r}")
     if proto:
         out.append(f"meta l4proto {proto}")
-    tail = f' comment "{comment}"' if comment else ""
-    return " ".join([*out, "counter", verdict]) + tail
-
-
-def _elements(members: Iterable[str]) -> str:
-    return ", ".join(sorted(members))
+    return out, verdict, comment
 
 
 def set_decl(s: IPSet) -> str:
@@ -169,44 +178,3 @@ def set_decl(s: IPSet) -> str:
 def chain_decl(c: Chain) -> str:
     kind, hook, priority = BASE[(c.table, c.hook)]
     return f"{{ type {kind} hook {hook} priority {priority}; policy accept; }}"
-
-
-def script(table: str, family: int, *, sets: Iterable[IPSet] = (),
-           add_members: Iterable[tuple[str, str]] = (), del_members: Iterable[tuple[str, str]] = (),
-           chains: Iterable[Chain] = (), drop_chains: Iterable[Chain] = (), destroy_sets: Iterable[str] = ()) -> str:
-    """One `nft -f` transaction for one family's table: it all applies or none of it does, so no
-    packet meets half a change (no nat-before-mangle ordering as with iptables-restore's per-table
-    commits). `sets` are created (idempotent) with their members; members are removed before others
-    are added (an interval set refuses an overlap even with an element the same transaction deletes
-    later); chains and sets are dropped last."""
-    fam = nft_family(family)
-    where = f"{fam} {table}"
-    lines = [f"add table {where}"]
-    for s in sorted(sets):
-        lines.append(f"add set {where} {s.name} {set_decl(s)}")
-        if s.members:
-            lines.append(f"add element {where} {s.name} {{ {_elements(s.members)} }}")
-    lines += _member_lines("delete", where, del_members)  # first: a prefix replacing the addresses it covers
-    lines += _member_lines("add", where, add_members)
-    for c in sorted(chains):
-        name = chain_name(c.table, c.name)
-        lines += [f"add chain {where} {name} {chain_decl(c)}", f"flush chain {where} {name}"]
-        lines += [f"add rule {where} {name} {nft_rule(r, c.table, family)}" for r in c.rules]
-    for c in sorted(drop_chains):
-        name = chain_name(c.table, c.name)
-        lines += [f"flush chain {where} {name}", f"delete chain {where} {name}"]
-    lines += [f"delete set {where} {name}" for name in sorted(destroy_sets)]
-    return "\n".join(lines) + "\n"
-
-
-def _member_lines(verb: str, where: str, members: Iterable[tuple[str, str]]) -> list[str]:
-    by_set: dict[str, list[str]] = {}
-    for name, member in members:
-        by_set.setdefault(name, []).append(member)
-    return [f"{verb} element {where} {name} {{ {_elements(ms)} }}" for name, ms in sorted(by_set.items())]
-
-
-def golden_text(table: str, family: int, sets: Iterable[IPSet], chains: Iterable[Chain]) -> str:
-    """The golden form: the script that creates the table from nothing."""
-    return script(table, family, sets=[s for s in sets if s.family == family],
-                  chains=[c for c in chains if c.family == family])

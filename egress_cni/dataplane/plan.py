@@ -14,6 +14,7 @@ from typing import TypeVar
 
 IPV4, IPV6 = 4, 6
 TABLES = ("raw", "mangle", "nat", "filter")
+DECIDING = (("mangle", "PREROUTING"), ("filter", "FORWARD"))  # the policies' first-match chains, written together
 
 
 @dataclass(frozen=True, order=True)
@@ -173,9 +174,12 @@ def fingerprint(chain: Chain) -> tuple[str, ...]:
     return tuple(rule_tag(r) for r in chain.rules)
 
 
-def diff(desired: Dataplane, actual: Dataplane, *, prune: bool = True) -> Plan:
+def diff(desired: Dataplane, actual: Dataplane, *, prune: bool = True, together: bool = False) -> Plan:
     """The changes that turn `actual` into `desired`. With prune=False nothing is removed
-    (used until every source has synced, so a partial view never deletes live state)."""
+    (used until every source has synced, so a partial view never deletes live state). With
+    `together`, a family's DECIDING chains are written together or not at all (the nftables
+    engine's decision cache numbers the filter chain's slots after the mangle chain's:
+    dataplane/nftcache.py)."""
 
     def removed(d: Iterable[T], a: Iterable[T]) -> tuple[T, ...]:
         return _added(a, d) if prune else ()
@@ -203,6 +207,9 @@ def diff(desired: Dataplane, actual: Dataplane, *, prune: bool = True) -> Plan:
         if (have_chains.get(c.key) != fingerprint(c) or c.key not in actual.jumps_ok)
         and (prune or c.key not in have_chains)
     ))
+    paired = {c.family for c in write if (c.table, c.hook) in DECIDING} if together else set()
+    write = tuple(sorted({*write, *(c for c in desired.chains if c.family in paired and (c.table, c.hook) in DECIDING
+                                    and (prune or c.key not in have_chains))}))
     want_keys = {c.key for c in desired.chains}
     drop = tuple(sorted(c for c in actual.chains if c.key not in want_keys)) if prune else ()
     # after recreating the link every address/neighbour/fdb entry/route on it is gone: add them all again

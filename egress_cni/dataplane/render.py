@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from egress_cni.dataplane import nftrender
+from egress_cni.dataplane import nftscript
 from egress_cni.dataplane.plan import IPV4, TABLES, Chain, Dataplane, IPSet
 
 JUMP_COMMENT = "egw:jump"
@@ -40,7 +40,7 @@ def golden_files(dp: Dataplane, nft_table: str = "egress") -> dict[str, str]:
     out = {"link": link, "routes": routes, "rules": rules, "ipsets": ipsets}
     for f in sorted({c.family for c in dp.chains}):
         out[f"iptables_v{f}"] = restore_text([c for c in dp.chains if c.family == f]).splitlines()
-        out[f"nft_v{f}"] = nftrender.golden_text(nft_table, f, dp.ipsets, dp.chains).splitlines()
+        out[f"nft_v{f}"] = nftscript.golden_text(nft_table, f, dp.ipsets, dp.chains).splitlines()
     return {name: "\n".join(lines) + "\n" for name, lines in out.items()}
 
 

@@ -134,10 +134,10 @@ class Rule(Record):
 
 
 class Netlink:
-    """One NETLINK_ROUTE socket, bound in the netns current at construction."""
+    """One NETLINK_ROUTE socket (or another protocol's), bound in the netns current at construction."""
 
-    def __init__(self) -> None:
-        self._sock = _socket.socket(AF_NETLINK, _socket.SOCK_RAW | _socket.SOCK_CLOEXEC, NETLINK_ROUTE)
+    def __init__(self, protocol: int = NETLINK_ROUTE) -> None:
+        self._sock = _socket.socket(AF_NETLINK, _socket.SOCK_RAW | _socket.SOCK_CLOEXEC, protocol)
         self._sock.bind((0, 0))
         self._seq = 0
 

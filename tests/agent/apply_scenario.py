@@ -27,7 +27,7 @@ def reconcile(kernel: KernelDataplane, directory: str) -> dict[str, int]:
     state, facts = load_scenario(directory)
     desired = desired_dataplane(state, facts, CONFIG).dataplane
     kernel.hint_tables({r.table for r in desired.routes})
-    plan = diff(desired, kernel.read_actual(desired.sysctls))
+    plan = diff(desired, kernel.read_actual(desired.sysctls), together=kernel.writes_decisions_together)
     kernel.apply(plan)
     return plan.summary()
 

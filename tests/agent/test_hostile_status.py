@@ -22,7 +22,7 @@ pytestmark = pytest.mark.unit
 
 CASE = Path(__file__).resolve().parent.parent / "golden" / "gateway-basic"
 INJECTED = "-j ACCEPT"
-QUOTED = re.compile(r'(?<= )"(egw:[0-9a-f]{10}:[A-Za-z0-9.:/_~-]*|[A-Za-z0-9._*-]+)"')
+QUOTED = re.compile(r'(?<= )"(egw:[0-9a-f]{10}:[A-Za-z0-9.:/_~-]*|egw-cache:[a-z-]+|[A-Za-z0-9._*-]+)"')
 
 
 def objects() -> list[dict[str, Any]]:

@@ -34,7 +34,7 @@ def main() -> None:
     facts = replace(facts, eip_dev=kernel.hold_eips())
     desired = desired_dataplane(state, facts, CONFIG).dataplane
     kernel.hint_tables({r.table for r in desired.routes})
-    plan = diff(desired, kernel.read_actual(desired.sysctls))
+    plan = diff(desired, kernel.read_actual(desired.sysctls), together=kernel.writes_decisions_together)
     kernel.apply(plan)
     print(json.dumps({"applied": plan.summary(), "eip_dev": facts.eip_dev}), flush=True)
     sys.stdin.readline()

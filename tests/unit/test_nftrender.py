@@ -9,7 +9,8 @@ import pytest
 
 from egress_cni.dataplane.compute import uncovered
 from egress_cni.dataplane.nft import NftView, parse_table
-from egress_cni.dataplane.nftrender import Untranslatable, nft_rule, script
+from egress_cni.dataplane.nftrender import Untranslatable, nft_rule
+from egress_cni.dataplane.nftscript import script
 from egress_cni.dataplane.plan import IPV4, IPV6, Chain, IPSet
 
 pytestmark = pytest.mark.unit
