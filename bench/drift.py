@@ -42,6 +42,7 @@ def _synthetic_objects(endpoints: int, policies: int) -> list[dict[str, Any]]:
     spec = importlib.util.spec_from_file_location("bench_agent", Path(__file__).with_name("agent.py"))
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up there
     spec.loader.exec_module(module)
     return list(module.synthetic_objects(endpoints, policies))
 

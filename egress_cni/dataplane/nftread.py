@@ -35,6 +35,7 @@ HOOKS = {0: "prerouting", 1: "input", 2: "forward", 3: "output", 4: "postrouting
 NFPROTO = {4: 2, 6: 10}
 _NFGEN = struct.Struct("=BBH")
 _BE32, _BE64 = struct.Struct("!I"), struct.Struct("!Q")
+_COUNTER = b"counter\0"
 
 
 def _text(raw: bytes | None) -> str:
@@ -68,6 +69,8 @@ def rule_item(attrs: dict[int, bytes]) -> dict[str, Any]:
     """One NFT_MSG_NEWRULE's attributes -> {"chain", "comment"?, "expr": [counter?]}."""
     exprs: list[dict[str, Any]] = []
     for elem in _list(attrs.get(NFTA_RULE_EXPRESSIONS, b"")):
+        if elem[4:12] != _COUNTER:  # its name comes first; only the counter is read (a rule has ~20 expressions)
+            continue
         e = ll.parse_attrs(elem)
         if _text(e.get(NFTA_EXPR_NAME)) == "counter":
             data = ll.parse_attrs(e.get(NFTA_EXPR_DATA, b""))
