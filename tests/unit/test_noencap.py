@@ -57,7 +57,7 @@ def test_settings_and_flag_choose_the_mode() -> None:
     assert settings.VXLAN_MODES == VXLAN_MODES
     assert settings.parse({}).vxlan.mode == ALWAYS  # the default: today's path, safe on clouds
     assert settings.parse({"feature": {"vxlan": {"mode": "CrossSubnet"}}}).vxlan.mode == CROSS_SUBNET
-    with pytest.raises(settings.SettingsError, match="vxlan.mode: must be one of Always, CrossSubnet, Never"):
+    with pytest.raises(settings.SettingsError, match=r"vxlan\.mode: must be one of Always, CrossSubnet, Never"):
         settings.parse({"vxlan": {"mode": "crosssubnet"}})
     assert config_from(parse_args(["run"], env={})).vxlan_mode == ALWAYS
     assert config_from(parse_args(["run", "--vxlan-mode", "Never"], env={})).vxlan_mode == NEVER
