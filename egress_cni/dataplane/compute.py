@@ -398,13 +398,15 @@ def desired_dataplane(state: ClusterState, facts: NodeFacts, config: DataplaneCo
                                   tagged(f"{mark} -j ACCEPT", f"direct:{name}")]
                 post_direct[f].append(tagged(f"{mark} -j RETURN", f"direct-done:{name}"))
             if name in reply_to and mode != ALWAYS and peer.parent_mac is not None:
-                # whichever way this gateway answers, the peer may come direct (its view of the segment)
+                # whichever way this gateway answers, the peer may come direct (its view of the segment);
+                # only flows to outside the cluster: the peer's own traffic to this node keeps its connmark
                 came = f"-i {parent} -m mac --mac-source {peer.parent_mac}"
-                connmark[f].append(tagged(f"{came} -m conntrack --ctdir ORIGINAL -j CONNMARK --set-xmark"
+                outside = f"-m set ! --match-set {cluster_set(config, f)} dst"
+                connmark[f].append(tagged(f"{came} {outside} -m conntrack --ctdir ORIGINAL -j CONNMARK --set-xmark"
                                           f" 0x{peer.mark:x}/0x{FULL:x}", f"reply-direct:{name}"))
                 own_addr = peer.parent_ip.get(f)
-                closed[f].append(tagged(f"{came}{f' ! -s {own_addr}' if own_addr else ''} -m set ! --match-set"
-                                        f" {cluster_set(config, f)} dst -j DROP", f"direct-closed:{name}"))
+                closed[f].append(tagged(f"{came}{f' ! -s {own_addr}' if own_addr else ''} {outside} -j DROP",
+                                        f"direct-closed:{name}"))
     if link:
         for name in sorted(steer_to | reply_to):
             peer = peers.get(name)
