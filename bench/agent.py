@@ -381,8 +381,9 @@ def iperf_bench(gigabytes: float, rounds: int, others: int = 200) -> dict[str, A
         assert "dev eth0" in routes[2] and "egress.vxlan" in routes[3], routes  # the two paths are what they claim
         out: dict[str, list[tuple[float, float]]] = {p: [] for p in PATHS}
         tunnelled = {p: 0 for p in PATHS}  # packets node1's tunnel sent during each path's runs
-        for _ in range(rounds):  # interleaved so machine load hits every path alike
-            for pod in PATHS:
+        order = list(PATHS)
+        for i in range(rounds):  # interleaved so machine load hits every path alike; each round starts one
+            for pod in order[i % len(order):] + order[:i % len(order)]:  # path later: no path always follows the same one
                 before = vxlan_tx(t)
                 out[pod].append(run(pod))
                 tunnelled[pod] += vxlan_tx(t) - before
