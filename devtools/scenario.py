@@ -12,16 +12,29 @@ from typing import Any
 import yaml
 
 from egress_cni.agent.sources import load_yaml_objects, state_from_objects
-from egress_cni.dataplane.inputs import ClusterState, LocalEndpoint, NodeFacts
+from egress_cni.dataplane.inputs import ClusterState, DataplaneConfig, LocalEndpoint, NodeFacts
 
-FACT_FIELDS = ("name", "parent", "parent_ipv4", "parent_ipv6", "parent_mtu", "ipv4", "ipv6", "carrier")
+FACT_FIELDS = ("name", "parent", "parent_ipv4", "parent_ipv6", "parent_mtu", "ipv4", "ipv6", "carrier", "parent_mac",
+               "onlink", "rp_filter")
+CONFIG_FIELDS = ("vxlan_mode",)  # DataplaneConfig fields a scenario may set (node.yaml `config:`)
 
 
 def facts_from(raw: Mapping[str, Any]) -> NodeFacts:
-    unknown = set(raw) - set(FACT_FIELDS) - {"endpoints"}
+    unknown = set(raw) - set(FACT_FIELDS) - {"endpoints", "config"}
     if unknown:
-        raise ValueError(f"node facts: unknown keys {sorted(unknown)}; accepted: {', '.join(FACT_FIELDS)}, endpoints")
-    return NodeFacts(**{k: raw[k] for k in FACT_FIELDS if k in raw})
+        raise ValueError(f"node facts: unknown keys {sorted(unknown)}; accepted: {', '.join(FACT_FIELDS)}, endpoints, config")
+    given: dict[str, Any] = {k: tuple(raw[k]) if k == "onlink" else raw[k] for k in FACT_FIELDS if k in raw}
+    return NodeFacts(**given)
+
+
+def config_from(directory: str) -> DataplaneConfig:
+    """The scenario's settings: node.yaml `config:` (e.g. {vxlan_mode: CrossSubnet}) over the defaults."""
+    with open(os.path.join(directory, "node.yaml"), encoding="utf-8") as f:
+        raw = (yaml.safe_load(f) or {}).get("config") or {}
+    unknown = set(raw) - set(CONFIG_FIELDS)
+    if unknown:
+        raise ValueError(f"node config: unknown keys {sorted(unknown)}; accepted: {', '.join(CONFIG_FIELDS)}")
+    return DataplaneConfig(**raw)
 
 
 def endpoints_from(raw: Mapping[str, Any]) -> tuple[LocalEndpoint, ...]:

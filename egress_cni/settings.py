@@ -30,6 +30,7 @@ T = TypeVar("T")
 
 CONFIG_ENV = "EGRESS_CONFIG"  # the file's path when a daemon gets no --config
 IPTABLES_BACKENDS = ("auto", "nftables", "nft", "legacy")
+VXLAN_MODES = ("Always", "CrossSubnet", "Never")  # dataplane/inputs.py's, Calico's names
 MARK_BASE = 0x26000000  # dataplane.inputs.DataplaneConfig.mark_base; upstream's `mark` must match it
 
 
@@ -59,6 +60,7 @@ class Vxlan:
     vni: int = 100
     port: int = 7789
     mtu: int = 0  # 0: the parent's MTU minus the VXLAN overhead
+    mode: str = "Always"  # CrossSubnet: no tunnel to on-link gateways; Never: no tunnel at all
 
 
 @dataclass(frozen=True)
@@ -173,6 +175,7 @@ KEYS: tuple[_Key, ...] = (
     _Key("vxlan.vni", int, "vxlan.vni", ("vxlan.id",), _range(0, 2**24 - 1)),
     _Key("vxlan.port", int, "vxlan.port", check=_range(1, 65535)),
     _Key("vxlan.mtu", int, "vxlan.mtu", check=_range(0, 65535)),
+    _Key("vxlan.mode", str, "vxlan.mode", check=_one_of(*VXLAN_MODES)),
     # upstream's failover timings mean ours only while its failover is on (see _failover_off)
     _Key("agent.lease_seconds", int, "agentLeaseSeconds", ("gatewayFailover.eipEvictionTimeout",), _range(1)),
     _Key("agent.lease_renew_seconds", float, "agentLeaseRenewSeconds", ("gatewayFailover.tunnelUpdatePeriod",), _positive),

@@ -159,7 +159,8 @@ TUNNEL = obj({
     "status": obj({
         "tunnel": obj({
             "ipv4": string(maxLength=L.IP), "ipv6": string(maxLength=L.IP), "mac": string(maxLength=L.MAC),
-            "parent": obj({"name": string(maxLength=L.IFNAME), "ipv4": string(maxLength=L.IP), "ipv6": string(maxLength=L.IP)}),
+            "parent": obj({"name": string(maxLength=L.IFNAME), "ipv4": string(maxLength=L.IP), "ipv6": string(maxLength=L.IP),
+                            "mac": string(maxLength=L.MAC)}),
         }),
         "phase": string(enum=["Pending", "Init", "Failed", "Ready", "HeartbeatTimeout", "NodeNotReady"]),
         "mark": string(maxLength=L.MARK),

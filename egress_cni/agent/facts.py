@@ -1,4 +1,5 @@
-"""This node's facts from the kernel: the parent (underlay) link, its first global IPs, MTU, carrier.
+"""This node's facts from the kernel: the parent (underlay) link, its first global IPs, MTU, carrier,
+MAC, connected prefixes (which peers are on-link, for the no-encapsulation mode) and rp_filter.
 
 The parent is `--parent` when given, else the link of the default route (IPv4 first). Our own EIPs
 (IFA_PROTO = ours) and host prefixes are never taken as the node's underlay address.
@@ -38,7 +39,9 @@ def read_facts(name: str, parent: str | None, config: DataplaneConfig, *, ipv4: 
         idx = found[0]
         msg = ipr.get_links(idx)[0]
         mtu, carrier = int(msg.get_attr("IFLA_MTU")), link_has_carrier(msg)
+        mac = str(msg.get_attr("IFLA_ADDRESS") or "")
         first: dict[int, str] = {}
+        onlink: list[str] = []
         for a in ipr.get_addr(index=idx):
             if a.get_attr("IFA_PROTO") == config.eip_proto or a["scope"] != 0:
                 continue
@@ -46,7 +49,21 @@ def read_facts(name: str, parent: str | None, config: DataplaneConfig, *, ipv4: 
             if a["prefixlen"] in (32, 128):
                 continue
             first.setdefault(fam, a.get_attr("IFA_ADDRESS"))
-    return NodeFacts(name, link, first.get(4, ""), first.get(6, ""), mtu, ipv4, ipv6, carrier, eip_dev)
+            onlink.append(f"{a.get_attr('IFA_ADDRESS')}/{a['prefixlen']}")
+    return NodeFacts(name, link, first.get(4, ""), first.get(6, ""), mtu, ipv4, ipv6, carrier, eip_dev,
+                     parent_mac=mac, onlink=tuple(onlink), rp_filter=rp_filter(link))
+
+
+def rp_filter(link: str) -> int:
+    """The effective IPv4 reverse-path filter of `link`: the larger of `all` and the link's own."""
+    values = []
+    for conf in ("all", link):
+        try:
+            with open(f"/proc/sys/net/ipv4/conf/{conf}/rp_filter", encoding="ascii") as f:
+                values.append(int(f.read().strip() or 0))
+        except (OSError, ValueError):
+            values.append(0)
+    return max(values)
 
 
 def kernel_eips(parent: str, config: DataplaneConfig) -> Callable[[], frozenset[str]]:

@@ -57,6 +57,9 @@ def build_parser(env: Mapping[str, str] | None = None) -> argparse.ArgumentParse
         p.add_argument("--vni", type=int, default=None, help=f"file vxlan.vni/vxlan.id; default {settings.Vxlan.vni}")
         p.add_argument("--vxlan-port", type=int, default=None, help=f"file vxlan.port; default {settings.Vxlan.port}")
         p.add_argument("--mtu", type=int, default=None, help="VXLAN MTU (file vxlan.mtu); 0 = parent MTU minus the VXLAN overhead")
+        p.add_argument("--vxlan-mode", default=None, choices=settings.VXLAN_MODES,
+                       help="Always: the tunnel to every gateway; CrossSubnet: none to on-link gateways; Never: none "
+                            "(off-link gateways unusable) (file vxlan.mode); default Always (docs/dataplane.md, No encapsulation)")
         p.add_argument("--iptables-backend", default=None, choices=settings.IPTABLES_BACKENDS,
                        help="file iptablesBackend/iptables.backendMode; default auto")
         p.add_argument("--resync-seconds", type=float, default=10.0)
@@ -103,6 +106,7 @@ def parse_args(argv: list[str] | None, env: Mapping[str, str] | None = None) -> 
         ("ipv6", False if families.ipv6 is None else families.ipv6),
         ("parent", installed.tunnel.parent or None),
         ("vxlan_name", vxlan.name), ("vni", vxlan.vni), ("vxlan_port", vxlan.port), ("mtu", vxlan.mtu),
+        ("vxlan_mode", vxlan.mode),
         ("iptables_backend", agent.iptables_backend), ("lease_renew_seconds", agent.lease_renew_seconds),
         ("peer_port", installed.peers.port), ("peer_key_file", installed.peers.key_file),
     ):
@@ -125,7 +129,7 @@ def parse_args(argv: list[str] | None, env: Mapping[str, str] | None = None) -> 
 
 def config_from(args: argparse.Namespace) -> DataplaneConfig:
     return DataplaneConfig(vxlan_name=args.vxlan_name, vni=args.vni, port=args.vxlan_port, mtu=args.mtu,
-                           eip_lifetime=args.eip_lifetime_seconds)
+                           vxlan_mode=args.vxlan_mode, eip_lifetime=args.eip_lifetime_seconds)
 
 
 def node_paths(args: argparse.Namespace) -> NodePaths:

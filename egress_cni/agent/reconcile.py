@@ -23,7 +23,7 @@ from egress_cni.agent.fencing import release_stale_eips
 from egress_cni.agent.sources import TunnelReporter
 from egress_cni.backoff import Backoff
 from egress_cni.dataplane.compute import Desired, desired_dataplane
-from egress_cni.dataplane.inputs import ClusterState, DataplaneConfig, NodeFacts
+from egress_cni.dataplane.inputs import NEVER, ClusterState, DataplaneConfig, NodeFacts
 from egress_cni.dataplane.plan import Dataplane, Plan, Sysctl, diff
 
 log = logging.getLogger(__name__)
@@ -139,7 +139,7 @@ class Reconciler:
             self._forget_moved_flows(self.status.desired, desired)
         if synced:  # a partial view could ack a selected pod as unselected
             self.cni.write_acks(desired)
-        self._report_parent(facts, ready=dp.link is not None)
+        self._report_parent(facts, ready=dp.link is not None or self.config.vxlan_mode == NEVER)
         self.status.last_plan, self.status.desired, self.status.eips = plan, desired, dp.eips
         return plan
 
@@ -162,7 +162,7 @@ class Reconciler:
 
     def _report_parent(self, facts: NodeFacts, ready: bool) -> None:
         """EgressTunnel status.tunnel.parent, and phase Ready once our tunnel is programmed."""
-        parent = {"name": facts.parent, "ipv4": facts.parent_ipv4, "ipv6": facts.parent_ipv6}
+        parent = {"name": facts.parent, "ipv4": facts.parent_ipv4, "ipv6": facts.parent_ipv6, "mac": facts.parent_mac}
         if (parent, ready) == self._reported or self._clock() < self._report_not_before:
             return
         try:

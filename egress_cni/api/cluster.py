@@ -34,9 +34,10 @@ class TunnelParent:
     name: str = ""
     ipv4: IP | None = None
     ipv6: IP | None = None
+    mac: Mac | None = None  # the agent's report: gateways know this node's un-tunnelled packets by it
 
     def __post_init__(self) -> None:
-        settle(self, ipv4=as_ip(self.ipv4, 4), ipv6=as_ip(self.ipv6, 6))
+        settle(self, ipv4=as_ip(self.ipv4, 4), ipv6=as_ip(self.ipv6, 6), mac=as_mac(self.mac))
 
 
 _MARK = re.compile(r"(?:0[xX])?[0-9a-fA-F]{1,8}")
@@ -74,7 +75,8 @@ class TunnelStatus:
             raise FieldError(join(path, "mark"), mark, "must be a 32-bit hexadecimal mark such as 0x26000001")
         return cls(
             ipv4=get_ip(tunnel, "ipv4", tpath, 4), ipv6=get_ip(tunnel, "ipv6", tpath, 6), mac=get_mac(tunnel, "mac", tpath),
-            parent=TunnelParent(get_str(parent, "name", ppath), get_ip(parent, "ipv4", ppath, 4), get_ip(parent, "ipv6", ppath, 6)),
+            parent=TunnelParent(get_str(parent, "name", ppath), get_ip(parent, "ipv4", ppath, 4), get_ip(parent, "ipv6", ppath, 6),
+                                get_mac(parent, "mac", ppath)),
             phase=phase, mark=mark, last_heartbeat_time=get_str(raw, "lastHeartbeatTime", path),
         )
 
@@ -84,7 +86,8 @@ class TunnelStatus:
         return parse_mark(self.mark) if self.mark else None
 
     def to_dict(self) -> dict[str, Any]:
-        parent = compact({"name": self.parent.name, "ipv4": self.parent.ipv4, "ipv6": self.parent.ipv6})
+        parent = compact({"name": self.parent.name, "ipv4": self.parent.ipv4, "ipv6": self.parent.ipv6,
+                          "mac": self.parent.mac})
         return compact({
             "tunnel": compact({"ipv4": self.ipv4, "ipv6": self.ipv6, "mac": self.mac, "parent": parent}),
             "phase": self.phase,

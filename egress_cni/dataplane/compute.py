@@ -12,6 +12,13 @@ Packet walk (pod on worker W selected by policy P whose gateway node is G):
      The reply's connmark is restored into the mark, which routes it back through the tunnel to W.
 A policy with no usable gateway drops its selected traffic instead of letting it leave unmasked.
 
+Without encapsulation (`DataplaneConfig.vxlan_mode` CrossSubnet or Never, for a gateway on-link):
+  W  the table of M_G holds `default via <G's parent IP> dev <parent>`, and an `unreachable` rule
+     for M_G right after ours refuses what finds no route there (never the main table); nat leaves
+     such packets alone and marks their flow `routed`, whose later packets leave no other way un-NATed.
+  G  saves W's mark by W's parent MAC; filter passes direct arrivals only for its own policies (the
+     rest, to outside the cluster, is dropped); replies go back `via <W's parent IP> dev <parent>`.
+
 Underlay pods (macvlan, ...) reach the host by our veths only for hijacked destinations, and replies
 to their own address would come back on their macvlan, past the host's conntrack. So what enters by
 a veth and leaves by the parent unsteered, to outside the cluster, is masqueraded to the node.
@@ -27,7 +34,7 @@ from dataclasses import dataclass, field
 from egress_cni.api import semantics
 from egress_cni.api.model import EgressClusterEndpointSlice, EgressPolicy, EgressTunnel
 from egress_cni.api.net import IP, Cidr, CidrMode, Mac, parse_cidr
-from egress_cni.dataplane.inputs import ClusterState, DataplaneConfig, NodeFacts
+from egress_cni.dataplane.inputs import ALWAYS, NEVER, ClusterState, DataplaneConfig, NodeFacts
 from egress_cni.dataplane.plan import (
     IPV4,
     IPV6,
@@ -56,6 +63,8 @@ class Peer:
     mark: int
     underlay: IP  # parent IP the VXLAN packets go to
     tunnel_ip: Mapping[int, IP]
+    parent_ip: Mapping[int, IP] = field(default_factory=dict)  # its parent's IPs: direct next hops
+    parent_mac: Mac | None = None  # what its un-tunnelled packets carry as source MAC
 
 
 @dataclass(frozen=True)
@@ -160,7 +169,29 @@ def _peer(t: EgressTunnel, underlay_family: int) -> Peer | None:
     if not s.mac or not underlay:
         return None
     tips = {f: ip for f, ip in ((IPV4, s.ipv4), (IPV6, s.ipv6)) if ip}
-    return Peer(t.metadata.name, s.mac, mark, underlay, tips)
+    pips = {f: ip for f, ip in ((IPV4, s.parent.ipv4), (IPV6, s.parent.ipv6)) if ip}
+    return Peer(t.metadata.name, s.mac, mark, underlay, tips, pips, s.parent.mac)
+
+
+def connected(prefixes: Iterable[str]) -> tuple[Cidr, ...]:
+    """The parent's connected prefixes as facts give them ("10.100.0.7/24"); one that does not parse is skipped."""
+    out = []
+    for text in prefixes:
+        try:
+            out.append(parse_cidr(text, CidrMode.HOST_BITS))
+        except ValueError:
+            continue
+    return tuple(out)
+
+
+def on_link(ip: IP, prefixes: Iterable[Cidr]) -> bool:
+    """`ip` lies in one of this node's connected prefixes: reachable without a router."""
+    return any(c.family == ip.family and c.contains(ip) for c in prefixes)
+
+
+def direct_hop(mode: str, ip: IP | None, prefixes: Iterable[Cidr]) -> IP | None:
+    """The next hop for a peer reached without the tunnel, None for the tunnel (or nothing, in Never)."""
+    return ip if mode != ALWAYS and ip is not None and on_link(ip, prefixes) else None
 
 
 def _endpoints(state: ClusterState) -> dict[str, list[tuple[str, tuple[IP, ...]]]]:
@@ -207,8 +238,17 @@ def desired_dataplane(state: ClusterState, facts: NodeFacts, config: DataplaneCo
     peers = {n: pr for n, t in tunnels.items() if (pr := _peer(t, underlay_family)) is not None}
     own = tunnels.get(me)
     own_tips = {f: ip for f, ip in ((IPV4, own.status.ipv4), (IPV6, own.status.ipv6)) if ip and f in families} if own else {}
+    mode = config.vxlan_mode
+    prefixes = connected(facts.onlink) if mode != ALWAYS else ()
+    # a gateway knows this node's direct packets by the MAC in our EgressTunnel: go direct only once it is there
+    reported = own is not None and own.status.parent.mac is not None
+
+    def direct(peer: Peer | None, f: int, replying: bool = False) -> IP | None:
+        known = peer is not None and (peer.parent_mac is not None if replying else reported)
+        return direct_hop(mode, peer.parent_ip.get(f), prefixes) if peer is not None and known else None
+
     link = None
-    if own is not None and own.status.mac and own_tips and local_ip:
+    if own is not None and own.status.mac and own_tips and local_ip and mode != NEVER:
         overhead = 50 if underlay_family == IPV4 else 70
         link = VxlanLink(vx, config.vni, config.port, facts.parent, local_ip, own.status.mac.lower(),
                          config.mtu or facts.parent_mtu - overhead)
@@ -235,9 +275,14 @@ def desired_dataplane(state: ClusterState, facts: NodeFacts, config: DataplaneCo
     # Above the tunnels' marks too (controller: 0x..000001-0x..fffffe): a veth's unsteered flow to leave masqueraded.
     unsteered = f"0x{config.mark_base | (~config.mark_mask & FULL):x}"
     underlay_masq = any(ep.underlay for ep in state.local_endpoints)
-    nat: dict[int, list[str]] = {f: [tagged(f"-o {vx} -j CONNMARK --set-xmark {tunnelled}/0x{FULL:x}", "tunnelled"),
-                                     tagged(f"-o {vx} -j ACCEPT", "tunnel")] if link else [] for f in families}
+    # the same for a flow whose first packet went to its gateway directly (no tunnel)
+    routed = f"0x{config.mark_base | (~config.mark_mask & FULL & ~2):x}"
+    nat_tunnel = [tagged(f"-o {vx} -j CONNMARK --set-xmark {tunnelled}/0x{FULL:x}", "tunnelled"),
+                  tagged(f"-o {vx} -j ACCEPT", "tunnel")] if link else []
+    nat: dict[int, list[str]] = {f: [] for f in families}
+    hops: dict[tuple[str, int], IP] = {}  # (peer, family) -> its parent IP, for peers we route to directly
     accept: dict[int, list[str]] = {f: [] for f in families}
+    accept_direct: dict[int, list[str]] = {f: [] for f in families}
     unnatted: dict[int, list[str]] = {f: [] for f in families}
     ipsets: set[IPSet] = set()
     addresses: set[Address] = set()
@@ -298,6 +343,13 @@ def desired_dataplane(state: ClusterState, facts: NodeFacts, config: DataplaneCo
                                         f"local:{key}"))
                 if link:
                     accept[f].append(tagged(f"-i {vx} {match} -j RETURN", f"tunnel:{key}"))
+                if mode != ALWAYS:
+                    accept_direct[f].append(tagged(f"-i {facts.parent} {match} -j RETURN", f"direct:{key}"))
+            elif (hop := direct(gw_peer, f)) is not None and gw_peer is not None:
+                mangle[f].append(tagged(f"-m mark ! --mark {base} {match} -j MARK --set-xmark 0x{gw_peer.mark:x}/0x{FULL:x}",
+                                        f"steer:{key}"))
+                steer_to.add(gw)
+                hops[gw, f] = hop
             elif link and gw_peer is not None and f in gw_peer.tunnel_ip and f in own_tips:
                 mangle[f].append(tagged(f"-m mark ! --mark {base} {match} -j MARK --set-xmark 0x{gw_peer.mark:x}/0x{FULL:x}",
                                         f"steer:{key}"))
@@ -324,23 +376,57 @@ def desired_dataplane(state: ClusterState, facts: NodeFacts, config: DataplaneCo
     neighbours: set[Neighbour] = set()
     fdb: set[Fdb] = set()
     connmark: dict[int, list[str]] = {f: [] for f in families}
+    nat_direct: dict[int, list[str]] = {f: [] for f in families}
+    post_direct: dict[int, list[str]] = {f: [] for f in families}
+    closed: dict[int, list[str]] = {f: [] for f in families}
+    parent = facts.parent
+    for name in sorted(steer_to | reply_to):
+        peer = peers.get(name)
+        if peer is None or name == me:
+            continue
+        for f in families:
+            hop = hops.get((name, f)) or (direct(peer, f, replying=True) if name in reply_to else None)
+            if hop is not None:
+                hops[name, f] = hop
+                rules.add(Rule(f, config.rule_priority, peer.mark, peer.mark))
+                # table of M without its route: refused here, never looked up in the main table
+                rules.add(Rule(f, config.rule_priority + 1, peer.mark, 0, unreachable=True))
+                routes.add(Route(f, peer.mark, "default", str(hop), parent))
+            if name in steer_to and (name, f) in hops:
+                mark = f"-o {parent} -m mark --mark 0x{peer.mark:x}/0x{FULL:x}"
+                nat_direct[f] += [tagged(f"{mark} -j CONNMARK --set-xmark {routed}/0x{FULL:x}", f"routed:{name}"),
+                                  tagged(f"{mark} -j ACCEPT", f"direct:{name}")]
+                post_direct[f].append(tagged(f"{mark} -j RETURN", f"direct-done:{name}"))
+            if name in reply_to and mode != ALWAYS and peer.parent_mac is not None:
+                # whichever way this gateway answers, the peer may come direct (its view of the segment);
+                # only flows to outside the cluster: the peer's own traffic to this node keeps its connmark
+                came = f"-i {parent} -m mac --mac-source {peer.parent_mac}"
+                outside = f"-m set ! --match-set {cluster_set(config, f)} dst"
+                connmark[f].append(tagged(f"{came} {outside} -m conntrack --ctdir ORIGINAL -j CONNMARK --set-xmark"
+                                          f" 0x{peer.mark:x}/0x{FULL:x}", f"reply-direct:{name}"))
+                own_addr = peer.parent_ip.get(f)
+                closed[f].append(tagged(f"{came}{f' ! -s {own_addr}' if own_addr else ''} {outside} -j DROP",
+                                        f"direct-closed:{name}"))
     if link:
         for name in sorted(steer_to | reply_to):
             peer = peers.get(name)
             if peer is None or name == me:
                 continue
-            fdb.add(Fdb(vx, peer.mac, peer.underlay))
+            if not all((name, f) in hops for f in families):  # our tunnel packets to it, if any
+                fdb.add(Fdb(vx, peer.mac, peer.underlay))
             for f in families:
                 tip = peer.tunnel_ip.get(f)
                 if tip is None or f not in own_tips:
                     continue
-                neighbours.add(Neighbour(f, vx, tip, peer.mac))
-                rules.add(Rule(f, config.rule_priority, peer.mark, peer.mark))
-                routes.add(Route(f, peer.mark, "default", tip, vx))
                 if name in reply_to:
                     connmark[f].append(tagged(
                         f"-i {vx} -m mac --mac-source {peer.mac} -m conntrack --ctdir ORIGINAL"
                         f" -j CONNMARK --set-xmark 0x{peer.mark:x}/0x{FULL:x}", f"reply:{name}"))
+                if (name, f) in hops:
+                    continue  # replies go direct; its tunnelled arrivals are still marked
+                neighbours.add(Neighbour(f, vx, tip, peer.mac))
+                rules.add(Rule(f, config.rule_priority, peer.mark, peer.mark))
+                routes.add(Route(f, peer.mark, "default", tip, vx))
         for f, tip in own_tips.items():
             addresses.add(Address(vx, f"{tip}/{32 if f == IPV4 else 128}"))
 
@@ -351,7 +437,7 @@ def desired_dataplane(state: ClusterState, facts: NodeFacts, config: DataplaneCo
         restore = [tagged(f"-m conntrack --ctdir REPLY -m connmark --mark {base} -j CONNMARK --restore-mark"
                           f" --nfmask 0x{FULL:x} --ctmask 0x{FULL:x}", "reply-restore")] if connmark[f] else []
         chains.add(Chain(f, "mangle", config.mangle_chain, "PREROUTING", tuple(restore + connmark[f] + (guard + mangle[f] if mangle[f] else []))))
-        chains.add(Chain(f, "nat", config.nat_chain, "POSTROUTING", tuple(nat[f])))
+        chains.add(Chain(f, "nat", config.nat_chain, "POSTROUTING", tuple(nat_tunnel + nat_direct[f] + nat[f])))
         filt: list[str] = []
         post: list[str] = []
         if link:
@@ -362,9 +448,18 @@ def desired_dataplane(state: ClusterState, facts: NodeFacts, config: DataplaneCo
                 # the VXLAN packet inherits the inner mark: reset it so the outer one is not routed into the tunnel again
                 tagged(f"-o {vx} -j MARK --set-xmark 0x{config.mark_base:x}/0x{FULL:x}", "outer-mark"),
                 tagged(f"-o {vx} -j RETURN", "tunnel-done"),  # every rule below is `! -o vx`
-                tagged(f"! -o {vx} -m connmark --mark {tunnelled} -m conntrack ! --ctstate SNAT --ctdir ORIGINAL -j DROP",
-                       "tunnelled-elsewhere"),
             ]
+        post += post_direct[f]  # packets to their gateway directly: the rules below are for everything else
+        if link:
+            post.append(tagged(f"! -o {vx} -m connmark --mark {tunnelled} -m conntrack ! --ctstate SNAT --ctdir ORIGINAL -j DROP",
+                               "tunnelled-elsewhere"))
+        if mode != ALWAYS:
+            post.append(tagged(f"-m connmark --mark {routed} -m conntrack ! --ctstate SNAT --ctdir ORIGINAL -j DROP",
+                               "routed-elsewhere"))
+        if closed[f]:
+            # direct arrivals: replies and this node's own policies pass, the rest to outside the cluster is dropped
+            filt += [tagged(f"-i {parent} -m conntrack --ctdir REPLY -j RETURN", "direct-reply"), *accept_direct[f],
+                     *closed[f]]
         if underlay_masq:
             # FORWARD sees both links (nat POSTROUTING has no -i); no mark of ours = not steered; DNAT = kube-proxy's
             filt.append(tagged(f"-i {config.host_veth_prefix}+ -o {facts.parent} -m mark ! --mark {base}"
@@ -385,6 +480,10 @@ def desired_dataplane(state: ClusterState, facts: NodeFacts, config: DataplaneCo
                          tuple(post + (guard + natted + unnatted[f] if unnatted[f] else []))))
 
     sysctls = {Sysctl(f"net/ipv4/conf/{vx}/rp_filter", "2")} if link else set()
+    if IPV4 in closed and closed[IPV4] and facts.rp_filter == 1:
+        # direct arrivals come from pod IPs the node may route elsewhere (the CNI's overlay): strict
+        # reverse-path filtering would drop them; loose keeps dropping unroutable sources
+        sysctls.add(Sysctl(f"net/ipv4/conf/{parent}/rp_filter", "2"))
     dataplane = Dataplane(
         link=link, addresses=frozenset(addresses), routes=frozenset(routes), rules=frozenset(rules),
         neighbours=frozenset(neighbours), fdb=frozenset(fdb), ipsets=frozenset(ipsets), chains=frozenset(chains),

@@ -131,11 +131,13 @@ class Glancer:
         out: set[Rule] = set()
         for f, af in AF.items():
             for p in self.nl.dump(RTM_GETRULE, _RTMSG.pack(af, 0, 0, 0, 0, 0, 0, 0, 0)):
-                table_byte = _RTMSG.unpack_from(p)[4]
+                header = _RTMSG.unpack_from(p)
                 attrs = ll.parse_attrs(p, _RTMSG.size)
                 mark = _u32(attrs, ll.FRA_FWMARK)
                 if mark is not None and self.config.owns_mark(mark):
-                    out.add(Rule(f, _u32(attrs, ll.FRA_PRIORITY) or 0, mark, _u32(attrs, ll.FRA_TABLE) or table_byte))
+                    unreachable = header[7] == ll.FR_ACT_UNREACHABLE
+                    table = 0 if unreachable else _u32(attrs, ll.FRA_TABLE) or header[4]
+                    out.add(Rule(f, _u32(attrs, ll.FRA_PRIORITY) or 0, mark, table, unreachable))
         return out
 
     def _routes(self, tables: set[int], links: dict[int, _Link]) -> set[Route]:

@@ -73,11 +73,21 @@ class NodeFacts:
     ipv6: bool = False
     carrier: bool = True  # False: the parent link lost its carrier (uplink down), so we answer for no EIP
     eip_dev: str = ""  # the link IPv4 EIPs live on: the agent's EIP holder (dataplane/eipdev.py); "": the parent
+    parent_mac: str = ""  # the parent's MAC, reported in the EgressTunnel: gateways know direct arrivals by it
+    onlink: tuple[str, ...] = ()  # connected prefixes of the parent ("10.100.0.0/24"): peers inside are on-link
+    rp_filter: int = 0  # effective net.ipv4.conf.{all,<parent>}.rp_filter (the larger); 1 = strict
+
+
+# How packets reach a gateway node (Calico's names): the tunnel to every peer, no tunnel to on-link
+# peers, or no tunnel at all (an off-link gateway's traffic is then dropped as for no gateway).
+ALWAYS, CROSS_SUBNET, NEVER = "Always", "CrossSubnet", "Never"
+VXLAN_MODES = (ALWAYS, CROSS_SUBNET, NEVER)
 
 
 @dataclass(frozen=True)
 class DataplaneConfig:
     vxlan_name: str = "egress.vxlan"
+    vxlan_mode: str = ALWAYS  # docs/dataplane.md, No encapsulation: why Always is the default
     vni: int = 100
     port: int = 7789
     mtu: int = 0  # 0: parent MTU minus the VXLAN overhead of the underlay family

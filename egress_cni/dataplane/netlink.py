@@ -24,7 +24,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 
 from egress_cni.dataplane.inputs import DataplaneConfig
 from egress_cni.dataplane.plan import IPV4, IPV6, Address, Fdb, Neighbour, Plan, Route, Rule, VxlanLink
-from egress_cni.lowlevel.netlink import RT_TABLE_MAIN
+from egress_cni.lowlevel.netlink import FR_ACT_UNREACHABLE, RT_TABLE_MAIN
 
 log = logging.getLogger(__name__)
 AF = {IPV4: socket.AF_INET, IPV6: socket.AF_INET6}
@@ -101,7 +101,9 @@ class Netlink:
             for r in self.ipr.get_rules(family=af):
                 mark = r.get_attr("FRA_FWMARK")
                 if mark is not None and self.config.owns_mark(mark):
-                    out.add(Rule(f, r.get_attr("FRA_PRIORITY") or 0, mark, r.get_attr("FRA_TABLE") or r["table"]))
+                    unreachable = r["action"] == FR_ACT_UNREACHABLE
+                    table = 0 if unreachable else r.get_attr("FRA_TABLE") or r["table"]
+                    out.add(Rule(f, r.get_attr("FRA_PRIORITY") or 0, mark, table, unreachable))
         return out
 
     def read_routes(self, tables: set[int]) -> set[Route]:
@@ -121,7 +123,7 @@ class Netlink:
         return out
 
     def owned_tables(self) -> set[int]:
-        return {r.table for r in self.read_rules()}
+        return {r.table for r in self.read_rules() if not r.unreachable}
 
     def read_neighbours(self) -> tuple[set[Neighbour], set[Fdb]]:
         idx = self.index(self.config.vxlan_name)
@@ -300,8 +302,9 @@ class Netlink:
                     gateway=r.via, oif=idx, table=r.table, flags=RTNH_F_ONLINK)
 
     def rule(self, cmd: str, r: Rule) -> None:
+        target: dict[str, Any] = {"action": FR_ACT_UNREACHABLE} if r.unreachable else {"table": r.table}
         self._quiet({errno.EEXIST, errno.ENOENT}, self.ipr.rule, cmd, family=AF[r.family], priority=r.priority,
-                    fwmark=r.fwmark, fwmask=0xFFFFFFFF, table=r.table)
+                    fwmark=r.fwmark, fwmask=0xFFFFFFFF, **target)
 
     def neighbour(self, cmd: str, n: Neighbour) -> None:
         idx = self.index(n.dev)

@@ -50,7 +50,8 @@ class Rule:
     family: int
     priority: int
     fwmark: int
-    table: int
+    table: int  # 0 with `unreachable`
+    unreachable: bool = False  # no lookup: the packet is refused (a steered packet whose table has no route)
 
 
 @dataclass(frozen=True, order=True)

@@ -31,8 +31,8 @@ def golden_files(dp: Dataplane, nft_table: str = "egress") -> dict[str, str]:
     link += [f"fdb {f.mac} dst {f.dst} dev {f.dev} self permanent" for f in sorted(dp.fdb)]
     link += [f"sysctl {s.path}={s.value}" for s in sorted(dp.sysctls)]
     routes = [f"-{r.family} route {r.dst} via {r.via} dev {r.dev} onlink table 0x{r.table:x}" for r in sorted(dp.routes)]
-    rules = [f"-{r.family} rule priority {r.priority} fwmark 0x{r.fwmark:x}/0xffffffff lookup 0x{r.table:x}"
-             for r in sorted(dp.rules)]
+    rules = [f"-{r.family} rule priority {r.priority} fwmark 0x{r.fwmark:x}/0xffffffff "
+             + ("unreachable" if r.unreachable else f"lookup 0x{r.table:x}") for r in sorted(dp.rules)]
     ipsets = []
     for s in sorted(dp.ipsets):
         ipsets.append(f"create {s.name} hash:net family {_family(s.family)}")

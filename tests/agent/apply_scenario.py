@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import replace
 
-from devtools.scenario import load_scenario
+from devtools.scenario import config_from, load_scenario
 from egress_cni.dataplane.apply import KernelDataplane
 from egress_cni.dataplane.compute import desired_dataplane
 from egress_cni.dataplane.drift import compare
@@ -23,9 +24,13 @@ from egress_cni.dataplane.xtables import run
 CONFIG = DataplaneConfig(eip_lifetime=60)
 
 
+def config(directory: str) -> DataplaneConfig:
+    return replace(config_from(directory), eip_lifetime=CONFIG.eip_lifetime)
+
+
 def reconcile(kernel: KernelDataplane, directory: str) -> dict[str, int]:
     state, facts = load_scenario(directory)
-    desired = desired_dataplane(state, facts, CONFIG).dataplane
+    desired = desired_dataplane(state, facts, config(directory)).dataplane
     kernel.hint_tables({r.table for r in desired.routes})
     plan = diff(desired, kernel.read_actual(desired.sysctls), together=kernel.writes_decisions_together)
     kernel.apply(plan)
@@ -38,7 +43,7 @@ def main() -> None:
     families = [f for f, on in ((4, facts.ipv4), (6, facts.ipv6)) if on]
     kernel = KernelDataplane(CONFIG, facts.parent, families, backend)
     state, _ = load_scenario(directory)
-    desired = desired_dataplane(state, facts, CONFIG).dataplane
+    desired = desired_dataplane(state, facts, config(directory)).dataplane
     kernel.hint_tables({r.table for r in desired.routes})
     before = sorted({d.kind for d in compare(desired, kernel.glance())})
     first = reconcile(kernel, directory)

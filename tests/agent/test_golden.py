@@ -10,9 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from devtools.scenario import load_scenario
+from devtools.scenario import config_from, load_scenario
 from egress_cni.dataplane.compute import desired_dataplane
-from egress_cni.dataplane.inputs import DataplaneConfig
 from egress_cni.dataplane.render import golden_files
 
 pytestmark = pytest.mark.unit
@@ -24,7 +23,7 @@ CASES = sorted(p.name for p in GOLDEN.iterdir() if (p / "input.yaml").exists())
 @pytest.mark.parametrize("case", CASES)
 def test_golden(case: str, request: pytest.FixtureRequest) -> None:
     state, facts = load_scenario(str(GOLDEN / case))
-    desired = desired_dataplane(state, facts, DataplaneConfig())
+    desired = desired_dataplane(state, facts, config_from(str(GOLDEN / case)))
     files = golden_files(desired.dataplane)
     extra = [f"selection {k}: {', '.join(v) or '-'}" for k, v in sorted(desired.selection.items())]
     extra += [f"hijack v{f}: {', '.join(v) or '-'}" for f, v in sorted(desired.hijack.items())]

@@ -74,7 +74,7 @@ def test_apply_twice_gives_an_empty_plan(tmp_path: Path) -> None:
     assert second is not None
     assert second.empty, second.summary()
     assert isinstance(agent.reporter, RecordingReporter)
-    assert agent.reporter.reported == {"node2": {"name": "eth0", "ipv4": "10.100.0.2", "ipv6": "", "ready": "True"}}
+    assert agent.reporter.reported == {"node2": {"name": "eth0", "ipv4": "10.100.0.2", "ipv6": "", "mac": "", "ready": "True"}}
 
 
 def test_nothing_is_removed_before_every_source_has_synced(tmp_path: Path) -> None:

@@ -2,7 +2,7 @@
 its rules at the top of iptables' built-in chains every second, an ACCEPT ahead of everything in
 mangle PREROUTING and nat POSTROUTING, while pod p1a opens a new flow every 50 ms: with the
 nftables engine not one flow leaves with the node IP or the pod IP (bench/adversary.py measures
-both engines)."""
+both engines), with the tunnel and without it (`CrossSubnet`: node2 is on-link)."""
 
 from __future__ import annotations
 
@@ -20,10 +20,11 @@ from tests.agent.topology import EIP4, Topology
 pytestmark = [pytest.mark.netns, pytest.mark.timeout(300)]
 
 
-@pytest.fixture
-def topo() -> Iterator[Topology]:
+@pytest.fixture(params=["Always", "CrossSubnet"])
+def topo(request: pytest.FixtureRequest) -> Iterator[Topology]:
     t = Topology(pods={1: ["a"]})
     t.engine = "nftables"
+    t.vxlan_mode = request.param
     t.agent_extra = ["--drift-seconds", "1"]
     try:
         assert t.start_web_on_node2(), t.agent_log(1)

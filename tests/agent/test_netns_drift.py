@@ -67,10 +67,13 @@ def snapshot(t: Topology, n: int) -> str:
     return "\n".join(out)
 
 
-@pytest.fixture(scope="module", params=["nftables", "nft"])
+@pytest.fixture(scope="module", params=["nftables", "nft", "nftables/CrossSubnet"])
 def topo(request: pytest.FixtureRequest) -> Iterator[Topology]:
+    """Each engine with the tunnel, and the default engine without it (node2 is on-link: the ip
+    rule and the route deleted are the direct path's)."""
     t = Topology(pods={1: ["a"]})
-    t.engine = request.param
+    t.engine, _, mode = request.param.partition("/")
+    t.vxlan_mode = mode or "Always"
     t.resync_seconds = 60  # out of the way: only the drift check can repair within the deadlines
     try:
         assert t.start_web_on_node2(), t.agent_log(1)

@@ -4,7 +4,9 @@ Pod p3a (node3) is selected by policy default/web. While node2 is the gateway, n
 flow (nat ACCEPT on the tunnel: no NAT binding). When node3 itself becomes the gateway, that
 conntrack entry must not carry the flow out of eth0 with the pod IP. The external side routes the
 pod subnet back to node3, so a leaked datagram would be answered and seen by the pod. Once the
-stale entry is deleted the same socket gets the EIP again.
+stale entry is deleted the same socket gets the EIP again. Each test runs with the tunnel (`Always`)
+and without it (`CrossSubnet`: every node here is on-link, so the flow goes to node2 directly and
+its entry carries the `routed` connmark instead).
 """
 
 from __future__ import annotations
@@ -18,10 +20,13 @@ import pytest
 from tests.agent.topology import ECHO, EIP4, EXT4, PORT, PYTHON, Topology, sh
 
 pytestmark = [pytest.mark.netns, pytest.mark.timeout(300)]
+MODES = pytest.mark.parametrize("mode", ["Always", "CrossSubnet"])
 
 
-def test_a_tunnelled_flow_never_leaves_with_the_pod_ip_when_its_node_becomes_the_gateway() -> None:
+@MODES
+def test_a_tunnelled_flow_never_leaves_with_the_pod_ip_when_its_node_becomes_the_gateway(mode: str) -> None:
     t = Topology(pods={1: ["a"], 3: ["a"]})
+    t.vxlan_mode = mode
     try:
         t.build()
         pods = [(1, "a"), (3, "a")]
@@ -40,10 +45,12 @@ def test_a_tunnelled_flow_never_leaves_with_the_pod_ip_when_its_node_becomes_the
         t.close()
 
 
-def test_a_tunnelled_flow_never_leaves_with_the_pod_ip_when_its_pod_is_no_longer_selected() -> None:
+@MODES
+def test_a_tunnelled_flow_never_leaves_with_the_pod_ip_when_its_pod_is_no_longer_selected(mode: str) -> None:
     """The policy stops selecting p1a (worker node1) mid-flow: the flow's "no NAT" entry must not carry it
     out of eth0 with the pod IP; it starts over as an unselected flow (the node IP, like any other pod)."""
     t = Topology(pods={1: ["a"]})
+    t.vxlan_mode = mode
     try:
         t.build()
         t.set_policies("node2", web_pods=[(1, "a")])

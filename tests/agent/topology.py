@@ -52,8 +52,14 @@ def scratch_netns(tag: str) -> Iterator[str]:
         sh("ip", "netns", "del", name, check=False)
 
 
+def parent_mac(n: int) -> str:
+    """node n's eth0 MAC (set at build): the agent's report in its EgressTunnel (status.tunnel.parent.mac)."""
+    return f"02:00:00:00:00:0{n}"
+
+
 def tunnel(n: int, dual: bool) -> dict[str, Any]:
-    t = {"ipv4": f"172.31.0.{n}", "mac": f"66:00:00:00:00:0{n}", "parent": {"name": "eth0", "ipv4": f"10.100.0.{n}"}}
+    parent = {"name": "eth0", "ipv4": f"10.100.0.{n}", "mac": parent_mac(n), **({"ipv6": f"fd00:100::{n}"} if dual else {})}
+    t = {"ipv4": f"172.31.0.{n}", "mac": f"66:00:00:00:00:0{n}", "parent": parent}
     if dual:
         t["ipv6"] = f"fd11::{n}"
     return {"apiVersion": API, "kind": "EgressTunnel", "metadata": {"name": f"node{n}"},
@@ -74,6 +80,7 @@ class Topology:
         self.resync_seconds = 1.0  # agents' full resync; tests of the drift check raise it out of their way
         self.agent_extra: list[str] = []  # more flags for every agent (e.g. --drift-seconds)
         self.engine = "auto"  # --iptables-backend: auto (nftables where nft works), nftables, nft, legacy
+        self.vxlan_mode = "Always"  # --vxlan-mode: Always, CrossSubnet (every node here is on-link), Never
 
     # --- names ----------------------------------------------------------------------------------
 
@@ -112,7 +119,8 @@ class Topology:
         members.append(("ext", self.ns("ext"), EXT4, EXT6))
         for short, name, ip4, ip6 in members:
             self._add_ns(name)
-            sh("ip", "-n", name, "link", "add", "eth0", "type", "veth", "peer", "name", f"u-{short}", "netns", ul)
+            mac = ["address", parent_mac(int(short[1:]))] if short != "ext" else []
+            sh("ip", "-n", name, "link", "add", "eth0", *mac, "type", "veth", "peer", "name", f"u-{short}", "netns", ul)
             sh("ip", "-n", ul, "link", "set", f"u-{short}", "master", "br0", "up")
             sh("ip", "-n", name, "addr", "add", f"{ip4}/24", "dev", "eth0")
             if self.dual:
@@ -167,6 +175,27 @@ class Topology:
                 sh("ip", "-n", node, "route", "replace", f"10.244.{m}.0/24", "via", f"10.100.0.{m}")
                 if self.dual:
                     sh("ip", "-n", node, "-6", "route", "replace", f"fd00:244:{m}::/64", "via", f"fd00:100::{m}")
+
+    def watch(self) -> None:
+        """Counters of what reaches ext's IP stack from a pod address (frames to its MAC only: a
+        switch's flooding is not reception) and of VXLAN frames crossing the segment (its bridge)."""
+        pods = "ip saddr 10.244.0.0/16 counter name pod4; ip6 saddr fd00:244::/32 counter name pod6"
+        self.exec_in_input(self.ns("ext"), ["nft", "-f", "-"],
+                           "table inet egwt-watch {\n counter pod4 {}\n counter pod6 {}\n"
+                           " chain in { type filter hook prerouting priority -500; }\n}\n"
+                           + "".join(f"add rule inet egwt-watch in {r}\n" for r in pods.split("; ")))
+        self.exec_in_input(self.ns("ul"), ["nft", "-f", "-"],
+                           "table bridge egwt-watch {\n counter vxlan {}\n"
+                           " chain look { type filter hook forward priority 0; udp dport 7789 counter name vxlan; }\n}\n")
+
+    def watched(self) -> dict[str, int]:
+        """{"pod4", "pod6": packets ext received from pod IPs, "vxlan": VXLAN frames on the segment}."""
+        out = {}
+        for ns, family, names in ((self.ns("ext"), "inet", ("pod4", "pod6")), (self.ns("ul"), "bridge", ("vxlan",))):
+            for name in names:
+                text = self.exec_in(ns, "nft", "list", "counter", family, "egwt-watch", name).stdout
+                out[name] = int(text.split("packets ")[1].split()[0])
+        return out
 
     def restore_link(self, n: int) -> None:
         sh("ip", "-n", self.node(n), "link", "set", "eth0", "up")
@@ -228,7 +257,8 @@ class Topology:
         args = ["ip", "netns", "exec", self.node(n), PYTHON, "-m", "egress_cni.agent.main", command,
                 "--node", f"node{n}", "--source", f"yaml:{self.inputs}", "--parent", "eth0",
                 "--registry-dir", str(self.dir / f"registry-node{n}"), "--metrics-address", "",
-                "--resync-seconds", str(self.resync_seconds), "--log-level", "WARNING", "--iptables-backend", self.engine]
+                "--resync-seconds", str(self.resync_seconds), "--log-level", "WARNING", "--iptables-backend", self.engine,
+                "--vxlan-mode", self.vxlan_mode]
         # `once` leaves no agent behind to renew the EIPs' kernel lifetime: give them long enough to
         # outlive the test's next look (a running agent renews them with its own, 1 s by default)
         once = ["--eip-lifetime-seconds", "60"] if command == "once" else []
