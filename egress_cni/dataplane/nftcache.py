@@ -35,10 +35,10 @@ from egress_cni.dataplane.plan import DECIDING, IPV4, Chain
 DECIDE, ADMIT = DECIDING  # mangle: first match wins (steer, local, nogateway); filter: the gateway admits its tunnel's
 KEPT_ROLES = ("steer", "local")  # decisions kept in `decided` (a mark)
 DECISION_ROLES = (*KEPT_ROLES, "nogateway")
-ADMIT_ROLE = "tunnel"
 DECIDED, UNDECIDED = "decided", "undecided"
-SLOTS = {"mangle": "slots-mangle", "filter": "slots-filter"}
-NAMES = frozenset({DECIDED, UNDECIDED, *SLOTS.values()})
+ADMIT_ROLES = {"tunnel": "slots-filter", "direct": "slots-direct"}  # FORWARD's runs (tunnelled, routed) -> their verdict maps
+SLOTS = {"mangle": ("slots-mangle",), "filter": tuple(ADMIT_ROLES.values())}  # table -> its verdict maps
+NAMES = frozenset({DECIDED, UNDECIDED, *(m for ms in SLOTS.values() for m in ms)})
 RULE_COMMENT = "egw-cache:"  # the cache's own rules (not the policies'): skipped when read back
 SLOT_CHAIN = "slot-"  # slot-<table>-<digest of the policy rule>
 TIMEOUT = "10s"
@@ -54,6 +54,7 @@ class Slot:
     value: int
     chain: str  # its chain in our table
     rule: str  # the nft rule in it: the policy's counter and verdict, under the policy rule's comment
+    vmap: str  # the verdict map that jumps to it
 
 
 @dataclass(frozen=True)
@@ -68,7 +69,7 @@ def declarations(where: str, family: int) -> list[str]:
     dynamic = f"flags dynamic,timeout; timeout {TIMEOUT}; size {SIZE};"
     return [f"add map {where} {DECIDED} {{ type {addr} . {addr} : mark; {dynamic} }}",
             f"add set {where} {UNDECIDED} {{ type {addr} . {addr}; {dynamic} }}",
-            *(f"add map {where} {name} {{ type mark : verdict; }}" for name in SLOTS.values())]
+            *(f"add map {where} {name} {{ type mark : verdict; }}" for names in SLOTS.values() for name in names)]
 
 
 def is_slot_chain(nft_name: str) -> bool:
@@ -124,7 +125,7 @@ def decide(c: Chain, family: int) -> Decisions | None:
     pair, guard = _pair(family), f"meta mark & 0x{mask:x} != 0x{base:x} ct direction original"
     stale = f"meta mark & 0x{mask:x} == 0x{top:x}"
     rules = [nft_rule(r, c.table, family) for r in c.rules[:start]]
-    rules += [f'{guard} meta mark set {pair} map @{DECIDED} meta mark vmap @{SLOTS["mangle"]} comment "{RULE_COMMENT}hit"',
+    rules += [f'{guard} meta mark set {pair} map @{DECIDED} meta mark vmap @{SLOTS["mangle"][0]} comment "{RULE_COMMENT}hit"',
               f'{stale} meta mark set 0x0 comment "{RULE_COMMENT}stale"',
               f'{pair} @{UNDECIDED} return comment "{RULE_COMMENT}none"']
     slots: list[Slot] = []
@@ -137,7 +138,7 @@ def decide(c: Chain, family: int) -> Decisions | None:
             continue
         value = top | generation << 12 | len(slots) + 1
         rules.append(nft_rule(spec, c.table, family, then=f"add @{DECIDED} {{ {pair} : 0x{value:x} }}"))
-        slots.append(Slot(value, f"{SLOT_CHAIN}mangle-{digest}", _slot_rule(spec, c.table, family)))
+        slots.append(Slot(value, f"{SLOT_CHAIN}mangle-{digest}", _slot_rule(spec, c.table, family), SLOTS["mangle"][0]))
         if role == "local" and (m := _SET_MARK.search(spec)):
             local.setdefault(key, value)
             local_marks.add(m.group(1))
@@ -147,34 +148,43 @@ def decide(c: Chain, family: int) -> Decisions | None:
 
 
 def admit(c: Chain, family: int, decisions: Decisions | None) -> CachedChain | None:
-    """The gateway's FORWARD chain with a lookup of the mangle chain's decisions in front of its
-    policy rules (a tunnelled packet's first matching `local` rule there is the first matching
-    `tunnel` rule here: the same policies in the same order), or None: written as it is."""
+    """The gateway's FORWARD chain with a lookup of the mangle chain's decisions in front of each run
+    of its policy rules (`tunnel`, `direct`: a tunnelled or routed packet's first matching `local` rule
+    there is the first matching rule of the run here: the same policies in the same order), or None:
+    written as it is."""
     if decisions is None or not decisions.local:
         return None
     tags = [_tag(r) for r in c.rules]
-    run = [i for i, t in enumerate(tags) if t[2] == ADMIT_ROLE]
-    if not run or run != list(range(run[0], run[-1] + 1)):
+    runs: dict[int, tuple[str, list[int], str]] = {}  # first index -> (role, indices, link)
+    for role in ADMIT_ROLES:
+        run = [i for i, t in enumerate(tags) if t[2] == role]
+        if not run:
+            continue
+        shared = {r.partition(" -m set ")[0] for r in (c.rules[i] for i in run)}
+        if run != list(range(run[0], run[-1] + 1)) or len(shared) != 1:
+            return None
+        runs[run[0]] = (role, run, next(iter(shared)))
+    if not runs:
         return None
-    shared = {r.partition(" -m set ")[0] for r in (c.rules[i] for i in run)}
-    if len(shared) != 1:
-        return None
-    mark, link = decisions.local_mark, next(iter(shared))
-    match = nft_matches(link, family)  # the tunnel's link
-    rules = [nft_rule(r, c.table, family) for r in c.rules[:run[0]]]
-    if link.startswith("-i ") and len(link.split()) == 2 and all(r.startswith(link + " ") for r in c.rules[run[0]:]):
-        # every rule from here on needs the tunnel's link: the rest (the replies' ACKs) leave at once
-        rules.append(f'{nft_matches("! " + link, family)} return comment "{RULE_COMMENT}other-link"')
-    rules += [f'{match} meta mark {mark} ct direction original meta mark set {_pair(family)} map @{DECIDED}'
-              f' meta mark vmap @{SLOTS["filter"]} comment "{RULE_COMMENT}hit"',
-              f'{decisions.stale} meta mark set {mark} comment "{RULE_COMMENT}stale"']  # it was `mark`: see the hit
-    slots = []
-    for i in run:
-        _, digest, _, key = tags[i]
-        value = decisions.local.get(key)
-        if value is not None:
-            comment = tags[i][0]
-            slots.append(Slot(value, f"{SLOT_CHAIN}filter-{digest}",
-                              nft_rule(f"-m comment --comment {comment} -j MARK --set-xmark {mark}/0xffffffff", c.table, family)))
-    rules += [nft_rule(r, c.table, family) for r in c.rules[run[0]:]]
+    mark = decisions.local_mark
+    rules: list[str] = []
+    slots: list[Slot] = []
+    for i, spec in enumerate(c.rules):
+        if i in runs:
+            role, run, link = runs[i]
+            vmap = ADMIT_ROLES[role]
+            if len(runs) == 1 and link.startswith("-i ") and len(link.split()) == 2 and all(
+                    r.startswith(link + " ") for r in c.rules[i:]):
+                # every rule from here on needs the link: the rest (the replies' ACKs) leave at once
+                rules.append(f'{nft_matches("! " + link, family)} return comment "{RULE_COMMENT}other-link"')
+            rules += [f'{nft_matches(link, family)} meta mark {mark} ct direction original meta mark set {_pair(family)}'
+                      f' map @{DECIDED} meta mark vmap @{vmap} comment "{RULE_COMMENT}hit"',
+                      f'{decisions.stale} meta mark set {mark} comment "{RULE_COMMENT}stale"']  # it was `mark`: see the hit
+            for j in run:
+                comment, digest, _, key = tags[j]
+                value = decisions.local.get(key)
+                if value is not None:
+                    slots.append(Slot(value, f"{SLOT_CHAIN}filter-{digest}", nft_rule(
+                        f"-m comment --comment {comment} -j MARK --set-xmark {mark}/0xffffffff", c.table, family), vmap))
+        rules.append(nft_rule(spec, c.table, family))
     return CachedChain(tuple(rules), tuple(slots))

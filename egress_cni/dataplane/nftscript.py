@@ -52,15 +52,15 @@ def script(table: str, family: int, *, sets: Iterable[IPSet] = (),
     touched |= {c.table for c in drop_chains if (c.table, c.hook) in (DECIDE, ADMIT)}
     kept: set[str] = set()
     for t in sorted(touched):
-        vmap = nftcache.SLOTS[t]
-        lines.append(f"flush map {where} {vmap}")
-        slots = next((cc.slots for key, cc in cached.items() if key[0] == t), ())
-        for slot in slots:
-            kept.add(slot.chain)
-            lines += [f"add chain {where} {slot.chain}", f"flush chain {where} {slot.chain}",
-                      f"add rule {where} {slot.chain} {slot.rule}"]
-        if slots:
-            lines.append(f"add element {where} {vmap} {{ {', '.join(f'0x{x.value:x} : goto {x.chain}' for x in slots)} }}")
+        for vmap in nftcache.SLOTS[t]:
+            lines.append(f"flush map {where} {vmap}")
+            slots = [s for key, cc in cached.items() if key[0] == t for s in cc.slots if s.vmap == vmap]
+            for slot in slots:
+                kept.add(slot.chain)
+                lines += [f"add chain {where} {slot.chain}", f"flush chain {where} {slot.chain}",
+                          f"add rule {where} {slot.chain} {slot.rule}"]
+            if slots:
+                lines.append(f"add element {where} {vmap} {{ {', '.join(f'0x{x.value:x} : goto {x.chain}' for x in slots)} }}")
 
     for c in chains:
         name = chain_name(c.table, c.name)
