@@ -13,8 +13,9 @@ from collections.abc import Callable
 
 from pyroute2 import IPRoute
 
+from egress_cni.dataplane.eipnetlink import EipNetlink
 from egress_cni.dataplane.inputs import DataplaneConfig, NodeFacts
-from egress_cni.dataplane.netlink import Netlink, link_has_carrier
+from egress_cni.dataplane.netlink import link_has_carrier
 
 log = logging.getLogger(__name__)
 
@@ -67,17 +68,18 @@ def rp_filter(link: str) -> int:
 
 
 def kernel_eips(parent: str, config: DataplaneConfig) -> Callable[[], frozenset[str]]:
-    """A reader of the EIPs held (on `parent` or the EIP holder), for the peer thread only."""
-    nl = Netlink(config)
-    return lambda: nl.eip_addresses(parent)
+    """A reader of the EIPs held (on `parent` or the EIP holder), for the peer thread only (its
+    own raw socket: it reads at every tick)."""
+    nl = EipNetlink(config.eip_proto)
+    return lambda: frozenset(ip for _, _, ip, _, _ in nl.held([parent, config.eip_dev]))
 
 
 def held_now(parent: str, config: DataplaneConfig) -> frozenset[str]:
     """The EIPs held now (one read; for `PeerMonitor.adopt` at start)."""
     try:
-        nl = Netlink(config)
+        nl = EipNetlink(config.eip_proto)
         try:
-            return nl.eip_addresses(parent)
+            return frozenset(ip for _, _, ip, _, _ in nl.held([parent, config.eip_dev]))
         finally:
             nl.close()
     except OSError as exc:

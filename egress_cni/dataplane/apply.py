@@ -14,6 +14,7 @@ from egress_cni.api.net import IP, parse_cidr
 from egress_cni.dataplane import announce, conntrack, nft, nftscript
 from egress_cni.dataplane.drift import Glance
 from egress_cni.dataplane.eipdev import EipHolder
+from egress_cni.dataplane.eipnetlink import EipNetlink
 from egress_cni.dataplane.glance import Glancer, legacy_fingerprint, nft_generation
 from egress_cni.dataplane.inputs import DataplaneConfig
 from egress_cni.dataplane.netlink import Netlink
@@ -50,6 +51,7 @@ class KernelDataplane:
         # only for the EIP add/delete they must not race (the shared lock)
         self._fast: Netlink | None = None
         self._fast_lock = threading.Lock()
+        self._eips: EipNetlink | None = None  # the fencing thread's raw socket (dataplane/eipnetlink.py)
         self._probe = probe
         self.contested: frozenset[str] = frozenset()  # EIPs the last apply did not claim: someone answers
         self.engine = choose_engine(backend)
@@ -82,6 +84,8 @@ class KernelDataplane:
             self._glancer.close()
         if self._fast is not None:
             self._fast.close()
+        if self._eips is not None:
+            self._eips.close()
 
     def _fast_netlink(self) -> Netlink:
         with self._fast_lock:
@@ -89,13 +93,26 @@ class KernelDataplane:
                 self._fast = Netlink(self.config, self.netlink.eip_lock)
             return self._fast
 
+    def _eip_netlink(self) -> EipNetlink:
+        with self._fast_lock:
+            if self._eips is None:
+                self._eips = EipNetlink(self.config.eip_proto)
+            return self._eips
+
     def refresh_eips(self, addresses: Iterable[Address] | None) -> int:
         """Renew the lifetime of these EIP addresses (None: all of ours) where the kernel still has
-        them; never adds one."""
-        return self._fast_netlink().refresh_eips(self.parent, addresses)
+        them; never adds one. An EIP already at the end of its lifetime is let go (the next reconcile
+        probes before it claims it again). How many renewed."""
+        want = None if addresses is None else {(a.dev, a.cidr) for a in addresses if a.eip}
+        nl = self._eip_netlink()
+        with self.netlink.eip_lock:
+            held = [(index, dev, ip, plen) for index, dev, ip, plen, left in nl.held([self.parent, self.config.eip_dev])
+                    if left != 0 and (want is None or (dev, f"{ip}/{plen}") in want)]
+            nl.renew(held, self.config.eip_lifetime)
+        return len(held)
 
     def carrier(self) -> bool:
-        return self._fast_netlink().carrier(self.parent)
+        return self._eip_netlink().carrier(self.parent)
 
     def release_eips(self) -> list[str]:
         """Remove every EIP address we own at once (uninstall)."""

@@ -5,7 +5,7 @@ mark bits; routes in the tables those marks name; EIPs by IFA_PROTO on the paren
 holder (`DataplaneConfig.eip_dev`, dataplane/eipdev.py), where IPv4 EIPs live while an agent holds it.
 
 EIP addresses carry a valid lifetime (`DataplaneConfig.eip_lifetime`): the agent's fencing thread
-renews it (`refresh_eips`), so the kernel itself removes the EIPs of an agent that died or hangs.
+renews it (`KernelDataplane.refresh_eips`, over dataplane/eipnetlink.py), so the kernel itself removes the EIPs of an agent that died or hangs.
 Every EIP add, delete and renewal holds `eip_lock`: a renewal never resurrects an EIP that the
 reconcile (or SIGTERM) just removed, since it only renews what it finds present under the lock.
 """
@@ -16,7 +16,6 @@ import errno
 import logging
 import socket
 import threading
-from collections.abc import Iterable
 from typing import Any
 
 from pyroute2 import IPRoute
@@ -237,33 +236,6 @@ class Netlink:
                     left = info["ifa_valid"] if info is not None else 0xFFFFFFFF
                     out.append((idx, dev, a.get_attr("IFA_ADDRESS"), a["prefixlen"], left))
         return out
-
-    def eip_addresses(self, parent: str) -> frozenset[str]:
-        """The EIPs held now, on `parent` or the holder."""
-        return frozenset(ip for _, _, ip, _, _ in self._held_eips(parent))
-
-    def refresh_eips(self, parent: str, addresses: Iterable[Address] | None) -> int:
-        """Renew the lifetime of those of `addresses` (None: every EIP of ours, on `parent` or the
-        holder) the kernel still holds; one dump per link, then one request per EIP. An EIP already at
-        the end of its lifetime is let go (the next reconcile probes before it claims it again). How
-        many renewed."""
-        want = None if addresses is None else {(a.dev, a.cidr) for a in addresses if a.eip}
-        renewed = 0
-        with self.eip_lock:
-            for idx, dev, ip, plen, left in self._held_eips(parent):
-                if (want is not None and (dev, f"{ip}/{plen}") not in want) or left == 0:
-                    continue
-                self._quiet({errno.EADDRNOTAVAIL, errno.ENOENT}, self.ipr.addr, "replace", index=idx, address=ip,
-                            prefixlen=plen, **self._eip_attrs(ip))
-                renewed += 1
-        return renewed
-
-    def carrier(self, name: str) -> bool:
-        """Whether link `name` is up with carrier (a missing link has none)."""
-        idx = self.index(name)
-        if idx is None:
-            return False
-        return link_has_carrier(self.ipr.get_links(idx)[0])
 
     def hand_over_eips(self, parent: str, seconds: int) -> list[str]:
         """Every EIP on `parent` and the holder gets a lifetime of `seconds` (nobody renews it after

@@ -158,6 +158,25 @@ class Netlink:
         self._sock.send(_HDR.pack(_HDR.size + len(body), msg_type, flags | NLM_F_REQUEST, self._seq, 0) + body)
         return self._seq
 
+    def call_all(self, requests: list[tuple[int, int, bytes]]) -> list[int]:
+        """Change requests (type, flags, body) sent as one batch; each one's errno (0: done)."""
+        first = self._seq + 1
+        data = b""
+        for msg_type, flags, body in requests:
+            self._seq += 1
+            data += _HDR.pack(_HDR.size + len(body), msg_type, flags | NLM_F_REQUEST | NLM_F_ACK, self._seq, 0) + body
+        self._sock.sendall(data)
+        errors: dict[int, int] = {}
+        while len(errors) < len(requests):
+            data = self._sock.recv(1 << 16)
+            offset = 0
+            while offset + _HDR.size <= len(data):
+                length, msg_type, _, msg_seq, _ = _HDR.unpack_from(data, offset)
+                if msg_type == NLMSG_ERROR and first <= msg_seq <= self._seq:
+                    errors[msg_seq] = -struct.unpack_from("=i", data, offset + _HDR.size)[0]
+                offset += max((length + 3) & ~3, _HDR.size)
+        return [errors[s] for s in range(first, self._seq + 1)]
+
     def _replies(self, seq: int) -> Iterator[tuple[int, int, bytes]]:
         """(type, flags, payload) until DONE or the ack; raises OSError on a kernel error."""
         while True:

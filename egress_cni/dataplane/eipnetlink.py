@@ -1,0 +1,104 @@
+"""The fencing thread's netlink: EIP lifetimes renewed and the parent's carrier read over a raw
+rtnetlink socket (lowlevel.netlink: stdlib socket + struct).
+
+The thread ticks ten times a second (agent/fencing.py). Through pyroute2 each tick cost a link
+lookup per device, an address dump per device and one request per EIP, each with milliseconds of
+pyroute2's own CPU: about a tenth of a core for an agent with no EIP, much more for a gateway with
+200. Here a tick is two link requests, one address dump and one batch of replaces (one send, one
+ack per message), the same messages pyroute2 sent.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+import struct
+
+from egress_cni.lowlevel import netlink as ll
+
+RTM_NEWADDR = 20
+IFA_CACHEINFO, IFA_FLAGS, IFA_PROTO = 6, 8, 11
+IFLA_CARRIER = 33
+IFA_F_NODAD, IFA_F_NOPREFIXROUTE = 0x02, 0x200
+_IFINFO = struct.Struct("=BxHiII")
+_IFADDR = struct.Struct("=BBBBI")
+_CACHEINFO = struct.Struct("=IIII")  # prefered, valid, cstamp, tstamp
+FOREVER = 0xFFFFFFFF
+
+
+class EipNetlink:
+    """One raw socket, owned by the thread that uses it (the caller holds the EIP lock)."""
+
+    def __init__(self, proto: int) -> None:
+        self.proto = proto
+        self.nl = ll.Netlink()
+
+    def close(self) -> None:
+        self.nl.close()
+
+    def _link(self, name: str) -> tuple[int, dict[int, bytes], int] | None:
+        """(index, attributes, flags) of link `name`, or None."""
+        try:
+            replies = self.nl.get(ll.RTM_GETLINK, _IFINFO.pack(0, 0, 0, 0, 0) + ll.attr_str(ll.IFLA_IFNAME, name))
+        except OSError as exc:
+            if exc.errno == errno.ENODEV:
+                return None
+            raise
+        if not replies:
+            return None
+        _, _, index, flags, _ = _IFINFO.unpack_from(replies[0])
+        return index, ll.parse_attrs(replies[0], _IFINFO.size), flags
+
+    def carrier(self, name: str) -> bool:
+        """Link `name` is administratively up and has carrier (a missing link has none)."""
+        link = self._link(name)
+        if link is None:
+            return False
+        _, attrs, flags = link
+        return bool(flags & ll.IFF_UP) and attrs.get(IFLA_CARRIER, b"\0")[:1] != b"\0"
+
+    def held(self, devices: list[str]) -> list[tuple[int, str, str, int, int]]:
+        """(index, link, ip, prefixlen, seconds of lifetime left) of our EIP addresses on `devices`."""
+        indexes = {}
+        for dev in dict.fromkeys(d for d in devices if d):
+            link = self._link(dev)
+            if link is not None:
+                indexes[link[0]] = dev
+        if not indexes:
+            return []
+        out = []
+        for p in self.nl.dump(ll.RTM_GETADDR, _IFADDR.pack(0, 0, 0, 0, 0)):
+            family, plen, _, _, index = _IFADDR.unpack_from(p)
+            if index not in indexes:
+                continue
+            attrs = ll.parse_attrs(p, _IFADDR.size)
+            if attrs.get(IFA_PROTO, b"\0")[:1] != bytes([self.proto]):
+                continue
+            raw = attrs.get(ll.IFA_ADDRESS) or attrs.get(ll.IFA_LOCAL) or b""
+            info = attrs.get(IFA_CACHEINFO)
+            left = _CACHEINFO.unpack(info[:16])[1] if info and len(info) >= 16 else FOREVER
+            out.append((index, indexes[index], socket.inet_ntop(family, raw), plen, left))
+        return out
+
+    def renew(self, held: list[tuple[int, str, str, int]], lifetime: int) -> None:
+        """Each (index, link, ip, prefixlen) gets `lifetime` seconds again, as one batch; an address
+        gone meanwhile is skipped (EADDRNOTAVAIL/ENOENT)."""
+        if not held:
+            return
+        requests = []
+        for index, _, ip, plen in held:
+            family = socket.AF_INET6 if ":" in ip else socket.AF_INET
+            raw = socket.inet_pton(family, ip)
+            v6 = family == socket.AF_INET6
+            # IPv6: deprecated (preferred 0): answers NDP and receives, never the node's own source
+            body = _IFADDR.pack(family, plen, 0, 0, index) + ll.attr(ll.IFA_ADDRESS, raw)
+            if not v6:
+                body += ll.attr(ll.IFA_LOCAL, raw)
+            body += ll.attr(IFA_CACHEINFO, _CACHEINFO.pack(0 if v6 else lifetime, lifetime, 0, 0))
+            body += ll.attr_u32(IFA_FLAGS, IFA_F_NOPREFIXROUTE | (IFA_F_NODAD if v6 else 0))
+            body += ll.attr(IFA_PROTO, bytes([self.proto]))
+            requests.append((RTM_NEWADDR, ll.NLM_F_CREATE | ll.NLM_F_REPLACE, body))
+        for (_, _, ip, _), error in zip(held, self.nl.call_all(requests), strict=True):
+            if error and error not in (errno.EADDRNOTAVAIL, errno.ENOENT):
+                raise OSError(error, f"{os.strerror(error)} renewing {ip}")
