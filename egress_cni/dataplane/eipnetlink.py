@@ -15,6 +15,7 @@ import os
 import socket
 import struct
 
+from egress_cni.api.net import parse_ip
 from egress_cni.lowlevel import netlink as ll
 
 RTM_NEWADDR = 20
@@ -88,9 +89,10 @@ class EipNetlink:
             return
         requests = []
         for index, _, ip, plen in held:
-            family = socket.AF_INET6 if ":" in ip else socket.AF_INET
-            raw = socket.inet_pton(family, ip)
-            v6 = family == socket.AF_INET6
+            addr = parse_ip(ip)
+            v6 = addr.family == 6
+            family = socket.AF_INET6 if v6 else socket.AF_INET
+            raw = addr.value.to_bytes(16 if v6 else 4, "big")
             # IPv6: deprecated (preferred 0): answers NDP and receives, never the node's own source
             body = _IFADDR.pack(family, plen, 0, 0, index) + ll.attr(ll.IFA_ADDRESS, raw)
             if not v6:

@@ -11,10 +11,10 @@ read back as the addresses and prefixes written).
 
 from __future__ import annotations
 
-import socket
 import struct
 from typing import Any
 
+from egress_cni.api.net import format_address
 from egress_cni.lowlevel import netlink as ll
 
 NETLINK_NETFILTER = 12
@@ -114,9 +114,10 @@ def members(keys: list[tuple[int, bool]], width: int) -> list[str]:
 
 
 def _interval(first: int, after: int, width: int) -> str:
-    family = socket.AF_INET if width == 4 else socket.AF_INET6
+    family = 4 if width == 4 else 6
+
     def text(v: int) -> str:
-        return socket.inet_ntop(family, v.to_bytes(width, "big"))
+        return format_address(v, family)
     size = after - first
     bits = 8 * width
     if size > 0 and size & (size - 1) == 0 and first % size == 0:
