@@ -118,7 +118,7 @@ class Sandbox:
             self.down()
         self.state = SandboxState(self.work_dir, netns=list(self.plan.netns_names),
                                   control_plane_netns=self.plan.control_plane.netns, kubeconfig=str(self.kubeconfig),
-                                  plan_args=self.plan.args)
+                                  plan_args=self.plan.args, owner=procs.this_process())
         self.state.save()
         shutil.rmtree(self.log_dir, ignore_errors=True)  # logs of the previous run of this sandbox
         with self.step("network: underlay bridge, control-plane, 3 node and external-server namespaces"):
@@ -339,16 +339,23 @@ class Sandbox:
 
 
 def sweep_stale(pattern: str, say: Callable[[str], None] = print) -> list[str]:
-    """Tear down sandboxes whose state dir matches `pattern` and none of whose processes is alive
-    (left by a killed test session); a live one (another session's) is never touched."""
+    """Tear down sandboxes whose state dir matches `pattern` left by a killed test session: the
+    session that brought it up is gone (or, for a state without one, none of its processes is alive).
+    A live session's is never touched; a session killed while a test froze its API server or a
+    kubelet (SIGSTOP) leaves processes that no teardown of its own stops."""
     swept = []
     for state_file in sorted(Path("/").glob(f"{pattern.lstrip('/')}/state.json")):
         state = SandboxState.load(state_file.parent)
-        if state is None or any(procs.alive(p) for p in state.processes):
+        if state is None or not abandoned(state):
             continue
         Sandbox.attach(state_file.parent, say=say).down()
         swept.append(str(state_file.parent))
     return swept
+
+
+def abandoned(state: SandboxState) -> bool:
+    """Its session is gone (a state without one: none of its processes is alive)."""
+    return not procs.alive(state.owner) if state.owner else not any(procs.alive(p) for p in state.processes)
 
 
 def _containerd_alive(by_name: dict[str, procs.ProcessRecord], node_dir: str) -> bool:

@@ -48,6 +48,11 @@ def start_ticks(pid: int) -> int | None:
     return int(fields[19])
 
 
+def this_process() -> ProcessRecord:
+    """The calling process, as a record (`alive` tells whether it still runs)."""
+    return ProcessRecord("owner", os.getpid(), start_ticks(os.getpid()) or 0, "")
+
+
 def alive(record: ProcessRecord) -> bool:
     return start_ticks(record.pid) == record.start_ticks
 
@@ -75,6 +80,7 @@ def stop(record: ProcessRecord, timeout: float = 20.0) -> bool:
     if not alive(record):
         return False
     _signal(record, signal.SIGTERM)
+    _signal(record, signal.SIGCONT)  # a process a test froze (SIGSTOP) acts on the SIGTERM only once it runs
     if not _wait_gone(record, timeout):
         _signal(record, signal.SIGKILL)
         _wait_gone(record, timeout)

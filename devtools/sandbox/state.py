@@ -25,6 +25,7 @@ class SandboxState:
     control_plane_netns: str = ""
     created_dirs: list[str] = field(default_factory=list)  # host dirs that did not exist before the sandbox
     plan_args: dict[str, Any] = field(default_factory=dict)  # build_plan's arguments: another process rebuilds the plan
+    owner: ProcessRecord | None = None  # the process that brought it up (a test session): stale once it is gone
 
     @property
     def path(self) -> Path:
@@ -41,7 +42,7 @@ class SandboxState:
             "netns": self.netns, "node_dirs": self.node_dirs, "cgroup_roots": self.cgroup_roots,
             "processes": [p.to_dict() for p in self.processes], "kubeconfig": self.kubeconfig,
             "control_plane_netns": self.control_plane_netns, "created_dirs": self.created_dirs,
-            "plan_args": self.plan_args,
+            "plan_args": self.plan_args, "owner": self.owner.to_dict() if self.owner else None,
         }
         tmp = self.path.with_suffix(".tmp")
         tmp.write_text(json.dumps(raw, indent=2))
@@ -55,4 +56,5 @@ class SandboxState:
             return None
         return cls(work_dir, list(raw["netns"]), list(raw["node_dirs"]), list(raw["cgroup_roots"]),
                    [ProcessRecord.from_dict(p) for p in raw["processes"]], str(raw["kubeconfig"]),
-                   str(raw["control_plane_netns"]), list(raw.get("created_dirs", [])), dict(raw.get("plan_args", {})))
+                   str(raw["control_plane_netns"]), list(raw.get("created_dirs", [])), dict(raw.get("plan_args", {})),
+                   ProcessRecord.from_dict(raw["owner"]) if raw.get("owner") else None)
