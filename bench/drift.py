@@ -1,6 +1,7 @@
 """Cost of the agent's drift check (root; everything inside a network namespace this script creates and removes).
 
     .venv/bin/python bench/drift.py [--policies 200] [--endpoints 1000] [--runs 30] [--backend nftables|nft|legacy]
+                                    [--cached-pairs 60000]  (pairs in the decision cache's map, nftables engine)
 
 One node of bench/agent.py's synthetic cluster (P policies, N endpoints; gateway of half the
 policies) is applied into a fresh netns with the real dataplane. Then, interleaved in each round:
@@ -76,6 +77,10 @@ def inner(args: argparse.Namespace) -> None:
     kernel.hint_tables({r.table for r in desired.routes})
     kernel.apply(diff(desired, kernel.read_actual(desired.sysctls)))
     assert diff(desired, kernel.read_actual(desired.sysctls)).empty
+    if args.cached_pairs and kernel.nft is not None:  # what a busy node's decision cache holds (dataplane/nftcache.py)
+        pairs = [f"10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255} . 192.0.2.1 timeout 1h : 0xd9000001" for i in range(args.cached_pairs)]
+        for start in range(0, len(pairs), 2000):  # one argument stays under the kernel's 128 KiB
+            run(["nft", "add", "element", "ip", config.ipset_prefix, "decided", "{ " + ", ".join(pairs[start:start + 2000]) + " }"])
 
     def check() -> None:
         found = compare(desired, kernel.glance())
@@ -115,6 +120,7 @@ def main() -> None:
     parser.add_argument("--endpoints", type=int, default=1000)
     parser.add_argument("--runs", type=int, default=30)
     parser.add_argument("--backend", default="nftables", choices=["nftables", "nft", "legacy"])
+    parser.add_argument("--cached-pairs", type=int, default=0, help="pairs in the decision cache's map (nftables engine)")
     args = parser.parse_args()
     if args.mode == "inner":
         inner(args)
@@ -127,7 +133,8 @@ def main() -> None:
                     ["link", "set", "eth1", "up"]):
             subprocess.run(["ip", "-n", ns, *cmd], check=True)
         proc = subprocess.run(["ip", "netns", "exec", ns, PYTHON, __file__, "inner", "--policies", str(args.policies),
-                               "--endpoints", str(args.endpoints), "--runs", str(args.runs), "--backend", args.backend],
+                               "--endpoints", str(args.endpoints), "--runs", str(args.runs), "--backend", args.backend,
+                               "--cached-pairs", str(args.cached_pairs)],
                               check=True, capture_output=True, text=True, timeout=600)
         r = json.loads(proc.stdout.strip().splitlines()[-1])
     finally:

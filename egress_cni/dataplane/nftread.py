@@ -1,7 +1,7 @@
 """Our nftables table read over nfnetlink, in the shape of an `nft -j list table` document.
 
-libnftables fetches every element of every set in the table before it lists a single rule: with the
-decision cache holding 60000 pairs (dataplane/nftcache.py) one listing took 1.3 s. The kernel dumps
+libnftables fetches every element of every set in the table before it lists a single rule, the
+decision cache's pairs included (dataplane/nftcache.py): `bench/drift.py --cached-pairs 60000`. The kernel dumps
 rules, chains, set declarations and one set's elements on their own, so all of it comes from
 nfnetlink dumps here, skipping the sets the caller names (the cache's). What is read is what
 `nft.parse_table` needs: chains with their hook and priority, each rule's chain, comment and counter,
