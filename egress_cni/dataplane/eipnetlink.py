@@ -4,7 +4,7 @@ rtnetlink socket (lowlevel.netlink: stdlib socket + struct).
 The thread ticks ten times a second (agent/fencing.py). Through pyroute2 each tick cost a link
 lookup per device, an address dump per device and one request per EIP, each with milliseconds of
 pyroute2's own CPU: about a tenth of a core for an agent with no EIP, much more for a gateway with
-200. Here a tick is two link requests, one address dump and one batch of replaces (one send, one
+200. Here a tick is two link requests (`lowlevel.netlink.Netlink.link`), one address dump and one batch of replaces (one send, one
 ack per message), the same messages pyroute2 sent.
 """
 
@@ -20,9 +20,7 @@ from egress_cni.lowlevel import netlink as ll
 
 RTM_NEWADDR = 20
 IFA_CACHEINFO, IFA_FLAGS, IFA_PROTO = 6, 8, 11
-IFLA_CARRIER = 33
 IFA_F_NODAD, IFA_F_NOPREFIXROUTE = 0x02, 0x200
-_IFINFO = struct.Struct("=BxHiII")
 _IFADDR = struct.Struct("=BBBBI")
 _CACHEINFO = struct.Struct("=IIII")  # prefered, valid, cstamp, tstamp
 FOREVER = 0xFFFFFFFF
@@ -38,34 +36,18 @@ class EipNetlink:
     def close(self) -> None:
         self.nl.close()
 
-    def _link(self, name: str) -> tuple[int, dict[int, bytes], int] | None:
-        """(index, attributes, flags) of link `name`, or None."""
-        try:
-            replies = self.nl.get(ll.RTM_GETLINK, _IFINFO.pack(0, 0, 0, 0, 0) + ll.attr_str(ll.IFLA_IFNAME, name))
-        except OSError as exc:
-            if exc.errno == errno.ENODEV:
-                return None
-            raise
-        if not replies:
-            return None
-        _, _, index, flags, _ = _IFINFO.unpack_from(replies[0])
-        return index, ll.parse_attrs(replies[0], _IFINFO.size), flags
-
     def carrier(self, name: str) -> bool:
         """Link `name` is administratively up and has carrier (a missing link has none)."""
-        link = self._link(name)
-        if link is None:
-            return False
-        _, attrs, flags = link
-        return bool(flags & ll.IFF_UP) and attrs.get(IFLA_CARRIER, b"\0")[:1] != b"\0"
+        link = self.nl.link(name)
+        return link is not None and bool(link.flags & ll.IFF_UP) and link.carrier
 
     def held(self, devices: list[str]) -> list[tuple[int, str, str, int, int]]:
         """(index, link, ip, prefixlen, seconds of lifetime left) of our EIP addresses on `devices`."""
         indexes = {}
         for dev in dict.fromkeys(d for d in devices if d):
-            link = self._link(dev)
+            link = self.nl.link(dev)
             if link is not None:
-                indexes[link[0]] = dev
+                indexes[link.index] = dev
         if not indexes:
             return []
         out = []

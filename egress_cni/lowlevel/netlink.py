@@ -28,7 +28,7 @@ RTM_GETADDR = 22
 RTM_NEWROUTE, RTM_DELROUTE, RTM_GETROUTE = 24, 25, 26
 RTM_NEWNEIGH, RTM_DELNEIGH, RTM_GETNEIGH = 28, 29, 30
 RTM_NEWRULE, RTM_GETRULE = 32, 34
-IFLA_ADDRESS, IFLA_IFNAME, IFLA_MTU, IFLA_LINK, IFLA_LINKINFO, IFLA_NET_NS_FD = 1, 3, 4, 5, 18, 28
+IFLA_ADDRESS, IFLA_IFNAME, IFLA_MTU, IFLA_LINK, IFLA_LINKINFO, IFLA_NET_NS_FD, IFLA_CARRIER = 1, 3, 4, 5, 18, 28, 33
 IFLA_INFO_KIND, IFLA_INFO_DATA, VETH_INFO_PEER = 1, 2, 1
 IFA_ADDRESS, IFA_LOCAL = 1, 2
 RTA_DST, RTA_OIF, RTA_GATEWAY, RTA_PREFSRC, RTA_TABLE = 1, 4, 5, 7, 15
@@ -90,16 +90,17 @@ def _ip(attrs: dict[int, bytes], kind: int, family: int) -> str:
 
 
 class Link(Record):
-    __slots__ = ("flags", "index", "kind", "mac", "name", "peer_index")
+    __slots__ = ("carrier", "flags", "index", "kind", "mac", "name", "peer_index")
     index: int
     name: str
     mac: bytes
     kind: str
     peer_index: int
     flags: int
+    carrier: bool  # IFLA_CARRIER
 
-    def __init__(self, index: int, name: str, mac: bytes, kind: str, peer_index: int, flags: int) -> None:
-        self._init(index=index, name=name, mac=mac, kind=kind, peer_index=peer_index, flags=flags)
+    def __init__(self, index: int, name: str, mac: bytes, kind: str, peer_index: int, flags: int, carrier: bool = False) -> None:
+        self._init(index=index, name=name, mac=mac, kind=kind, peer_index=peer_index, flags=flags, carrier=carrier)
 
 
 class Route(Record):
@@ -375,7 +376,8 @@ def _parse_link(payload: bytes) -> Link:
     attrs = parse_attrs(payload, _IFINFO.size)
     kind = parse_attrs(attrs.get(IFLA_LINKINFO, b"")).get(IFLA_INFO_KIND, b"").rstrip(b"\0").decode()
     name = attrs.get(IFLA_IFNAME, b"").rstrip(b"\0").decode()
-    return Link(index, name, attrs.get(IFLA_ADDRESS, b""), kind, _u32(attrs, IFLA_LINK), flags)
+    carrier = attrs.get(IFLA_CARRIER, b"\0")[:1] != b"\0"
+    return Link(index, name, attrs.get(IFLA_ADDRESS, b""), kind, _u32(attrs, IFLA_LINK), flags, carrier)
 
 
 def _strerror(error: int) -> str:
